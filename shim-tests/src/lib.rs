@@ -1,0 +1,1 @@
+//! Test doubles and integration harness for rdna1shim.

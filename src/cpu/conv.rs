@@ -1,0 +1,1 @@
+//! Convolution passes on packed f32 buffers (placeholder; replaced by the engine).

@@ -1,0 +1,2 @@
+//! rdna1shim: runs MIOpen convolutions on the CPU for GPUs whose kernels crash.
+pub mod cpu;
