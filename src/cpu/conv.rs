@@ -1,1 +1,98 @@
-//! Convolution passes on packed f32 buffers (placeholder; replaced by the engine).
+//! Public entry points of the engine: the three convolution passes on packed
+//! f32 buffers, with argument checks and the choice of algorithm.
+//!
+//! Semantics are PyTorch's `conv{1,2,3}d` (cross-correlation) with groups,
+//! stride, symmetric zero padding and dilation:
+//! `y[n, co, o] = Σ_{ci ∈ group(co), t} w[co, ci, t] · x[n, ci, o·stride + t·dilation − pad]`.
+//! All passes overwrite their output. Work runs on the current rayon pool.
+
+pub use super::scratch::MAX_SCRATCH_BYTES;
+
+use super::scratch::Tuning;
+use super::{depthwise, lowered, ConvShape};
+
+/// `y = conv(x, w)`.
+///
+/// # Panics
+/// If the shape does not validate or a buffer length differs from the one
+/// the shape implies.
+pub fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32]) {
+    forward_with(s, x, w, y, &Tuning::default());
+}
+
+/// `dx = convᵀ(dy, w)`: the gradient of `forward` with respect to `x`, which
+/// is also the forward pass of a transposed convolution. Input positions that
+/// no kernel tap reaches (output padding) get 0.
+///
+/// # Panics
+/// As [`forward`].
+pub fn backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+    backward_data_with(s, dy, w, dx, &Tuning::default());
+}
+
+/// `dw = Σ_{n, positions} dy ⊗ x-patch`: the gradient of `forward` with
+/// respect to `w`.
+///
+/// # Panics
+/// As [`forward`].
+pub fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    backward_weights_with(s, x, dy, dw, &Tuning::default());
+}
+
+fn use_direct(s: &ConvShape, t: &Tuning) -> bool {
+    t.direct_depthwise && s.is_depthwise()
+}
+
+pub(crate) fn forward_with(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tuning) {
+    s.check_buffers(
+        "forward",
+        [
+            ("x", x.len(), s.input_len()),
+            ("w", w.len(), s.weight_len()),
+            ("y", y.len(), s.output_len()),
+        ],
+    );
+    if use_direct(s, t) {
+        depthwise::forward(s, x, w, y);
+    } else {
+        lowered::forward(s, x, w, y, t);
+    }
+}
+
+pub(crate) fn backward_data_with(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32], t: &Tuning) {
+    s.check_buffers(
+        "backward_data",
+        [
+            ("dy", dy.len(), s.output_len()),
+            ("w", w.len(), s.weight_len()),
+            ("dx", dx.len(), s.input_len()),
+        ],
+    );
+    if use_direct(s, t) {
+        depthwise::backward_data(s, dy, w, dx);
+    } else {
+        lowered::backward_data(s, dy, w, dx, t);
+    }
+}
+
+pub(crate) fn backward_weights_with(
+    s: &ConvShape,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    t: &Tuning,
+) {
+    s.check_buffers(
+        "backward_weights",
+        [
+            ("x", x.len(), s.input_len()),
+            ("dy", dy.len(), s.output_len()),
+            ("dw", dw.len(), s.weight_len()),
+        ],
+    );
+    if use_direct(s, t) {
+        depthwise::backward_weights(s, x, dy, dw);
+    } else {
+        lowered::backward_weights(s, x, dy, dw, t);
+    }
+}

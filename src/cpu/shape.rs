@@ -82,7 +82,7 @@ impl ConvShape {
         if self.n == 0 || self.c_in == 0 || self.c_out == 0 || self.groups == 0 {
             return Err(format!("zero-sized dimension in {self:?}"));
         }
-        if self.c_in % self.groups != 0 || self.c_out % self.groups != 0 {
+        if !self.c_in.is_multiple_of(self.groups) || !self.c_out.is_multiple_of(self.groups) {
             return Err(format!(
                 "channels ({} in, {} out) not divisible by groups {}",
                 self.c_in, self.c_out, self.groups
@@ -95,8 +95,8 @@ impl ConvShape {
             if self.stride[i] == 0 || self.dilation[i] == 0 {
                 return Err(format!("zero stride or dilation in {self:?}"));
             }
-            let last_tap = (self.output[i] - 1) * self.stride[i]
-                + (self.kernel[i] - 1) * self.dilation[i];
+            let last_tap =
+                (self.output[i] - 1) * self.stride[i] + (self.kernel[i] - 1) * self.dilation[i];
             if last_tap >= self.input[i] + 2 * self.pad[i] {
                 return Err(format!(
                     "output size {} too large for input {} (kernel {}, pad {}, stride {}, dilation {}) in spatial dim {i}",
