@@ -1,2 +1,22 @@
-//! rdna1shim: runs MIOpen convolutions on the CPU for GPUs whose kernels crash.
+//! rdna1shim: runs MIOpen convolutions on the CPU for GPUs whose kernels crash (AMD RDNA1).
+//!
+//! Loaded with `LD_PRELOAD`, the library exports MIOpen's convolution entry points; every
+//! other MIOpen function resolves to the real `libMIOpen.so`. Layers, top to bottom:
+//! `intercept` (exports) -> `describe` (descriptors to problems) and `execute` (copies +
+//! engine) -> `transfer` (staging, stream-ordered copies) -> `real` (resolved functions)
+//! -> `ffi` (C types); `cpu` is the engine and depends on nothing else of the crate;
+//! `layout` converts strided fp16/bf16/fp32 tensors to the engine's packed f32.
+
+pub mod config;
 pub mod cpu;
+pub mod describe;
+pub mod error;
+pub mod execute;
+pub mod ffi;
+pub mod intercept;
+pub mod layout;
+pub mod log;
+pub mod real;
+pub mod runtime;
+pub mod stats;
+pub mod transfer;

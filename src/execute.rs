@@ -1,0 +1,282 @@
+//! Running one decoded call on the CPU: stream-ordered copies in, the engine, alpha/beta
+//! blending, copies out. Results are computed in host memory and copied to the device
+//! only when everything before succeeded, so a failure never leaves an output half-written.
+
+use std::ffi::c_void;
+use std::time::Instant;
+
+use crate::cpu::{conv, ConvShape};
+use crate::describe::{ConvProblem, Pass, TensorDesc};
+use crate::error::{ShimError, ShimResult};
+use crate::ffi::hip::hipStream_t;
+use crate::ffi::miopen::*;
+use crate::layout::{self, DType, Layout5};
+use crate::runtime::Runtime;
+use crate::stats::CallRecord;
+use crate::transfer::Transfers;
+
+/// Device pointers of a convolution call, in the regular convolution's roles.
+pub struct ConvBuffers {
+    pub x: *mut c_void,
+    pub w: *mut c_void,
+    pub y: *mut c_void,
+}
+
+/// The handle's stream, on which every copy is ordered.
+pub fn stream_of(rt: &Runtime, handle: miopenHandle_t) -> ShimResult<hipStream_t> {
+    if handle.is_null() {
+        return Err(ShimError::bad_parm("handle is null"));
+    }
+    let mut stream: miopenAcceleratorQueue_t = std::ptr::null_mut();
+    // SAFETY: non-null handle from the caller; out-pointer to a local.
+    let s = unsafe { (rt.getters()?.miopenGetStream)(handle, &mut stream) };
+    if s != miopenStatusSuccess {
+        return Err(ShimError::new(
+            s,
+            format!("miopenGetStream failed: {}", status_name(s)),
+        ));
+    }
+    Ok(stream)
+}
+
+/// Reads `alpha`/`beta` (floats for fp32/fp16/bf16 data, as MIOpen defines them).
+pub fn scalars(alpha: *const c_void, beta: *const c_void) -> ShimResult<(f32, f32)> {
+    if alpha.is_null() || beta.is_null() {
+        return Err(ShimError::bad_parm("alpha or beta is null"));
+    }
+    // SAFETY: non-null host pointers to float, per the MIOpen API.
+    Ok(unsafe { (*(alpha as *const f32), *(beta as *const f32)) })
+}
+
+fn bytes_of(l: &Layout5, dtype: DType) -> usize {
+    l.span() * dtype.size()
+}
+
+/// Computes one convolution call on the CPU.
+pub fn run_conv(
+    rt: &'static Runtime,
+    handle: miopenHandle_t,
+    p: &ConvProblem,
+    bufs: &ConvBuffers,
+    alpha: f32,
+    beta: f32,
+) -> ShimResult<CallRecord> {
+    let ((in_a, la), (in_b, lb), (out, lo)) = match p.pass {
+        Pass::Forward => ((bufs.x, &p.x), (bufs.w, &p.w), (bufs.y, &p.y)),
+        Pass::BackwardData => ((bufs.y, &p.y), (bufs.w, &p.w), (bufs.x, &p.x)),
+        Pass::BackwardWeights => ((bufs.x, &p.x), (bufs.y, &p.y), (bufs.w, &p.w)),
+    };
+    if in_a.is_null() || in_b.is_null() || out.is_null() {
+        return Err(ShimError::bad_parm("a data pointer is null"));
+    }
+    let stream = stream_of(rt, handle)?;
+    let hip = rt.hip()?;
+    let pool = rt.pool()?;
+    let dt = p.dtype;
+    let mut tr = Transfers::new(hip, stream);
+    let ba = tr.download(in_a, bytes_of(la, dt))?;
+    let bb = tr.download(in_b, bytes_of(lb, dt))?;
+    // The output's old contents are needed for beta, or to keep the gaps of a
+    // non-dense output intact.
+    let read_out = beta != 0.0 || !lo.is_dense();
+    let bo = if read_out {
+        tr.download(out, bytes_of(lo, dt))?
+    } else {
+        tr.buffer(bytes_of(lo, dt))?
+    };
+    tr.sync()?;
+
+    let t = Instant::now();
+    let (a, b, o) = tr.io(ba, bb, bo);
+    pool.install(|| compute_on_host(p, a, b, o, alpha, beta));
+    let compute = t.elapsed();
+
+    tr.upload(out, bo)?;
+    tr.sync()?;
+    Ok(CallRecord {
+        compute,
+        copy: tr.time,
+        bytes_to_host: tr.bytes_to_host,
+        bytes_to_device: tr.bytes_to_device,
+        flops: p.shape.flops(),
+    })
+}
+
+/// The host part of a convolution call: `a`, `b` are the pass's inputs and `out` its
+/// output, each as the bytes of its span in the problem's dtype and layout. `out` holds
+/// the old output when `beta != 0` (and the bytes between elements of a non-dense one).
+pub fn compute_on_host(p: &ConvProblem, a: &[u8], b: &[u8], out: &mut [u8], alpha: f32, beta: f32) {
+    let (la, lb, lo) = match p.pass {
+        Pass::Forward => (&p.x, &p.w, &p.y),
+        Pass::BackwardData => (&p.y, &p.w, &p.x),
+        Pass::BackwardWeights => (&p.x, &p.y, &p.w),
+    };
+    let dt = p.dtype;
+    let a = layout::gather(a, dt, la);
+    let b = layout::gather(b, dt, lb);
+    let mut res = vec![0f32; lo.numel()];
+    match p.pass {
+        Pass::Forward => conv::forward(&p.shape, &a, &b, &mut res),
+        Pass::BackwardData => conv::backward_data(&p.shape, &a, &b, &mut res),
+        Pass::BackwardWeights => conv::backward_weights(&p.shape, &a, &b, &mut res),
+    }
+    let old = (beta != 0.0).then(|| layout::gather(out, dt, lo));
+    layout::blend(&mut res, alpha, beta, old.as_deref());
+    layout::scatter(&res, dt, lo, out);
+}
+
+/// A bias tensor `[1, C, 1, ...]` (or `[C]`-like with all other dims 1) for data `data`.
+fn bias_channels(bias: &TensorDesc, data: &TensorDesc) -> ShimResult<(usize, usize)> {
+    if data.dims.len() < 2 {
+        return Err(ShimError::bad_parm(format!(
+            "tensor {:?} has no channel dimension",
+            data.dims
+        )));
+    }
+    let c = data.dims[1];
+    let ok = bias.dims.len() == data.dims.len()
+        && bias.dims[1] == c
+        && bias.dims.iter().enumerate().all(|(i, &d)| i == 1 || d == 1);
+    if !ok {
+        return Err(ShimError::bad_parm(format!(
+            "bias {:?} does not match data {:?} (expected [1, {c}, 1, ...])",
+            bias.dims, data.dims
+        )));
+    }
+    if bias.dtype != data.dtype {
+        return Err(ShimError::bad_parm("bias and data types differ"));
+    }
+    Ok((c, bias.strides[1]))
+}
+
+fn layout_any(t: &TensorDesc) -> ShimResult<Layout5> {
+    if !(3..=5).contains(&t.dims.len()) {
+        return Err(ShimError::not_implemented(format!(
+            "{}-dimensional tensors",
+            t.dims.len()
+        )));
+    }
+    let sd = t.dims.len() - 2;
+    let mut dims = [1; 5];
+    let mut strides = [0; 5];
+    dims[..2].copy_from_slice(&t.dims[..2]);
+    strides[..2].copy_from_slice(&t.strides[..2]);
+    dims[5 - sd..].copy_from_slice(&t.dims[2..]);
+    strides[5 - sd..].copy_from_slice(&t.strides[2..]);
+    Ok(Layout5 { dims, strides })
+}
+
+/// `miopenConvolutionForwardBias`: `y = alpha * (y + b) + beta * y` (MIOpen's OpTensor
+/// with y as both first operand and destination).
+pub fn run_forward_bias(
+    rt: &'static Runtime,
+    handle: miopenHandle_t,
+    bdesc: &TensorDesc,
+    b: *const c_void,
+    ydesc: &TensorDesc,
+    y: *mut c_void,
+    alpha: f32,
+    beta: f32,
+) -> ShimResult<CallRecord> {
+    let (c, bstride) = bias_channels(bdesc, ydesc)?;
+    if b.is_null() || y.is_null() {
+        return Err(ShimError::bad_parm("a data pointer is null"));
+    }
+    let ly = layout_any(ydesc)?;
+    if !ly.is_non_overlapping() {
+        return Err(ShimError::bad_parm("output tensor has overlapping strides"));
+    }
+    let dt = ydesc.dtype;
+    let lb = Layout5 {
+        dims: [1, c, 1, 1, 1],
+        strides: [0, bstride, 0, 0, 0],
+    };
+    let stream = stream_of(rt, handle)?;
+    let hip = rt.hip()?;
+    let mut tr = Transfers::new(hip, stream);
+    let bb = tr.download(b, bytes_of(&lb, dt))?;
+    let by = tr.download(y, bytes_of(&ly, dt))?;
+    tr.sync()?;
+    let t = Instant::now();
+    let bias = layout::gather(tr.bytes(bb), dt, &lb);
+    let mut vals = layout::gather(tr.bytes(by), dt, &ly);
+    let plane = ly.dims[2] * ly.dims[3] * ly.dims[4];
+    for (i, v) in vals.iter_mut().enumerate() {
+        let ch = (i / plane) % c;
+        *v = alpha * (*v + bias[ch]) + beta * *v;
+    }
+    layout::scatter(&vals, dt, &ly, tr.bytes_mut(by));
+    let compute = t.elapsed();
+    tr.upload(y, by)?;
+    tr.sync()?;
+    Ok(CallRecord {
+        compute,
+        copy: tr.time,
+        bytes_to_host: tr.bytes_to_host,
+        bytes_to_device: tr.bytes_to_device,
+        flops: vals.len() as f64,
+    })
+}
+
+/// `miopenConvolutionBackwardBias`: `db[c] = alpha * sum(dy[:, c, ...]) + beta * db[c]`.
+pub fn run_backward_bias(
+    rt: &'static Runtime,
+    handle: miopenHandle_t,
+    dydesc: &TensorDesc,
+    dy: *const c_void,
+    dbdesc: &TensorDesc,
+    db: *mut c_void,
+    alpha: f32,
+    beta: f32,
+) -> ShimResult<CallRecord> {
+    let (c, bstride) = bias_channels(dbdesc, dydesc)?;
+    if dy.is_null() || db.is_null() {
+        return Err(ShimError::bad_parm("a data pointer is null"));
+    }
+    let ly = layout_any(dydesc)?;
+    let dt = dydesc.dtype;
+    let lb = Layout5 {
+        dims: [1, c, 1, 1, 1],
+        strides: [0, bstride, 0, 0, 0],
+    };
+    let stream = stream_of(rt, handle)?;
+    let hip = rt.hip()?;
+    let mut tr = Transfers::new(hip, stream);
+    let by = tr.download(dy, bytes_of(&ly, dt))?;
+    let bb = if beta != 0.0 || !lb.is_dense() {
+        tr.download(db, bytes_of(&lb, dt))?
+    } else {
+        tr.buffer(bytes_of(&lb, dt))?
+    };
+    tr.sync()?;
+    let t = Instant::now();
+    let vals = layout::gather(tr.bytes(by), dt, &ly);
+    let plane = ly.dims[2] * ly.dims[3] * ly.dims[4];
+    let mut sums = vec![0f64; c];
+    for (i, v) in vals.iter().enumerate() {
+        sums[(i / plane) % c] += *v as f64;
+    }
+    let mut out: Vec<f32> = sums.iter().map(|s| *s as f32).collect();
+    let old = (beta != 0.0).then(|| layout::gather(tr.bytes(bb), dt, &lb));
+    layout::blend(&mut out, alpha, beta, old.as_deref());
+    layout::scatter(&out, dt, &lb, tr.bytes_mut(bb));
+    let compute = t.elapsed();
+    tr.upload(db, bb)?;
+    tr.sync()?;
+    Ok(CallRecord {
+        compute,
+        copy: tr.time,
+        bytes_to_host: tr.bytes_to_host,
+        bytes_to_device: tr.bytes_to_device,
+        flops: vals.len() as f64,
+    })
+}
+
+/// Shape used by flop counts in logs.
+pub fn gflops(shape: &ConvShape, secs: f64) -> f64 {
+    if secs > 0.0 {
+        shape.flops() / secs * 1e-9
+    } else {
+        0.0
+    }
+}

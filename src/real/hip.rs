@@ -1,0 +1,33 @@
+//! Function table of the HIP runtime already loaded in the process.
+
+use std::ffi::c_void;
+use std::os::raw::c_char;
+
+use super::fn_table;
+use crate::ffi::hip::*;
+
+fn_table! {
+    /// HIP functions the transfers use.
+    pub struct Hip {
+        required hipMemcpyAsync: fn(*mut c_void, *const c_void, usize, hipMemcpyKind, hipStream_t) -> hipError_t;
+        required hipStreamSynchronize: fn(hipStream_t) -> hipError_t;
+        optional hipHostMalloc: fn(*mut *mut c_void, usize, u32) -> hipError_t;
+        optional hipHostFree: fn(*mut c_void) -> hipError_t;
+        optional hipGetErrorString: fn(hipError_t) -> *const c_char;
+    }
+}
+
+impl Hip {
+    /// Text of a HIP error code, from the runtime when it can say.
+    pub fn error_text(&self, e: hipError_t) -> String {
+        let s = self.hipGetErrorString.map(|f| unsafe { f(e) });
+        match s {
+            Some(p) if !p.is_null() => {
+                // SAFETY: hipGetErrorString returns a static C string.
+                let t = unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy();
+                format!("{t} (hipError_t {e})")
+            }
+            _ => format!("hipError_t {e}"),
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Per-operation counters (calls, where they ran, time, bytes, work) and the summary
+//! printed at process exit.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::config::Op;
+
+#[derive(Default)]
+pub struct OpStats {
+    pub cpu_calls: AtomicU64,
+    pub gpu_calls: AtomicU64,
+    pub failed_calls: AtomicU64,
+    pub compute_ns: AtomicU64,
+    pub copy_ns: AtomicU64,
+    pub bytes_to_host: AtomicU64,
+    pub bytes_to_device: AtomicU64,
+    /// Floating-point operations computed on the CPU (2 per multiply-add).
+    pub flops: AtomicU64,
+}
+
+/// Counters of one finished CPU call.
+#[derive(Default, Clone, Copy, Debug)]
+pub struct CallRecord {
+    pub compute: Duration,
+    pub copy: Duration,
+    pub bytes_to_host: u64,
+    pub bytes_to_device: u64,
+    pub flops: f64,
+}
+
+pub struct Stats {
+    ops: [OpStats; 4],
+}
+
+pub static STATS: Stats = Stats {
+    ops: [
+        OpStats::new_const(),
+        OpStats::new_const(),
+        OpStats::new_const(),
+        OpStats::new_const(),
+    ],
+};
+
+impl OpStats {
+    const fn new_const() -> Self {
+        OpStats {
+            cpu_calls: AtomicU64::new(0),
+            gpu_calls: AtomicU64::new(0),
+            failed_calls: AtomicU64::new(0),
+            compute_ns: AtomicU64::new(0),
+            copy_ns: AtomicU64::new(0),
+            bytes_to_host: AtomicU64::new(0),
+            bytes_to_device: AtomicU64::new(0),
+            flops: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Stats {
+    pub fn op(&self, op: Op) -> &OpStats {
+        &self.ops[Op::ALL.iter().position(|o| *o == op).unwrap()]
+    }
+
+    pub fn record_cpu(&self, op: Op, r: &CallRecord) {
+        let s = self.op(op);
+        s.cpu_calls.fetch_add(1, Relaxed);
+        s.compute_ns.fetch_add(r.compute.as_nanos() as u64, Relaxed);
+        s.copy_ns.fetch_add(r.copy.as_nanos() as u64, Relaxed);
+        s.bytes_to_host.fetch_add(r.bytes_to_host, Relaxed);
+        s.bytes_to_device.fetch_add(r.bytes_to_device, Relaxed);
+        s.flops.fetch_add(r.flops as u64, Relaxed);
+    }
+
+    pub fn record_gpu(&self, op: Op) {
+        self.op(op).gpu_calls.fetch_add(1, Relaxed);
+    }
+
+    pub fn record_failure(&self, op: Op) {
+        self.op(op).failed_calls.fetch_add(1, Relaxed);
+    }
+
+    /// One line per operation that saw any call; empty when none did.
+    pub fn summary_lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for op in Op::ALL {
+            let s = self.op(op);
+            let (cpu, gpu, failed) = (
+                s.cpu_calls.load(Relaxed),
+                s.gpu_calls.load(Relaxed),
+                s.failed_calls.load(Relaxed),
+            );
+            if cpu + gpu + failed == 0 {
+                continue;
+            }
+            let compute_s = s.compute_ns.load(Relaxed) as f64 * 1e-9;
+            let copy_s = s.copy_ns.load(Relaxed) as f64 * 1e-9;
+            let gflops = if compute_s > 0.0 {
+                s.flops.load(Relaxed) as f64 / compute_s * 1e-9
+            } else {
+                0.0
+            };
+            out.push(format!(
+                "{:<17} cpu_calls={cpu} gpu_calls={gpu} failed={failed} compute={compute_s:.3}s ({gflops:.1} GFLOP/s) \
+                 copies={copy_s:.3}s to_host={} to_device={}",
+                op.name(),
+                human_bytes(s.bytes_to_host.load(Relaxed)),
+                human_bytes(s.bytes_to_device.load(Relaxed)),
+            ));
+        }
+        out
+    }
+}
+
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_lists_only_used_ops_with_rates() {
+        let stats = Stats {
+            ops: Default::default(),
+        };
+        assert!(stats.summary_lines().is_empty());
+        stats.record_cpu(
+            Op::ConvFwd,
+            &CallRecord {
+                compute: Duration::from_millis(500),
+                flops: 1e9,
+                bytes_to_host: 2048,
+                ..Default::default()
+            },
+        );
+        stats.record_gpu(Op::ConvBias);
+        let lines = stats.summary_lines();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[0].starts_with("conv_fwd")
+                && lines[0].contains("cpu_calls=1")
+                && lines[0].contains("(2.0 GFLOP/s)"),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[0].contains("to_host=2.0 KiB"), "{}", lines[0]);
+        assert!(
+            lines[1].starts_with("conv_bias") && lines[1].contains("gpu_calls=1"),
+            "{}",
+            lines[1]
+        );
+    }
+
+    #[test]
+    fn human_bytes_units() {
+        assert_eq!(human_bytes(5), "5 B");
+        assert_eq!(human_bytes(3 * 1024 * 1024), "3.0 MiB");
+    }
+}
