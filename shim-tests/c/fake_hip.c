@@ -1,0 +1,890 @@
+/*
+ * fake_hip.c -- owns the fake HIP runtime, built as libamdhip64.so (SONAME
+ * libamdhip64.so), that stands in for ROCm when testing rdna1shim without an
+ * AMD GPU.
+ *
+ * Device memory: one large PROT_NONE reservation (16 GiB, falling back to 4
+ * and 1 GiB) hands out 256-byte aligned "device pointers" (first fit); the
+ * bytes live in a separate read/write shadow mapping at the same offset. Any
+ * host dereference of a device pointer therefore faults, as on a real dGPU.
+ *
+ * Streams: every stream created by hipStreamCreate* has a worker thread that
+ * runs its queued copies/memsets in FIFO order; each operation becomes due
+ * FAKE_HIP_DELAY_US microseconds (default 2000) after it was enqueued, so a
+ * reader that does not synchronize sees stale bytes. Host buffers are read and
+ * written when the operation executes (callers must keep them alive until the
+ * stream is synchronized, as with real HIP). The null stream (0) runs
+ * operations synchronously after waiting for the blocking streams; it does not
+ * wait for streams created with hipStreamNonBlocking. hipMemcpy/hipMemset are
+ * null-stream operations. hipFree/hipHostFree/hipDeviceSynchronize wait for
+ * every stream.
+ *
+ * Validation: the device side of a copy (dst of H2D, src of D2H, both of D2D,
+ * dst of memsets) must lie inside one live allocation, and the host side must
+ * not touch the device reservation; otherwise hipErrorInvalidValue. Unknown
+ * streams give hipErrorInvalidHandle. hipMemcpyDefault infers the direction
+ * from whether each pointer lies in the device reservation.
+ *
+ * Environment:
+ *   FAKE_HIP_DELAY_US  per-operation latency of stream operations (default 2000).
+ *   FAKE_HIP_FAIL      comma-separated fault injections "function:N" (the Nth call
+ *                      of that function, 1-based, counted per function from
+ *                      process start) or "function:*" (every call), e.g.
+ *                      "hipMemcpyAsync:3,hipStreamSynchronize:1,hipHostMalloc:*".
+ *                      An injected call does nothing and returns hipErrorOutOfMemory
+ *                      for allocations (hipMalloc, hipHostMalloc, hipMallocHost) and
+ *                      hipErrorUnknown otherwise; it also becomes the last error.
+ *                      Unknown function names abort the process.
+ *
+ * Test-only exports: fakehip_stats(name) (call count per function) and
+ * fakehip_bytes_copied(kind) (bytes moved by executed copies of that kind).
+ * Thread safe: one global mutex guards allocator, streams and queues.
+ */
+#define _GNU_SOURCE
+#include "hip_api.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+
+/* ------------------------------------------------------------------ */
+/* call accounting and fault injection                                   */
+/* ------------------------------------------------------------------ */
+
+#define FAKE_HIP_FUNCS(X)                                                                       \
+    X(hipInit) X(hipMalloc) X(hipFree) X(hipMemcpy) X(hipMemcpyAsync) X(hipMemset)              \
+    X(hipMemsetAsync) X(hipStreamCreate) X(hipStreamCreateWithFlags) X(hipStreamDestroy)        \
+    X(hipStreamSynchronize) X(hipStreamQuery) X(hipDeviceSynchronize) X(hipHostMalloc)          \
+    X(hipHostFree) X(hipMallocHost) X(hipFreeHost) X(hipHostRegister) X(hipHostUnregister)      \
+    X(hipGetErrorString) X(hipGetErrorName) X(hipGetLastError) X(hipPeekAtLastError)            \
+    X(hipGetDevice) X(hipSetDevice) X(hipGetDeviceCount) X(hipDeviceGetName)                    \
+    X(hipRuntimeGetVersion) X(hipDriverGetVersion)
+
+#define FN_ENUM(n) F_##n,
+enum { FAKE_HIP_FUNCS(FN_ENUM) F_COUNT };
+#define FN_NAME(n) #n,
+static const char* const g_fn_names[F_COUNT] = {FAKE_HIP_FUNCS(FN_NAME)};
+
+#define MAX_FAULTS 64
+struct fault {
+    int fn;
+    long nth; /* 0 = every call */
+};
+
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_done = PTHREAD_COND_INITIALIZER; /* broadcast on every completion */
+
+static long g_calls[F_COUNT];
+static struct fault g_faults[MAX_FAULTS];
+static int g_nfaults;
+static long g_delay_us = 2000;
+static size_t g_bytes_copied[5];
+
+static __thread hipError_t t_last_error = hipSuccess;
+
+/* device reservation and its shadow */
+static char* g_dev_base;
+static char* g_shadow;
+static size_t g_dev_size;
+
+static void parse_faults(const char* spec)
+{
+    char* copy = strdup(spec);
+    char* save = NULL;
+    for (char* tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        while (*tok == ' ')
+            tok++;
+        if (!*tok)
+            continue;
+        char* colon = strchr(tok, ':');
+        if (!colon) {
+            fprintf(stderr, "fake HIP: FAKE_HIP_FAIL entry '%s' lacks ':N' or ':*'\n", tok);
+            abort();
+        }
+        *colon = 0;
+        int fn = -1;
+        for (int i = 0; i < F_COUNT; i++)
+            if (strcmp(g_fn_names[i], tok) == 0)
+                fn = i;
+        if (fn < 0) {
+            fprintf(stderr, "fake HIP: FAKE_HIP_FAIL names unknown function '%s'\n", tok);
+            abort();
+        }
+        long nth = 0;
+        if (strcmp(colon + 1, "*") != 0) {
+            char* end = NULL;
+            nth = strtol(colon + 1, &end, 10);
+            if (!end || *end || nth < 1) {
+                fprintf(stderr, "fake HIP: FAKE_HIP_FAIL count '%s' is not N>=1 or '*'\n",
+                        colon + 1);
+                abort();
+            }
+        }
+        if (g_nfaults < MAX_FAULTS)
+            g_faults[g_nfaults++] = (struct fault){fn, nth};
+    }
+    free(copy);
+}
+
+static void init_once(void)
+{
+    const char* d = getenv("FAKE_HIP_DELAY_US");
+    if (d && *d)
+        g_delay_us = strtol(d, NULL, 10);
+    if (g_delay_us < 0)
+        g_delay_us = 0;
+    const char* f = getenv("FAKE_HIP_FAIL");
+    if (f && *f)
+        parse_faults(f);
+
+    static const size_t sizes[] = {16ull << 30, 4ull << 30, 1ull << 30};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        void* base = mmap(NULL, sizes[i], PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                          -1, 0);
+        if (base == MAP_FAILED)
+            continue;
+        void* shadow = mmap(NULL, sizes[i], PROT_READ | PROT_WRITE,
+                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (shadow == MAP_FAILED) {
+            munmap(base, sizes[i]);
+            continue;
+        }
+        g_dev_base = base;
+        g_shadow = shadow;
+        g_dev_size = sizes[i];
+        break;
+    }
+    if (!g_dev_base) {
+        fprintf(stderr, "fake HIP: cannot reserve the device address range\n");
+        abort();
+    }
+}
+
+static hipError_t set_error(hipError_t e)
+{
+    if (e != hipSuccess)
+        t_last_error = e;
+    return e;
+}
+
+/* Counts the call; returns nonzero when this call must fail by injection. */
+static int enter(int fn)
+{
+    pthread_once(&g_once, init_once);
+    long n = __atomic_add_fetch(&g_calls[fn], 1, __ATOMIC_SEQ_CST);
+    for (int i = 0; i < g_nfaults; i++) {
+        if (g_faults[i].fn == fn && (g_faults[i].nth == 0 || g_faults[i].nth == n)) {
+            fprintf(stderr, "fake HIP: injected failure of %s (call #%ld)\n", g_fn_names[fn], n);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+#define ENTER(name, injected_error)                                                             \
+    do {                                                                                        \
+        if (enter(F_##name))                                                                    \
+            return set_error(injected_error);                                                   \
+    } while (0)
+
+/* ------------------------------------------------------------------ */
+/* device allocator                                                     */
+/* ------------------------------------------------------------------ */
+
+struct alloc {
+    size_t off, size; /* size as requested */
+};
+static struct alloc* g_allocs; /* sorted by off */
+static size_t g_nallocs, g_cap_allocs;
+
+#define DEV_ALIGN 256u
+
+static size_t align_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
+
+static int in_region(const void* p)
+{
+    const char* c = p;
+    return c >= g_dev_base && c < g_dev_base + g_dev_size;
+}
+
+static int overlaps_region(const void* p, size_t n)
+{
+    uintptr_t a = (uintptr_t)p, b = a + n;
+    uintptr_t lo = (uintptr_t)g_dev_base, hi = lo + g_dev_size;
+    return a < hi && b > lo;
+}
+
+/* Index of the allocation containing offset `off`, or -1. Caller holds g_lock. */
+static long find_alloc(size_t off)
+{
+    size_t lo = 0, hi = g_nallocs;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (g_allocs[mid].off <= off)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == 0)
+        return -1;
+    struct alloc* a = &g_allocs[lo - 1];
+    if (off < a->off + (a->size ? a->size : 1))
+        return (long)(lo - 1);
+    return -1;
+}
+
+/* Is [p, p+n) inside one live allocation? Caller holds g_lock. */
+static int dev_range_ok_locked(const void* p, size_t n)
+{
+    if (!in_region(p))
+        return 0;
+    size_t off = (size_t)((const char*)p - g_dev_base);
+    long i = find_alloc(off);
+    if (i < 0)
+        return 0;
+    return off + n <= g_allocs[i].off + g_allocs[i].size;
+}
+
+static int dev_range_ok(const void* p, size_t n)
+{
+    pthread_mutex_lock(&g_lock);
+    int ok = dev_range_ok_locked(p, n);
+    pthread_mutex_unlock(&g_lock);
+    return ok;
+}
+
+static void* resolve(void* p)
+{
+    if (in_region(p))
+        return g_shadow + ((char*)p - g_dev_base);
+    return p;
+}
+
+/* ------------------------------------------------------------------ */
+/* streams                                                              */
+/* ------------------------------------------------------------------ */
+
+enum { OP_COPY, OP_SET };
+
+struct op {
+    int type;
+    void* dst;
+    const void* src;
+    size_t n;
+    int value;
+    int kind;
+    struct timespec due;
+    struct op* next;
+};
+
+struct ihipStream_t {
+    unsigned flags;
+    pthread_t thread;
+    struct op *head, *tail;
+    long pending;
+    int stop;
+    pthread_cond_t cv;
+    struct ihipStream_t* next_stream;
+};
+
+static struct ihipStream_t* g_streams;
+
+static int stream_known_locked(hipStream_t s)
+{
+    for (struct ihipStream_t* it = g_streams; it; it = it->next_stream)
+        if (it == s)
+            return 1;
+    return 0;
+}
+
+static void exec_op(const struct op* op)
+{
+    if (op->type == OP_COPY) {
+        memmove(resolve(op->dst), resolve((void*)op->src), op->n);
+        __atomic_add_fetch(&g_bytes_copied[op->kind], op->n, __ATOMIC_SEQ_CST);
+    } else {
+        memset(resolve(op->dst), op->value, op->n);
+    }
+}
+
+static void* stream_worker(void* arg)
+{
+    struct ihipStream_t* s = arg;
+    pthread_mutex_lock(&g_lock);
+    for (;;) {
+        while (!s->head && !s->stop)
+            pthread_cond_wait(&s->cv, &g_lock);
+        if (!s->head)
+            break;
+        struct op* op = s->head;
+        pthread_mutex_unlock(&g_lock);
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &op->due, NULL) == EINTR) {
+        }
+        exec_op(op);
+        pthread_mutex_lock(&g_lock);
+        s->head = op->next;
+        if (!s->head)
+            s->tail = NULL;
+        s->pending--;
+        free(op);
+        pthread_cond_broadcast(&g_done);
+    }
+    pthread_mutex_unlock(&g_lock);
+    return NULL;
+}
+
+/* Waits until every stream (or every blocking stream) is idle. Caller holds g_lock. */
+static void wait_streams_locked(int blocking_only)
+{
+    for (;;) {
+        int busy = 0;
+        for (struct ihipStream_t* it = g_streams; it; it = it->next_stream) {
+            if (blocking_only && (it->flags & hipStreamNonBlocking))
+                continue;
+            if (it->pending > 0)
+                busy = 1;
+        }
+        if (!busy)
+            return;
+        pthread_cond_wait(&g_done, &g_lock);
+    }
+}
+
+static void wait_streams(int blocking_only)
+{
+    pthread_mutex_lock(&g_lock);
+    wait_streams_locked(blocking_only);
+    pthread_mutex_unlock(&g_lock);
+}
+
+/* Runs op on `stream`: synchronously for the null stream, queued otherwise. */
+static hipError_t submit(hipStream_t stream, struct op op)
+{
+    if (!stream) {
+        wait_streams(1);
+        exec_op(&op);
+        return hipSuccess;
+    }
+    struct op* q = malloc(sizeof *q);
+    if (!q)
+        return hipErrorOutOfMemory;
+    *q = op;
+    q->next = NULL;
+    clock_gettime(CLOCK_MONOTONIC, &q->due);
+    q->due.tv_sec += g_delay_us / 1000000;
+    q->due.tv_nsec += (g_delay_us % 1000000) * 1000;
+    if (q->due.tv_nsec >= 1000000000L) {
+        q->due.tv_sec++;
+        q->due.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&g_lock);
+    if (!stream_known_locked(stream)) {
+        pthread_mutex_unlock(&g_lock);
+        free(q);
+        return hipErrorInvalidHandle;
+    }
+    if (stream->tail)
+        stream->tail->next = q;
+    else
+        stream->head = q;
+    stream->tail = q;
+    stream->pending++;
+    pthread_cond_signal(&stream->cv);
+    pthread_mutex_unlock(&g_lock);
+    return hipSuccess;
+}
+
+static hipError_t check_stream(hipStream_t stream)
+{
+    if (!stream)
+        return hipSuccess;
+    pthread_mutex_lock(&g_lock);
+    int ok = stream_known_locked(stream);
+    pthread_mutex_unlock(&g_lock);
+    return ok ? hipSuccess : hipErrorInvalidHandle;
+}
+
+/* Validates a copy and resolves hipMemcpyDefault. */
+static hipError_t check_copy(void* dst, const void* src, size_t n, hipMemcpyKind* kind)
+{
+    if (!dst || !src)
+        return hipErrorInvalidValue;
+    int dd = in_region(dst), sd = in_region(src);
+    switch (*kind) {
+    case hipMemcpyDefault:
+        *kind = sd ? (dd ? hipMemcpyDeviceToDevice : hipMemcpyDeviceToHost)
+                   : (dd ? hipMemcpyHostToDevice : hipMemcpyHostToHost);
+        break;
+    case hipMemcpyHostToHost:
+    case hipMemcpyHostToDevice:
+    case hipMemcpyDeviceToHost:
+    case hipMemcpyDeviceToDevice: break;
+    default: return hipErrorInvalidMemcpyDirection;
+    }
+    int want_dst_dev = (*kind == hipMemcpyHostToDevice || *kind == hipMemcpyDeviceToDevice);
+    int want_src_dev = (*kind == hipMemcpyDeviceToHost || *kind == hipMemcpyDeviceToDevice);
+    if (want_dst_dev ? !dev_range_ok(dst, n) : overlaps_region(dst, n))
+        return hipErrorInvalidValue;
+    if (want_src_dev ? !dev_range_ok(src, n) : overlaps_region(src, n))
+        return hipErrorInvalidValue;
+    return hipSuccess;
+}
+
+/* ------------------------------------------------------------------ */
+/* exported API                                                         */
+/* ------------------------------------------------------------------ */
+
+hipError_t hipInit(unsigned int flags)
+{
+    (void)flags;
+    ENTER(hipInit, hipErrorUnknown);
+    return hipSuccess;
+}
+
+hipError_t hipMalloc(void** ptr, size_t size)
+{
+    ENTER(hipMalloc, hipErrorOutOfMemory);
+    if (!ptr)
+        return set_error(hipErrorInvalidValue);
+    if (size == 0) {
+        *ptr = NULL;
+        return hipSuccess;
+    }
+    size_t need = align_up(size, DEV_ALIGN);
+    pthread_mutex_lock(&g_lock);
+    size_t cursor = DEV_ALIGN; /* never hand out the base itself */
+    size_t at = g_nallocs;
+    for (size_t i = 0; i < g_nallocs; i++) {
+        if (g_allocs[i].off >= cursor + need) {
+            at = i;
+            break;
+        }
+        cursor = align_up(g_allocs[i].off + g_allocs[i].size, DEV_ALIGN);
+    }
+    if (cursor + need > g_dev_size) {
+        pthread_mutex_unlock(&g_lock);
+        *ptr = NULL;
+        return set_error(hipErrorOutOfMemory);
+    }
+    if (g_nallocs == g_cap_allocs) {
+        size_t cap = g_cap_allocs ? g_cap_allocs * 2 : 64;
+        struct alloc* na = realloc(g_allocs, cap * sizeof *na);
+        if (!na) {
+            pthread_mutex_unlock(&g_lock);
+            return set_error(hipErrorOutOfMemory);
+        }
+        g_allocs = na;
+        g_cap_allocs = cap;
+    }
+    memmove(&g_allocs[at + 1], &g_allocs[at], (g_nallocs - at) * sizeof *g_allocs);
+    g_allocs[at] = (struct alloc){cursor, size};
+    g_nallocs++;
+    pthread_mutex_unlock(&g_lock);
+    *ptr = g_dev_base + cursor;
+    return hipSuccess;
+}
+
+hipError_t hipFree(void* ptr)
+{
+    ENTER(hipFree, hipErrorUnknown);
+    if (!ptr)
+        return hipSuccess;
+    pthread_mutex_lock(&g_lock);
+    wait_streams_locked(0); /* hipFree synchronizes the device */
+    long i = in_region(ptr) ? find_alloc((size_t)((char*)ptr - g_dev_base)) : -1;
+    if (i < 0 || g_dev_base + g_allocs[i].off != (char*)ptr) {
+        pthread_mutex_unlock(&g_lock);
+        return set_error(hipErrorInvalidValue);
+    }
+    struct alloc a = g_allocs[i];
+    memmove(&g_allocs[i], &g_allocs[i + 1], (g_nallocs - (size_t)i - 1) * sizeof *g_allocs);
+    g_nallocs--;
+    pthread_mutex_unlock(&g_lock);
+    /* Give large freed ranges' pages back (their contents become zero). */
+    if (a.size >= (1u << 20)) {
+        size_t page = 4096;
+        size_t lo = align_up(a.off, page), hi = (a.off + a.size) / page * page;
+        if (hi > lo)
+            madvise(g_shadow + lo, hi - lo, MADV_DONTNEED);
+    }
+    return hipSuccess;
+}
+
+hipError_t hipMemcpyAsync(void* dst, const void* src, size_t sizeBytes, hipMemcpyKind kind,
+                          hipStream_t stream)
+{
+    ENTER(hipMemcpyAsync, hipErrorUnknown);
+    hipError_t e = check_stream(stream);
+    if (e != hipSuccess)
+        return set_error(e);
+    if (sizeBytes == 0)
+        return hipSuccess;
+    e = check_copy(dst, src, sizeBytes, &kind);
+    if (e != hipSuccess)
+        return set_error(e);
+    struct op op = {.type = OP_COPY, .dst = dst, .src = src, .n = sizeBytes, .kind = kind};
+    return set_error(submit(stream, op));
+}
+
+hipError_t hipMemcpy(void* dst, const void* src, size_t sizeBytes, hipMemcpyKind kind)
+{
+    ENTER(hipMemcpy, hipErrorUnknown);
+    if (sizeBytes == 0)
+        return hipSuccess;
+    hipError_t e = check_copy(dst, src, sizeBytes, &kind);
+    if (e != hipSuccess)
+        return set_error(e);
+    struct op op = {.type = OP_COPY, .dst = dst, .src = src, .n = sizeBytes, .kind = kind};
+    return set_error(submit(NULL, op));
+}
+
+static hipError_t memset_common(void* dst, int value, size_t n, hipStream_t stream)
+{
+    hipError_t e = check_stream(stream);
+    if (e != hipSuccess)
+        return set_error(e);
+    if (n == 0)
+        return hipSuccess;
+    if (!dst || !dev_range_ok(dst, n))
+        return set_error(hipErrorInvalidValue);
+    struct op op = {.type = OP_SET, .dst = dst, .n = n, .value = value};
+    return set_error(submit(stream, op));
+}
+
+hipError_t hipMemset(void* dst, int value, size_t sizeBytes)
+{
+    ENTER(hipMemset, hipErrorUnknown);
+    return memset_common(dst, value, sizeBytes, NULL);
+}
+
+hipError_t hipMemsetAsync(void* dst, int value, size_t sizeBytes, hipStream_t stream)
+{
+    ENTER(hipMemsetAsync, hipErrorUnknown);
+    return memset_common(dst, value, sizeBytes, stream);
+}
+
+static hipError_t stream_create(hipStream_t* stream, unsigned flags)
+{
+    if (!stream)
+        return set_error(hipErrorInvalidValue);
+    if (flags & ~hipStreamNonBlocking)
+        return set_error(hipErrorInvalidValue);
+    struct ihipStream_t* s = calloc(1, sizeof *s);
+    if (!s)
+        return set_error(hipErrorOutOfMemory);
+    s->flags = flags;
+    pthread_cond_init(&s->cv, NULL);
+    if (pthread_create(&s->thread, NULL, stream_worker, s) != 0) {
+        pthread_cond_destroy(&s->cv);
+        free(s);
+        return set_error(hipErrorOutOfMemory);
+    }
+    pthread_mutex_lock(&g_lock);
+    s->next_stream = g_streams;
+    g_streams = s;
+    pthread_mutex_unlock(&g_lock);
+    *stream = s;
+    return hipSuccess;
+}
+
+hipError_t hipStreamCreate(hipStream_t* stream)
+{
+    ENTER(hipStreamCreate, hipErrorUnknown);
+    return stream_create(stream, hipStreamDefault);
+}
+
+hipError_t hipStreamCreateWithFlags(hipStream_t* stream, unsigned int flags)
+{
+    ENTER(hipStreamCreateWithFlags, hipErrorUnknown);
+    return stream_create(stream, flags);
+}
+
+hipError_t hipStreamDestroy(hipStream_t stream)
+{
+    ENTER(hipStreamDestroy, hipErrorUnknown);
+    if (!stream)
+        return set_error(hipErrorInvalidHandle);
+    pthread_mutex_lock(&g_lock);
+    if (!stream_known_locked(stream)) {
+        pthread_mutex_unlock(&g_lock);
+        return set_error(hipErrorInvalidHandle);
+    }
+    while (stream->pending > 0)
+        pthread_cond_wait(&g_done, &g_lock);
+    for (struct ihipStream_t** it = &g_streams; *it; it = &(*it)->next_stream) {
+        if (*it == stream) {
+            *it = stream->next_stream;
+            break;
+        }
+    }
+    stream->stop = 1;
+    pthread_cond_signal(&stream->cv);
+    pthread_mutex_unlock(&g_lock);
+    pthread_join(stream->thread, NULL);
+    pthread_cond_destroy(&stream->cv);
+    free(stream);
+    return hipSuccess;
+}
+
+hipError_t hipStreamSynchronize(hipStream_t stream)
+{
+    ENTER(hipStreamSynchronize, hipErrorUnknown);
+    pthread_mutex_lock(&g_lock);
+    if (!stream) {
+        wait_streams_locked(1);
+        pthread_mutex_unlock(&g_lock);
+        return hipSuccess;
+    }
+    if (!stream_known_locked(stream)) {
+        pthread_mutex_unlock(&g_lock);
+        return set_error(hipErrorInvalidHandle);
+    }
+    while (stream->pending > 0)
+        pthread_cond_wait(&g_done, &g_lock);
+    pthread_mutex_unlock(&g_lock);
+    return hipSuccess;
+}
+
+hipError_t hipStreamQuery(hipStream_t stream)
+{
+    ENTER(hipStreamQuery, hipErrorUnknown);
+    pthread_mutex_lock(&g_lock);
+    hipError_t e = hipSuccess;
+    if (!stream) {
+        for (struct ihipStream_t* it = g_streams; it; it = it->next_stream)
+            if (!(it->flags & hipStreamNonBlocking) && it->pending > 0)
+                e = hipErrorNotReady;
+    } else if (!stream_known_locked(stream)) {
+        e = hipErrorInvalidHandle;
+    } else if (stream->pending > 0) {
+        e = hipErrorNotReady;
+    }
+    pthread_mutex_unlock(&g_lock);
+    return e == hipErrorNotReady ? e : set_error(e);
+}
+
+hipError_t hipDeviceSynchronize(void)
+{
+    ENTER(hipDeviceSynchronize, hipErrorUnknown);
+    wait_streams(0);
+    return hipSuccess;
+}
+
+/* pinned host memory: ordinary host memory, tracked so that frees can be validated */
+struct host_block {
+    void* p;
+    struct host_block* next;
+};
+static struct host_block* g_host_blocks;
+
+static hipError_t host_alloc(void** ptr, size_t size)
+{
+    if (!ptr)
+        return set_error(hipErrorInvalidValue);
+    if (size == 0) {
+        *ptr = NULL;
+        return hipSuccess;
+    }
+    void* p = NULL;
+    struct host_block* b = malloc(sizeof *b);
+    if (!b || posix_memalign(&p, 4096, size) != 0) {
+        free(b);
+        *ptr = NULL;
+        return set_error(hipErrorOutOfMemory);
+    }
+    pthread_mutex_lock(&g_lock);
+    b->p = p;
+    b->next = g_host_blocks;
+    g_host_blocks = b;
+    pthread_mutex_unlock(&g_lock);
+    *ptr = p;
+    return hipSuccess;
+}
+
+static hipError_t host_free(void* ptr)
+{
+    if (!ptr)
+        return hipSuccess;
+    pthread_mutex_lock(&g_lock);
+    wait_streams_locked(0);
+    for (struct host_block** it = &g_host_blocks; *it; it = &(*it)->next) {
+        if ((*it)->p == ptr) {
+            struct host_block* b = *it;
+            *it = b->next;
+            pthread_mutex_unlock(&g_lock);
+            free(b->p);
+            free(b);
+            return hipSuccess;
+        }
+    }
+    pthread_mutex_unlock(&g_lock);
+    return set_error(hipErrorInvalidValue);
+}
+
+hipError_t hipHostMalloc(void** ptr, size_t size, unsigned int flags)
+{
+    (void)flags;
+    ENTER(hipHostMalloc, hipErrorOutOfMemory);
+    return host_alloc(ptr, size);
+}
+
+hipError_t hipMallocHost(void** ptr, size_t size)
+{
+    ENTER(hipMallocHost, hipErrorOutOfMemory);
+    return host_alloc(ptr, size);
+}
+
+hipError_t hipHostFree(void* ptr)
+{
+    ENTER(hipHostFree, hipErrorUnknown);
+    return host_free(ptr);
+}
+
+hipError_t hipFreeHost(void* ptr)
+{
+    ENTER(hipFreeHost, hipErrorUnknown);
+    return host_free(ptr);
+}
+
+hipError_t hipHostRegister(void* hostPtr, size_t sizeBytes, unsigned int flags)
+{
+    (void)flags;
+    ENTER(hipHostRegister, hipErrorUnknown);
+    if (!hostPtr || overlaps_region(hostPtr, sizeBytes))
+        return set_error(hipErrorInvalidValue);
+    return hipSuccess;
+}
+
+hipError_t hipHostUnregister(void* hostPtr)
+{
+    ENTER(hipHostUnregister, hipErrorUnknown);
+    if (!hostPtr)
+        return set_error(hipErrorInvalidValue);
+    return hipSuccess;
+}
+
+const char* hipGetErrorName(hipError_t error)
+{
+    (void)enter(F_hipGetErrorName);
+    switch (error) {
+    case hipSuccess: return "hipSuccess";
+    case hipErrorInvalidValue: return "hipErrorInvalidValue";
+    case hipErrorOutOfMemory: return "hipErrorOutOfMemory";
+    case hipErrorNotInitialized: return "hipErrorNotInitialized";
+    case hipErrorInvalidDevicePointer: return "hipErrorInvalidDevicePointer";
+    case hipErrorInvalidMemcpyDirection: return "hipErrorInvalidMemcpyDirection";
+    case hipErrorInvalidDevice: return "hipErrorInvalidDevice";
+    case hipErrorInvalidHandle: return "hipErrorInvalidHandle";
+    case hipErrorNotReady: return "hipErrorNotReady";
+    case hipErrorUnknown: return "hipErrorUnknown";
+    default: return "hipErrorUnknown";
+    }
+}
+
+const char* hipGetErrorString(hipError_t error)
+{
+    (void)enter(F_hipGetErrorString);
+    switch (error) {
+    case hipSuccess: return "no error";
+    case hipErrorInvalidValue: return "invalid argument";
+    case hipErrorOutOfMemory: return "out of memory";
+    case hipErrorNotInitialized: return "initialization error";
+    case hipErrorInvalidDevicePointer: return "invalid device pointer";
+    case hipErrorInvalidMemcpyDirection: return "invalid copy direction for memcpy";
+    case hipErrorInvalidDevice: return "invalid device ordinal";
+    case hipErrorInvalidHandle: return "invalid resource handle";
+    case hipErrorNotReady: return "device not ready";
+    default: return "unknown error";
+    }
+}
+
+hipError_t hipGetLastError(void)
+{
+    (void)enter(F_hipGetLastError);
+    hipError_t e = t_last_error;
+    t_last_error = hipSuccess;
+    return e;
+}
+
+hipError_t hipPeekAtLastError(void)
+{
+    (void)enter(F_hipPeekAtLastError);
+    return t_last_error;
+}
+
+hipError_t hipGetDevice(int* deviceId)
+{
+    ENTER(hipGetDevice, hipErrorUnknown);
+    if (!deviceId)
+        return set_error(hipErrorInvalidValue);
+    *deviceId = 0;
+    return hipSuccess;
+}
+
+hipError_t hipSetDevice(int deviceId)
+{
+    ENTER(hipSetDevice, hipErrorUnknown);
+    return deviceId == 0 ? hipSuccess : set_error(hipErrorInvalidDevice);
+}
+
+hipError_t hipGetDeviceCount(int* count)
+{
+    ENTER(hipGetDeviceCount, hipErrorUnknown);
+    if (!count)
+        return set_error(hipErrorInvalidValue);
+    *count = 1;
+    return hipSuccess;
+}
+
+hipError_t hipDeviceGetName(char* name, int len, int deviceId)
+{
+    ENTER(hipDeviceGetName, hipErrorUnknown);
+    if (!name || len <= 0)
+        return set_error(hipErrorInvalidValue);
+    if (deviceId != 0)
+        return set_error(hipErrorInvalidDevice);
+    snprintf(name, (size_t)len, "%s", "AMD Radeon RX 5700 XT (fake HIP, gfx1010)");
+    return hipSuccess;
+}
+
+hipError_t hipRuntimeGetVersion(int* runtimeVersion)
+{
+    ENTER(hipRuntimeGetVersion, hipErrorUnknown);
+    if (!runtimeVersion)
+        return set_error(hipErrorInvalidValue);
+    *runtimeVersion = 60000000;
+    return hipSuccess;
+}
+
+hipError_t hipDriverGetVersion(int* driverVersion)
+{
+    ENTER(hipDriverGetVersion, hipErrorUnknown);
+    if (!driverVersion)
+        return set_error(hipErrorInvalidValue);
+    *driverVersion = 60000000;
+    return hipSuccess;
+}
+
+int fakehip_stats(const char* name)
+{
+    pthread_once(&g_once, init_once);
+    if (!name)
+        return -1;
+    for (int i = 0; i < F_COUNT; i++)
+        if (strcmp(g_fn_names[i], name) == 0)
+            return (int)__atomic_load_n(&g_calls[i], __ATOMIC_SEQ_CST);
+    return -1;
+}
+
+size_t fakehip_bytes_copied(int kind)
+{
+    if (kind < 0 || kind > 4)
+        return 0;
+    return __atomic_load_n(&g_bytes_copied[kind], __ATOMIC_SEQ_CST);
+}
