@@ -1,0 +1,1341 @@
+/*
+ * fake_miopen.c -- owns the fake MIOpen, built as libMIOpen.so (SONAME
+ * libMIOpen.so, linked against the fake libamdhip64.so), that behaves like
+ * MIOpen on an RDNA1 GPU whose convolution kernels crash.
+ *
+ * Host-side API (handles, tensor and convolution descriptors, output-dim and
+ * attribute queries) behaves like the real library, including its quirks:
+ * miopenGroupConv and miopenDepthwise are stored as miopenConvolution, the
+ * group count defaults to 1, transposed output dims are
+ * (i-1)s - 2p + d(k-1) + 1 + adj with out channels = w dim1 * groups.
+ *
+ * Every kernel-running convolution entry point (Forward, BackwardData,
+ * BackwardWeights, the Find*, *Immediate and *CompileSolution calls,
+ * ForwardBias, BackwardBias) validates its arguments and then prints
+ *   "fake MIOpen: <function>: Memory access fault by GPU node-1 (Agent handle: 0x..)
+ *    on address 0x... Reason: Page not present or supervisor privilege.
+ *    HSA_STATUS_ERROR_MEMORY_APERTURE_VIOLATION"
+ * to stderr and calls abort(). With FAKE_MIOPEN_HEALTHY=1 it instead
+ * synchronizes the handle's stream, copies the operands to the host with
+ * hipMemcpy, computes the naive reference, copies the result back, prints
+ * "fake MIOpen: <function> ran on the GPU" and returns success.
+ * The non-running queries (workspace sizes, solution counts/lists) answer
+ * with 1 MiB workspaces so that tests can tell whether a shim answered.
+ *
+ * Environment: FAKE_MIOPEN_HEALTHY=1 (see above); FAKE_MIOPEN_TRACE=1 prints
+ * every call to stderr as "fake MIOpen: call <function>"; FAKE_MIOPEN_BUG=<bug>
+ * (healthy mode only) deliberately computes wrongly the way a broken shim
+ * would, so tests can prove that the harness notices:
+ *   nosync         read operands without synchronizing the handle's stream
+ *   beta_always    blend in the old output even when beta == 0
+ *   flip_kernel    true convolution (flipped taps) instead of cross-correlation
+ *   clobber_gaps   overwrite the bytes between strided output elements
+ *   scribble_input write garbage into the first input operand
+ *   ignore_alpha   treat alpha as 1
+ */
+#define _GNU_SOURCE
+#include "miopen_api.h"
+#include "naive_conv.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#define FAKE_WORKSPACE_BYTES ((size_t)1 << 20)
+#define MAX_DIMS 8
+
+#define HANDLE_MAGIC 0x48414e44u
+#define TENSOR_MAGIC 0x54454e53u
+#define CONV_MAGIC 0x434f4e56u
+
+struct miopenHandle {
+    unsigned magic;
+    hipStream_t stream;
+};
+
+struct miopenTensorDescriptor {
+    unsigned magic;
+    int set;
+    miopenDataType_t type;
+    int nd;
+    int lens[MAX_DIMS];
+    int strides[MAX_DIMS];
+};
+
+struct miopenConvolutionDescriptor {
+    unsigned magic;
+    int spatial;
+    miopenConvolutionMode_t mode;
+    int pad[3], stride[3], dil[3], adj[3];
+    int groups;
+    int attr_fp16_alt; /* -1 default */
+    int attr_deterministic;
+    int attr_fp8_rounding;
+    int find_mode;
+};
+
+static int env_flag(const char* name)
+{
+    const char* v = getenv(name);
+    return v && strcmp(v, "1") == 0;
+}
+
+static int bug(const char* name)
+{
+    const char* v = getenv("FAKE_MIOPEN_BUG");
+    return v && strcmp(v, name) == 0;
+}
+
+static void trace(const char* fn)
+{
+    if (env_flag("FAKE_MIOPEN_TRACE"))
+        fprintf(stderr, "fake MIOpen: call %s\n", fn);
+}
+
+#define TRACE() trace(__func__)
+
+static int handle_ok(miopenHandle_t h) { return h && h->magic == HANDLE_MAGIC; }
+static int tensor_ok(miopenTensorDescriptor_t t)
+{
+    return t && t->magic == TENSOR_MAGIC && t->set;
+}
+static int conv_ok(miopenConvolutionDescriptor_t c) { return c && c->magic == CONV_MAGIC; }
+
+/* ------------------------------------------------------------------ */
+/* handle                                                               */
+/* ------------------------------------------------------------------ */
+
+const char* miopenGetErrorString(miopenStatus_t error)
+{
+    switch (error) {
+    case miopenStatusSuccess: return "miopenStatusSuccess";
+    case miopenStatusNotInitialized: return "miopenStatusNotInitialized";
+    case miopenStatusInvalidValue: return "miopenStatusInvalidValue";
+    case miopenStatusBadParm: return "miopenStatusBadParm";
+    case miopenStatusAllocFailed: return "miopenStatusAllocFailed";
+    case miopenStatusInternalError: return "miopenStatusInternalError";
+    case miopenStatusNotImplemented: return "miopenStatusNotImplemented";
+    case miopenStatusUnknownError: return "miopenStatusUnknownError";
+    case miopenStatusUnsupportedOp: return "miopenStatusUnsupportedOp";
+    case miopenStatusGpuOperationsSkipped: return "miopenStatusGpuOperationsSkipped";
+    case miopenStatusVersionMismatch: return "miopenStatusVersionMismatch";
+    default: return "Unknown Error";
+    }
+}
+
+miopenStatus_t miopenCreateWithStream(miopenHandle_t* handle, miopenAcceleratorQueue_t stream)
+{
+    TRACE();
+    if (!handle)
+        return miopenStatusBadParm;
+    struct miopenHandle* h = calloc(1, sizeof *h);
+    if (!h)
+        return miopenStatusAllocFailed;
+    h->magic = HANDLE_MAGIC;
+    h->stream = stream;
+    *handle = h;
+    return miopenStatusSuccess;
+}
+
+miopenStatus_t miopenCreate(miopenHandle_t* handle)
+{
+    TRACE();
+    /* A release build of MIOpen uses the null stream until miopenSetStream. */
+    return miopenCreateWithStream(handle, NULL);
+}
+
+miopenStatus_t miopenDestroy(miopenHandle_t handle)
+{
+    TRACE();
+    if (!handle_ok(handle))
+        return miopenStatusBadParm;
+    handle->magic = 0;
+    free(handle);
+    return miopenStatusSuccess;
+}
+
+miopenStatus_t miopenSetStream(miopenHandle_t handle, miopenAcceleratorQueue_t streamID)
+{
+    TRACE();
+    if (!handle_ok(handle))
+        return miopenStatusBadParm;
+    handle->stream = streamID;
+    return miopenStatusSuccess;
+}
+
+miopenStatus_t miopenGetStream(miopenHandle_t handle, miopenAcceleratorQueue_t* streamID)
+{
+    TRACE();
+    if (!handle_ok(handle) || !streamID)
+        return miopenStatusBadParm;
+    *streamID = handle->stream;
+    return miopenStatusSuccess;
+}
+
+/* ------------------------------------------------------------------ */
+/* tensor descriptors                                                   */
+/* ------------------------------------------------------------------ */
+
+static int type_valid(miopenDataType_t t)
+{
+    return t == miopenHalf || t == miopenFloat || t == miopenInt32 || t == miopenInt8 ||
+           t == miopenBFloat16 || t == miopenDouble || t == miopenFloat8 ||
+           t == miopenBFloat8 || t == miopenInt64;
+}
+
+miopenStatus_t miopenCreateTensorDescriptor(miopenTensorDescriptor_t* tensorDesc)
+{
+    TRACE();
+    if (!tensorDesc)
+        return miopenStatusBadParm;
+    struct miopenTensorDescriptor* t = calloc(1, sizeof *t);
+    if (!t)
+        return miopenStatusAllocFailed;
+    t->magic = TENSOR_MAGIC;
+    *tensorDesc = t;
+    return miopenStatusSuccess;
+}
+
+static miopenStatus_t set_tensor(miopenTensorDescriptor_t t, miopenDataType_t type, int nd,
+                                 const long long* lens, const long long* strides)
+{
+    if (!t || t->magic != TENSOR_MAGIC || !type_valid(type) || nd < 1 || nd > MAX_DIMS)
+        return miopenStatusBadParm;
+    for (int i = 0; i < nd; i++) {
+        if (lens[i] < 0 || lens[i] > 0x7fffffff)
+            return miopenStatusBadParm;
+        if (strides && (strides[i] < 0 || strides[i] > 0x7fffffff))
+            return miopenStatusBadParm;
+    }
+    t->type = type;
+    t->nd = nd;
+    long long s = 1;
+    for (int i = nd - 1; i >= 0; i--) {
+        t->lens[i] = (int)lens[i];
+        t->strides[i] = strides ? (int)strides[i] : (int)s;
+        s *= lens[i] > 0 ? lens[i] : 1;
+    }
+    t->set = 1;
+    return miopenStatusSuccess;
+}
+
+miopenStatus_t miopenSet4dTensorDescriptor(miopenTensorDescriptor_t tensorDesc,
+                                           miopenDataType_t dataType, int n, int c, int h, int w)
+{
+    TRACE();
+    long long lens[4] = {n, c, h, w};
+    return set_tensor(tensorDesc, dataType, 4, lens, NULL);
+}
+
+miopenStatus_t miopenSet4dTensorDescriptorEx(miopenTensorDescriptor_t tensorDesc,
+                                             miopenDataType_t dataType, int n, int c, int h, int w,
+                                             int nStride, int cStride, int hStride, int wStride)
+{
+    TRACE();
+    long long lens[4] = {n, c, h, w};
+    long long strides[4] = {nStride, cStride, hStride, wStride};
+    return set_tensor(tensorDesc, dataType, 4, lens, strides);
+}
+
+miopenStatus_t miopenSetTensorDescriptor(miopenTensorDescriptor_t tensorDesc,
+                                         miopenDataType_t dataType, int nbDims, const int* dimsA,
+                                         const int* stridesA)
+{
+    TRACE();
+    if (!dimsA || nbDims < 1 || nbDims > MAX_DIMS)
+        return miopenStatusBadParm;
+    long long lens[MAX_DIMS], strides[MAX_DIMS];
+    for (int i = 0; i < nbDims; i++) {
+        lens[i] = dimsA[i];
+        strides[i] = stridesA ? stridesA[i] : 0;
+    }
+    return set_tensor(tensorDesc, dataType, nbDims, lens, stridesA ? strides : NULL);
+}
+
+miopenStatus_t miopenSetTensorDescriptorV2(miopenTensorDescriptor_t tensorDesc,
+                                           miopenDataType_t dataType, int nbDims,
+                                           const size_t* dimsA, const size_t* stridesA)
+{
+    TRACE();
+    if (!dimsA || nbDims < 1 || nbDims > MAX_DIMS)
+        return miopenStatusBadParm;
+    long long lens[MAX_DIMS], strides[MAX_DIMS];
+    for (int i = 0; i < nbDims; i++) {
+        lens[i] = (long long)dimsA[i];
+        strides[i] = stridesA ? (long long)stridesA[i] : 0;
+    }
+    return set_tensor(tensorDesc, dataType, nbDims, lens, stridesA ? strides : NULL);
+}
+
+miopenStatus_t miopenSetNdTensorDescriptorWithLayout(miopenTensorDescriptor_t tensorDesc,
+                                                     miopenDataType_t dataType,
+                                                     miopenTensorLayout_t tensorLayout,
+                                                     const int* lens, int num_lens)
+{
+    TRACE();
+    if (!lens)
+        return miopenStatusBadParm;
+    int channels_last;
+    switch (tensorLayout) {
+    case miopenTensorNCHW: channels_last = 0; if (num_lens != 4) return miopenStatusBadParm; break;
+    case miopenTensorNHWC: channels_last = 1; if (num_lens != 4) return miopenStatusBadParm; break;
+    case miopenTensorNCDHW: channels_last = 0; if (num_lens != 5) return miopenStatusBadParm; break;
+    case miopenTensorNDHWC: channels_last = 1; if (num_lens != 5) return miopenStatusBadParm; break;
+    default: return miopenStatusNotImplemented;
+    }
+    long long l[MAX_DIMS], s[MAX_DIMS];
+    for (int i = 0; i < num_lens; i++)
+        l[i] = lens[i];
+    if (!channels_last)
+        return set_tensor(tensorDesc, dataType, num_lens, l, NULL);
+    long long acc = 1;
+    s[1] = acc;
+    acc *= l[1];
+    for (int i = num_lens - 1; i >= 2; i--) {
+        s[i] = acc;
+        acc *= l[i];
+    }
+    s[0] = acc;
+    return set_tensor(tensorDesc, dataType, num_lens, l, s);
+}
+
+miopenStatus_t miopenGet4dTensorDescriptor(miopenTensorDescriptor_t tensorDesc,
+                                           miopenDataType_t* dataType, int* n, int* c, int* h,
+                                           int* w, int* nStride, int* cStride, int* hStride,
+                                           int* wStride)
+{
+    TRACE();
+    if (!tensor_ok(tensorDesc) || tensorDesc->nd != 4 || !dataType || !n || !c || !h || !w ||
+        !nStride || !cStride || !hStride || !wStride)
+        return miopenStatusBadParm;
+    *dataType = tensorDesc->type;
+    *n = tensorDesc->lens[0];
+    *c = tensorDesc->lens[1];
+    *h = tensorDesc->lens[2];
+    *w = tensorDesc->lens[3];
+    *nStride = tensorDesc->strides[0];
+    *cStride = tensorDesc->strides[1];
+    *hStride = tensorDesc->strides[2];
+    *wStride = tensorDesc->strides[3];
+    return miopenStatusSuccess;
+}
+
+miopenStatus_t miopenGetTensorDescriptorSize(miopenTensorDescriptor_t tensorDesc, int* size)
+{
+    TRACE();
+    if (!tensor_ok(tensorDesc) || !size)
+        return miopenStatusBadParm;
+    *size = tensorDesc->nd;
+    return miopenStatusSuccess;
+}
+
+miopenStatus_t miopenGetTensorDescriptor(miopenTensorDescriptor_t tensorDesc,
+                                         miopenDataType_t* dataType, int* dimsA, int* stridesA)
+{
+    TRACE();
+    if (!tensor_ok(tensorDesc))
+        return miopenStatusBadParm;
+    if (dataType)
+        *dataType = tensorDesc->type;
+    for (int i = 0; i < tensorDesc->nd; i++) {
+        if (dimsA)
+            dimsA[i] = tensorDesc->lens[i];
+        if (stridesA)
+            stridesA[i] = tensorDesc->strides[i];
+    }
+    return miopenStatusSuccess;
+}
+
+static size_t type_size(miopenDataType_t t) { return nc_dtype_size((int)t); }
+
+static size_t element_space(miopenTensorDescriptor_t t)
+{
+    size_t s = 1;
+    for (int i = 0; i < t->nd; i++) {
+        if (t->lens[i] == 0)
+            return 0;
+        s += (size_t)(t->lens[i] - 1) * (size_t)t->strides[i];
+    }
+    return s;
+}
+
+miopenStatus_t miopenGetTensorNumBytes(miopenTensorDescriptor_t tensorDesc, size_t* numBytes)
+{
+    TRACE();
+    if (!tensor_ok(tensorDesc) || !numBytes)
+        return miopenStatusBadParm;
+    *numBytes = element_space(tensorDesc) * type_size(tensorDesc->type);
+    return miopenStatusSuccess;
+}
+
+miopenStatus_t miopenDestroyTensorDescriptor(miopenTensorDescriptor_t tensorDesc)
+{
+    TRACE();
+    if (!tensorDesc || tensorDesc->magic != TENSOR_MAGIC)
+        return miopenStatusBadParm;
+    tensorDesc->magic = 0;
+    free(tensorDesc);
+    return miopenStatusSuccess;
+}
+
+/* ------------------------------------------------------------------ */
+/* convolution descriptors                                              */
+/* ------------------------------------------------------------------ */
+
+static void conv_defaults(struct miopenConvolutionDescriptor* c)
+{
+    c->magic = CONV_MAGIC;
+    c->spatial = 2;
+    c->mode = miopenConvolution;
+    for (int i = 0; i < 3; i++) {
+        c->pad[i] = 0;
+        c->stride[i] = 1;
+        c->dil[i] = 1;
+        c->adj[i] = 0;
+    }
+    c->groups = 1;
+    c->attr_fp16_alt = -1;
+    c->attr_deterministic = 0;
+    c->attr_fp8_rounding = 0;
+    c->find_mode = miopenConvolutionFindModeDefault;
+}
+
+miopenStatus_t miopenCreateConvolutionDescriptor(miopenConvolutionDescriptor_t* convDesc)
+{
+    TRACE();
+    if (!convDesc)
+        return miopenStatusBadParm;
+    struct miopenConvolutionDescriptor* c = calloc(1, sizeof *c);
+    if (!c)
+        return miopenStatusAllocFailed;
+    conv_defaults(c);
+    *convDesc = c;
+    return miopenStatusSuccess;
+}
+
+/* Mirrors MIOpen's ConvolutionDescriptor constructor: validates, folds the
+ * legacy group/depthwise modes into miopenConvolution, resets the rest. */
+static miopenStatus_t conv_init(miopenConvolutionDescriptor_t cd, int spatial,
+                                miopenConvolutionMode_t mode, const int* pad, const int* stride,
+                                const int* dil)
+{
+    if (!conv_ok(cd) || !pad || !stride || !dil)
+        return miopenStatusBadParm;
+    if (spatial < 1 || spatial > 3)
+        return miopenStatusBadParm;
+    for (int i = 0; i < spatial; i++)
+        if (pad[i] < 0 || stride[i] < 1 || dil[i] < 1)
+            return miopenStatusBadParm;
+    miopenConvolutionMode_t stored;
+    switch (mode) {
+    case miopenConvolution:
+    case miopenGroupConv:
+    case miopenDepthwise: stored = miopenConvolution; break;
+    case miopenTranspose: stored = miopenTranspose; break;
+    default: return miopenStatusBadParm;
+    }
+    conv_defaults(cd);
+    cd->spatial = spatial;
+    cd->mode = stored;
+    for (int i = 0; i < spatial; i++) {
+        cd->pad[i] = pad[i];
+        cd->stride[i] = stride[i];
+        cd->dil[i] = dil[i];
+    }
+    return miopenStatusSuccess;
+}
+
+miopenStatus_t miopenInitConvolutionDescriptor(miopenConvolutionDescriptor_t convDesc,
+                                               miopenConvolutionMode_t c_mode, int pad_h,
+                                               int pad_w, int stride_h, int stride_w,
+                                               int dilation_h, int dilation_w)
+{
+    TRACE();
+    int pad[2] = {pad_h, pad_w}, stride[2] = {stride_h, stride_w},
+        dil[2] = {dilation_h, dilation_w};
+    return conv_init(convDesc, 2, c_mode, pad, stride, dil);
+}
+
+miopenStatus_t miopenInitConvolutionNdDescriptor(miopenConvolutionDescriptor_t convDesc,
+                                                 int spatialDim, const int* padA,
+                                                 const int* strideA, const int* dilationA,
+                                                 miopenConvolutionMode_t c_mode)
+{
+    TRACE();
+    return conv_init(convDesc, spatialDim, c_mode, padA, strideA, dilationA);
+}
+
+miopenStatus_t miopenGetConvolutionSpatialDim(miopenConvolutionDescriptor_t convDesc,
+                                              int* spatialDim)
+{
+    TRACE();
+    if (!conv_ok(convDesc) || !spatialDim)
+        return miopenStatusBadParm;
+    *spatialDim = convDesc->spatial;
+    return miopenStatusSuccess;
+}
+
+miopenStatus_t miopenGetConvolutionDescriptor(miopenConvolutionDescriptor_t convDesc,
+                                              miopenConvolutionMode_t* c_mode, int* pad_h,
+                                              int* pad_w, int* stride_h, int* stride_w,
+                                              int* dilation_h, int* dilation_w)
+{
+    TRACE();
+    if (!conv_ok(convDesc) || convDesc->spatial != 2 || !c_mode || !pad_h || !pad_w ||
+        !stride_h || !stride_w || !dilation_h || !dilation_w)
+        return miopenStatusBadParm;
+    *c_mode = convDesc->mode;
+    *pad_h = convDesc->pad[0];
+    *pad_w = convDesc->pad[1];
+    *stride_h = convDesc->stride[0];
+    *stride_w = convDesc->stride[1];
+    *dilation_h = convDesc->dil[0];
+    *dilation_w = convDesc->dil[1];
+    return miopenStatusSuccess;
+}
+
+miopenStatus_t miopenGetConvolutionNdDescriptor(miopenConvolutionDescriptor_t convDesc,
+                                                int requestedSpatialDim, int* spatialDim,
+                                                int* padA, int* strideA, int* dilationA,
+                                                miopenConvolutionMode_t* c_mode)
+{
+    TRACE();
+    if (!conv_ok(convDesc) || requestedSpatialDim < 0 ||
+        requestedSpatialDim > convDesc->spatial)
+        return miopenStatusBadParm;
+    if (requestedSpatialDim > 0 && (!padA || !strideA || !dilationA))
+        return miopenStatusBadParm;
+    if (spatialDim)
+        *spatialDim = convDesc->spatial;
+    for (int i = 0; i < requestedSpatialDim; i++) {
+        padA[i] = convDesc->pad[i];
+        strideA[i] = convDesc->stride[i];
+        dilationA[i] = convDesc->dil[i];
+    }
+    if (c_mode)
+        *c_mode = convDesc->mode;
+    return miopenStatusSuccess;
+}
+
+miopenStatus_t miopenGetConvolutionGroupCount(miopenConvolutionDescriptor_t convDesc,
+                                              int* groupCount)
+{
+    TRACE();
+    if (!conv_ok(convDesc) || !groupCount)
+        return miopenStatusBadParm;
+    *groupCount = convDesc->groups;
+    return miopenStatusSuccess;
+}
+
+miopenStatus_t miopenSetConvolutionGroupCount(miopenConvolutionDescriptor_t convDesc,
+                                              int groupCount)
+{
+    TRACE();
+    if (!conv_ok(convDesc) || groupCount < 1)
+        return miopenStatusBadParm;
+    convDesc->groups = groupCount;
+    return miopenStatusSuccess;
+}
+
+miopenStatus_t miopenSetTransposeConvOutputPadding(miopenConvolutionDescriptor_t convDesc,
+                                                   int adj_h, int adj_w)
+{
+    TRACE();
+    if (!conv_ok(convDesc) || convDesc->spatial != 2)
+        return miopenStatusBadParm;
+    convDesc->adj[0] = adj_h;
+    convDesc->adj[1] = adj_w;
+    return miopenStatusSuccess;
+}
+
+miopenStatus_t miopenSetTransposeConvNdOutputPadding(miopenConvolutionDescriptor_t convDesc,
+                                                     int spatialDim, const int* adjA)
+{
+    TRACE();
+    if (!conv_ok(convDesc) || !adjA || spatialDim != convDesc->spatial)
+        return miopenStatusBadParm;
+    for (int i = 0; i < spatialDim; i++)
+        convDesc->adj[i] = adjA[i];
+    return miopenStatusSuccess;
+}
+
+/* MIOpen's GetForwardOutputTensor (default padding mode). */
+static miopenStatus_t forward_output(miopenConvolutionDescriptor_t cd,
+                                     miopenTensorDescriptor_t x, miopenTensorDescriptor_t w,
+                                     int* nd, int out[MAX_DIMS])
+{
+    if (!conv_ok(cd) || !tensor_ok(x) || !tensor_ok(w))
+        return miopenStatusBadParm;
+    const int sp = cd->spatial;
+    if (x->nd != sp + 2 || w->nd != sp + 2 || x->type != w->type)
+        return miopenStatusBadParm;
+    const long long in_c = x->lens[1], wei_k = w->lens[0], wei_c = w->lens[1];
+    const int g = cd->groups;
+    long long out_c;
+    if (cd->mode == miopenTranspose) {
+        if (in_c != wei_k || (g > 1 && wei_k % g != 0))
+            return miopenStatusBadParm;
+        for (int i = 0; i < sp; i++)
+            if (cd->adj[i] >= cd->stride[i])
+                return miopenStatusBadParm;
+        out_c = wei_c * g;
+    } else {
+        if (wei_c < 1 || (g == 1 && in_c != wei_c) ||
+            (g > 1 && (in_c % wei_c != 0 || wei_k % (in_c / wei_c) != 0)))
+            return miopenStatusBadParm;
+        out_c = wei_k;
+    }
+    out[0] = x->lens[0];
+    out[1] = (int)out_c;
+    for (int i = 0; i < sp; i++) {
+        long long in = x->lens[2 + i], k = w->lens[2 + i];
+        long long s = cd->stride[i], p = cd->pad[i], d = cd->dil[i];
+        long long o;
+        if (cd->mode == miopenTranspose)
+            o = s * (in - 1) + 1 + d * (k - 1) - 2 * p + cd->adj[i];
+        else
+            o = (in - (1 + d * (k - 1)) + 2 * p) / s + 1;
+        out[2 + i] = (int)(o < 1 ? 1 : o);
+    }
+    *nd = sp + 2;
+    return miopenStatusSuccess;
+}
+
+miopenStatus_t miopenGetConvolutionForwardOutputDim(miopenConvolutionDescriptor_t convDesc,
+                                                    const miopenTensorDescriptor_t inputTensorDesc,
+                                                    const miopenTensorDescriptor_t filterDesc,
+                                                    int* n, int* c, int* h, int* w)
+{
+    TRACE();
+    if (!conv_ok(convDesc) || convDesc->spatial != 2 || !n || !c || !h || !w)
+        return miopenStatusBadParm;
+    int nd, out[MAX_DIMS];
+    miopenStatus_t st = forward_output(convDesc, inputTensorDesc, filterDesc, &nd, out);
+    if (st != miopenStatusSuccess)
+        return st;
+    *n = out[0];
+    *c = out[1];
+    *h = out[2];
+    *w = out[3];
+    return miopenStatusSuccess;
+}
+
+miopenStatus_t miopenGetConvolutionNdForwardOutputDim(
+    miopenConvolutionDescriptor_t convDesc, const miopenTensorDescriptor_t inputTensorDesc,
+    const miopenTensorDescriptor_t filterDesc, int* nDim, int* outputTensorDimA)
+{
+    TRACE();
+    if (!nDim || !outputTensorDimA)
+        return miopenStatusBadParm;
+    int nd, out[MAX_DIMS];
+    miopenStatus_t st = forward_output(convDesc, inputTensorDesc, filterDesc, &nd, out);
+    if (st != miopenStatusSuccess)
+        return st;
+    *nDim = nd;
+    for (int i = 0; i < nd; i++)
+        outputTensorDimA[i] = out[i];
+    return miopenStatusSuccess;
+}
+
+miopenStatus_t miopenSetConvolutionAttribute(miopenConvolutionDescriptor_t convDesc,
+                                             const miopenConvolutionAttrib_t attr, int value)
+{
+    TRACE();
+    if (!conv_ok(convDesc))
+        return miopenStatusBadParm;
+    switch (attr) {
+    case MIOPEN_CONVOLUTION_ATTRIB_FP16_ALT_IMPL:
+        if (value < -1 || value > 1)
+            return miopenStatusBadParm;
+        convDesc->attr_fp16_alt = value;
+        return miopenStatusSuccess;
+    case MIOPEN_CONVOLUTION_ATTRIB_DETERMINISTIC:
+        if (value < 0 || value > 1)
+            return miopenStatusBadParm;
+        convDesc->attr_deterministic = value;
+        return miopenStatusSuccess;
+    case MIOPEN_CONVOLUTION_ATTRIB_FP8_ROUNDING_MODE:
+        if (value < 0 || value > 1)
+            return miopenStatusBadParm;
+        convDesc->attr_fp8_rounding = value;
+        return miopenStatusSuccess;
+    default: return miopenStatusBadParm;
+    }
+}
+
+miopenStatus_t miopenGetConvolutionAttribute(miopenConvolutionDescriptor_t convDesc,
+                                             const miopenConvolutionAttrib_t attr, int* value)
+{
+    TRACE();
+    if (!conv_ok(convDesc) || !value)
+        return miopenStatusBadParm;
+    switch (attr) {
+    case MIOPEN_CONVOLUTION_ATTRIB_FP16_ALT_IMPL: *value = convDesc->attr_fp16_alt; break;
+    case MIOPEN_CONVOLUTION_ATTRIB_DETERMINISTIC: *value = convDesc->attr_deterministic; break;
+    case MIOPEN_CONVOLUTION_ATTRIB_FP8_ROUNDING_MODE: *value = convDesc->attr_fp8_rounding; break;
+    default: return miopenStatusBadParm;
+    }
+    return miopenStatusSuccess;
+}
+
+miopenStatus_t miopenSetConvolutionFindMode(miopenConvolutionDescriptor_t convDesc,
+                                            miopenConvolutionFindMode_t findMode)
+{
+    TRACE();
+    if (!conv_ok(convDesc) || (int)findMode < 1 || (int)findMode > 7)
+        return miopenStatusBadParm;
+    convDesc->find_mode = findMode;
+    return miopenStatusSuccess;
+}
+
+miopenStatus_t miopenGetConvolutionFindMode(const miopenConvolutionDescriptor_t convDesc,
+                                            miopenConvolutionFindMode_t* findMode)
+{
+    TRACE();
+    if (!conv_ok(convDesc) || !findMode)
+        return miopenStatusBadParm;
+    *findMode = (miopenConvolutionFindMode_t)convDesc->find_mode;
+    return miopenStatusSuccess;
+}
+
+miopenStatus_t miopenDestroyConvolutionDescriptor(miopenConvolutionDescriptor_t convDesc)
+{
+    TRACE();
+    if (!conv_ok(convDesc))
+        return miopenStatusBadParm;
+    convDesc->magic = 0;
+    free(convDesc);
+    return miopenStatusSuccess;
+}
+
+/* ------------------------------------------------------------------ */
+/* convolution execution                                                */
+/* ------------------------------------------------------------------ */
+
+static void to_nc(miopenTensorDescriptor_t t, nc_tensor* o)
+{
+    memset(o, 0, sizeof *o);
+    o->dtype = (int)t->type;
+    o->nd = t->nd > NC_MAX_DIMS ? NC_MAX_DIMS + 1 : t->nd;
+    for (int i = 0; i < t->nd && i < NC_MAX_DIMS; i++) {
+        o->lens[i] = t->lens[i];
+        o->strides[i] = t->strides[i];
+    }
+}
+
+static void conv_to_nc(miopenConvolutionDescriptor_t cd, nc_conv* o)
+{
+    memset(o, 0, sizeof *o);
+    o->spatial = cd->spatial;
+    for (int i = 0; i < 3; i++) {
+        o->pad[i] = cd->pad[i];
+        o->stride[i] = cd->stride[i];
+        o->dil[i] = cd->dil[i];
+    }
+    o->groups = cd->groups;
+    o->transpose = cd->mode == miopenTranspose;
+}
+
+static miopenStatus_t validate_problem(const char* fn, int dir, miopenHandle_t h,
+                                       miopenConvolutionDescriptor_t cd,
+                                       miopenTensorDescriptor_t a, miopenTensorDescriptor_t b,
+                                       miopenTensorDescriptor_t out)
+{
+    if (!handle_ok(h) || !conv_ok(cd) || !tensor_ok(a) || !tensor_ok(b) || !tensor_ok(out))
+        return miopenStatusBadParm;
+    nc_tensor ta, tb, to;
+    nc_conv c;
+    to_nc(a, &ta);
+    to_nc(b, &tb);
+    to_nc(out, &to);
+    conv_to_nc(cd, &c);
+    char err[256];
+    if (nc_conv_validate(dir, &c, &ta, &tb, &to, err, sizeof err)) {
+        fprintf(stderr, "fake MIOpen: %s: bad problem: %s\n", fn, err);
+        return miopenStatusBadParm;
+    }
+    return miopenStatusSuccess;
+}
+
+static void gpu_fault(const char* fn, const void* handle, const void* address)
+{
+    fprintf(stderr,
+            "fake MIOpen: %s: Memory access fault by GPU node-1 (Agent handle: %p) on address "
+            "%p. Reason: Page not present or supervisor privilege. "
+            "HSA_STATUS_ERROR_MEMORY_APERTURE_VIOLATION\n",
+            fn, handle, address);
+    fflush(stderr);
+    struct rlimit no_core = {0, 0};
+    setrlimit(RLIMIT_CORE, &no_core);
+    abort();
+}
+
+static double scalar(const void* p, miopenDataType_t t, double dflt)
+{
+    if (!p)
+        return dflt;
+    if (t == miopenDouble)
+        return *(const double*)p;
+    return *(const float*)p;
+}
+
+static void* fetch(const char* fn, miopenTensorDescriptor_t t, const void* dev, size_t* bytes)
+{
+    *bytes = element_space(t) * type_size(t->type);
+    void* host = malloc(*bytes ? *bytes : 1);
+    if (!host)
+        return NULL;
+    hipError_t e = hipMemcpy(host, dev, *bytes, hipMemcpyDeviceToHost);
+    if (e != hipSuccess) {
+        fprintf(stderr, "fake MIOpen: %s: hipMemcpy from device failed: %s\n", fn,
+                hipGetErrorName(e));
+        free(host);
+        return NULL;
+    }
+    return host;
+}
+
+/* Reverses every spatial dim of a host tensor image (FAKE_MIOPEN_BUG=flip_kernel). */
+static void flip_spatial(const nc_tensor* t, void* p)
+{
+    size_t n = nc_num_elements(t);
+    double* v = malloc((n ? n : 1) * sizeof *v);
+    if (!v)
+        return;
+    int idx[NC_MAX_DIMS];
+    for (int pass = 0; pass < 2; pass++) {
+        memset(idx, 0, sizeof idx);
+        for (size_t e = 0; e < n; e++) {
+            long long off = 0;
+            for (int k = 0; k < t->nd; k++) {
+                int i = (pass == 1 && k >= 2) ? t->lens[k] - 1 - idx[k] : idx[k];
+                off += i * t->strides[k];
+            }
+            if (pass == 0)
+                v[e] = nc_load(t->dtype, p, (size_t)off);
+            else
+                nc_store(t->dtype, p, (size_t)off, v[e]);
+            for (int k = t->nd - 1; k >= 0; k--) {
+                if (++idx[k] < t->lens[k])
+                    break;
+                idx[k] = 0;
+            }
+        }
+    }
+    free(v);
+}
+
+/* The whole convolution path shared by every running entry point. */
+static miopenStatus_t run_conv(const char* fn, int dir, miopenHandle_t h,
+                               miopenConvolutionDescriptor_t cd, miopenTensorDescriptor_t ad,
+                               const void* a, miopenTensorDescriptor_t bd, const void* b,
+                               miopenTensorDescriptor_t od, void* out, const void* alpha,
+                               const void* beta, int needs_scalars)
+{
+    miopenStatus_t st = validate_problem(fn, dir, h, cd, ad, bd, od);
+    if (st != miopenStatusSuccess)
+        return st;
+    if (!a || !b || !out || (needs_scalars && (!alpha || !beta)))
+        return miopenStatusBadParm;
+    if (!env_flag("FAKE_MIOPEN_HEALTHY"))
+        gpu_fault(fn, h, out);
+
+    hipError_t he = bug("nosync") ? hipSuccess : hipStreamSynchronize(h->stream);
+    if (he != hipSuccess) {
+        fprintf(stderr, "fake MIOpen: %s: hipStreamSynchronize failed: %s\n", fn,
+                hipGetErrorName(he));
+        return miopenStatusUnknownError;
+    }
+    size_t na, nb, no;
+    void* ha = fetch(fn, ad, a, &na);
+    void* hb = fetch(fn, bd, b, &nb);
+    void* ho = fetch(fn, od, out, &no);
+    st = miopenStatusSuccess;
+    if (!ha || !hb || !ho) {
+        st = miopenStatusUnknownError;
+    } else {
+        nc_tensor ta, tb, to;
+        nc_conv c;
+        to_nc(ad, &ta);
+        to_nc(bd, &tb);
+        to_nc(od, &to);
+        conv_to_nc(cd, &c);
+        char err[256];
+        double al = scalar(alpha, od->type, 1.0), be = scalar(beta, od->type, 0.0);
+        if (bug("ignore_alpha"))
+            al = 1.0;
+        if (bug("beta_always") && be == 0.0)
+            be = 1e-30; /* any read of the old output */
+        if (bug("flip_kernel") && dir != NC_BWD_WEIGHTS)
+            flip_spatial(&tb, hb);
+        if (bug("clobber_gaps"))
+            memset(ho, 0, no);
+        if (bug("scribble_input")) {
+            memset(ha, 0x3C, na);
+            hipMemcpy((void*)a, ha, na, hipMemcpyHostToDevice);
+        }
+        if (nc_conv_run(dir, &c, &ta, ha, &tb, hb, &to, ho, al, be, err, sizeof err)) {
+            fprintf(stderr, "fake MIOpen: %s: %s\n", fn, err);
+            st = miopenStatusBadParm;
+        } else if ((he = hipMemcpy(out, ho, no, hipMemcpyHostToDevice)) != hipSuccess) {
+            fprintf(stderr, "fake MIOpen: %s: hipMemcpy to device failed: %s\n", fn,
+                    hipGetErrorName(he));
+            st = miopenStatusUnknownError;
+        }
+    }
+    free(ha);
+    free(hb);
+    free(ho);
+    if (st == miopenStatusSuccess)
+        fprintf(stderr, "fake MIOpen: %s ran on the GPU\n", fn);
+    return st;
+}
+
+static miopenStatus_t find_common(const char* fn, int dir, miopenHandle_t h,
+                                  miopenConvolutionDescriptor_t cd, miopenTensorDescriptor_t ad,
+                                  const void* a, miopenTensorDescriptor_t bd, const void* b,
+                                  miopenTensorDescriptor_t od, void* out, int requestAlgoCount,
+                                  int* returnedAlgoCount, miopenConvAlgoPerf_t* perfResults)
+{
+    if (requestAlgoCount < 1 || !returnedAlgoCount || !perfResults)
+        return miopenStatusBadParm;
+    /* Like MIOpen, Find runs the candidate kernels on the real buffers. */
+    miopenStatus_t st = run_conv(fn, dir, h, cd, ad, a, bd, b, od, out, NULL, NULL, 0);
+    if (st != miopenStatusSuccess)
+        return st;
+    memset(&perfResults[0], 0, sizeof perfResults[0]);
+    perfResults[0].fwd_algo = miopenConvolutionFwdAlgoGEMM;
+    perfResults[0].time = 1.0f;
+    perfResults[0].memory = 0;
+    *returnedAlgoCount = 1;
+    return miopenStatusSuccess;
+}
+
+static miopenStatus_t workspace_query(const char* fn, int dir, miopenHandle_t h,
+                                      miopenConvolutionDescriptor_t cd,
+                                      miopenTensorDescriptor_t a, miopenTensorDescriptor_t b,
+                                      miopenTensorDescriptor_t out, size_t* ws)
+{
+    if (!ws)
+        return miopenStatusBadParm;
+    miopenStatus_t st = validate_problem(fn, dir, h, cd, a, b, out);
+    if (st != miopenStatusSuccess)
+        return st;
+    *ws = FAKE_WORKSPACE_BYTES;
+    return miopenStatusSuccess;
+}
+
+static uint64_t solution_id_for(int dir) { return 1001u + (uint64_t)dir; }
+
+static miopenStatus_t solution_count(const char* fn, int dir, miopenHandle_t h,
+                                     miopenConvolutionDescriptor_t cd,
+                                     miopenTensorDescriptor_t a, miopenTensorDescriptor_t b,
+                                     miopenTensorDescriptor_t out, size_t* count)
+{
+    if (!count)
+        return miopenStatusBadParm;
+    miopenStatus_t st = validate_problem(fn, dir, h, cd, a, b, out);
+    if (st != miopenStatusSuccess)
+        return st;
+    *count = 1;
+    return miopenStatusSuccess;
+}
+
+static miopenStatus_t solution_list(const char* fn, int dir, miopenHandle_t h,
+                                    miopenConvolutionDescriptor_t cd, miopenTensorDescriptor_t a,
+                                    miopenTensorDescriptor_t b, miopenTensorDescriptor_t out,
+                                    size_t max, size_t* count, miopenConvSolution_t* sols)
+{
+    if (!count || !sols || max == 0)
+        return miopenStatusBadParm;
+    miopenStatus_t st = validate_problem(fn, dir, h, cd, a, b, out);
+    if (st != miopenStatusSuccess)
+        return st;
+    memset(&sols[0], 0, sizeof sols[0]);
+    sols[0].time = 1.0f;
+    sols[0].workspace_size = FAKE_WORKSPACE_BYTES;
+    sols[0].solution_id = solution_id_for(dir);
+    sols[0].algorithm = miopenConvolutionAlgoGEMM;
+    *count = 1;
+    return miopenStatusSuccess;
+}
+
+static miopenStatus_t compile_solution(const char* fn, int dir, miopenHandle_t h,
+                                       miopenConvolutionDescriptor_t cd,
+                                       miopenTensorDescriptor_t a, miopenTensorDescriptor_t b,
+                                       miopenTensorDescriptor_t out)
+{
+    miopenStatus_t st = validate_problem(fn, dir, h, cd, a, b, out);
+    if (st != miopenStatusSuccess)
+        return st;
+    if (!env_flag("FAKE_MIOPEN_HEALTHY"))
+        gpu_fault(fn, h, NULL);
+    fprintf(stderr, "fake MIOpen: %s ran on the GPU\n", fn);
+    return miopenStatusSuccess;
+}
+
+/* ---- forward ---- */
+
+miopenStatus_t miopenConvolutionForwardGetWorkSpaceSize(
+    miopenHandle_t handle, const miopenTensorDescriptor_t wDesc,
+    const miopenTensorDescriptor_t xDesc, const miopenConvolutionDescriptor_t convDesc,
+    const miopenTensorDescriptor_t yDesc, size_t* workSpaceSize)
+{
+    TRACE();
+    return workspace_query(__func__, NC_FWD, handle, convDesc, xDesc, wDesc, yDesc,
+                           workSpaceSize);
+}
+
+miopenStatus_t miopenFindConvolutionForwardAlgorithm(
+    miopenHandle_t handle, const miopenTensorDescriptor_t xDesc, const void* x,
+    const miopenTensorDescriptor_t wDesc, const void* w,
+    const miopenConvolutionDescriptor_t convDesc, const miopenTensorDescriptor_t yDesc, void* y,
+    const int requestAlgoCount, int* returnedAlgoCount, miopenConvAlgoPerf_t* perfResults,
+    void* workSpace, size_t workSpaceSize, bool exhaustiveSearch)
+{
+    TRACE();
+    (void)workSpace;
+    (void)workSpaceSize;
+    (void)exhaustiveSearch;
+    return find_common(__func__, NC_FWD, handle, convDesc, xDesc, x, wDesc, w, yDesc, y,
+                       requestAlgoCount, returnedAlgoCount, perfResults);
+}
+
+miopenStatus_t miopenConvolutionForward(miopenHandle_t handle, const void* alpha,
+                                        const miopenTensorDescriptor_t xDesc, const void* x,
+                                        const miopenTensorDescriptor_t wDesc, const void* w,
+                                        const miopenConvolutionDescriptor_t convDesc,
+                                        miopenConvFwdAlgorithm_t algo, const void* beta,
+                                        const miopenTensorDescriptor_t yDesc, void* y,
+                                        void* workSpace, size_t workSpaceSize)
+{
+    TRACE();
+    (void)algo;
+    (void)workSpace;
+    (void)workSpaceSize;
+    return run_conv(__func__, NC_FWD, handle, convDesc, xDesc, x, wDesc, w, yDesc, y, alpha,
+                    beta, 1);
+}
+
+miopenStatus_t miopenConvolutionForwardGetSolutionCount(
+    miopenHandle_t handle, const miopenTensorDescriptor_t wDesc,
+    const miopenTensorDescriptor_t xDesc, const miopenConvolutionDescriptor_t convDesc,
+    const miopenTensorDescriptor_t yDesc, size_t* solutionCount)
+{
+    TRACE();
+    return solution_count(__func__, NC_FWD, handle, convDesc, xDesc, wDesc, yDesc,
+                          solutionCount);
+}
+
+miopenStatus_t miopenConvolutionForwardGetSolution(
+    miopenHandle_t handle, const miopenTensorDescriptor_t wDesc,
+    const miopenTensorDescriptor_t xDesc, const miopenConvolutionDescriptor_t convDesc,
+    const miopenTensorDescriptor_t yDesc, const size_t maxSolutionCount, size_t* solutionCount,
+    miopenConvSolution_t* solutions)
+{
+    TRACE();
+    return solution_list(__func__, NC_FWD, handle, convDesc, xDesc, wDesc, yDesc,
+                         maxSolutionCount, solutionCount, solutions);
+}
+
+miopenStatus_t miopenConvolutionForwardGetSolutionWorkspaceSize(
+    miopenHandle_t handle, const miopenTensorDescriptor_t wDesc,
+    const miopenTensorDescriptor_t xDesc, const miopenConvolutionDescriptor_t convDesc,
+    const miopenTensorDescriptor_t yDesc, const uint64_t solution_id, size_t* workSpaceSize)
+{
+    TRACE();
+    (void)solution_id;
+    return workspace_query(__func__, NC_FWD, handle, convDesc, xDesc, wDesc, yDesc,
+                           workSpaceSize);
+}
+
+miopenStatus_t miopenConvolutionForwardCompileSolution(
+    miopenHandle_t handle, const miopenTensorDescriptor_t wDesc,
+    const miopenTensorDescriptor_t xDesc, const miopenConvolutionDescriptor_t convDesc,
+    const miopenTensorDescriptor_t yDesc, const uint64_t solution_id)
+{
+    TRACE();
+    (void)solution_id;
+    return compile_solution(__func__, NC_FWD, handle, convDesc, xDesc, wDesc, yDesc);
+}
+
+miopenStatus_t miopenConvolutionForwardImmediate(
+    miopenHandle_t handle, const miopenTensorDescriptor_t wDesc, const void* w,
+    const miopenTensorDescriptor_t xDesc, const void* x,
+    const miopenConvolutionDescriptor_t convDesc, const miopenTensorDescriptor_t yDesc, void* y,
+    void* workSpace, size_t workSpaceSize, const uint64_t solution_id)
+{
+    TRACE();
+    (void)workSpace;
+    (void)workSpaceSize;
+    (void)solution_id;
+    return run_conv(__func__, NC_FWD, handle, convDesc, xDesc, x, wDesc, w, yDesc, y, NULL,
+                    NULL, 0);
+}
+
+/* ---- backward data ---- */
+
+miopenStatus_t miopenConvolutionBackwardDataGetWorkSpaceSize(
+    miopenHandle_t handle, const miopenTensorDescriptor_t dyDesc,
+    const miopenTensorDescriptor_t wDesc, const miopenConvolutionDescriptor_t convDesc,
+    const miopenTensorDescriptor_t dxDesc, size_t* workSpaceSize)
+{
+    TRACE();
+    return workspace_query(__func__, NC_BWD_DATA, handle, convDesc, dyDesc, wDesc, dxDesc,
+                           workSpaceSize);
+}
+
+miopenStatus_t miopenFindConvolutionBackwardDataAlgorithm(
+    miopenHandle_t handle, const miopenTensorDescriptor_t dyDesc, const void* dy,
+    const miopenTensorDescriptor_t wDesc, const void* w,
+    const miopenConvolutionDescriptor_t convDesc, const miopenTensorDescriptor_t dxDesc,
+    void* dx, const int requestAlgoCount, int* returnedAlgoCount,
+    miopenConvAlgoPerf_t* perfResults, void* workSpace, size_t workSpaceSize,
+    bool exhaustiveSearch)
+{
+    TRACE();
+    (void)workSpace;
+    (void)workSpaceSize;
+    (void)exhaustiveSearch;
+    return find_common(__func__, NC_BWD_DATA, handle, convDesc, dyDesc, dy, wDesc, w, dxDesc,
+                       dx, requestAlgoCount, returnedAlgoCount, perfResults);
+}
+
+miopenStatus_t miopenConvolutionBackwardData(miopenHandle_t handle, const void* alpha,
+                                             const miopenTensorDescriptor_t dyDesc,
+                                             const void* dy,
+                                             const miopenTensorDescriptor_t wDesc, const void* w,
+                                             const miopenConvolutionDescriptor_t convDesc,
+                                             miopenConvBwdDataAlgorithm_t algo, const void* beta,
+                                             const miopenTensorDescriptor_t dxDesc, void* dx,
+                                             void* workSpace, size_t workSpaceSize)
+{
+    TRACE();
+    (void)algo;
+    (void)workSpace;
+    (void)workSpaceSize;
+    return run_conv(__func__, NC_BWD_DATA, handle, convDesc, dyDesc, dy, wDesc, w, dxDesc, dx,
+                    alpha, beta, 1);
+}
+
+miopenStatus_t miopenConvolutionBackwardDataGetSolutionCount(
+    miopenHandle_t handle, const miopenTensorDescriptor_t dyDesc,
+    const miopenTensorDescriptor_t wDesc, const miopenConvolutionDescriptor_t convDesc,
+    const miopenTensorDescriptor_t dxDesc, size_t* solutionCount)
+{
+    TRACE();
+    return solution_count(__func__, NC_BWD_DATA, handle, convDesc, dyDesc, wDesc, dxDesc,
+                          solutionCount);
+}
+
+miopenStatus_t miopenConvolutionBackwardDataGetSolution(
+    miopenHandle_t handle, const miopenTensorDescriptor_t dyDesc,
+    const miopenTensorDescriptor_t wDesc, const miopenConvolutionDescriptor_t convDesc,
+    const miopenTensorDescriptor_t dxDesc, const size_t maxSolutionCount, size_t* solutionCount,
+    miopenConvSolution_t* solutions)
+{
+    TRACE();
+    return solution_list(__func__, NC_BWD_DATA, handle, convDesc, dyDesc, wDesc, dxDesc,
+                         maxSolutionCount, solutionCount, solutions);
+}
+
+miopenStatus_t miopenConvolutionBackwardDataGetSolutionWorkspaceSize(
+    miopenHandle_t handle, const miopenTensorDescriptor_t dyDesc,
+    const miopenTensorDescriptor_t wDesc, const miopenConvolutionDescriptor_t convDesc,
+    const miopenTensorDescriptor_t dxDesc, const uint64_t solution_id, size_t* workSpaceSize)
+{
+    TRACE();
+    (void)solution_id;
+    return workspace_query(__func__, NC_BWD_DATA, handle, convDesc, dyDesc, wDesc, dxDesc,
+                           workSpaceSize);
+}
+
+miopenStatus_t miopenConvolutionBackwardDataCompileSolution(
+    miopenHandle_t handle, const miopenTensorDescriptor_t dyDesc,
+    const miopenTensorDescriptor_t wDesc, const miopenConvolutionDescriptor_t convDesc,
+    const miopenTensorDescriptor_t dxDesc, const uint64_t solution_id)
+{
+    TRACE();
+    (void)solution_id;
+    return compile_solution(__func__, NC_BWD_DATA, handle, convDesc, dyDesc, wDesc, dxDesc);
+}
+
+miopenStatus_t miopenConvolutionBackwardDataImmediate(
+    miopenHandle_t handle, const miopenTensorDescriptor_t dyDesc, const void* dy,
+    const miopenTensorDescriptor_t wDesc, const void* w,
+    const miopenConvolutionDescriptor_t convDesc, const miopenTensorDescriptor_t dxDesc,
+    void* dx, void* workSpace, size_t workSpaceSize, const uint64_t solution_id)
+{
+    TRACE();
+    (void)workSpace;
+    (void)workSpaceSize;
+    (void)solution_id;
+    return run_conv(__func__, NC_BWD_DATA, handle, convDesc, dyDesc, dy, wDesc, w, dxDesc, dx,
+                    NULL, NULL, 0);
+}
+
+/* ---- backward weights ---- */
+
+miopenStatus_t miopenConvolutionBackwardWeightsGetWorkSpaceSize(
+    miopenHandle_t handle, const miopenTensorDescriptor_t dyDesc,
+    const miopenTensorDescriptor_t xDesc, const miopenConvolutionDescriptor_t convDesc,
+    const miopenTensorDescriptor_t dwDesc, size_t* workSpaceSize)
+{
+    TRACE();
+    return workspace_query(__func__, NC_BWD_WEIGHTS, handle, convDesc, dyDesc, xDesc, dwDesc,
+                           workSpaceSize);
+}
+
+miopenStatus_t miopenFindConvolutionBackwardWeightsAlgorithm(
+    miopenHandle_t handle, const miopenTensorDescriptor_t dyDesc, const void* dy,
+    const miopenTensorDescriptor_t xDesc, const void* x,
+    const miopenConvolutionDescriptor_t convDesc, const miopenTensorDescriptor_t dwDesc,
+    void* dw, const int requestAlgoCount, int* returnedAlgoCount,
+    miopenConvAlgoPerf_t* perfResults, void* workSpace, size_t workSpaceSize,
+    bool exhaustiveSearch)
+{
+    TRACE();
+    (void)workSpace;
+    (void)workSpaceSize;
+    (void)exhaustiveSearch;
+    return find_common(__func__, NC_BWD_WEIGHTS, handle, convDesc, dyDesc, dy, xDesc, x,
+                       dwDesc, dw, requestAlgoCount, returnedAlgoCount, perfResults);
+}
+
+miopenStatus_t miopenConvolutionBackwardWeights(miopenHandle_t handle, const void* alpha,
+                                                const miopenTensorDescriptor_t dyDesc,
+                                                const void* dy,
+                                                const miopenTensorDescriptor_t xDesc,
+                                                const void* x,
+                                                const miopenConvolutionDescriptor_t convDesc,
+                                                miopenConvBwdWeightsAlgorithm_t algo,
+                                                const void* beta,
+                                                const miopenTensorDescriptor_t dwDesc, void* dw,
+                                                void* workSpace, size_t workSpaceSize)
+{
+    TRACE();
+    (void)algo;
+    (void)workSpace;
+    (void)workSpaceSize;
+    return run_conv(__func__, NC_BWD_WEIGHTS, handle, convDesc, dyDesc, dy, xDesc, x, dwDesc,
+                    dw, alpha, beta, 1);
+}
+
+miopenStatus_t miopenConvolutionBackwardWeightsGetSolutionCount(
+    miopenHandle_t handle, const miopenTensorDescriptor_t dyDesc,
+    const miopenTensorDescriptor_t xDesc, const miopenConvolutionDescriptor_t convDesc,
+    const miopenTensorDescriptor_t dwDesc, size_t* solutionCount)
+{
+    TRACE();
+    return solution_count(__func__, NC_BWD_WEIGHTS, handle, convDesc, dyDesc, xDesc, dwDesc,
+                          solutionCount);
+}
+
+miopenStatus_t miopenConvolutionBackwardWeightsGetSolution(
+    miopenHandle_t handle, const miopenTensorDescriptor_t dyDesc,
+    const miopenTensorDescriptor_t xDesc, const miopenConvolutionDescriptor_t convDesc,
+    const miopenTensorDescriptor_t dwDesc, const size_t maxSolutionCount, size_t* solutionCount,
+    miopenConvSolution_t* solutions)
+{
+    TRACE();
+    return solution_list(__func__, NC_BWD_WEIGHTS, handle, convDesc, dyDesc, xDesc, dwDesc,
+                         maxSolutionCount, solutionCount, solutions);
+}
+
+miopenStatus_t miopenConvolutionBackwardWeightsGetSolutionWorkspaceSize(
+    miopenHandle_t handle, const miopenTensorDescriptor_t dyDesc,
+    const miopenTensorDescriptor_t xDesc, const miopenConvolutionDescriptor_t convDesc,
+    const miopenTensorDescriptor_t dwDesc, const uint64_t solution_id, size_t* workSpaceSize)
+{
+    TRACE();
+    (void)solution_id;
+    return workspace_query(__func__, NC_BWD_WEIGHTS, handle, convDesc, dyDesc, xDesc, dwDesc,
+                           workSpaceSize);
+}
+
+miopenStatus_t miopenConvolutionBackwardWeightsCompileSolution(
+    miopenHandle_t handle, const miopenTensorDescriptor_t dyDesc,
+    const miopenTensorDescriptor_t xDesc, const miopenConvolutionDescriptor_t convDesc,
+    const miopenTensorDescriptor_t dwDesc, const uint64_t solution_id)
+{
+    TRACE();
+    (void)solution_id;
+    return compile_solution(__func__, NC_BWD_WEIGHTS, handle, convDesc, dyDesc, xDesc, dwDesc);
+}
+
+miopenStatus_t miopenConvolutionBackwardWeightsImmediate(
+    miopenHandle_t handle, const miopenTensorDescriptor_t dyDesc, const void* dy,
+    const miopenTensorDescriptor_t xDesc, const void* x,
+    const miopenConvolutionDescriptor_t convDesc, const miopenTensorDescriptor_t dwDesc,
+    void* dw, void* workSpace, size_t workSpaceSize, const uint64_t solution_id)
+{
+    TRACE();
+    (void)workSpace;
+    (void)workSpaceSize;
+    (void)solution_id;
+    return run_conv(__func__, NC_BWD_WEIGHTS, handle, convDesc, dyDesc, dy, xDesc, x, dwDesc,
+                    dw, NULL, NULL, 0);
+}
+
+/* ---- bias ---- */
+
+static miopenStatus_t run_bias(const char* fn, int forward, miopenHandle_t h, const void* alpha,
+                               miopenTensorDescriptor_t ind, const void* in, const void* beta,
+                               miopenTensorDescriptor_t outd, void* out)
+{
+    if (!handle_ok(h) || !tensor_ok(ind) || !tensor_ok(outd) || !in || !out || !alpha || !beta)
+        return miopenStatusBadParm;
+    /* MIOpen: bfloat16 not supported for bias operations. */
+    if (ind->type == miopenBFloat16 || outd->type == miopenBFloat16)
+        return miopenStatusNotImplemented;
+    nc_tensor ti, to;
+    to_nc(ind, &ti);
+    to_nc(outd, &to);
+    if (!env_flag("FAKE_MIOPEN_HEALTHY"))
+        gpu_fault(fn, h, out);
+    hipError_t he = hipStreamSynchronize(h->stream);
+    if (he != hipSuccess)
+        return miopenStatusUnknownError;
+    size_t ni, no;
+    void* hi = fetch(fn, ind, in, &ni);
+    void* ho = fetch(fn, outd, out, &no);
+    miopenStatus_t st = miopenStatusSuccess;
+    if (!hi || !ho) {
+        st = miopenStatusUnknownError;
+    } else {
+        char err[256];
+        double al = scalar(alpha, outd->type, 1.0), be = scalar(beta, outd->type, 0.0);
+        int rc = forward ? nc_forward_bias(&ti, hi, &to, ho, al, be, err, sizeof err)
+                         : nc_backward_bias(&ti, hi, &to, ho, al, be, err, sizeof err);
+        if (rc) {
+            fprintf(stderr, "fake MIOpen: %s: %s\n", fn, err);
+            st = miopenStatusBadParm;
+        } else if (hipMemcpy(out, ho, no, hipMemcpyHostToDevice) != hipSuccess) {
+            st = miopenStatusUnknownError;
+        }
+    }
+    free(hi);
+    free(ho);
+    if (st == miopenStatusSuccess)
+        fprintf(stderr, "fake MIOpen: %s ran on the GPU\n", fn);
+    return st;
+}
+
+miopenStatus_t miopenConvolutionForwardBias(miopenHandle_t handle, const void* alpha,
+                                            const miopenTensorDescriptor_t bDesc, const void* b,
+                                            const void* beta,
+                                            const miopenTensorDescriptor_t yDesc, void* y)
+{
+    TRACE();
+    return run_bias(__func__, 1, handle, alpha, bDesc, b, beta, yDesc, y);
+}
+
+miopenStatus_t miopenConvolutionBackwardBias(miopenHandle_t handle, const void* alpha,
+                                             const miopenTensorDescriptor_t dyDesc,
+                                             const void* dy, const void* beta,
+                                             const miopenTensorDescriptor_t dbDesc, void* db)
+{
+    TRACE();
+    return run_bias(__func__, 0, handle, alpha, dyDesc, dy, beta, dbDesc, db);
+}
