@@ -1,0 +1,144 @@
+//! Build script of shim-tests: owns compiling the C test doubles (fake
+//! libamdhip64.so, fake libMIOpen.so), the integration harness (executable and
+//! dlopen plugin), the probes and the reference self-test into
+//! `$OUT_DIR/bin`, and exporting that directory as `SHIM_TESTS_BIN`.
+//!
+//! Plain `gcc` (or `$CC`) via `std::process::Command`; every binary gets
+//! `-Wl,-rpath,$ORIGIN` (as DT_RPATH, which outranks LD_LIBRARY_PATH) so it
+//! finds the doubles next to itself and never a real ROCm.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+const CFLAGS: &[&str] = &[
+    "-O2",
+    "-g",
+    "-fPIC",
+    "-Wall",
+    "-Werror",
+    "-pthread",
+    "-std=gnu11",
+];
+const RPATH: &[&str] = &["-Wl,-rpath,$ORIGIN", "-Wl,--disable-new-dtags"];
+
+struct Unit {
+    output: &'static str,
+    sources: &'static [&'static str],
+    extra: &'static [&'static str],
+}
+
+fn spawn(cc: &str, src: &Path, bin: &Path, unit: &Unit) -> Child {
+    let mut cmd = Command::new(cc);
+    cmd.args(CFLAGS).arg("-I").arg(src);
+    for s in unit.sources {
+        cmd.arg(src.join(s));
+    }
+    cmd.arg("-o").arg(bin.join(unit.output));
+    cmd.arg("-L").arg(bin);
+    cmd.args(unit.extra).args(RPATH);
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("cannot run C compiler `{cc}`: {e} (install gcc or set CC)"))
+}
+
+/// Compiles a group of independent units in parallel; panics on any failure.
+fn build_stage(cc: &str, src: &Path, bin: &Path, units: &[Unit]) {
+    let children: Vec<(&Unit, Child)> = units.iter().map(|u| (u, spawn(cc, src, bin, u))).collect();
+    let mut failed = Vec::new();
+    for (unit, mut child) in children {
+        let status = child.wait().expect("waiting for the C compiler");
+        if !status.success() {
+            failed.push(unit.output);
+        }
+    }
+    if !failed.is_empty() {
+        panic!(
+            "compiling the C test doubles failed for: {}",
+            failed.join(", ")
+        );
+    }
+}
+
+fn main() {
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let src = manifest.join("c");
+    let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
+    let bin = out.join("bin");
+    std::fs::create_dir_all(&bin).expect("creating OUT_DIR/bin");
+    let cc = env::var("CC").unwrap_or_else(|_| "gcc".to_string());
+
+    println!("cargo:rerun-if-changed=c");
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=CC");
+
+    // Stage 1: no dependencies on other outputs.
+    build_stage(
+        &cc,
+        &src,
+        &bin,
+        &[
+            Unit {
+                output: "libamdhip64.so",
+                sources: &["fake_hip.c"],
+                extra: &["-shared", "-Wl,-soname,libamdhip64.so"],
+            },
+            Unit {
+                output: "harness_dlopen",
+                sources: &["harness_dlopen.c"],
+                extra: &["-ldl"],
+            },
+            Unit {
+                output: "quiet_main",
+                sources: &["quiet_main.c"],
+                extra: &[],
+            },
+            Unit {
+                output: "naive_selftest",
+                sources: &["naive_selftest.c", "naive_conv.c"],
+                extra: &["-lm"],
+            },
+        ],
+    );
+    // Stage 2: the fake MIOpen links the fake HIP.
+    build_stage(
+        &cc,
+        &src,
+        &bin,
+        &[Unit {
+            output: "libMIOpen.so",
+            sources: &["fake_miopen.c", "naive_conv.c"],
+            extra: &["-shared", "-Wl,-soname,libMIOpen.so", "-lamdhip64", "-lm"],
+        }],
+    );
+    // Stage 3: everything that links both.
+    build_stage(
+        &cc,
+        &src,
+        &bin,
+        &[
+            Unit {
+                output: "harness_direct",
+                sources: &["harness.c", "naive_conv.c"],
+                extra: &["-DHARNESS_MAIN", "-lMIOpen", "-lamdhip64", "-lm"],
+            },
+            Unit {
+                output: "libconvplugin.so",
+                sources: &["harness.c", "naive_conv.c"],
+                extra: &[
+                    "-shared",
+                    "-Wl,-soname,libconvplugin.so",
+                    "-lMIOpen",
+                    "-lamdhip64",
+                    "-lm",
+                ],
+            },
+            Unit {
+                output: "doubles_probe",
+                sources: &["doubles_probe.c"],
+                extra: &["-lMIOpen", "-lamdhip64"],
+            },
+        ],
+    );
+
+    println!("cargo:rustc-env=SHIM_TESTS_BIN={}", bin.display());
+}
