@@ -1,0 +1,149 @@
+//! Owns the end-to-end tests of rdna1shim itself: the harness runs with
+//! `LD_PRELOAD=librdna1shim.so` against the fake MIOpen (whose convolutions
+//! crash like RDNA1) and the fake HIP (whose device memory the host cannot
+//! touch and whose streams deliver data late). The shim must answer every
+//! convolution itself, correctly, in every call sequence, whether MIOpen is
+//! linked directly or dlopen()ed with RTLD_LOCAL; the per-direction `gpu`
+//! toggles must really forward to MIOpen.
+
+use shim_tests::{assert_harness_passed, describe, run, signal_of, CRASH_MARKER, GPU_RAN_MARKER};
+
+const SIGABRT: i32 = 6;
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A panic inside the shim (even a caught one, e.g. at exit) is a bug.
+fn assert_no_panic(out: &std::process::Output) {
+    assert!(
+        !stderr(out).contains("panicked at"),
+        "the shim panicked\n{}",
+        describe(out)
+    );
+}
+
+fn shim_answers(program: &str, mode: &str) {
+    let out = run(
+        program,
+        &["--mode", mode],
+        &[("RDNA1SHIM_LOG", "debug")],
+        true,
+    );
+    let err = stderr(&out);
+    assert!(
+        !err.contains(CRASH_MARKER),
+        "a convolution reached the (crashing) GPU path\n{}",
+        describe(&out)
+    );
+    assert!(
+        !err.contains(GPU_RAN_MARKER),
+        "MIOpen ran a convolution although the shim should have\n{}",
+        describe(&out)
+    );
+    let n = assert_harness_passed(&out);
+    assert!(n >= 100, "only {n} checks ran");
+    assert_no_panic(&out);
+}
+
+#[test]
+fn shim_passes_default_mode() {
+    shim_answers("harness_direct", "default");
+}
+
+#[test]
+fn shim_passes_benchmark_mode() {
+    shim_answers("harness_direct", "benchmark");
+}
+
+#[test]
+fn shim_passes_deterministic_mode() {
+    shim_answers("harness_direct", "deterministic");
+}
+
+#[test]
+fn shim_passes_immediate_mode() {
+    shim_answers("harness_direct", "immediate");
+}
+
+#[test]
+fn shim_passes_compile_mode() {
+    shim_answers("harness_direct", "compile");
+}
+
+#[test]
+fn shim_passes_every_mode_when_miopen_is_dlopened_locally() {
+    shim_answers("harness_dlopen", "all");
+}
+
+/// With a long stream latency, any read that is not ordered after the
+/// handle's stream returns garbage; the shim must still be right.
+#[test]
+fn shim_orders_its_copies_on_the_handle_stream() {
+    for program in ["harness_direct", "harness_dlopen"] {
+        let out = run(
+            program,
+            &["--mode", "default", "--case", "2d_"],
+            &[("RDNA1SHIM_LOG", "debug"), ("FAKE_HIP_DELAY_US", "20000")],
+            true,
+        );
+        assert!(!stderr(&out).contains(CRASH_MARKER), "{}", describe(&out));
+        assert_harness_passed(&out);
+        assert_no_panic(&out);
+    }
+}
+
+#[test]
+fn gpu_toggles_forward_to_miopen() {
+    let out = run(
+        "harness_direct",
+        &["--mode", "all"],
+        &[
+            ("RDNA1SHIM_LOG", "debug"),
+            ("RDNA1SHIM_CONV_FWD", "gpu"),
+            ("RDNA1SHIM_CONV_BWD_DATA", "gpu"),
+            ("RDNA1SHIM_CONV_BWD_WEIGHTS", "gpu"),
+            ("FAKE_MIOPEN_HEALTHY", "1"),
+        ],
+        true,
+    );
+    assert!(
+        stderr(&out).contains(GPU_RAN_MARKER),
+        "nothing was forwarded to MIOpen\n{}",
+        describe(&out)
+    );
+    assert_harness_passed(&out);
+}
+
+#[test]
+fn gpu_toggle_really_reaches_the_crashing_kernels() {
+    for (var, only) in [
+        ("RDNA1SHIM_CONV_FWD", "fwd"),
+        ("RDNA1SHIM_CONV_BWD_DATA", "bwd_data"),
+        ("RDNA1SHIM_CONV_BWD_WEIGHTS", "bwd_weights"),
+    ] {
+        let out = run(
+            "harness_direct",
+            &["--mode", "default", "--only", only],
+            &[("RDNA1SHIM_LOG", "debug"), (var, "gpu")],
+            true,
+        );
+        assert_eq!(
+            signal_of(&out.status),
+            Some(SIGABRT),
+            "{var}=gpu did not forward\n{}",
+            describe(&out)
+        );
+        assert!(stderr(&out).contains(CRASH_MARKER), "{}", describe(&out));
+    }
+}
+
+#[test]
+fn preloading_into_an_unrelated_program_is_harmless() {
+    for envs in [&[][..], &[("RDNA1SHIM_LOG", "debug")][..]] {
+        let out = run("quiet_main", &[], envs, true);
+        assert!(out.status.success(), "{}", describe(&out));
+        assert!(out.stdout.is_empty(), "{}", describe(&out));
+        assert_no_panic(&out);
+    }
+}
