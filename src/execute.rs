@@ -15,7 +15,9 @@ use crate::runtime::Runtime;
 use crate::stats::CallRecord;
 use crate::transfer::Transfers;
 
-/// Device pointers of a convolution call, in the regular convolution's roles.
+/// Device pointers of a convolution call in the call's own roles, as `conv_problem`
+/// takes its tensors: forward (x, w, y), backward-data (dx, w, dy), backward-weights
+/// (x, dw, dy).
 pub struct ConvBuffers {
     pub x: *mut c_void,
     pub w: *mut c_void,
@@ -61,10 +63,16 @@ pub fn run_conv(
     alpha: f32,
     beta: f32,
 ) -> ShimResult<CallRecord> {
+    // The regular convolution's x and y: transposed mode swaps the call's two.
+    let (x, y) = if p.transposed {
+        (bufs.y, bufs.x)
+    } else {
+        (bufs.x, bufs.y)
+    };
     let ((in_a, la), (in_b, lb), (out, lo)) = match p.pass {
-        Pass::Forward => ((bufs.x, &p.x), (bufs.w, &p.w), (bufs.y, &p.y)),
-        Pass::BackwardData => ((bufs.y, &p.y), (bufs.w, &p.w), (bufs.x, &p.x)),
-        Pass::BackwardWeights => ((bufs.x, &p.x), (bufs.y, &p.y), (bufs.w, &p.w)),
+        Pass::Forward => ((x, &p.x), (bufs.w, &p.w), (y, &p.y)),
+        Pass::BackwardData => ((y, &p.y), (bufs.w, &p.w), (x, &p.x)),
+        Pass::BackwardWeights => ((x, &p.x), (y, &p.y), (bufs.w, &p.w)),
     };
     if in_a.is_null() || in_b.is_null() || out.is_null() {
         return Err(ShimError::bad_parm("a data pointer is null"));

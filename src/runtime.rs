@@ -123,9 +123,8 @@ extern "C" fn print_summary() {
         if lines.is_empty() {
             return;
         }
-        tracing::info!("summary at exit (pid {}):", std::process::id());
-        for l in lines {
-            tracing::info!("  {l}");
-        }
+        let mut out = vec![format!("summary at exit (pid {}):", std::process::id())];
+        out.extend(lines.into_iter().map(|l| format!("  {l}")));
+        crate::log::write_at_exit(&out);
     });
 }
