@@ -93,6 +93,28 @@ fn shim_orders_its_copies_on_the_handle_stream() {
     }
 }
 
+/// The fake MIOpen answers every workspace query with 1 MiB; the harness
+/// reports what it was told, so "workspace=0" proves the shim answered.
+#[test]
+fn shim_answers_the_workspace_queries() {
+    for mode in ["default", "immediate", "compile"] {
+        let out = run(
+            "harness_direct",
+            &["--mode", mode, "--case", "2d_cnn_3x3_p1_f32"],
+            &[],
+            true,
+        );
+        assert_harness_passed(&out);
+        let s = String::from_utf8_lossy(&out.stdout);
+        for line in s.lines().filter(|l| l.starts_with("ok ")) {
+            assert!(
+                line.ends_with(" workspace=0"),
+                "MIOpen, not the shim, sized the workspace: {line}"
+            );
+        }
+    }
+}
+
 #[test]
 fn gpu_toggles_forward_to_miopen() {
     let out = run(
