@@ -28,15 +28,24 @@ pub enum Op {
     ConvBwdData,
     ConvBwdWeights,
     ConvBias,
+    BatchNorm,
+    Fusion,
 }
 
 impl Op {
-    pub const ALL: [Op; 4] = [
+    pub const ALL: [Op; 6] = [
         Op::ConvFwd,
         Op::ConvBwdData,
         Op::ConvBwdWeights,
         Op::ConvBias,
+        Op::BatchNorm,
+        Op::Fusion,
     ];
+
+    /// Position in `ALL`, for per-op arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     /// The environment variable that switches this family.
     pub fn env_var(self) -> &'static str {
@@ -45,6 +54,8 @@ impl Op {
             Op::ConvBwdData => "RDNA1SHIM_CONV_BWD_DATA",
             Op::ConvBwdWeights => "RDNA1SHIM_CONV_BWD_WEIGHTS",
             Op::ConvBias => "RDNA1SHIM_CONV_BIAS",
+            Op::BatchNorm => "RDNA1SHIM_BATCHNORM",
+            Op::Fusion => "RDNA1SHIM_FUSION",
         }
     }
 
@@ -54,6 +65,8 @@ impl Op {
             Op::ConvBwdData => "conv_bwd_data",
             Op::ConvBwdWeights => "conv_bwd_weights",
             Op::ConvBias => "conv_bias",
+            Op::BatchNorm => "batchnorm",
+            Op::Fusion => "fusion",
         }
     }
 }
@@ -71,7 +84,7 @@ pub enum Unsupported {
 pub struct Config {
     /// `RDNA1SHIM_DISABLE=1`: every call goes to the real MIOpen.
     pub disabled: bool,
-    targets: [Target; 4],
+    targets: [Target; Op::ALL.len()],
     pub unsupported: Unsupported,
     /// Worker threads of the CPU engine.
     pub threads: usize,
@@ -99,7 +112,7 @@ impl Config {
                 false
             }
         };
-        let mut targets = [Target::Cpu; 4];
+        let mut targets = [Target::Cpu; Op::ALL.len()];
         for (i, op) in Op::ALL.iter().enumerate() {
             targets[i] = match get(op.env_var())
                 .as_deref()
@@ -163,7 +176,7 @@ impl Config {
         if self.disabled {
             return Target::Gpu;
         }
-        self.targets[Op::ALL.iter().position(|o| *o == op).unwrap()]
+        self.targets[op.index()]
     }
 
     /// One line describing the effective configuration.

@@ -216,6 +216,30 @@ pub fn read_conv(g: &Getters, desc: miopenConvolutionDescriptor_t) -> ShimResult
     })
 }
 
+/// Largest tensor span the shim accepts, in bytes (far beyond any GPU's memory).
+pub const MAX_TENSOR_BYTES: usize = 1 << 47;
+
+/// Rejects tensors whose element count or byte span overflows or is absurd, before any
+/// arithmetic on them can wrap.
+pub fn check_size(name: &str, t: &TensorDesc) -> ShimResult<()> {
+    let numel = t.dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    let span = t
+        .dims
+        .iter()
+        .zip(&t.strides)
+        .try_fold(1usize, |a, (&d, &s)| {
+            (d - 1).checked_mul(s).and_then(|v| a.checked_add(v))
+        });
+    let bytes = span.and_then(|s| s.checked_mul(t.dtype.size()));
+    match (numel, bytes) {
+        (Some(_), Some(b)) if b <= MAX_TENSOR_BYTES => Ok(()),
+        _ => Err(ShimError::bad_parm(format!(
+            "tensor {name} with dims {:?} and strides {:?} spans an impossible number of bytes",
+            t.dims, t.strides
+        ))),
+    }
+}
+
 /// Places `sd` spatial entries at the end of a 3-array whose other entries are `fill`.
 fn spatial3(v: &[usize], fill: usize) -> [usize; 3] {
     let mut out = [fill; 3];
@@ -533,6 +557,24 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.message.contains("spatial dims"), "{e}");
+    }
+
+    #[test]
+    fn absurd_sizes_are_rejected_without_overflow() {
+        let huge = TensorDesc {
+            dtype: DType::F32,
+            dims: vec![1 << 20, 1 << 20, 1 << 12, 1 << 12],
+            strides: vec![1 << 40, 1 << 20, 1 << 8, 1],
+        };
+        let e = check_size("x", &huge).unwrap_err();
+        assert!(e.message.contains("impossible number of bytes"), "{e}");
+        let wraps = TensorDesc {
+            dtype: DType::F16,
+            dims: vec![usize::MAX / 2, 3],
+            strides: vec![4, 1],
+        };
+        assert!(check_size("x", &wraps).is_err());
+        assert!(check_size("x", &packed(DType::F32, &[64, 256, 56, 56])).is_ok());
     }
 
     #[test]

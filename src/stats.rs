@@ -30,16 +30,11 @@ pub struct CallRecord {
 }
 
 pub struct Stats {
-    ops: [OpStats; 4],
+    ops: [OpStats; Op::ALL.len()],
 }
 
 pub static STATS: Stats = Stats {
-    ops: [
-        OpStats::new_const(),
-        OpStats::new_const(),
-        OpStats::new_const(),
-        OpStats::new_const(),
-    ],
+    ops: [const { OpStats::new_const() }; Op::ALL.len()],
 };
 
 impl OpStats {
@@ -59,7 +54,7 @@ impl OpStats {
 
 impl Stats {
     pub fn op(&self, op: Op) -> &OpStats {
-        &self.ops[Op::ALL.iter().position(|o| *o == op).unwrap()]
+        &self.ops[op.index()]
     }
 
     pub fn record_cpu(&self, op: Op, r: &CallRecord) {

@@ -22,8 +22,18 @@ use crate::stats::STATS;
 pub const CPU_SOLUTION_ID: u64 = 0x5244_4E41_3143_5055;
 
 /// Runs an export's body; a panic becomes `miopenStatusInternalError` and a log line.
+///
+/// `RDNA1SHIM_TEST_PANIC=<export name>` makes that export panic on entry, so tests can
+/// prove the containment; it is read once and costs one comparison otherwise.
 pub(crate) fn guard(name: &'static str, body: impl FnOnce() -> miopenStatus_t) -> miopenStatus_t {
-    match catch_unwind(AssertUnwindSafe(body)) {
+    static PANIC_IN: once_cell::sync::Lazy<Option<String>> =
+        once_cell::sync::Lazy::new(|| std::env::var("RDNA1SHIM_TEST_PANIC").ok());
+    match catch_unwind(AssertUnwindSafe(|| {
+        if PANIC_IN.as_deref() == Some(name) {
+            panic!("RDNA1SHIM_TEST_PANIC={name}");
+        }
+        body()
+    })) {
         Ok(s) => s,
         Err(payload) => {
             let msg = payload
