@@ -17,6 +17,7 @@ pub mod intercept;
 pub mod layout;
 pub mod log;
 pub mod real;
+pub mod repro;
 pub mod runtime;
 pub mod stats;
 pub mod transfer;

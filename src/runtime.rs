@@ -125,6 +125,14 @@ extern "C" fn print_summary() {
         }
         let mut out = vec![format!("summary at exit (pid {}):", std::process::id())];
         out.extend(lines.into_iter().map(|l| format!("  {l}")));
+        let configs = crate::stats::STATS.config_lines();
+        if !configs.is_empty() {
+            out.push(format!(
+                "{} distinct convolution configurations (MIOpenDriver reproductions):",
+                configs.len()
+            ));
+            out.extend(configs.into_iter().map(|l| format!("  {l}")));
+        }
         crate::log::write_at_exit(&out);
     });
 }

@@ -1,7 +1,9 @@
 //! Per-operation counters (calls, where they ran, time, bytes, work) and the summary
 //! printed at process exit.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::config::Op;
@@ -31,11 +33,14 @@ pub struct CallRecord {
 
 pub struct Stats {
     ops: [OpStats; Op::ALL.len()],
+    /// Distinct convolution configurations: driver command -> (direction flags, calls).
+    configs: Mutex<BTreeMap<String, (u8, u64)>>,
 }
 
-pub static STATS: Stats = Stats {
-    ops: [const { OpStats::new_const() }; Op::ALL.len()],
-};
+/// At most this many distinct configurations are remembered.
+const MAX_CONFIGS: usize = 512;
+
+pub static STATS: Stats = Stats::new();
 
 impl OpStats {
     const fn new_const() -> Self {
@@ -53,6 +58,36 @@ impl OpStats {
 }
 
 impl Stats {
+    pub const fn new() -> Self {
+        Stats {
+            ops: [const { OpStats::new_const() }; Op::ALL.len()],
+            configs: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Notes a convolution configuration (`command` without `-F`) and its direction bit.
+    pub fn record_config(&self, command: String, flag: u8) {
+        let Ok(mut m) = self.configs.lock() else {
+            return;
+        };
+        if m.len() >= MAX_CONFIGS && !m.contains_key(&command) {
+            return;
+        }
+        let e = m.entry(command).or_insert((0, 0));
+        e.0 |= flag;
+        e.1 += 1;
+    }
+
+    /// One reproduction line per distinct configuration seen (empty if the table is busy).
+    pub fn config_lines(&self) -> Vec<String> {
+        let Ok(m) = self.configs.try_lock() else {
+            return Vec::new();
+        };
+        m.iter()
+            .map(|(cmd, (flags, calls))| format!("{cmd} -F {flags}   # {calls} calls"))
+            .collect()
+    }
+
     pub fn op(&self, op: Op) -> &OpStats {
         &self.ops[op.index()]
     }
@@ -128,9 +163,7 @@ mod tests {
 
     #[test]
     fn summary_lists_only_used_ops_with_rates() {
-        let stats = Stats {
-            ops: Default::default(),
-        };
+        let stats = Stats::new();
         assert!(stats.summary_lines().is_empty());
         stats.record_cpu(
             Op::ConvFwd,
@@ -156,6 +189,21 @@ mod tests {
             lines[1].starts_with("conv_bias") && lines[1].contains("gpu_calls=1"),
             "{}",
             lines[1]
+        );
+    }
+
+    #[test]
+    fn configs_merge_directions_and_count_calls() {
+        let stats = Stats::new();
+        stats.record_config("MIOpenDriver conv -n 1".into(), 1);
+        stats.record_config("MIOpenDriver conv -n 1".into(), 4);
+        stats.record_config("MIOpenDriver conv -n 2".into(), 2);
+        assert_eq!(
+            stats.config_lines(),
+            vec![
+                "MIOpenDriver conv -n 1 -F 5   # 2 calls".to_string(),
+                "MIOpenDriver conv -n 2 -F 2   # 1 calls".to_string()
+            ]
         );
     }
 

@@ -41,6 +41,10 @@ fn compute(
     match run_conv(rt, handle, &p, &bufs, alpha, beta) {
         Ok(rec) => {
             STATS.record_cpu(op, &rec);
+            STATS.record_config(
+                crate::repro::driver_command(&p),
+                crate::repro::direction_flag(direction),
+            );
             let secs = rec.compute.as_secs_f64();
             tracing::debug!(
                 "{name}: cpu {} alpha={alpha} beta={beta} compute {:.3} ms ({:.1} GFLOP/s) copies {:.3} ms ({} B in, {} B out)",
