@@ -13,6 +13,7 @@ pub mod describe;
 pub mod error;
 pub mod execute;
 pub mod ffi;
+pub mod identity;
 pub mod intercept;
 pub mod layout;
 pub mod log;
