@@ -89,6 +89,8 @@ pub struct Config {
     /// Worker threads of the CPU engine.
     pub threads: usize,
     pub log_filter: String,
+    /// `RDNA1SHIM_TRACE_ALL=1`: log every MIOpen call before it is made.
+    pub trace_all: bool,
     pub log_file: Option<String>,
     pub miopen_lib: Option<String>,
     pub hip_lib: Option<String>,
@@ -164,6 +166,10 @@ impl Config {
             unsupported,
             threads,
             log_filter: nonempty("RDNA1SHIM_LOG").unwrap_or_else(|| "info".to_string()),
+            trace_all: matches!(
+                get("RDNA1SHIM_TRACE_ALL").as_deref().map(str::trim),
+                Some("1") | Some("true") | Some("yes")
+            ),
             log_file: nonempty("RDNA1SHIM_LOG_FILE"),
             miopen_lib: nonempty("RDNA1SHIM_MIOPEN_LIB"),
             hip_lib: nonempty("RDNA1SHIM_HIP_LIB"),

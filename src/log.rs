@@ -15,7 +15,13 @@ use crate::config::Config;
 /// else are left alone). Returns a message when the configuration could not be used.
 pub fn init(cfg: &Config) -> Option<String> {
     let mut problem = None;
-    let filter = EnvFilter::try_new(&cfg.log_filter).unwrap_or_else(|e| {
+    let directives = if cfg.trace_all {
+        // Trace lines are wanted whatever the filter says of other events.
+        format!("{},rdna1shim_trace=info", cfg.log_filter)
+    } else {
+        cfg.log_filter.clone()
+    };
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|e| {
         problem = Some(format!(
             "RDNA1SHIM_LOG={:?} is not a valid filter ({e}); using \"info\"",
             cfg.log_filter

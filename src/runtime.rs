@@ -17,6 +17,7 @@ pub struct Runtime {
     pub config: Config,
     getters: Result<Getters, String>,
     pub forwarded: Forwarded,
+    miopen: Library,
     hip: OnceCell<Result<Hip, String>>,
     hip_lib_override: Option<String>,
     /// The engine's pool and the process it was made in (a forked child needs its own).
@@ -58,9 +59,15 @@ impl Runtime {
             config,
             getters,
             forwarded,
+            miopen,
             hip: OnceCell::new(),
             pool: Mutex::new(None),
         }
+    }
+
+    /// Address of a real MIOpen function, for the forwarding wrappers.
+    pub fn miopen_symbol(&self, name: &str) -> Result<*mut std::ffi::c_void, String> {
+        self.miopen.symbol(name)
     }
 
     /// The real MIOpen's descriptor getters.

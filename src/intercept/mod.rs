@@ -6,6 +6,8 @@ pub mod bias;
 pub mod conv_compute;
 pub mod conv_find;
 pub mod conv_query;
+pub mod passthrough;
+mod passthrough_list;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
@@ -31,6 +33,9 @@ pub(crate) fn guard(name: &'static str, body: impl FnOnce() -> miopenStatus_t) -
     match catch_unwind(AssertUnwindSafe(|| {
         if PANIC_IN.as_deref() == Some(name) {
             panic!("RDNA1SHIM_TEST_PANIC={name}");
+        }
+        if runtime::get().config.trace_all {
+            tracing::info!(target: "rdna1shim_trace", "call {name} (intercepted by the shim)");
         }
         body()
     })) {
@@ -59,7 +64,11 @@ pub(crate) fn to_gpu(
     call: impl FnOnce(&Forwarded) -> Option<miopenStatus_t>,
 ) -> miopenStatus_t {
     let rt = runtime::get();
-    tracing::debug!("{name}: passed to MIOpen ({why})");
+    if rt.config.trace_all {
+        tracing::info!(target: "rdna1shim_trace", "call {name} -> real MIOpen ({why})");
+    } else {
+        tracing::debug!("{name}: passed to MIOpen ({why})");
+    }
     STATS.record_gpu(op);
     match call(&rt.forwarded) {
         Some(s) => s,
