@@ -5,6 +5,7 @@
 use std::ffi::c_void;
 use std::time::Instant;
 
+use crate::activation::Activation;
 use crate::cpu::{conv, ConvShape};
 use crate::describe::{ConvProblem, Pass, TensorDesc};
 use crate::error::{ShimError, ShimResult};
@@ -14,6 +15,7 @@ use crate::layout::{self, DType, Layout5};
 use crate::runtime::Runtime;
 use crate::stats::CallRecord;
 use crate::transfer::Transfers;
+use rayon::prelude::*;
 
 /// Device pointers of a convolution call in the call's own roles, as `conv_problem`
 /// takes its tensors: forward (x, w, y), backward-data (dx, w, dy), backward-weights
@@ -54,6 +56,18 @@ fn bytes_of(l: &Layout5, dtype: DType) -> usize {
     l.span() * dtype.size()
 }
 
+/// What a fused plan adds after a forward convolution.
+pub struct Fused {
+    /// Per-channel bias `[1, C, 1, ...]` in the output's dtype.
+    pub bias: Option<FusedBias>,
+    pub activation: Option<Activation>,
+}
+
+pub struct FusedBias {
+    pub ptr: *const c_void,
+    pub layout: Layout5,
+}
+
 /// Computes one convolution call on the CPU.
 pub fn run_conv(
     rt: &'static Runtime,
@@ -62,6 +76,19 @@ pub fn run_conv(
     bufs: &ConvBuffers,
     alpha: f32,
     beta: f32,
+) -> ShimResult<CallRecord> {
+    run_conv_fused(rt, handle, p, bufs, alpha, beta, None)
+}
+
+/// Computes a convolution and, for a fused plan, its bias and activation.
+pub fn run_conv_fused(
+    rt: &'static Runtime,
+    handle: miopenHandle_t,
+    p: &ConvProblem,
+    bufs: &ConvBuffers,
+    alpha: f32,
+    beta: f32,
+    fused: Option<&Fused>,
 ) -> ShimResult<CallRecord> {
     // The regular convolution's x and y: transposed mode swaps the call's two.
     let (x, y) = if p.transposed {
@@ -92,11 +119,36 @@ pub fn run_conv(
     } else {
         tr.buffer(bytes_of(lo, dt))?
     };
+    let extra = match fused.and_then(|f| f.bias.as_ref()) {
+        Some(bias) => Some(tr.download(bias.ptr, bytes_of(&bias.layout, dt))?),
+        None => None,
+    };
     tr.sync()?;
 
     let t = Instant::now();
+    let bias = match fused.and_then(|f| f.bias.as_ref()) {
+        Some(bias) => Some(layout::gather(
+            tr.bytes(extra.expect("bias downloaded")),
+            dt,
+            &bias.layout,
+        )),
+        None => None,
+    };
     let (a, b, o) = tr.io(ba, bb, bo);
-    pool.install(|| compute_on_host(p, a, b, o, alpha, beta));
+    let activation = fused.and_then(|f| f.activation);
+    let epilogue = |res: &mut [f32]| {
+        if let Some(bias) = &bias {
+            let plane = lo.dims[2] * lo.dims[3] * lo.dims[4];
+            let c = lo.dims[1];
+            res.par_chunks_mut(plane)
+                .enumerate()
+                .for_each(|(i, ch)| ch.iter_mut().for_each(|v| *v += bias[i % c]));
+        }
+        if let Some(act) = activation {
+            act.apply_all(res);
+        }
+    };
+    pool.install(|| compute_on_host(p, a, b, o, alpha, beta, &epilogue));
     let compute = t.elapsed();
 
     tr.upload(out, bo)?;
@@ -113,7 +165,18 @@ pub fn run_conv(
 /// The host part of a convolution call: `a`, `b` are the pass's inputs and `out` its
 /// output, each as the bytes of its span in the problem's dtype and layout. `out` holds
 /// the old output when `beta != 0` (and the bytes between elements of a non-dense one).
-pub fn compute_on_host(p: &ConvProblem, a: &[u8], b: &[u8], out: &mut [u8], alpha: f32, beta: f32) {
+///
+/// `epilogue` runs on the blended result (packed canonical f32) before it is stored:
+/// fused plans add a bias and an activation there.
+pub fn compute_on_host(
+    p: &ConvProblem,
+    a: &[u8],
+    b: &[u8],
+    out: &mut [u8],
+    alpha: f32,
+    beta: f32,
+    epilogue: &(dyn Fn(&mut [f32]) + Sync),
+) {
     let (la, lb, lo) = match p.pass {
         Pass::Forward => (&p.x, &p.w, &p.y),
         Pass::BackwardData => (&p.y, &p.w, &p.x),
@@ -130,6 +193,7 @@ pub fn compute_on_host(p: &ConvProblem, a: &[u8], b: &[u8], out: &mut [u8], alph
     }
     let old = (beta != 0.0).then(|| layout::gather(out, dt, lo));
     layout::blend(&mut res, alpha, beta, old.as_deref());
+    epilogue(&mut res);
     layout::scatter(&res, dt, lo, out);
 }
 

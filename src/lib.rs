@@ -7,6 +7,7 @@
 //! -> `ffi` (C types); `cpu` is the engine and depends on nothing else of the crate;
 //! `layout` converts strided fp16/bf16/fp32 tensors to the engine's packed f32.
 
+pub mod activation;
 pub mod config;
 pub mod cpu;
 pub mod describe;

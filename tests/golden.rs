@@ -108,7 +108,7 @@ fn call(
         rdna1shim::describe::Pass::BackwardWeights => (&xr.bytes, &yr.bytes, &mut w.bytes),
     };
     let (a, b) = (a.clone(), b.clone());
-    compute_on_host(&p, &a, &b, out, alpha, beta);
+    compute_on_host(&p, &a, &b, out, alpha, beta, &|_| {});
     match p.pass {
         rdna1shim::describe::Pass::Forward => yr.values(),
         rdna1shim::describe::Pass::BackwardData => xr.values(),
