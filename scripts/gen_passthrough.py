@@ -8,7 +8,7 @@ RDNA1SHIM_TRACE_ALL possible.
 Reads the prototypes from MIOpen's public header, maps C types to Rust (enums and int
 to c_int-sized integers, handles and every pointer to raw pointers, size_t, floats, bool),
 and leaves out the functions that src/intercept/ already exports (found by scanning it
-for `fn miopen...` and the names listed in conv_query_family! invocations).
+for `fn miopen...`, `macro!(miopen...(` and conv_query_family! lists).
 """
 import glob
 import os
@@ -32,6 +32,7 @@ def implemented_by_shim():
             continue
         text = open(f).read()
         names |= set(re.findall(r"\bfn\s+(miopen\w+)", text))
+        names |= set(re.findall(r"\w+!\(\s*(miopen\w+)\s*\(", text))  # exports made by a macro
         for block in re.findall(r"conv_query_family!\(\s*\[([^\]]*)\]", text):
             names |= set(re.findall(r"miopen\w+", block))
     return names

@@ -6,6 +6,7 @@ pub mod bias;
 pub mod conv_compute;
 pub mod conv_find;
 pub mod conv_query;
+pub mod fusion;
 pub mod passthrough;
 mod passthrough_list;
 
