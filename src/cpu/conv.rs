@@ -8,7 +8,7 @@
 
 pub use super::scratch::MAX_SCRATCH_BYTES;
 
-use super::scratch::Tuning;
+use super::scratch::{self, Tuning};
 use super::{depthwise, lowered, ConvShape};
 
 /// `y = conv(x, w)`.
@@ -39,6 +39,14 @@ pub fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     backward_weights_with(s, x, dy, dw, &Tuning::default());
 }
 
+/// Frees the scratch buffers the engine keeps between calls, on every thread
+/// of the current rayon pool and on the calling thread. Later calls simply
+/// allocate again.
+pub fn release_scratch() {
+    rayon::broadcast(|_| scratch::release_thread());
+    scratch::release_thread();
+}
+
 fn use_direct(s: &ConvShape, t: &Tuning) -> bool {
     t.direct_depthwise && s.is_depthwise()
 }
@@ -53,7 +61,7 @@ pub(crate) fn forward_with(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t
         ],
     );
     if use_direct(s, t) {
-        depthwise::forward(s, x, w, y);
+        depthwise::forward(s, x, w, y, t);
     } else {
         lowered::forward(s, x, w, y, t);
     }
@@ -69,7 +77,7 @@ pub(crate) fn backward_data_with(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut 
         ],
     );
     if use_direct(s, t) {
-        depthwise::backward_data(s, dy, w, dx);
+        depthwise::backward_data(s, dy, w, dx, t);
     } else {
         lowered::backward_data(s, dy, w, dx, t);
     }
@@ -91,7 +99,7 @@ pub(crate) fn backward_weights_with(
         ],
     );
     if use_direct(s, t) {
-        depthwise::backward_weights(s, x, dy, dw);
+        depthwise::backward_weights(s, x, dy, dw, t);
     } else {
         lowered::backward_weights(s, x, dy, dw, t);
     }

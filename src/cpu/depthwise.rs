@@ -1,74 +1,128 @@
 //! Direct loops for convolutions with one input channel per group (depthwise,
-//! with or without a channel multiplier). Each output plane is a sum of
-//! shifted, scaled input rows; the row loops are written so LLVM vectorizes
-//! them (and emits FMA under the AVX2 entry points of [`super::simd`]).
+//! with or without a channel multiplier; a single-input-channel convolution
+//! is the multiplier case with one group).
 //!
-//! - forward: one task per output plane, rows accumulated in place;
-//! - backward data: one task per input-gradient plane; stride 1 is a forward
-//!   correlation of `dy` with the flipped kernel, larger strides scatter rows;
-//! - backward weights: one task per (channel, block of images) with lane-wise
-//!   partial dot products, reduced at the end.
+//! Each task copies its input plane once into a zero-padded buffer whose rows
+//! are split into `stride` phases, so every kernel tap of every output row
+//! reads a contiguous, in-bounds run: the row loops have no edge cases and
+//! work on whole vectors (AVX-512, AVX2 or portable code chosen at run time
+//! by [`super::simd`]).
+//! - forward: one task per input plane, producing its `multiplier` outputs;
+//! - backward data: one task per input-gradient plane; at stride 1 it is the
+//!   forward correlation of the padded `dy` with the flipped kernel, at larger
+//!   strides rows are scattered;
+//! - backward weights: one task per (input channel, block of images), with
+//!   per-tap vector accumulators, reduced over image blocks at the end.
 
 use rayon::prelude::*;
 
 use super::geometry::valid_range;
-use super::simd::{dispatch_mul_add, MulAdd};
+use super::scratch::{Slot, Tuning};
+use super::simd::{dispatch_simd, Simd};
 use super::ConvShape;
 
-/// Accumulator lanes of the dot products in backward weights.
-const LANES: usize = 16;
+/// Widest vector of any [`Simd`] implementation: padded rows leave room for
+/// one of these past the last output.
+const MAX_LANES: usize = 16;
 /// Rough number of output elements one rayon task should cover at least.
 const MIN_TASK_ELEMS: usize = 8192;
+/// Most kernel rows (`kd · kh`) the unrolled kernels handle; larger kernels
+/// take the generic loops.
+const MAX_ROWS: usize = 64;
 
-/// A correlation of one input plane with one kernel:
-/// `out[o] += Σ_t w[t] · inp[o · stride + t · dil + off]` per spatial dim,
-/// taps outside `inp` reading zero.
+/// A correlation on a zero-padded, phase-split copy of one plane: output
+/// `(od, oh, ow)` and tap `(kd, kh, kw)` read padded position
+/// `(od·s₀ + kd·d₀, oh·s₁ + kh·d₁, ow·s₂ + kw·d₂)`, and padded position `i`
+/// holds source position `i − lo` (zero outside the source).
+///
+/// Padded row `(d, h)` starts at `(d·hp + h)·s₂·wq`; column `j·s₂ + r` of it is
+/// at offset `r·wq + j` (phase `r`), so a tap's run over `ow` is contiguous.
 #[derive(Clone, Copy, Debug)]
-struct PlaneGeom {
+struct Geom {
     out: [usize; 3],
-    inp: [usize; 3],
     kernel: [usize; 3],
     stride: [usize; 3],
     dil: [usize; 3],
-    off: [isize; 3],
+    lo: [isize; 3],
+    /// Padded depth and height.
+    dp: usize,
+    hp: usize,
+    /// Floats per phase of a padded row.
+    wq: usize,
 }
 
-impl PlaneGeom {
-    fn forward(s: &ConvShape) -> PlaneGeom {
-        PlaneGeom {
-            out: s.output,
-            inp: s.input,
-            kernel: s.kernel,
-            stride: s.stride,
-            dil: s.dilation,
-            off: std::array::from_fn(|a| -(s.pad[a] as isize)),
+impl Geom {
+    fn new(
+        out: [usize; 3],
+        kernel: [usize; 3],
+        stride: [usize; 3],
+        dil: [usize; 3],
+        lo: [isize; 3],
+    ) -> Geom {
+        let span = |a: usize| (out[a] - 1) * stride[a] + (kernel[a] - 1) * dil[a] + 1;
+        // Vector runs start at multiples of the lane count and may run past `out[2]`.
+        let wq = out[2].next_multiple_of(MAX_LANES) + (kernel[2] - 1) * dil[2] / stride[2] + 1;
+        Geom {
+            out,
+            kernel,
+            stride,
+            dil,
+            lo,
+            dp: span(0),
+            hp: span(1),
+            wq,
         }
     }
 
-    /// Backward data at stride 1: correlate `dy` with the flipped kernel.
-    fn transposed_unit_stride(s: &ConvShape) -> PlaneGeom {
-        PlaneGeom {
-            out: s.input,
-            inp: s.output,
-            kernel: s.kernel,
-            stride: [1; 3],
-            dil: s.dilation,
-            off: std::array::from_fn(|a| {
-                s.pad[a] as isize - ((s.kernel[a] - 1) * s.dilation[a]) as isize
-            }),
-        }
+    /// Forward correlation of `x` (padding `pad`).
+    fn forward(s: &ConvShape) -> Geom {
+        Geom::new(
+            s.output,
+            s.kernel,
+            s.stride,
+            s.dilation,
+            s.pad.map(|p| p as isize),
+        )
     }
 
-    /// Start of the input row that kernel row `(kd, kh)` reads for output row
-    /// `(od, oh)`, or `None` when that row is padding.
+    /// Backward data at stride 1: `dy` correlated with the flipped kernel.
+    fn transposed_unit_stride(s: &ConvShape) -> Geom {
+        let lo = std::array::from_fn(|a| {
+            ((s.kernel[a] - 1) * s.dilation[a]) as isize - s.pad[a] as isize
+        });
+        Geom::new(s.input, s.kernel, [1; 3], s.dilation, lo)
+    }
+
+    fn padded_len(&self) -> usize {
+        self.dp * self.hp * self.stride[2] * self.wq
+    }
+
+    /// Offset of padded row `(d, h)`.
     #[inline(always)]
-    fn input_row(&self, od: usize, oh: usize, kd: usize, kh: usize) -> Option<usize> {
-        let id = (od * self.stride[0] + kd * self.dil[0]) as isize + self.off[0];
-        let ih = (oh * self.stride[1] + kh * self.dil[1]) as isize + self.off[1];
-        if id < 0 || ih < 0 || id >= self.inp[0] as isize || ih >= self.inp[1] as isize {
-            return None;
+    fn row(&self, d: usize, h: usize) -> usize {
+        (d * self.hp + h) * self.stride[2] * self.wq
+    }
+
+    /// Offset within a padded row of the run tap `kw` reads for `ow = 0`.
+    #[inline(always)]
+    fn tap(&self, kw: usize) -> usize {
+        let t = kw * self.dil[2];
+        (t % self.stride[2]) * self.wq + t / self.stride[2]
+    }
+
+    /// Offsets of the padded rows kernel rows `(kd, kh)` read for output row
+    /// `(od, oh)`, in kernel order.
+    #[inline(always)]
+    fn tap_rows(&self, od: usize, oh: usize, rows: &mut [usize; MAX_ROWS]) {
+        let [kd_n, kh_n, _] = self.kernel;
+        for kd in 0..kd_n {
+            for kh in 0..kh_n {
+                rows[kd * kh_n + kh] = self.row(
+                    od * self.stride[0] + kd * self.dil[0],
+                    oh * self.stride[1] + kh * self.dil[1],
+                );
+            }
         }
-        Some((id as usize * self.inp[1] + ih as usize) * self.inp[2])
     }
 }
 
@@ -76,227 +130,423 @@ fn planes_per_task(plane: usize) -> usize {
     (MIN_TASK_ELEMS / plane.max(1)).max(1)
 }
 
-pub(crate) fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32]) {
+pub(crate) fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tuning) {
     let (isp, osp, ks) = (s.input_spatial(), s.output_spatial(), s.kernel_spatial());
     let mult = s.c_out_per_group();
-    let geom = PlaneGeom::forward(s);
-    y.par_chunks_mut(osp)
+    let g = Geom::forward(s);
+    // Output channels ci·mult.. of image n are contiguous: one task per input plane.
+    y.par_chunks_mut(mult * osp)
         .enumerate()
-        .with_min_len(planes_per_task(osp))
-        .for_each(|(q, out)| {
-            let (n, co) = (q / s.c_out, q % s.c_out);
-            let ci = co / mult;
-            let inp = &x[(n * s.c_in + ci) * isp..][..isp];
-            plane_corr(out, inp, &w[co * ks..][..ks], &geom, false);
+        .with_min_len(planes_per_task(mult * osp))
+        .for_each(|(q, outs)| {
+            let (n, ci) = (q / s.c_in, q % s.c_in);
+            t.scratch(Slot::Task, g.padded_len(), |xp| {
+                pad_plane(
+                    t.simd,
+                    xp,
+                    &x[(n * s.c_in + ci) * isp..][..isp],
+                    s.input,
+                    &g,
+                );
+                for (m, out) in outs.chunks_exact_mut(osp).enumerate() {
+                    let co = ci * mult + m;
+                    corr_plane(t.simd, out, xp, &w[co * ks..][..ks], &g, false);
+                }
+            });
         });
 }
 
-pub(crate) fn backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+pub(crate) fn backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32], t: &Tuning) {
     let (isp, osp, ks) = (s.input_spatial(), s.output_spatial(), s.kernel_spatial());
     let mult = s.c_out_per_group();
     let unit_stride = s.stride == [1; 3];
-    let geom = if unit_stride {
-        PlaneGeom::transposed_unit_stride(s)
-    } else {
-        PlaneGeom::forward(s)
-    };
+    let g = Geom::transposed_unit_stride(s);
     dx.par_chunks_mut(isp)
         .enumerate()
         .with_min_len(planes_per_task(isp))
         .for_each(|(q, grad)| {
             let (n, ci) = (q / s.c_in, q % s.c_in);
             let mut flipped = vec![0.0f32; if unit_stride { ks } else { 0 }];
-            for j in 0..mult {
-                let co = ci * mult + j;
+            for m in 0..mult {
+                let co = ci * mult + m;
                 let dyp = &dy[(n * s.c_out + co) * osp..][..osp];
                 let wk = &w[co * ks..][..ks];
                 if unit_stride {
                     for (f, v) in flipped.iter_mut().zip(wk.iter().rev()) {
                         *f = *v;
                     }
-                    plane_corr(grad, dyp, &flipped, &geom, j > 0);
+                    t.scratch(Slot::Task, g.padded_len(), |yp| {
+                        pad_plane(t.simd, yp, dyp, s.output, &g);
+                        corr_plane(t.simd, grad, yp, &flipped, &g, m > 0);
+                    });
                 } else {
-                    plane_scatter(grad, dyp, wk, &geom, j > 0);
+                    scatter_plane(t.simd, grad, dyp, wk, s, m > 0);
                 }
             }
         });
 }
 
-pub(crate) fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+pub(crate) fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f32], t: &Tuning) {
     let (isp, osp, ks) = (s.input_spatial(), s.output_spatial(), s.kernel_spatial());
     let mult = s.c_out_per_group();
-    let geom = PlaneGeom::forward(s);
+    let g = Geom::forward(s);
     let threads = rayon::current_num_threads();
-    let blocks = if s.c_out >= 4 * threads {
+    let blocks = if s.c_in >= 4 * threads {
         1
     } else {
-        (4 * threads).div_ceil(s.c_out).min(s.n)
+        (4 * threads).div_ceil(s.c_in).min(s.n)
     };
-    let mut partial = vec![0.0f32; s.c_out * blocks * ks];
+    // Partial sums per (input channel, image block): mult · ks floats each.
+    let per = mult * ks;
+    let mut partial = vec![0.0f32; s.c_in * blocks * per];
     partial
-        .par_chunks_mut(ks)
+        .par_chunks_mut(per)
         .enumerate()
         .for_each(|(task, acc)| {
-            let (co, b) = (task / blocks, task % blocks);
-            let ci = co / mult;
-            let mut lanes = vec![[0.0f32; LANES]; ks];
-            let per = s.n.div_ceil(blocks);
-            for n in b * per..((b + 1) * per).min(s.n) {
-                let xp = &x[(n * s.c_in + ci) * isp..][..isp];
-                let dyp = &dy[(n * s.c_out + co) * osp..][..osp];
-                plane_weights(&mut lanes, xp, dyp, &geom);
-            }
-            for (a, l) in acc.iter_mut().zip(&lanes) {
-                *a = l.iter().sum();
-            }
+            let (ci, b) = (task / blocks, task % blocks);
+            let images = s.n.div_ceil(blocks);
+            t.scratch(Slot::Task, g.padded_len(), |xp| {
+                for n in b * images..((b + 1) * images).min(s.n) {
+                    pad_plane(
+                        t.simd,
+                        xp,
+                        &x[(n * s.c_in + ci) * isp..][..isp],
+                        s.input,
+                        &g,
+                    );
+                    for (m, a) in acc.chunks_exact_mut(ks).enumerate() {
+                        let co = ci * mult + m;
+                        weights_plane(t.simd, a, &dy[(n * s.c_out + co) * osp..][..osp], xp, &g);
+                    }
+                }
+            });
         });
-    for (co, out) in dw.chunks_mut(ks).enumerate() {
+    for (ci, out) in dw.chunks_mut(per).enumerate() {
         out.fill(0.0);
         for b in 0..blocks {
-            for (o, v) in out.iter_mut().zip(&partial[(co * blocks + b) * ks..][..ks]) {
+            for (o, v) in out
+                .iter_mut()
+                .zip(&partial[(ci * blocks + b) * per..][..per])
+            {
                 *o += *v;
             }
         }
     }
 }
 
-dispatch_mul_add!(fn plane_corr(out: &mut [f32], inp: &[f32], w: &[f32], g: &PlaneGeom, accumulate: bool) => plane_corr_impl);
-dispatch_mul_add!(fn plane_scatter(grad: &mut [f32], dy: &[f32], w: &[f32], g: &PlaneGeom, accumulate: bool) => plane_scatter_impl);
-dispatch_mul_add!(fn plane_weights(lanes: &mut [[f32; LANES]], x: &[f32], dy: &[f32], g: &PlaneGeom) => plane_weights_impl);
+dispatch_simd!(fn pad_plane(dst: &mut [f32], src: &[f32], dims: [usize; 3], g: &Geom) => pad_plane_impl);
+dispatch_simd!(fn corr_plane(out: &mut [f32], xp: &[f32], w: &[f32], g: &Geom, accumulate: bool) => corr_plane_impl);
+dispatch_simd!(fn weights_plane(acc: &mut [f32], dy: &[f32], xp: &[f32], g: &Geom) => weights_plane_impl);
+dispatch_simd!(fn scatter_plane(grad: &mut [f32], dy: &[f32], w: &[f32], s: &ConvShape, accumulate: bool) => scatter_plane_impl);
 
-/// `out = corr(inp, w)` (or `out +=` when `accumulate`) over a whole plane.
+/// `dst[..n] = src[..n]` in whole vectors plus one partial one.
+///
+/// # Safety
+/// `src..src + n` readable, `dst..dst + n` writable.
 #[inline(always)]
-fn plane_corr_impl<M: MulAdd>(
+unsafe fn copy_vec<S: Simd>(dst: *mut f32, src: *const f32, n: usize) {
+    let mut i = 0;
+    while i + S::N <= n {
+        S::load(src.add(i)).store(dst.add(i));
+        i += S::N;
+    }
+    if i < n {
+        S::load_part(src.add(i), n - i).store_part(dst.add(i), n - i);
+    }
+}
+
+/// `dst[..n] = 0` in whole vectors plus one partial one.
+///
+/// # Safety
+/// `dst..dst + n` writable.
+#[inline(always)]
+unsafe fn zero_vec<S: Simd>(dst: *mut f32, n: usize) {
+    let mut i = 0;
+    while i + S::N <= n {
+        S::zero().store(dst.add(i));
+        i += S::N;
+    }
+    if i < n {
+        S::zero().store_part(dst.add(i), n - i);
+    }
+}
+
+/// Fills `dst` (of `g.padded_len()`) with the padded, phase-split copy of
+/// the plane `src` of size `dims`.
+#[inline(always)]
+fn pad_plane_impl<S: Simd>(dst: &mut [f32], src: &[f32], dims: [usize; 3], g: &Geom) {
+    let [d_n, h_n, w_n] = dims;
+    assert!(dst.len() >= g.padded_len() && src.len() >= d_n * h_n * w_n);
+    let phases = g.stride[2];
+    for d in 0..g.dp {
+        for h in 0..g.hp {
+            let row = &mut dst[g.row(d, h)..][..phases * g.wq];
+            let (sd, sh) = (d as isize - g.lo[0], h as isize - g.lo[1]);
+            if sd < 0 || sh < 0 || sd >= d_n as isize || sh >= h_n as isize {
+                // SAFETY: `row` is writable.
+                unsafe { zero_vec::<S>(row.as_mut_ptr(), row.len()) };
+                continue;
+            }
+            let src_row = &src[(sd as usize * h_n + sh as usize) * w_n..][..w_n];
+            for (r, part) in row.chunks_exact_mut(g.wq).enumerate() {
+                // part[j] = src_row[j·phases + r − lo]
+                let off = r as isize - g.lo[2];
+                let (a, b) = valid_range(g.wq, phases, off, w_n);
+                // SAFETY: all ranges lie inside `part` and `src_row`.
+                unsafe {
+                    zero_vec::<S>(part.as_mut_ptr(), a);
+                    zero_vec::<S>(part.as_mut_ptr().add(b), g.wq - b);
+                    if b > a {
+                        let start = ((a * phases) as isize + off) as usize;
+                        if phases == 1 {
+                            copy_vec::<S>(
+                                part.as_mut_ptr().add(a),
+                                src_row.as_ptr().add(start),
+                                b - a,
+                            );
+                        } else {
+                            for (j, o) in part[a..b].iter_mut().enumerate() {
+                                *o = *src_row.get_unchecked(start + j * phases);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `out = corr(xp, w)` (or `out +=` when `accumulate`) over a whole plane.
+#[inline(always)]
+fn corr_plane_impl<S: Simd>(out: &mut [f32], xp: &[f32], w: &[f32], g: &Geom, accumulate: bool) {
+    assert!(xp.len() >= g.padded_len() && out.len() >= g.out.iter().product());
+    if g.kernel[0] * g.kernel[1] > MAX_ROWS {
+        return corr_any::<S>(out, xp, w, g, accumulate);
+    }
+    match g.kernel[2] {
+        1 => corr::<S, 1>(out, xp, w, g, accumulate),
+        2 => corr::<S, 2>(out, xp, w, g, accumulate),
+        3 => corr::<S, 3>(out, xp, w, g, accumulate),
+        4 => corr::<S, 4>(out, xp, w, g, accumulate),
+        5 => corr::<S, 5>(out, xp, w, g, accumulate),
+        7 => corr::<S, 7>(out, xp, w, g, accumulate),
+        _ => corr_any::<S>(out, xp, w, g, accumulate),
+    }
+}
+
+/// [`corr_plane_impl`] for a kernel width `KW` known at compile time: each
+/// output row is computed in runs of up to four vectors held in registers.
+#[inline(always)]
+fn corr<S: Simd, const KW: usize>(
     out: &mut [f32],
-    inp: &[f32],
+    xp: &[f32],
     w: &[f32],
-    g: &PlaneGeom,
+    g: &Geom,
     accumulate: bool,
 ) {
     let [od_n, oh_n, ow_n] = g.out;
-    let [kd_n, kh_n, kw_n] = g.kernel;
-    let iw = g.inp[2];
+    let taps: [usize; KW] = std::array::from_fn(|kw| g.tap(kw));
+    let nrows = g.kernel[0] * g.kernel[1];
+    let mut rows = [0usize; MAX_ROWS];
     for od in 0..od_n {
         for oh in 0..oh_n {
-            let row = &mut out[(od * oh_n + oh) * ow_n..][..ow_n];
-            let mut init = !accumulate;
-            for kd in 0..kd_n {
-                for kh in 0..kh_n {
-                    let Some(at) = g.input_row(od, oh, kd, kh) else {
-                        continue;
+            g.tap_rows(od, oh, &mut rows);
+            let row = out[(od * oh_n + oh) * ow_n..][..ow_n].as_mut_ptr();
+            let mut ow0 = 0;
+            while ow0 < ow_n {
+                let n = (4 * S::N).min(ow_n - ow0);
+                // SAFETY: `row + ow0 .. + n` lies in `out`; the reads stay in
+                // the padded rows (Geom::wq leaves a vector past the outputs).
+                unsafe {
+                    let run = Run {
+                        xp: xp.as_ptr(),
+                        rows: &rows[..nrows],
+                        w,
+                        ow0,
+                        dst: row.add(ow0),
+                        n,
                     };
-                    let src = &inp[at..at + iw];
-                    let taps = &w[(kd * kh_n + kh) * kw_n..][..kw_n];
-                    row_corr::<M>(row, src, taps, g.stride[2], g.dil[2], g.off[2], init);
-                    init = false;
+                    match n.div_ceil(S::N) {
+                        1 => run.corr::<S, KW, 1>(&taps, accumulate),
+                        2 => run.corr::<S, KW, 2>(&taps, accumulate),
+                        3 => run.corr::<S, KW, 3>(&taps, accumulate),
+                        _ => run.corr::<S, KW, 4>(&taps, accumulate),
+                    }
+                }
+                ow0 += n;
+            }
+        }
+    }
+}
+
+/// `n` (at most four vectors of) consecutive outputs of one row at `dst`,
+/// whose taps read padded rows `rows` from `xp` starting at column `ow0`.
+struct Run<'a> {
+    xp: *const f32,
+    rows: &'a [usize],
+    w: &'a [f32],
+    ow0: usize,
+    dst: *mut f32,
+    n: usize,
+}
+
+impl Run<'_> {
+    /// # Safety
+    /// `dst..dst + n` writable; every `xp + row + ow0 + tap + NV·N` readable.
+    #[inline(always)]
+    unsafe fn corr<S: Simd, const KW: usize, const NV: usize>(
+        &self,
+        taps: &[usize; KW],
+        accumulate: bool,
+    ) {
+        let mut acc = [S::zero(); NV];
+        if accumulate {
+            for (v, a) in acc.iter_mut().enumerate() {
+                let p = self.dst.add(v * S::N);
+                *a = if (v + 1) * S::N <= self.n {
+                    S::load(p)
+                } else {
+                    S::load_part(p, self.n - v * S::N)
+                };
+            }
+        }
+        for (t, &base) in self.rows.iter().enumerate() {
+            let at = self.xp.add(base + self.ow0);
+            for (kw, tap) in taps.iter().enumerate() {
+                let wv = S::splat(*self.w.get_unchecked(t * KW + kw));
+                let p = at.add(*tap);
+                for (v, a) in acc.iter_mut().enumerate() {
+                    *a = S::mul_add(wv, S::load(p.add(v * S::N)), *a);
                 }
             }
-            if init {
-                row.fill(0.0);
-            }
         }
-    }
-}
-
-/// `y[o] (= or +=) Σ_t w[t] · x[o · stride + t · dil + off]` along one row.
-#[inline(always)]
-fn row_corr<M: MulAdd>(
-    y: &mut [f32],
-    x: &[f32],
-    w: &[f32],
-    stride: usize,
-    dil: usize,
-    off: isize,
-    init: bool,
-) {
-    macro_rules! fixed {
-        ($k:literal, $s:literal) => {
-            if init {
-                row_fixed::<M, $k, $s, true>(y, x, w, dil, off)
+        for (v, a) in acc.iter().enumerate() {
+            let p = self.dst.add(v * S::N);
+            if (v + 1) * S::N <= self.n {
+                a.store(p);
             } else {
-                row_fixed::<M, $k, $s, false>(y, x, w, dil, off)
+                a.store_part(p, self.n - v * S::N);
             }
-        };
-    }
-    match (w.len(), stride) {
-        (1, 1) => fixed!(1, 1),
-        (2, 1) => fixed!(2, 1),
-        (3, 1) => fixed!(3, 1),
-        (4, 1) => fixed!(4, 1),
-        (5, 1) => fixed!(5, 1),
-        (7, 1) => fixed!(7, 1),
-        (1, 2) => fixed!(1, 2),
-        (3, 2) => fixed!(3, 2),
-        (5, 2) => fixed!(5, 2),
-        (7, 2) => fixed!(7, 2),
-        _ => row_any::<M>(y, x, w, stride, dil, off, init),
-    }
-}
-
-/// [`row_corr`] for a kernel width `K` and stride `S` known at compile time:
-/// the interior, where every tap is inside the row, runs branch-free.
-#[inline(always)]
-fn row_fixed<M: MulAdd, const K: usize, const S: usize, const INIT: bool>(
-    y: &mut [f32],
-    x: &[f32],
-    w: &[f32],
-    dil: usize,
-    off: isize,
-) {
-    let n = y.len();
-    let taps: [f32; K] = std::array::from_fn(|t| w[t]);
-    let (a, _) = valid_range(n, S, off, x.len());
-    let (_, b) = valid_range(n, S, off + ((K - 1) * dil) as isize, x.len());
-    let b = b.max(a);
-    for o in (0..a).chain(b..n) {
-        let mut acc = if INIT { 0.0 } else { y[o] };
-        for (t, wt) in taps.iter().enumerate() {
-            let i = (o * S + t * dil) as isize + off;
-            if i >= 0 && (i as usize) < x.len() {
-                acc = M::mul_add(*wt, x[i as usize], acc);
-            }
-        }
-        y[o] = acc;
-    }
-    if b > a {
-        let base = ((a * S) as isize + off) as usize;
-        let xs = &x[base..];
-        let ys = &mut y[a..b];
-        assert!((ys.len() - 1) * S + (K - 1) * dil < xs.len());
-        for (j, yo) in ys.iter_mut().enumerate() {
-            let mut acc = if INIT { 0.0 } else { *yo };
-            for (t, wt) in taps.iter().enumerate() {
-                // SAFETY: j·S + t·dil <= (len-1)·S + (K-1)·dil < xs.len() (asserted).
-                let v = unsafe { *xs.get_unchecked(j * S + t * dil) };
-                acc = M::mul_add(*wt, v, acc);
-            }
-            *yo = acc;
         }
     }
 }
 
-/// [`row_corr`] for any kernel width and stride, one tap at a time.
+/// [`corr_plane_impl`] for any kernel size, one vector at a time.
 #[inline(always)]
-fn row_any<M: MulAdd>(
-    y: &mut [f32],
-    x: &[f32],
-    w: &[f32],
-    stride: usize,
-    dil: usize,
-    off: isize,
-    init: bool,
-) {
-    if init {
-        y.fill(0.0);
+fn corr_any<S: Simd>(out: &mut [f32], xp: &[f32], w: &[f32], g: &Geom, accumulate: bool) {
+    let [od_n, oh_n, ow_n] = g.out;
+    let [kd_n, kh_n, kw_n] = g.kernel;
+    for od in 0..od_n {
+        for oh in 0..oh_n {
+            let row = out[(od * oh_n + oh) * ow_n..][..ow_n].as_mut_ptr();
+            for ow0 in (0..ow_n).step_by(S::N) {
+                let n = S::N.min(ow_n - ow0);
+                // SAFETY: as in `corr`.
+                unsafe {
+                    let mut acc = if accumulate {
+                        S::load_part(row.add(ow0), n)
+                    } else {
+                        S::zero()
+                    };
+                    for kd in 0..kd_n {
+                        for kh in 0..kh_n {
+                            let at = g.row(
+                                od * g.stride[0] + kd * g.dil[0],
+                                oh * g.stride[1] + kh * g.dil[1],
+                            ) + ow0;
+                            for kw in 0..kw_n {
+                                let wv = S::splat(w[(kd * kh_n + kh) * kw_n + kw]);
+                                acc = S::mul_add(wv, S::load(xp.as_ptr().add(at + g.tap(kw))), acc);
+                            }
+                        }
+                    }
+                    acc.store_part(row.add(ow0), n);
+                }
+            }
+        }
     }
-    for (t, wt) in w.iter().enumerate() {
-        let o = off + (t * dil) as isize;
-        let (lo, hi) = valid_range(y.len(), stride, o, x.len());
-        if hi > lo {
-            let base = ((lo * stride) as isize + o) as usize;
-            let src = x[base..].iter().step_by(stride);
-            for (yo, v) in y[lo..hi].iter_mut().zip(src) {
-                *yo = M::mul_add(*wt, *v, *yo);
+}
+
+/// Adds one image's contribution `Σ_o dy[o] · xp[o·s + t·d]` to every tap
+/// `t` of one channel's weight gradient `acc`.
+#[inline(always)]
+fn weights_plane_impl<S: Simd>(acc: &mut [f32], dy: &[f32], xp: &[f32], g: &Geom) {
+    assert!(xp.len() >= g.padded_len() && dy.len() >= g.out.iter().product());
+    assert!(acc.len() >= g.kernel.iter().product());
+    match g.kernel[2] {
+        1 => weights::<S, 1>(acc, dy, xp, g),
+        2 => weights::<S, 2>(acc, dy, xp, g),
+        3 => weights::<S, 3>(acc, dy, xp, g),
+        4 => weights::<S, 4>(acc, dy, xp, g),
+        5 => weights::<S, 5>(acc, dy, xp, g),
+        7 => weights::<S, 7>(acc, dy, xp, g),
+        _ => {
+            // One tap column at a time for other widths.
+            let one = Geom {
+                kernel: [g.kernel[0], g.kernel[1], 1],
+                ..*g
+            };
+            let mut part = vec![0.0f32; g.kernel[0] * g.kernel[1]];
+            for kw in 0..g.kernel[2] {
+                part.fill(0.0);
+                weights_shifted::<S, 1>(&mut part, dy, xp, &one, [g.tap(kw)]);
+                for (t, v) in part.iter().enumerate() {
+                    acc[t * g.kernel[2] + kw] += *v;
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn weights<S: Simd, const KW: usize>(acc: &mut [f32], dy: &[f32], xp: &[f32], g: &Geom) {
+    let taps: [usize; KW] = std::array::from_fn(|kw| g.tap(kw));
+    weights_shifted::<S, KW>(acc, dy, xp, g, taps);
+}
+
+/// Weight gradient of `KW` tap columns whose runs start at `taps` within a
+/// padded row; `acc` has `kd · kh · KW` entries.
+#[inline(always)]
+fn weights_shifted<S: Simd, const KW: usize>(
+    acc: &mut [f32],
+    dy: &[f32],
+    xp: &[f32],
+    g: &Geom,
+    taps: [usize; KW],
+) {
+    let [od_n, oh_n, ow_n] = g.out;
+    let [kd_n, kh_n, _] = g.kernel;
+    for kd in 0..kd_n {
+        for kh in 0..kh_n {
+            let mut lanes = [S::zero(); KW];
+            for od in 0..od_n {
+                for oh in 0..oh_n {
+                    let grad = dy[(od * oh_n + oh) * ow_n..][..ow_n].as_ptr();
+                    let at = g.row(
+                        od * g.stride[0] + kd * g.dil[0],
+                        oh * g.stride[1] + kh * g.dil[1],
+                    );
+                    let mut ow0 = 0;
+                    // SAFETY: dy reads stay in the row; xp reads stay in the
+                    // padded row (Geom::wq leaves a vector past the outputs).
+                    unsafe {
+                        while ow0 < ow_n {
+                            let dv = if ow0 + S::N <= ow_n {
+                                S::load(grad.add(ow0))
+                            } else {
+                                S::load_part(grad.add(ow0), ow_n - ow0)
+                            };
+                            let p = xp.as_ptr().add(at + ow0);
+                            for (kw, l) in lanes.iter_mut().enumerate() {
+                                *l = S::mul_add(dv, S::load(p.add(taps[kw])), *l);
+                            }
+                            ow0 += S::N;
+                        }
+                    }
+                }
+            }
+            for (kw, l) in lanes.iter().enumerate() {
+                acc[(kd * kh_n + kh) * KW + kw] += l.sum();
             }
         }
     }
@@ -305,35 +555,41 @@ fn row_any<M: MulAdd>(
 /// Strided backward data for one plane: scatters `w[t] · dy[o]` to the input
 /// position each tap read in the forward pass.
 #[inline(always)]
-fn plane_scatter_impl<M: MulAdd>(
+fn scatter_plane_impl<S: Simd>(
     grad: &mut [f32],
     dy: &[f32],
     w: &[f32],
-    g: &PlaneGeom,
+    s: &ConvShape,
     accumulate: bool,
 ) {
     if !accumulate {
         grad.fill(0.0);
     }
-    let [od_n, oh_n, ow_n] = g.out;
-    let [kd_n, kh_n, kw_n] = g.kernel;
-    let (sw, dw, iw) = (g.stride[2], g.dil[2], g.inp[2]);
+    let [od_n, oh_n, ow_n] = s.output;
+    let [kd_n, kh_n, kw_n] = s.kernel;
+    let [id_n, ih_n, iw_n] = s.input;
+    let (sw, dw) = (s.stride[2], s.dilation[2]);
     for od in 0..od_n {
         for oh in 0..oh_n {
             let src = &dy[(od * oh_n + oh) * ow_n..][..ow_n];
             for kd in 0..kd_n {
+                let id = (od * s.stride[0] + kd * s.dilation[0]) as isize - s.pad[0] as isize;
+                if id < 0 || id >= id_n as isize {
+                    continue;
+                }
                 for kh in 0..kh_n {
-                    let Some(at) = g.input_row(od, oh, kd, kh) else {
+                    let ih = (oh * s.stride[1] + kh * s.dilation[1]) as isize - s.pad[1] as isize;
+                    if ih < 0 || ih >= ih_n as isize {
                         continue;
-                    };
-                    let row = &mut grad[at..at + iw];
+                    }
+                    let row = &mut grad[(id as usize * ih_n + ih as usize) * iw_n..][..iw_n];
                     for (kw, wt) in w[(kd * kh_n + kh) * kw_n..][..kw_n].iter().enumerate() {
-                        let o = (kw * dw) as isize + g.off[2];
-                        let (lo, hi) = valid_range(ow_n, sw, o, iw);
+                        let o = (kw * dw) as isize - s.pad[2] as isize;
+                        let (lo, hi) = valid_range(ow_n, sw, o, iw_n);
                         if hi > lo {
                             let base = ((lo * sw) as isize + o) as usize;
                             for (d, v) in row[base..].iter_mut().step_by(sw).zip(&src[lo..hi]) {
-                                *d = M::mul_add(*wt, *v, *d);
+                                *d += *wt * *v;
                             }
                         }
                     }
@@ -341,67 +597,5 @@ fn plane_scatter_impl<M: MulAdd>(
             }
         }
     }
-}
-
-/// Adds one image's contribution to every tap of one channel's weight
-/// gradient, kept as `LANES` partial sums per tap.
-#[inline(always)]
-fn plane_weights_impl<M: MulAdd>(lanes: &mut [[f32; LANES]], x: &[f32], dy: &[f32], g: &PlaneGeom) {
-    let [od_n, oh_n, ow_n] = g.out;
-    let [kd_n, kh_n, kw_n] = g.kernel;
-    let (sw, dw, iw) = (g.stride[2], g.dil[2], g.inp[2]);
-    for od in 0..od_n {
-        for oh in 0..oh_n {
-            let grad = &dy[(od * oh_n + oh) * ow_n..][..ow_n];
-            for kd in 0..kd_n {
-                for kh in 0..kh_n {
-                    let Some(at) = g.input_row(od, oh, kd, kh) else {
-                        continue;
-                    };
-                    let row = &x[at..at + iw];
-                    for kw in 0..kw_n {
-                        let o = (kw * dw) as isize + g.off[2];
-                        let (lo, hi) = valid_range(ow_n, sw, o, iw);
-                        if hi > lo {
-                            let base = ((lo * sw) as isize + o) as usize;
-                            let l = &mut lanes[(kd * kh_n + kh) * kw_n + kw];
-                            match sw {
-                                1 => dot_lanes::<M, 1>(l, &grad[lo..hi], &row[base..]),
-                                2 => dot_lanes::<M, 2>(l, &grad[lo..hi], &row[base..]),
-                                _ => dot_lanes_strided::<M>(l, &grad[lo..hi], &row[base..], sw),
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// `lanes[i mod LANES] += a[i] · b[i · S]`.
-#[inline(always)]
-fn dot_lanes<M: MulAdd, const S: usize>(lanes: &mut [f32; LANES], a: &[f32], b: &[f32]) {
-    assert!(!a.is_empty() && (a.len() - 1) * S < b.len());
-    let mut l = *lanes;
-    let full = a.len() / LANES * LANES;
-    for (c, chunk) in a[..full].chunks_exact(LANES).enumerate() {
-        for i in 0..LANES {
-            // SAFETY: (c·LANES + i)·S <= (a.len()-1)·S < b.len() (asserted).
-            let v = unsafe { *b.get_unchecked((c * LANES + i) * S) };
-            l[i] = M::mul_add(chunk[i], v, l[i]);
-        }
-    }
-    for (i, av) in a[full..].iter().enumerate() {
-        l[i] = M::mul_add(*av, b[(full + i) * S], l[i]);
-    }
-    *lanes = l;
-}
-
-/// [`dot_lanes`] with a stride known only at run time.
-#[inline(always)]
-fn dot_lanes_strided<M: MulAdd>(lanes: &mut [f32; LANES], a: &[f32], b: &[f32], stride: usize) {
-    for (i, (av, bv)) in a.iter().zip(b.iter().step_by(stride)).enumerate() {
-        let l = i % LANES;
-        lanes[l] = M::mul_add(*av, *bv, lanes[l]);
-    }
+    let _ = S::N;
 }

@@ -31,8 +31,9 @@ impl Chunk {
 
     /// Chunks covering all positions of `images`, each about `cols` columns:
     /// whole images grouped when an image is smaller than `cols`, otherwise
-    /// each image cut into equal runs.
-    pub fn cover(images: Range<usize>, positions: usize, cols: usize) -> Vec<Chunk> {
+    /// each image cut into runs of equal length, rounded up to a multiple of
+    /// `align` when that stays within `cols` (the last run may be shorter).
+    pub fn cover(images: Range<usize>, positions: usize, cols: usize, align: usize) -> Vec<Chunk> {
         let cols = cols.max(1);
         let mut out = Vec::new();
         if cols >= positions {
@@ -51,6 +52,8 @@ impl Chunk {
         } else {
             let runs = positions.div_ceil(cols);
             let run = positions.div_ceil(runs);
+            let aligned = run.next_multiple_of(align.max(1));
+            let run = if aligned <= cols { aligned } else { run };
             for n0 in images {
                 let mut p0 = 0;
                 while p0 < positions {
@@ -171,13 +174,13 @@ pub(crate) unsafe fn scatter_rows(
 
 /// Offsets (input index of output 0) of one tap along each spatial dim.
 #[inline(always)]
-fn tap_offsets(s: &ConvShape, tap: [usize; 3]) -> [isize; 3] {
+pub(crate) fn tap_offsets(s: &ConvShape, tap: [usize; 3]) -> [isize; 3] {
     std::array::from_fn(|a| (tap[a] * s.dilation[a]) as isize - s.pad[a] as isize)
 }
 
 /// The input row `(id, ih)` one tap reads for output row `(od, oh)`, if inside.
 #[inline(always)]
-fn input_row(s: &ConvShape, off: [isize; 3], od: usize, oh: usize) -> Option<usize> {
+pub(crate) fn input_row(s: &ConvShape, off: [isize; 3], od: usize, oh: usize) -> Option<usize> {
     let id = (od * s.stride[0]) as isize + off[0];
     let ih = (oh * s.stride[1]) as isize + off[1];
     if id < 0 || ih < 0 || id >= s.input[0] as isize || ih >= s.input[1] as isize {
@@ -187,7 +190,7 @@ fn input_row(s: &ConvShape, off: [isize; 3], od: usize, oh: usize) -> Option<usi
 }
 
 /// `dst[j]` = input value tap `tap` sees at output position `p0 + j` (0 in padding).
-#[inline]
+#[inline(always)]
 fn gather_tap(s: &ConvShape, plane: &[f32], tap: [usize; 3], p0: usize, dst: &mut [f32]) {
     let off = tap_offsets(s, tap);
     let (sw, iw) = (s.stride[2], s.input[2]);
@@ -247,4 +250,30 @@ fn scatter_add_tap(s: &ConvShape, plane: &mut [f32], tap: [usize; 3], p0: usize,
             }
         }
     });
+}
+
+/// Kernel tap `[kd, kh, kw]` of flattened tap index `t`.
+#[inline(always)]
+pub(crate) fn tap_of(s: &ConvShape, t: usize) -> [usize; 3] {
+    let [_, kh, kw] = s.kernel;
+    [t / (kh * kw), (t / kw) % kh, t % kw]
+}
+
+/// Splits chunk columns `c0..c0 + len` into runs inside one image, calling
+/// `f(image index in chunk, position, offset from c0, run length)`.
+#[inline(always)]
+pub(crate) fn for_each_image_run(
+    ch: Chunk,
+    c0: usize,
+    len: usize,
+    mut f: impl FnMut(usize, usize, usize, usize),
+) {
+    let mut c = c0;
+    let end = c0 + len;
+    while c < end {
+        let (i, q) = (c / ch.np, c % ch.np);
+        let run = (ch.np - q).min(end - c);
+        f(i, ch.p0 + q, c - c0, run);
+        c += run;
+    }
 }

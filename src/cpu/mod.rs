@@ -15,12 +15,14 @@
 //! (bounded reusable buffers), `par` (task splitting), `simd` (CPU-feature
 //! dispatch).
 
+mod avx512_gemm;
 pub mod conv;
 mod depthwise;
 mod geometry;
 mod im2col;
 mod lowered;
 mod matmul;
+mod pack;
 mod par;
 mod scratch;
 pub mod shape;

@@ -13,6 +13,15 @@ unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
+    /// The pointer `offset` elements further on.
+    ///
+    /// # Safety
+    /// The result must stay inside the original buffer.
+    #[inline]
+    pub unsafe fn at(&self, offset: usize) -> *mut f32 {
+        self.0.add(offset)
+    }
+
     /// The `len` elements starting at `offset` as a mutable slice.
     ///
     /// # Safety

@@ -17,6 +17,10 @@ pub(crate) struct Tuning {
     pub chunk_bytes: usize,
     /// Route `c_in / groups == 1` problems to the direct depthwise loops.
     pub direct_depthwise: bool,
+    /// Use the AVX-512 packed GEMM when the CPU has it.
+    pub avx512: bool,
+    /// Widest instruction set of the direct (depthwise) loops.
+    pub simd: super::simd::Level,
     /// Records the largest scratch request made under this tuning.
     #[cfg(test)]
     pub probe: Option<&'static std::sync::atomic::AtomicUsize>,
@@ -28,6 +32,8 @@ impl Default for Tuning {
             scratch_bytes: MAX_SCRATCH_BYTES,
             chunk_bytes: 768 << 10,
             direct_depthwise: true,
+            avx512: true,
+            simd: super::simd::Level::Avx512,
             #[cfg(test)]
             probe: None,
         }
@@ -80,4 +86,10 @@ fn with_scratch<R>(slot: Slot, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R
     let r = f(&mut buf[..len]);
     key.with(|c| c.set(buf));
     r
+}
+
+/// Frees this thread's cached buffers.
+pub(crate) fn release_thread() {
+    TASK.with(Cell::take);
+    PARTIALS.with(Cell::take);
 }

@@ -1,35 +1,187 @@
-//! Runtime CPU-feature dispatch for the engine's hand-written loops.
+//! A minimal f32 vector abstraction with run-time instruction-set dispatch,
+//! for the engine's hand-written loops (the GEMM kernels have their own).
 //!
-//! Hot loops are written once as `#[inline(always)]` generic functions over
-//! [`MulAdd`]; an x86-64 entry point compiled with `avx2,fma` instantiates them
-//! with [`Fused`] so LLVM emits 256-bit FMA code, while the portable entry
-//! point uses [`Unfused`] (a separate multiply and add, never a libm call).
+//! Kernels are written once as `#[inline(always)]` functions generic over
+//! [`Simd`]; [`dispatch_simd!`] compiles them three times — AVX-512
+//! (16 lanes), AVX2 + FMA (8 lanes) and a portable 8-lane array type — and
+//! picks the best the CPU supports on each call.
 
-/// How a kernel combines `a * b + c`.
-pub(crate) trait MulAdd: Copy {
-    fn mul_add(a: f32, b: f32, c: f32) -> f32;
+/// A vector of `N` f32 lanes.
+pub(crate) trait Simd: Copy {
+    const N: usize;
+    fn zero() -> Self;
+    fn splat(v: f32) -> Self;
+    /// Loads `N` floats.
+    ///
+    /// # Safety
+    /// `p..p + N` must be readable.
+    unsafe fn load(p: *const f32) -> Self;
+    /// Loads `n < N` floats, zero in the other lanes.
+    ///
+    /// # Safety
+    /// `p..p + n` must be readable.
+    unsafe fn load_part(p: *const f32, n: usize) -> Self;
+    /// # Safety
+    /// `p..p + N` must be writable.
+    unsafe fn store(self, p: *mut f32);
+    /// Stores the first `n < N` lanes.
+    ///
+    /// # Safety
+    /// `p..p + n` must be writable.
+    unsafe fn store_part(self, p: *mut f32, n: usize);
+    /// `a · b + c` (fused where the instruction set has it).
+    fn mul_add(a: Self, b: Self, c: Self) -> Self;
+    fn sum(self) -> f32;
 }
 
-/// `a * b + c` with two roundings: the portable choice.
+/// Portable fallback: eight lanes in an array, multiply then add.
 #[derive(Clone, Copy)]
-pub(crate) struct Unfused;
+pub(crate) struct Lanes8([f32; 8]);
 
-impl MulAdd for Unfused {
+impl Simd for Lanes8 {
+    const N: usize = 8;
     #[inline(always)]
-    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
-        a * b + c
+    fn zero() -> Self {
+        Lanes8([0.0; 8])
+    }
+    #[inline(always)]
+    fn splat(v: f32) -> Self {
+        Lanes8([v; 8])
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        Lanes8(std::ptr::read_unaligned(p as *const [f32; 8]))
+    }
+    #[inline(always)]
+    unsafe fn load_part(p: *const f32, n: usize) -> Self {
+        let mut v = [0.0; 8];
+        for (i, x) in v.iter_mut().enumerate().take(n) {
+            *x = *p.add(i);
+        }
+        Lanes8(v)
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        std::ptr::write_unaligned(p as *mut [f32; 8], self.0);
+    }
+    #[inline(always)]
+    unsafe fn store_part(self, p: *mut f32, n: usize) {
+        for (i, x) in self.0.iter().enumerate().take(n) {
+            *p.add(i) = *x;
+        }
+    }
+    #[inline(always)]
+    fn mul_add(a: Self, b: Self, c: Self) -> Self {
+        Lanes8(std::array::from_fn(|i| a.0[i] * b.0[i] + c.0[i]))
+    }
+    #[inline(always)]
+    fn sum(self) -> f32 {
+        self.0.iter().sum()
     }
 }
 
-/// A fused multiply-add: only used inside functions compiled with `fma`.
-#[derive(Clone, Copy)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-pub(crate) struct Fused;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86::{Avx2, Avx512};
 
-impl MulAdd for Fused {
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::Simd;
+
+    /// Sixteen lanes in a zmm register. Only used inside functions compiled
+    /// with `avx512f`.
+    #[derive(Clone, Copy)]
+    pub(crate) struct Avx512(__m512);
+
     #[inline(always)]
-    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
-        a.mul_add(b, c)
+    fn mask16(n: usize) -> __mmask16 {
+        ((1u32 << n.min(16)) - 1) as __mmask16
+    }
+
+    impl Simd for Avx512 {
+        const N: usize = 16;
+        #[inline(always)]
+        fn zero() -> Self {
+            unsafe { Avx512(_mm512_setzero_ps()) }
+        }
+        #[inline(always)]
+        fn splat(v: f32) -> Self {
+            unsafe { Avx512(_mm512_set1_ps(v)) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            Avx512(_mm512_loadu_ps(p))
+        }
+        #[inline(always)]
+        unsafe fn load_part(p: *const f32, n: usize) -> Self {
+            Avx512(_mm512_maskz_loadu_ps(mask16(n), p))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm512_storeu_ps(p, self.0)
+        }
+        #[inline(always)]
+        unsafe fn store_part(self, p: *mut f32, n: usize) {
+            _mm512_mask_storeu_ps(p, mask16(n), self.0)
+        }
+        #[inline(always)]
+        fn mul_add(a: Self, b: Self, c: Self) -> Self {
+            unsafe { Avx512(_mm512_fmadd_ps(a.0, b.0, c.0)) }
+        }
+        #[inline(always)]
+        fn sum(self) -> f32 {
+            unsafe { _mm512_reduce_add_ps(self.0) }
+        }
+    }
+
+    /// Eight lanes in a ymm register. Only used inside functions compiled
+    /// with `avx2,fma`.
+    #[derive(Clone, Copy)]
+    pub(crate) struct Avx2(__m256);
+
+    #[inline(always)]
+    unsafe fn mask8(n: usize) -> __m256i {
+        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), idx)
+    }
+
+    impl Simd for Avx2 {
+        const N: usize = 8;
+        #[inline(always)]
+        fn zero() -> Self {
+            unsafe { Avx2(_mm256_setzero_ps()) }
+        }
+        #[inline(always)]
+        fn splat(v: f32) -> Self {
+            unsafe { Avx2(_mm256_set1_ps(v)) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            Avx2(_mm256_loadu_ps(p))
+        }
+        #[inline(always)]
+        unsafe fn load_part(p: *const f32, n: usize) -> Self {
+            Avx2(_mm256_maskload_ps(p, mask8(n)))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm256_storeu_ps(p, self.0)
+        }
+        #[inline(always)]
+        unsafe fn store_part(self, p: *mut f32, n: usize) {
+            _mm256_maskstore_ps(p, mask8(n), self.0)
+        }
+        #[inline(always)]
+        fn mul_add(a: Self, b: Self, c: Self) -> Self {
+            unsafe { Avx2(_mm256_fmadd_ps(a.0, b.0, c.0)) }
+        }
+        #[inline(always)]
+        fn sum(self) -> f32 {
+            let mut v = [0.0f32; 8];
+            unsafe { _mm256_storeu_ps(v.as_mut_ptr(), self.0) };
+            v.iter().sum()
+        }
     }
 }
 
@@ -51,24 +203,59 @@ pub(crate) fn has_avx2_fma() -> bool {
     }
 }
 
-/// Defines `$name(args)`, which runs the generic `$body::<M>(args)` with
-/// `M = Fused` under `avx2,fma` when the CPU has them and `M = Unfused` otherwise.
-macro_rules! dispatch_mul_add {
+/// Whether the AVX-512 entry points may run on this CPU (checked once).
+#[inline]
+pub(crate) fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static DETECTED: OnceLock<bool> = OnceLock::new();
+        *DETECTED.get_or_init(|| has_avx2_fma() && std::arch::is_x86_feature_detected!("avx512f"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The widest instruction set kernels may use (tests lower it to cover
+/// every variant on any machine).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Level {
+    #[cfg_attr(not(test), allow(dead_code))]
+    Portable,
+    Avx2,
+    Avx512,
+}
+
+/// Defines `$name(level, args)`, which runs the generic `$body::<S>(args)`
+/// compiled for the best instruction set the CPU has, up to `level`.
+macro_rules! dispatch_simd {
     ($vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) => $body:ident) => {
-        $vis fn $name($($arg: $ty),*) {
+        $vis fn $name(level: $crate::cpu::simd::Level, $($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn fused($($arg: $ty),*) {
-                    $body::<$crate::cpu::simd::Fused>($($arg),*)
+                use $crate::cpu::simd::{has_avx2_fma, has_avx512, Level};
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn wide($($arg: $ty),*) {
+                    $body::<$crate::cpu::simd::Avx512>($($arg),*)
                 }
-                if $crate::cpu::simd::has_avx2_fma() {
-                    // SAFETY: the CPU supports the features `fused` was compiled for.
-                    return unsafe { fused($($arg),*) };
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn narrow($($arg: $ty),*) {
+                    $body::<$crate::cpu::simd::Avx2>($($arg),*)
+                }
+                if level >= Level::Avx512 && has_avx512() {
+                    // SAFETY: the CPU supports the features `wide` was compiled for.
+                    return unsafe { wide($($arg),*) };
+                }
+                if level >= Level::Avx2 && has_avx2_fma() {
+                    // SAFETY: the CPU supports the features `narrow` was compiled for.
+                    return unsafe { narrow($($arg),*) };
                 }
             }
-            $body::<$crate::cpu::simd::Unfused>($($arg),*)
+            let _ = level;
+            $body::<$crate::cpu::simd::Lanes8>($($arg),*)
         }
     };
 }
-pub(crate) use dispatch_mul_add;
+pub(crate) use dispatch_simd;

@@ -1,85 +1,40 @@
-//! The three passes lowered to matrix products with `gemm`.
-//!
-//! Per group `g`, with `M = c_out / groups`, `K = (c_in / groups) · taps` and a
-//! chunk of `C` output positions:
-//! - forward:          `y[M×C]  = W[M×K] · col[K×C]`
-//! - backward data:    `col[K×C] = Wᵀ[K×M] · dy[M×C]`, then `col2im` into `dx`
-//! - backward weights: `dW[M×K] += dy[M×C] · colᵀ[C×K]`
-//!
-//! Chunks cut the positions of the batch so each task's lowered matrix stays
-//! within its share of the scratch budget; chunks of small images span several
-//! whole images so the products stay large. Pointwise (1×1, stride 1, no
-//! padding) problems read the input in place and skip `im2col`. Every task runs
-//! `gemm` single-threaded on the current rayon pool, except backward weights
-//! when the per-worker partial sums would not fit in the budget.
+//! Portable back end of the lowered passes: each task writes its chunk's
+//! lowered matrix (im2col) into scratch and multiplies with the `gemm` crate
+//! (which picks AVX2/FMA, SSE or NEON at run time). Pointwise problems read
+//! the input in place.
 
 use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::im2col::{col2im, gather_rows, im2col, scatter_rows, Chunk};
-use super::matmul::{matmul, Mat, MatMut};
-use super::par::{split_range, SendPtr};
-use super::scratch::{Slot, Tuning};
-use super::ConvShape;
+use super::{balanced_cols, partial_workers, sum_over_workers, Dims};
+use crate::cpu::im2col::{col2im, gather_rows, im2col, scatter_rows, Chunk};
+use crate::cpu::matmul::{matmul, Mat, MatMut};
+use crate::cpu::par::{split_range, SendPtr};
+use crate::cpu::scratch::{Slot, Tuning};
+use crate::cpu::ConvShape;
 
-/// Fewest columns a chunk is cut to for load balance alone.
-const MIN_BALANCE_COLS: usize = 64;
 /// Fewest columns a chunk gets for cache reasons alone (keeps the weight
 /// operand's packing cost amortised when `K` is large).
 const MIN_GEMM_COLS: usize = 192;
+/// Preferred size of one lowered chunk, for cache reuse.
+const CHUNK_BYTES: usize = 768 << 10;
 
-/// Matrix sizes of one group's products.
-#[derive(Clone, Copy)]
-struct Dims {
-    /// Output channels per group.
-    m: usize,
-    /// Rows of the lowered matrix: input channels per group × kernel taps.
-    k: usize,
-    /// Output positions per image.
-    p: usize,
-    /// Kernel taps.
-    ks: usize,
-    /// Input channels per group.
-    cin_g: usize,
-    pointwise: bool,
-}
-
-impl Dims {
-    fn of(s: &ConvShape) -> Dims {
-        Dims {
-            m: s.c_out_per_group(),
-            k: s.c_in_per_group() * s.kernel_spatial(),
-            p: s.output_spatial(),
-            ks: s.kernel_spatial(),
-            cin_g: s.c_in_per_group(),
-            pointwise: s.is_pointwise(),
-        }
-    }
-}
-
-/// Preferred chunk width: large enough for cache reuse and `gemm` efficiency,
-/// within `budget` scratch floats at `floats_per_col` floats per column.
+/// Preferred chunk width within `budget` scratch floats at `floats_per_col`
+/// floats per column.
 fn preferred_cols(t: &Tuning, d: &Dims, budget: usize, floats_per_col: usize) -> usize {
-    let cache = (t.chunk_bytes / 4 / d.k).max(MIN_GEMM_COLS);
+    let cache = (t.chunk_bytes.min(CHUNK_BYTES) / 4 / d.k).max(MIN_GEMM_COLS);
     cache.min(budget / floats_per_col.max(1)).max(1)
 }
 
-/// Narrows `cols` so the `groups × chunks` tasks number at least `want`.
-fn balanced_cols(cols: usize, total_cols: usize, groups: usize, want: usize) -> usize {
-    let per_group = want.div_ceil(groups).max(1);
-    cols.min(total_cols.div_ceil(per_group).max(MIN_BALANCE_COLS))
-        .max(1)
-}
-
-pub(crate) fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tuning) {
+pub(super) fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tuning) {
     let d = Dims::of(s);
     let threads = rayon::current_num_threads();
     let budget = t.floats_per_worker(threads);
     let cols = preferred_cols(t, &d, budget, d.k + d.m);
     let want = if threads > 1 { 4 * threads } else { 1 };
     let cols = balanced_cols(cols, s.n * d.p, s.groups, want);
-    let chunks = Chunk::cover(0..s.n, d.p, cols);
+    let chunks = Chunk::cover(0..s.n, d.p, cols, 1);
     let tasks: Vec<(usize, Chunk)> = (0..s.groups)
         .flat_map(|g| chunks.iter().map(move |c| (g, *c)))
         .collect();
@@ -133,7 +88,7 @@ fn forward_chunk(
             if ch.nimg == 1 {
                 let at = (ch.n0 * s.c_out + g * d.m) * d.p + ch.p0;
                 let dst = MatMut {
-                    ptr: y.0.add(at),
+                    ptr: y.at(at),
                     rs: d.p,
                     cs: 1,
                 };
@@ -151,7 +106,7 @@ fn forward_chunk(
     });
 }
 
-pub(crate) fn backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32], t: &Tuning) {
+pub(super) fn backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32], t: &Tuning) {
     let d = Dims::of(s);
     let threads = rayon::current_num_threads();
     let budget = t.floats_per_worker(threads);
@@ -207,7 +162,7 @@ fn backward_data_task(
         }
     }
     let kr = ci.len() * d.ks;
-    let chunks = Chunk::cover(images, d.p, cols);
+    let chunks = Chunk::cover(images, d.p, cols, 1);
     let max_cols = chunks.iter().map(Chunk::cols).max().unwrap_or(0);
     t.scratch(Slot::Task, (kr + d.m) * max_cols, |buf| {
         for ch in chunks {
@@ -241,7 +196,7 @@ fn backward_data_task(
                 if d.pointwise && ch.nimg == 1 {
                     let at = (ch.n0 * s.c_in + c0) * d.p + ch.p0;
                     let dst = MatMut {
-                        ptr: dx.0.add(at),
+                        ptr: dx.at(at),
                         rs: d.p,
                         cs: 1,
                     };
@@ -264,62 +219,26 @@ fn backward_data_task(
     });
 }
 
-pub(crate) fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f32], t: &Tuning) {
+pub(super) fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f32], t: &Tuning) {
     let d = Dims::of(s);
     let threads = rayon::current_num_threads();
-    let wlen = dw.len();
-    let total = t.scratch_bytes / 4;
-    // Each worker sums into a private copy of dW (worker 0 into dW itself) as
-    // long as the copies take at most half the budget; otherwise one worker
-    // runs and `gemm` itself spreads each product over the pool.
-    let affordable = 1 + (total / 2) / wlen.max(1);
-    let workers = if affordable >= threads { threads } else { 1 };
+    // Each worker sums into a private copy of dW as long as the copies fit;
+    // otherwise one worker runs and `gemm` spreads each product over the pool.
+    let workers = partial_workers(t, dw.len(), threads);
     let gemm_threads = if workers == 1 { threads } else { 1 };
-    let partial_len = (workers - 1) * wlen;
-    let budget = (total - partial_len) / workers;
+    let total = t.scratch_bytes / 4;
+    let budget = (total - (workers - 1) * dw.len()) / workers;
     let cols = preferred_cols(t, &d, budget, d.k + d.m);
     let want = if workers > 1 { 4 * workers } else { 1 };
     let cols = balanced_cols(cols, s.n * d.p, s.groups, want);
-    let chunks = Chunk::cover(0..s.n, d.p, cols);
+    let chunks = Chunk::cover(0..s.n, d.p, cols, 1);
     let tasks: Vec<(usize, Chunk)> = (0..s.groups)
         .flat_map(|g| chunks.iter().map(move |c| (g, *c)))
         .collect();
-
-    if workers == 1 {
-        dw.fill(0.0);
-        for &(g, ch) in &tasks {
-            weights_chunk(s, t, &d, x, dy, dw, g, ch, gemm_threads);
+    sum_over_workers(t, dw, workers, |wi, acc| {
+        for &(g, ch) in &tasks[split_range(tasks.len(), workers, wi)] {
+            weights_chunk(s, t, &d, x, dy, acc, g, ch, gemm_threads);
         }
-        return;
-    }
-    t.scratch(Slot::Partials, partial_len, |parts| {
-        let dwp = SendPtr(dw.as_mut_ptr());
-        let pp = SendPtr(parts.as_mut_ptr());
-        (0..workers).into_par_iter().for_each(|wi| {
-            // SAFETY: worker `wi` alone uses partial `wi` (dW itself for 0).
-            let acc = unsafe {
-                if wi == 0 {
-                    dwp.slice(0, wlen)
-                } else {
-                    pp.slice((wi - 1) * wlen, wlen)
-                }
-            };
-            acc.fill(0.0);
-            for &(g, ch) in &tasks[split_range(tasks.len(), workers, wi)] {
-                weights_chunk(s, t, &d, x, dy, acc, g, ch, 1);
-            }
-        });
-        let parts = &*parts;
-        const BLOCK: usize = 1 << 14;
-        dw.par_chunks_mut(BLOCK).enumerate().for_each(|(bi, out)| {
-            let len = out.len();
-            for wi in 1..workers {
-                let at = (wi - 1) * wlen + bi * BLOCK;
-                for (o, v) in out.iter_mut().zip(&parts[at..at + len]) {
-                    *o += *v;
-                }
-            }
-        });
     });
 }
 

@@ -1,14 +1,32 @@
 //! The bounded-memory paths: shrinking the scratch budget must force chunks
 //! smaller than one image, keep every request within the per-worker share,
-//! and leave results unchanged.
+//! and leave results unchanged, on both GEMM back ends.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{check_against_reference, shape, Variant};
+use crate::cpu::im2col::Chunk;
 use crate::cpu::scratch::Tuning;
 
 fn leak_probe() -> &'static AtomicUsize {
     Box::leak(Box::new(AtomicUsize::new(0)))
+}
+
+/// Tunings with a probe for each GEMM back end (the AVX-512 one falls back
+/// to the portable one on CPUs without AVX-512).
+fn backends(base: Tuning) -> [(Tuning, &'static AtomicUsize); 2] {
+    [true, false].map(|avx512| {
+        let probe = leak_probe();
+        (
+            Tuning {
+                avx512,
+                direct_depthwise: false,
+                probe: Some(probe),
+                ..base
+            },
+            probe,
+        )
+    })
 }
 
 #[test]
@@ -27,37 +45,68 @@ fn tiny_budget_chunks_below_one_image_and_stays_in_budget() {
     );
     let (k, m, p) = (4 * 9, 3, 15 * 13);
     for threads in [1, 2, 3] {
-        let probe = leak_probe();
         let budget = 4 * threads * (k + m) * 20; // about 20 columns per worker
-        let tuning = Tuning {
+        for (tuning, probe) in backends(Tuning {
             scratch_bytes: budget,
-            direct_depthwise: false,
-            probe: Some(probe),
             ..Tuning::default()
-        };
-        let v = Variant {
-            name: "tiny budget",
-            tuning,
-            threads,
-        };
-        check_against_reference(&s, &v, 5).unwrap();
-        let peak = probe.load(Ordering::Relaxed);
-        assert!(peak > 0, "no scratch used");
-        assert!(
-            peak * 4 <= budget / threads,
-            "request of {peak} floats exceeds the {threads}-thread share of {budget} bytes"
-        );
-        assert!(
-            peak < k * p,
-            "peak {peak} floats: not chunked below one image ({})",
-            k * p
-        );
+        }) {
+            let v = Variant {
+                name: "tiny budget",
+                tuning,
+                threads,
+            };
+            check_against_reference(&s, &v, 5).unwrap();
+            let peak = probe.load(Ordering::Relaxed);
+            assert!(peak > 0, "no scratch used");
+            assert!(
+                peak * 4 <= budget / threads,
+                "avx512 {}: request of {peak} floats exceeds the {threads}-thread share of {budget} bytes",
+                tuning.avx512
+            );
+            assert!(
+                peak < k * p,
+                "peak {peak} floats: not chunked below one image ({})",
+                k * p
+            );
+        }
     }
 }
 
 #[test]
+fn chunk_cover_splits_and_groups_images() {
+    // Runs inside images: 100 positions in runs of at most 40 are three
+    // runs of 34 (aligning to 48 would exceed 40) ...
+    let runs = Chunk::cover(1..3, 100, 40, 16);
+    let spans: Vec<(usize, usize, usize)> = runs.iter().map(|c| (c.n0, c.p0, c.np)).collect();
+    assert_eq!(
+        spans,
+        [
+            (1, 0, 34),
+            (1, 34, 34),
+            (1, 68, 32),
+            (2, 0, 34),
+            (2, 34, 34),
+            (2, 68, 32)
+        ]
+    );
+    assert!(runs.iter().all(|c| c.nimg == 1));
+    // ... while runs of at most 70 are aligned: 64 + 36.
+    let spans: Vec<(usize, usize)> = Chunk::cover(0..1, 100, 70, 16)
+        .iter()
+        .map(|c| (c.p0, c.np))
+        .collect();
+    assert_eq!(spans, [(0, 64), (64, 36)]);
+    // Whole images, three per chunk, the last one short.
+    let groups = Chunk::cover(0..7, 20, 65, 16);
+    let sizes: Vec<(usize, usize)> = groups.iter().map(|c| (c.n0, c.nimg)).collect();
+    assert_eq!(sizes, [(0, 3), (3, 3), (6, 1)]);
+    assert!(groups.iter().all(|c| c.p0 == 0 && c.np == 20));
+}
+
+#[test]
 fn whole_image_chunks_span_several_images() {
-    // Small images (5x4 = 20 positions): default chunks group whole images.
+    // Small images (5x4 = 20 positions): chunks group whole images, which
+    // the forward pass stages in an M × columns matrix (M = 5).
     let s = shape(
         7,
         4,
@@ -69,25 +118,30 @@ fn whole_image_chunks_span_several_images() {
         [1, 1, 1],
         [1, 1, 1],
     );
-    let probe = leak_probe();
-    let tuning = Tuning {
-        probe: Some(probe),
-        ..Tuning::default()
-    };
-    let v = Variant {
-        name: "multi-image",
-        tuning,
-        threads: 1,
-    };
-    check_against_reference(&s, &v, 6).unwrap();
-    // One task per pass: the lowered matrix covers all 7 images at once.
-    assert_eq!(probe.load(Ordering::Relaxed), (4 * 9 + 5) * 7 * 20);
+    for (tuning, probe) in backends(Tuning::default()) {
+        let v = Variant {
+            name: "multi-image",
+            tuning,
+            threads: 1,
+        };
+        check_against_reference(&s, &v, 6).unwrap();
+        let peak = probe.load(Ordering::Relaxed);
+        if tuning.avx512 && crate::cpu::avx512_gemm::available() {
+            assert!(
+                peak >= 5 * 7 * 20,
+                "peak {peak}: no chunk staged all 7 images"
+            );
+        } else {
+            // One task per pass: the lowered matrix covers all 7 images at once.
+            assert_eq!(peak, (4 * 9 + 5) * 7 * 20);
+        }
+    }
 }
 
 #[test]
-fn weight_gradient_without_room_for_partials_uses_shared_products() {
-    // dW has 16·16·9 = 2304 floats; a budget of 2 of them leaves no room for a
-    // second partial sum, so one worker runs with gemm split over the pool.
+fn weight_gradient_without_room_for_partials_stays_in_budget() {
+    // dW has 16·16·9 = 2304 floats; a budget of 2 of them leaves no room for
+    // a second partial sum per worker.
     let s = shape(
         3,
         16,
@@ -100,17 +154,16 @@ fn weight_gradient_without_room_for_partials_uses_shared_products() {
         [1, 1, 1],
     );
     let wlen = 16 * 16 * 9;
-    let probe = leak_probe();
-    let tuning = Tuning {
+    for (tuning, probe) in backends(Tuning {
         scratch_bytes: 4 * wlen * 2,
-        probe: Some(probe),
         ..Tuning::default()
-    };
-    let v = Variant {
-        name: "shared dW",
-        tuning,
-        threads: 3,
-    };
-    check_against_reference(&s, &v, 8).unwrap();
-    assert!(probe.load(Ordering::Relaxed) <= 2 * wlen);
+    }) {
+        let v = Variant {
+            name: "no room for partials",
+            tuning,
+            threads: 3,
+        };
+        check_against_reference(&s, &v, 8).unwrap();
+        assert!(probe.load(Ordering::Relaxed) <= 2 * wlen);
+    }
 }

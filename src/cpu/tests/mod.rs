@@ -13,6 +13,7 @@ use rayon::{ThreadPool, ThreadPoolBuilder};
 
 use super::conv::{backward_data_with, backward_weights_with, forward_with};
 use super::scratch::Tuning;
+use super::simd::Level;
 use super::ConvShape;
 
 /// xorshift64* — a small seeded generator, reproducible across platforms.
@@ -132,37 +133,80 @@ impl Variant {
             threads: 3,
         }
     }
-    /// Scratch small enough that most shapes are chunked below one image and
-    /// backward weights often cannot afford per-worker partial sums.
+    /// Default tuning on one thread.
+    pub fn single() -> Variant {
+        Variant {
+            name: "default, 1 thread",
+            tuning: Tuning::default(),
+            threads: 1,
+        }
+    }
+    /// Scratch small enough that most shapes are chunked below one image,
+    /// everything through the (AVX-512 when available) GEMM path.
     pub fn tight() -> Variant {
         let tuning = Tuning {
             scratch_bytes: 8 << 10,
             chunk_bytes: 1 << 10,
-            ..Tuning::default()
-        };
-        Variant {
-            name: "tight scratch, 2 threads",
-            tuning,
-            threads: 2,
-        }
-    }
-    /// Everything through im2col + GEMM, single-threaded.
-    pub fn gemm_only() -> Variant {
-        let tuning = Tuning {
             direct_depthwise: false,
             ..Tuning::default()
         };
         Variant {
-            name: "gemm only, 1 thread",
+            name: "tight scratch, gemm only, 2 threads",
+            tuning,
+            threads: 2,
+        }
+    }
+    /// The portable back end with tight scratch: its chunks fall below one
+    /// image and backward weights often cannot afford per-worker partials;
+    /// direct loops limited to AVX2.
+    pub fn portable_tight() -> Variant {
+        let tuning = Tuning {
+            scratch_bytes: 8 << 10,
+            chunk_bytes: 1 << 10,
+            avx512: false,
+            simd: Level::Avx2,
+            ..Tuning::default()
+        };
+        Variant {
+            name: "portable, tight scratch, avx2 loops, 3 threads",
+            tuning,
+            threads: 3,
+        }
+    }
+    /// Direct loops in portable code (no SIMD intrinsics), one thread.
+    pub fn portable_loops() -> Variant {
+        let tuning = Tuning {
+            avx512: false,
+            simd: Level::Portable,
+            ..Tuning::default()
+        };
+        Variant {
+            name: "portable gemm and loops, 1 thread",
             tuning,
             threads: 1,
         }
     }
-    pub fn all() -> [Variant; 3] {
+    /// Everything through the portable im2col + `gemm` crate path, single-threaded.
+    pub fn portable_gemm_only() -> Variant {
+        let tuning = Tuning {
+            direct_depthwise: false,
+            avx512: false,
+            ..Tuning::default()
+        };
+        Variant {
+            name: "portable, gemm only, 1 thread",
+            tuning,
+            threads: 1,
+        }
+    }
+    pub fn all() -> [Variant; 6] {
         [
             Variant::default_pool(),
+            Variant::single(),
             Variant::tight(),
-            Variant::gemm_only(),
+            Variant::portable_tight(),
+            Variant::portable_gemm_only(),
+            Variant::portable_loops(),
         ]
     }
 

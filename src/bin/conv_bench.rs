@@ -1,0 +1,453 @@
+//! Times the CPU convolution engine on a yardstick of real layers.
+//!
+//! ```text
+//! cargo run --release --bin conv_bench -- [--threads N] [--layer SUBSTRING]
+//!     [--pass forward|backward_data|backward_weights] [--json] [--min-ms MS]
+//!     [--retries N]
+//! ```
+//! For each layer and pass: one warm-up call, then the best of several timed
+//! calls (at least 3, more for fast layers). Prints GFLOP/s (2 · multiply-adds
+//! per second, the same count for all three passes) and the peak extra memory
+//! of the pass (VmHWM growth over the resident size before it, Linux only).
+//! When other processes used more than 5% of the machine during a pass, it
+//! is timed again (keeping the best) up to `--retries` times; passes that
+//! never ran undisturbed are marked `busy`.
+//! `--json` prints one object per line instead of a table.
+//!
+//! The DCGAN layer is a 4x4/2 transposed convolution 512 → 256 from 4x4 to 8x8,
+//! given here as the regular convolution 256 → 512 from 8x8 to 4x4 it is the
+//! transpose of: the transposed layer's forward pass is `backward_data` here
+//! and its data gradient is `forward`.
+
+use std::time::Instant;
+
+use rdna1shim::cpu::conv;
+use rdna1shim::cpu::ConvShape;
+
+struct Layer {
+    name: &'static str,
+    shape: ConvShape,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv2d(
+    n: usize,
+    c_in: usize,
+    c_out: usize,
+    groups: usize,
+    hw: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    dil: usize,
+) -> ConvShape {
+    conv3d(
+        n,
+        c_in,
+        c_out,
+        groups,
+        [1, hw, hw],
+        [1, k, k],
+        [1, stride, stride],
+        [0, pad, pad],
+        [1, dil, dil],
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv3d(
+    n: usize,
+    c_in: usize,
+    c_out: usize,
+    groups: usize,
+    input: [usize; 3],
+    kernel: [usize; 3],
+    stride: [usize; 3],
+    pad: [usize; 3],
+    dilation: [usize; 3],
+) -> ConvShape {
+    let output =
+        ConvShape::forward_output(input, kernel, pad, stride, dilation).expect("valid layer");
+    let s = ConvShape {
+        n,
+        c_in,
+        c_out,
+        groups,
+        input,
+        kernel,
+        output,
+        pad,
+        stride,
+        dilation,
+    };
+    s.validate().expect("valid layer");
+    s
+}
+
+fn yardstick() -> Vec<Layer> {
+    let l = |name, shape| Layer { name, shape };
+    vec![
+        l(
+            "mnist.conv1 1->32 3x3 28x28 b64",
+            conv2d(64, 1, 32, 1, 28, 3, 1, 0, 1),
+        ),
+        l(
+            "mnist.conv2 32->64 3x3 26x26 b64",
+            conv2d(64, 32, 64, 1, 26, 3, 1, 0, 1),
+        ),
+        l(
+            "mnist.conv3 64->64 3x3/2 24x24 b64",
+            conv2d(64, 64, 64, 1, 24, 3, 2, 1, 1),
+        ),
+        l(
+            "resnet18.stem 3->64 7x7/2 224 b8",
+            conv2d(8, 3, 64, 1, 224, 7, 2, 3, 1),
+        ),
+        l(
+            "resnet18.conv 64 3x3 56 b8",
+            conv2d(8, 64, 64, 1, 56, 3, 1, 1, 1),
+        ),
+        l(
+            "resnet18.conv 128 3x3 28 b8",
+            conv2d(8, 128, 128, 1, 28, 3, 1, 1, 1),
+        ),
+        l(
+            "resnet18.conv 256 3x3 14 b8",
+            conv2d(8, 256, 256, 1, 14, 3, 1, 1, 1),
+        ),
+        l(
+            "resnet18.conv 512 3x3 7 b8",
+            conv2d(8, 512, 512, 1, 7, 3, 1, 1, 1),
+        ),
+        l(
+            "resnet18.down 64->128 3x3/2 56 b8",
+            conv2d(8, 64, 128, 1, 56, 3, 2, 1, 1),
+        ),
+        l(
+            "resnet18.down 64->128 1x1/2 56 b8",
+            conv2d(8, 64, 128, 1, 56, 1, 2, 0, 1),
+        ),
+        l(
+            "resnet50.1x1 256->64 56 b8",
+            conv2d(8, 256, 64, 1, 56, 1, 1, 0, 1),
+        ),
+        l(
+            "mobilenetv2.dw 144 3x3 56 b8",
+            conv2d(8, 144, 144, 144, 56, 3, 1, 1, 1),
+        ),
+        l(
+            "deeplab.dilated 256 3x3 d2 33 b4",
+            conv2d(4, 256, 256, 1, 33, 3, 1, 2, 2),
+        ),
+        l(
+            "dcgan.convT 512->256 4x4/2 4->8 b64",
+            conv2d(64, 256, 512, 1, 8, 4, 2, 1, 1),
+        ),
+        l(
+            "audio.conv1d 128->128 k5 L4000 b8",
+            conv3d(
+                8,
+                128,
+                128,
+                1,
+                [1, 1, 4000],
+                [1, 1, 5],
+                [1, 1, 1],
+                [0, 0, 2],
+                [1, 1, 1],
+            ),
+        ),
+        l(
+            "conv3d 3->64 3x3x3 16x56x56 b2",
+            conv3d(
+                2,
+                3,
+                64,
+                1,
+                [16, 56, 56],
+                [3, 3, 3],
+                [1, 1, 1],
+                [1, 1, 1],
+                [1, 1, 1],
+            ),
+        ),
+    ]
+}
+
+const PASSES: [&str; 3] = ["forward", "backward_data", "backward_weights"];
+
+struct Args {
+    threads: Option<usize>,
+    layer: Option<String>,
+    pass: Option<String>,
+    json: bool,
+    min_ms: f64,
+    retries: usize,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        threads: None,
+        layer: None,
+        pass: None,
+        json: false,
+        min_ms: 300.0,
+        retries: 4,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |flag: &str| {
+            it.next()
+                .unwrap_or_else(|| die(&format!("{flag} needs a value")))
+        };
+        match arg.as_str() {
+            "--threads" => {
+                a.threads = Some(
+                    value("--threads")
+                        .parse()
+                        .unwrap_or_else(|_| die("bad --threads")),
+                )
+            }
+            "--layer" => a.layer = Some(value("--layer")),
+            "--pass" => a.pass = Some(value("--pass")),
+            "--min-ms" => {
+                a.min_ms = value("--min-ms")
+                    .parse()
+                    .unwrap_or_else(|_| die("bad --min-ms"))
+            }
+            "--retries" => {
+                a.retries = value("--retries")
+                    .parse()
+                    .unwrap_or_else(|_| die("bad --retries"))
+            }
+            "--json" => a.json = true,
+            "-h" | "--help" => {
+                println!(
+                    "usage: conv_bench [--threads N] [--layer SUBSTRING] [--pass NAME] [--json] [--min-ms MS] [--retries N]"
+                );
+                std::process::exit(0);
+            }
+            other => die(&format!("unknown argument {other}")),
+        }
+    }
+    a
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("conv_bench: {msg}");
+    std::process::exit(2)
+}
+
+/// A value from /proc/self/status in KiB (`VmRSS`, `VmHWM`), if available.
+fn proc_status_kib(key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// CPU time (in clock ticks) the whole machine spent busy and in total, and
+/// the time this process used, from /proc (Linux only).
+fn cpu_ticks() -> Option<(u64, u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = cpu.iter().take(8).sum();
+    let idle = cpu.get(3)? + cpu.get(4)?;
+    let own = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name start at field 3 (state);
+    // utime and stime are fields 14 and 15.
+    let f: Vec<&str> = own[own.rfind(')')? + 2..].split_whitespace().collect();
+    let ticks = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok());
+    Some((total - idle, total, ticks(14)? + ticks(15)?))
+}
+
+/// Share of the machine's CPU time that other processes used between two
+/// [`cpu_ticks`] samples.
+fn foreign_load(a: Option<(u64, u64, u64)>, b: Option<(u64, u64, u64)>) -> Option<f64> {
+    let ((busy0, total0, own0), (busy1, total1, own1)) = (a?, b?);
+    let total = total1.checked_sub(total0)?;
+    if total == 0 {
+        return None;
+    }
+    let foreign = (busy1 - busy0).saturating_sub(own1 - own0);
+    Some(foreign as f64 / total as f64)
+}
+
+/// Resets VmHWM to the current RSS (Linux `clear_refs` value 5).
+fn reset_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+fn filled(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+struct Buffers {
+    x: Vec<f32>,
+    w: Vec<f32>,
+    dy: Vec<f32>,
+    y: Vec<f32>,
+    dx: Vec<f32>,
+    dw: Vec<f32>,
+}
+
+fn run_pass(s: &ConvShape, pass: &str, b: &mut Buffers) {
+    match pass {
+        "forward" => conv::forward(s, &b.x, &b.w, &mut b.y),
+        "backward_data" => conv::backward_data(s, &b.dy, &b.w, &mut b.dx),
+        _ => conv::backward_weights(s, &b.x, &b.dy, &mut b.dw),
+    }
+}
+
+fn main() {
+    let args = parse_args();
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool");
+    if let Some(p) = &args.pass {
+        if !PASSES.contains(&p.as_str()) {
+            die(&format!("unknown pass {p}"));
+        }
+    }
+    let layers: Vec<Layer> = yardstick()
+        .into_iter()
+        .filter(|l| {
+            args.layer
+                .as_ref()
+                .is_none_or(|f| l.name.contains(f.as_str()))
+        })
+        .collect();
+    if layers.is_empty() {
+        die("no layer matches");
+    }
+    let can_reset = reset_peak();
+    if !args.json {
+        println!("conv_bench: {threads} threads, best of >= 3 runs after a warm-up");
+        println!(
+            "{:<38} {:>17} {:>9} {:>9} {:>10}",
+            "layer", "pass", "ms", "GFLOP/s", "extra MiB"
+        );
+    }
+    let mut totals = [0.0f64; 3]; // [flops, seconds, count]
+    let mut busy_passes = 0;
+    for layer in &layers {
+        let s = &layer.shape;
+        let mut b = Buffers {
+            x: filled(s.input_len(), 1),
+            w: filled(s.weight_len(), 2),
+            dy: filled(s.output_len(), 3),
+            // Filled, not zeroed: untouched pages would count as extra memory.
+            y: filled(s.output_len(), 4),
+            dx: filled(s.input_len(), 5),
+            dw: filled(s.weight_len(), 6),
+        };
+        for pass in PASSES
+            .iter()
+            .filter(|p| args.pass.as_ref().is_none_or(|f| f == *p))
+        {
+            pool.install(conv::release_scratch);
+            let rss0 = if can_reset && reset_peak() {
+                proc_status_kib("VmRSS:")
+            } else {
+                None
+            };
+            let t0 = Instant::now();
+            pool.install(|| run_pass(s, pass, &mut b));
+            let warm = t0.elapsed().as_secs_f64();
+            let runs = ((args.min_ms / 1e3 / warm.max(1e-6)).ceil() as usize).clamp(3, 50);
+            // Other processes on the machine skew timings: measure again (up to
+            // `--retries` times, keeping the best) while they used more than 5%.
+            let mut best = f64::INFINITY;
+            let mut load = None;
+            for attempt in 0..=args.retries {
+                if attempt > 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+                let before = cpu_ticks();
+                for _ in 0..runs {
+                    let t = Instant::now();
+                    pool.install(|| run_pass(s, pass, &mut b));
+                    best = best.min(t.elapsed().as_secs_f64());
+                }
+                load = foreign_load(before, cpu_ticks());
+                if load.is_none_or(|l| l < 0.05) {
+                    break;
+                }
+            }
+            let busy = load.is_some_and(|l| l >= 0.05);
+            busy_passes += usize::from(busy);
+            let extra_mib = match (rss0, proc_status_kib("VmHWM:")) {
+                (Some(r), Some(h)) => Some(h.saturating_sub(r) as f64 / 1024.0),
+                _ => None,
+            };
+            let gflops = s.flops() / best / 1e9;
+            totals[0] += s.flops();
+            totals[1] += best;
+            totals[2] += 1.0;
+            if args.json {
+                println!(
+                    "{{\"layer\":\"{}\",\"pass\":\"{}\",\"gflops\":{:.3},\"ms\":{:.4},\"threads\":{},\"extra_mib\":{},\"busy\":{},\"shape\":{{\"n\":{},\"c_in\":{},\"c_out\":{},\"groups\":{},\"input\":{:?},\"kernel\":{:?},\"output\":{:?},\"pad\":{:?},\"stride\":{:?},\"dilation\":{:?}}}}}",
+                    layer.name,
+                    pass,
+                    gflops,
+                    best * 1e3,
+                    threads,
+                    extra_mib.map_or("null".to_string(), |m| format!("{m:.1}")),
+                    busy,
+                    s.n,
+                    s.c_in,
+                    s.c_out,
+                    s.groups,
+                    s.input,
+                    s.kernel,
+                    s.output,
+                    s.pad,
+                    s.stride,
+                    s.dilation
+                );
+            } else {
+                println!(
+                    "{:<38} {:>17} {:>9.3} {:>9.1} {:>10}{}",
+                    layer.name,
+                    pass,
+                    best * 1e3,
+                    gflops,
+                    extra_mib.map_or("-".to_string(), |m| format!("{m:.1}")),
+                    if busy {
+                        format!("  busy ({:.0}% others)", 100.0 * load.unwrap_or(0.0))
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
+    }
+    if !args.json {
+        println!(
+            "total: {:.1} GFLOP in {:.1} ms over {} layer-passes = {:.1} GFLOP/s; process VmHWM {} MiB; {} passes disturbed by other processes",
+            totals[0] / 1e9,
+            totals[1] * 1e3,
+            totals[2],
+            totals[0] / totals[1] / 1e9,
+            proc_status_kib("VmHWM:").map_or("-".to_string(), |k| (k / 1024).to_string()),
+            busy_passes
+        );
+    }
+}

@@ -1,0 +1,362 @@
+//! AVX-512 back end of the lowered passes, on the packed GEMM of
+//! [`crate::cpu::avx512_gemm`]. The weights are read in place; the lowered
+//! input is packed straight from `x` block by block (no im2col buffer), so a
+//! task's scratch is one packed `B` block plus, where a chunk spans several
+//! images or feeds `col2im`, one matrix of its outputs.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::{balanced_cols, partial_workers, sum_over_workers, Dims};
+use crate::cpu::avx512_gemm::{gemm, PackB, B_BLOCK_LEN, NR};
+use crate::cpu::im2col::{col2im, gather_rows, scatter_rows, Chunk};
+use crate::cpu::matmul::{Mat, MatMut};
+use crate::cpu::pack::{Im2colB, Im2colTB, ImagesB};
+use crate::cpu::par::{split_range, SendPtr};
+use crate::cpu::scratch::{Slot, Tuning};
+use crate::cpu::ConvShape;
+
+/// Preferred columns of a forward chunk.
+const FORWARD_COLS: usize = 960;
+/// Preferred columns of a weight-gradient chunk (its depth in the product).
+const WEIGHTS_COLS: usize = 2048;
+/// Lowered rows one backward-data task produces per chunk.
+const DATA_ROWS: usize = 1024;
+/// Preferred size of the backward-data output matrix, kept cache-resident
+/// between the product and `col2im`.
+const DATA_COL_BYTES: usize = 768 << 10;
+/// Fewest dW columns a backward-weights task owns in column-split mode.
+const MIN_TASK_COLS: usize = 96;
+
+/// Size of the packed-B buffer within a per-worker budget of `budget` floats.
+fn b_block(budget: usize) -> usize {
+    B_BLOCK_LEN.min(budget / 2).max(NR)
+}
+
+/// Chunk width for whole-image chunks limited by a staging matrix of `rows`
+/// rows within `cap` floats: one image per chunk when two do not fit.
+fn image_cols(cols: usize, p: usize, rows: usize, cap: usize) -> usize {
+    if cols < p {
+        return cols;
+    }
+    let fit = cap / (rows * p).max(1);
+    if fit >= 2 {
+        cols.min(fit * p)
+    } else {
+        p
+    }
+}
+
+pub(super) fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tuning) {
+    let d = Dims::of(s);
+    let threads = rayon::current_num_threads();
+    let budget = t.floats_per_worker(threads);
+    let bblock = b_block(budget);
+    let want = if threads > 1 { 4 * threads } else { 1 };
+    let cols = balanced_cols(FORWARD_COLS, s.n * d.p, s.groups, want);
+    let cols = image_cols(cols, d.p, d.m, budget - bblock);
+    let chunks = Chunk::cover(0..s.n, d.p, cols, NR);
+    let tasks: Vec<(usize, Chunk)> = (0..s.groups)
+        .flat_map(|g| chunks.iter().map(move |c| (g, *c)))
+        .collect();
+    let yp = SendPtr(y.as_mut_ptr());
+    tasks.into_par_iter().for_each(|(g, ch)| {
+        let cols = ch.cols();
+        let tmp_len = if ch.nimg == 1 { 0 } else { d.m * cols };
+        t.scratch(Slot::Task, tmp_len + bblock, |buf| {
+            let (tmp, bbuf) = buf.split_at_mut(tmp_len);
+            let a = Mat {
+                ptr: w[g * d.m * d.k..].as_ptr(),
+                rs: d.k,
+                cs: 1,
+            };
+            let c = if ch.nimg == 1 {
+                let at = (ch.n0 * s.c_out + g * d.m) * d.p + ch.p0;
+                // SAFETY: in bounds of y.
+                MatMut {
+                    ptr: unsafe { yp.at(at) },
+                    rs: d.p,
+                    cs: 1,
+                }
+            } else {
+                MatMut {
+                    ptr: tmp.as_mut_ptr(),
+                    rs: cols,
+                    cs: 1,
+                }
+            };
+            // SAFETY: the kernel is available (checked by the caller); this
+            // task alone writes the chunk's positions of group `g`.
+            unsafe {
+                if d.pointwise {
+                    let b = ImagesB {
+                        src: x,
+                        channels: s.c_in,
+                        c0: g * d.cin_g,
+                        plane: d.p,
+                        ch,
+                    };
+                    run(d.m, cols, d.k, a, &b, c, false, bbuf);
+                } else {
+                    run(d.m, cols, d.k, a, &Im2colB { s, x, g, ch }, c, false, bbuf);
+                }
+                if ch.nimg > 1 {
+                    scatter_rows(tmp, s.c_out, g * d.m, d.m, ch, yp);
+                }
+            }
+        });
+    });
+}
+
+/// [`gemm`] on this back end (a separate function keeps the generic
+/// instantiations small).
+///
+/// # Safety
+/// As [`gemm`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn run(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: &impl PackB,
+    c: MatMut,
+    acc: bool,
+    bbuf: &mut [f32],
+) {
+    gemm(m, n, k, a, b, c, acc, bbuf);
+}
+
+pub(super) fn backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32], t: &Tuning) {
+    let d = Dims::of(s);
+    let threads = rayon::current_num_threads();
+    let budget = t.floats_per_worker(threads);
+    let bblock = b_block(budget);
+    // Tasks own disjoint parts of dx: (block of images, group, channel range).
+    let ci_parts = d.cin_g.div_ceil((DATA_ROWS / d.ks).max(1));
+    let kr = d.cin_g.div_ceil(ci_parts) * d.ks;
+    let cap = (budget - bblock) / kr;
+    let cols = (DATA_COL_BYTES / 4 / kr)
+        .clamp(2 * NR, 20 * NR)
+        .min(cap)
+        .max(1);
+    let want = if threads > 1 { 2 * threads } else { 1 };
+    let units = s.groups * ci_parts;
+    let imgs = if cols >= d.p { cols / d.p } else { 1 };
+    let imgs = imgs.min((s.n * units / want).max(1)).clamp(1, s.n);
+    let cols = if cols >= d.p { imgs * d.p } else { cols };
+    let mut tasks = Vec::new();
+    for b in 0..s.n.div_ceil(imgs) {
+        let images = b * imgs..((b + 1) * imgs).min(s.n);
+        for g in 0..s.groups {
+            for c in 0..ci_parts {
+                tasks.push((images.clone(), g, split_range(d.cin_g, ci_parts, c)));
+            }
+        }
+    }
+    let dxp = SendPtr(dx.as_mut_ptr());
+    tasks.into_par_iter().for_each(|(images, g, ci)| {
+        backward_data_task(s, t, &d, dy, w, dxp, images, g, ci, cols, bblock)
+    });
+}
+
+/// Computes dx for `images`, group `g`, channels `ci` of the group.
+#[allow(clippy::too_many_arguments)]
+fn backward_data_task(
+    s: &ConvShape,
+    t: &Tuning,
+    d: &Dims,
+    dy: &[f32],
+    w: &[f32],
+    dx: SendPtr,
+    images: Range<usize>,
+    g: usize,
+    ci: Range<usize>,
+    cols: usize,
+    bblock: usize,
+) {
+    let isp = s.input_spatial();
+    let c0 = g * d.cin_g + ci.start;
+    if !d.pointwise {
+        for n in images.clone() {
+            // SAFETY: this task owns channels c0..c0+len of these images.
+            unsafe { dx.slice((n * s.c_in + c0) * isp, ci.len() * isp) }.fill(0.0);
+        }
+    }
+    let kr = ci.len() * d.ks;
+    let chunks = Chunk::cover(images, d.p, cols, NR);
+    let max_cols = chunks.iter().map(Chunk::cols).max().unwrap_or(0);
+    t.scratch(Slot::Task, kr * max_cols + bblock, |buf| {
+        let (colbuf, bbuf) = buf.split_at_mut(kr * max_cols);
+        // Wᵀ restricted to the task's channels: element (r, o) = W[g][o][ci0·ks + r].
+        let a = Mat {
+            ptr: w[g * d.m * d.k + ci.start * d.ks..].as_ptr(),
+            rs: 1,
+            cs: d.k,
+        };
+        for ch in chunks {
+            let cols = ch.cols();
+            let b = ImagesB {
+                src: dy,
+                channels: s.c_out,
+                c0: g * d.m,
+                plane: d.p,
+                ch,
+            };
+            // SAFETY: the kernel is available; this task alone touches dx
+            // channels c0.. of its images.
+            unsafe {
+                if d.pointwise && ch.nimg == 1 {
+                    let at = (ch.n0 * s.c_in + c0) * d.p + ch.p0;
+                    let dst = MatMut {
+                        ptr: dx.at(at),
+                        rs: d.p,
+                        cs: 1,
+                    };
+                    run(kr, cols, d.m, a, &b, dst, false, bbuf);
+                } else {
+                    let colbuf = &mut colbuf[..kr * cols];
+                    let dst = MatMut {
+                        ptr: colbuf.as_mut_ptr(),
+                        rs: cols,
+                        cs: 1,
+                    };
+                    run(kr, cols, d.m, a, &b, dst, false, bbuf);
+                    if d.pointwise {
+                        scatter_rows(colbuf, s.c_in, c0, kr, ch, dx);
+                    } else {
+                        col2im(s, colbuf, g, ch, ci.clone(), dx);
+                    }
+                }
+            }
+        }
+    });
+}
+
+pub(super) fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f32], t: &Tuning) {
+    let d = Dims::of(s);
+    let threads = rayon::current_num_threads();
+    let budget = t.floats_per_worker(threads);
+    let bblock = b_block(budget);
+    // Column split: each task owns a block of dW columns (lowered rows) of one
+    // group and sweeps every position; no partial sums.
+    let col_tasks = (2 * threads).div_ceil(s.groups);
+    let ranges =
+        d.k.div_ceil(NR * 10)
+            .max(col_tasks)
+            .min(d.k.div_ceil(MIN_TASK_COLS))
+            .max(1);
+    if threads == 1 || s.groups * ranges >= threads {
+        let cols = image_cols(WEIGHTS_COLS, d.p, d.m, budget - bblock);
+        let chunks = Chunk::cover(0..s.n, d.p, cols, 1);
+        let dwp = SendPtr(dw.as_mut_ptr());
+        let tasks: Vec<(usize, Range<usize>)> = (0..s.groups)
+            .flat_map(|g| (0..ranges).map(move |r| (g, split_range(d.k, ranges, r))))
+            .collect();
+        tasks.into_par_iter().for_each(|(g, cols_range)| {
+            for (i, ch) in chunks.iter().enumerate() {
+                let at = g * d.m * d.k + cols_range.start;
+                let c = MatMut {
+                    ptr: unsafe { dwp.at(at) },
+                    rs: d.k,
+                    cs: 1,
+                };
+                weights_chunk(
+                    s,
+                    t,
+                    &d,
+                    x,
+                    dy,
+                    c,
+                    g,
+                    *ch,
+                    cols_range.clone(),
+                    i > 0,
+                    bblock,
+                );
+            }
+        });
+        return;
+    }
+    // Few columns (a small kernel over few channels): split positions over
+    // workers that sum into private partials.
+    let workers = partial_workers(t, dw.len(), threads);
+    let total = t.scratch_bytes / 4;
+    let budget = (total - (workers - 1) * dw.len()) / workers;
+    let bblock = b_block(budget);
+    let want = 4 * workers;
+    let cols = balanced_cols(WEIGHTS_COLS, s.n * d.p, s.groups, want);
+    let cols = image_cols(cols, d.p, d.m, budget - bblock);
+    let chunks = Chunk::cover(0..s.n, d.p, cols, 1);
+    let tasks: Vec<(usize, Chunk)> = (0..s.groups)
+        .flat_map(|g| chunks.iter().map(move |c| (g, *c)))
+        .collect();
+    sum_over_workers(t, dw, workers, |wi, acc| {
+        for &(g, ch) in &tasks[split_range(tasks.len(), workers, wi)] {
+            let c = MatMut {
+                ptr: acc[g * d.m * d.k..].as_mut_ptr(),
+                rs: d.k,
+                cs: 1,
+            };
+            weights_chunk(s, t, &d, x, dy, c, g, ch, 0..d.k, true, bblock);
+        }
+    });
+}
+
+/// `C (+)= dy_chunk · colᵀ` for group `g`, restricted to lowered rows `rows`
+/// (the columns of `C`, which points at dW column `rows.start`).
+#[allow(clippy::too_many_arguments)]
+fn weights_chunk(
+    s: &ConvShape,
+    t: &Tuning,
+    d: &Dims,
+    x: &[f32],
+    dy: &[f32],
+    c: MatMut,
+    g: usize,
+    ch: Chunk,
+    rows: Range<usize>,
+    accumulate: bool,
+    bblock: usize,
+) {
+    let cols = ch.cols();
+    let tmp_len = if ch.nimg == 1 { 0 } else { d.m * cols };
+    t.scratch(Slot::Task, tmp_len + bblock, |buf| {
+        let (tmp, bbuf) = buf.split_at_mut(tmp_len);
+        let a = if ch.nimg == 1 {
+            let at = (ch.n0 * s.c_out + g * d.m) * d.p + ch.p0;
+            Mat {
+                ptr: dy[at..].as_ptr(),
+                rs: d.p,
+                cs: 1,
+            }
+        } else {
+            gather_rows(dy, s.c_out, g * d.m, d.m, ch, tmp);
+            Mat {
+                ptr: tmp.as_ptr(),
+                rs: cols,
+                cs: 1,
+            }
+        };
+        let b = Columns {
+            inner: Im2colTB { s, x, g, ch },
+            first: rows.start,
+        };
+        // SAFETY: the kernel is available; `c` is owned by this task/worker.
+        unsafe { run(d.m, rows.len(), cols, a, &b, c, accumulate, bbuf) };
+    });
+}
+
+/// The columns of `inner` starting at `first`.
+struct Columns<B> {
+    inner: B,
+    first: usize,
+}
+
+impl<B: PackB> PackB for Columns<B> {
+    #[inline(always)]
+    unsafe fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        self.inner.pack(k0, kc, self.first + j0, nc, dst);
+    }
+}

@@ -1,0 +1,373 @@
+//! Packing of the `B` operand of the AVX-512 GEMM straight from the tensors:
+//! the lowered input (im2col) for the forward pass, its transpose for the
+//! weight gradient, and plain channel rows (`dy`, or `x` of a pointwise
+//! convolution). Runs of the lowered matrix are copied with AVX-512 loads and
+//! stores (stride 2 via a two-register permute); transposes go through
+//! 16×16 register transposes.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use super::avx512_gemm::{PackB, KC, NR};
+use super::geometry::{for_each_segment, valid_range};
+use super::im2col::{for_each_image_run, input_row, tap_of, tap_offsets, Chunk};
+use super::ConvShape;
+
+/// Destination of one row of `B` in packed panels: column `c` of the block
+/// lands at `base + (c / NR) · stride + c % NR`.
+#[derive(Clone, Copy)]
+struct PanelRow {
+    base: *mut f32,
+    stride: usize,
+}
+
+impl PanelRow {
+    /// Splits columns `c..c + len` at panel boundaries: `f(dst, offset, n)`.
+    #[inline(always)]
+    unsafe fn pieces(
+        &self,
+        mut c: usize,
+        mut len: usize,
+        mut f: impl FnMut(*mut f32, usize, usize),
+    ) {
+        let mut done = 0;
+        while len > 0 {
+            let n = (NR - c % NR).min(len);
+            f(self.base.add((c / NR) * self.stride + c % NR), done, n);
+            c += n;
+            done += n;
+            len -= n;
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn zeros(&self, c: usize, len: usize) {
+        self.pieces(c, len, |d, _, n| store_zeros(d, n));
+    }
+
+    /// `B[row][c + j] = src[j · step]` for `j < len`.
+    #[inline(always)]
+    unsafe fn copy(&self, c: usize, src: *const f32, len: usize, step: usize) {
+        self.pieces(c, len, |d, o, n| copy_run(d, src.add(o * step), n, step));
+    }
+}
+
+/// Mask of the first `n` (at most 16) lanes.
+#[inline(always)]
+fn lanes(n: usize) -> u16 {
+    ((1u32 << n.min(16)) - 1) as u16
+}
+
+#[inline(always)]
+unsafe fn store_zeros(dst: *mut f32, n: usize) {
+    let z = _mm512_setzero_ps();
+    let mut i = 0;
+    while i + 16 <= n {
+        _mm512_storeu_ps(dst.add(i), z);
+        i += 16;
+    }
+    if i < n {
+        _mm512_mask_storeu_ps(dst.add(i), lanes(n - i), z);
+    }
+}
+
+/// `dst[j] = src[j · step]` for `j < n`, reading nothing past `src[(n-1)·step]`.
+#[inline(always)]
+unsafe fn copy_run(dst: *mut f32, src: *const f32, n: usize, step: usize) {
+    let mut i = 0;
+    match step {
+        1 => {
+            while i + 16 <= n {
+                _mm512_storeu_ps(dst.add(i), _mm512_loadu_ps(src.add(i)));
+                i += 16;
+            }
+            if i < n {
+                let m = lanes(n - i);
+                _mm512_mask_storeu_ps(dst.add(i), m, _mm512_maskz_loadu_ps(m, src.add(i)));
+            }
+        }
+        2 => {
+            let even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+            while i < n {
+                // Elements src[2i ..= 2(i+15)], of which 2(n-i) - 1 exist.
+                let avail = 2 * (n - i) - 1;
+                let s = src.add(2 * i);
+                let lo = _mm512_maskz_loadu_ps(lanes(avail), s);
+                let hi = _mm512_maskz_loadu_ps(lanes(avail.saturating_sub(16)), s.add(16));
+                let v = _mm512_permutex2var_ps(lo, even, hi);
+                _mm512_mask_storeu_ps(dst.add(i), lanes(n - i), v);
+                i += 16;
+            }
+        }
+        _ => {
+            for j in 0..n {
+                *dst.add(j) = *src.add(j * step);
+            }
+        }
+    }
+}
+
+/// A piece of one lowered row: `n` zeros (padding) or `n` input values
+/// starting at `src`, `stride` apart.
+enum Piece {
+    Zeros(usize),
+    Run(*const f32, usize),
+}
+
+/// Walks the values tap `tap` reads from the input plane at `plane` for the
+/// output positions `p..p + len`, calling `f(offset from p, piece)` in order.
+#[inline(always)]
+unsafe fn walk_tap(
+    s: &ConvShape,
+    plane: *const f32,
+    tap: [usize; 3],
+    p: usize,
+    len: usize,
+    mut f: impl FnMut(usize, Piece),
+) {
+    let off = tap_offsets(s, tap);
+    let sw = s.stride[2];
+    let (lo_w, hi_w) = valid_range(s.output[2], sw, off[2], s.input[2]);
+    for_each_segment(s.output, p, len, |seg| {
+        let n = seg.ow1 - seg.ow0;
+        let Some(row_at) = input_row(s, off, seg.od, seg.oh) else {
+            f(seg.offset, Piece::Zeros(n));
+            return;
+        };
+        let lo = lo_w.clamp(seg.ow0, seg.ow1);
+        let hi = hi_w.clamp(lo, seg.ow1);
+        if lo > seg.ow0 {
+            f(seg.offset, Piece::Zeros(lo - seg.ow0));
+        }
+        if hi > lo {
+            let start = ((lo * sw) as isize + off[2]) as usize;
+            f(
+                seg.offset + lo - seg.ow0,
+                Piece::Run(plane.add(row_at + start), hi - lo),
+            );
+        }
+        if seg.ow1 > hi {
+            f(seg.offset + hi - seg.ow0, Piece::Zeros(seg.ow1 - hi));
+        }
+    });
+}
+
+/// Start of the input plane of chunk image `i`, channel `ci` of group `g`.
+#[inline(always)]
+fn plane_at(s: &ConvShape, ch: Chunk, g: usize, i: usize, ci: usize) -> usize {
+    ((ch.n0 + i) * s.c_in + g * s.c_in_per_group() + ci) * s.input_spatial()
+}
+
+/// The lowered input of group `g` for chunk `ch` (rows `(channel, tap)`,
+/// columns the chunk's positions).
+pub(crate) struct Im2colB<'a> {
+    pub s: &'a ConvShape,
+    pub x: &'a [f32],
+    pub g: usize,
+    pub ch: Chunk,
+}
+
+impl PackB for Im2colB<'_> {
+    #[inline(always)]
+    unsafe fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        let s = self.s;
+        let ks = s.kernel_spatial();
+        let sw = s.stride[2];
+        assert!(dst.len() >= nc.div_ceil(NR) * kc * NR);
+        assert!(k0 + kc <= s.c_in_per_group() * ks && j0 + nc <= self.ch.cols());
+        for r in k0..k0 + kc {
+            let (ci, tap) = (r / ks, tap_of(s, r % ks));
+            let row = PanelRow {
+                base: dst.as_mut_ptr().add((r - k0) * NR),
+                stride: kc * NR,
+            };
+            for_each_image_run(self.ch, j0, nc, |i, p, c, len| {
+                let plane = self.x.as_ptr().add(plane_at(s, self.ch, self.g, i, ci));
+                walk_tap(s, plane, tap, p, len, |o, piece| match piece {
+                    Piece::Zeros(n) => row.zeros(c + o, n),
+                    Piece::Run(src, n) => row.copy(c + o, src, n, sw),
+                });
+            });
+            row.zeros(nc, nc.div_ceil(NR) * NR - nc);
+        }
+    }
+}
+
+/// Transposed [`Im2colB`]: rows are the chunk's positions, columns the
+/// lowered rows `(channel, tap)`.
+pub(crate) struct Im2colTB<'a> {
+    pub s: &'a ConvShape,
+    pub x: &'a [f32],
+    pub g: usize,
+    pub ch: Chunk,
+}
+
+impl PackB for Im2colTB<'_> {
+    #[inline(always)]
+    unsafe fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        const L: usize = 16;
+        let s = self.s;
+        let ks = s.kernel_spatial();
+        let sw = s.stride[2];
+        assert!(kc <= KC && dst.len() >= nc.div_ceil(NR) * kc * NR);
+        assert!(k0 + kc <= self.ch.cols() && j0 + nc <= s.c_in_per_group() * ks);
+        // L lowered rows over the block's positions, one row after another.
+        let mut rows = [0.0f32; L * KC];
+        let rp = rows.as_mut_ptr();
+        for jp in 0..nc.div_ceil(NR) {
+            for q in 0..NR / L {
+                let r0 = j0 + jp * NR + q * L;
+                let live = (j0 + nc).saturating_sub(r0).min(L);
+                for l in 0..L {
+                    let out = rp.add(l * kc);
+                    if l >= live {
+                        store_zeros(out, kc);
+                        continue;
+                    }
+                    let r = r0 + l;
+                    let (ci, tap) = (r / ks, tap_of(s, r % ks));
+                    for_each_image_run(self.ch, k0, kc, |i, p, c, len| {
+                        let plane = self.x.as_ptr().add(plane_at(s, self.ch, self.g, i, ci));
+                        walk_tap(s, plane, tap, p, len, |o, piece| match piece {
+                            Piece::Zeros(n) => store_zeros(out.add(c + o), n),
+                            Piece::Run(src, n) => copy_run(out.add(c + o), src, n, sw),
+                        });
+                    });
+                }
+                // 16 positions at a time: rows (lowered rows) become lines.
+                let mut p0 = 0;
+                while p0 < kc {
+                    let block: [__m512; L] =
+                        std::array::from_fn(|l| _mm512_loadu_ps(rp.add(l * kc + p0)));
+                    let lines = transpose16(block);
+                    for (j, line) in lines.iter().enumerate().take(kc - p0) {
+                        _mm512_storeu_ps(
+                            dst.as_mut_ptr().add((jp * kc + p0 + j) * NR + q * L),
+                            *line,
+                        );
+                    }
+                    p0 += L;
+                }
+            }
+        }
+    }
+}
+
+/// Channel rows `c0..` of a `[n, channels, plane]` tensor at the chunk's
+/// positions.
+pub(crate) struct ImagesB<'a> {
+    pub src: &'a [f32],
+    pub channels: usize,
+    pub c0: usize,
+    pub plane: usize,
+    pub ch: Chunk,
+}
+
+impl PackB for ImagesB<'_> {
+    #[inline(always)]
+    unsafe fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        assert!(dst.len() >= nc.div_ceil(NR) * kc * NR);
+        let last =
+            ((self.ch.n0 + self.ch.nimg - 1) * self.channels + self.c0 + k0 + kc) * self.plane;
+        assert!(kc == 0 || last <= self.src.len());
+        for r in k0..k0 + kc {
+            let row = PanelRow {
+                base: dst.as_mut_ptr().add((r - k0) * NR),
+                stride: kc * NR,
+            };
+            for_each_image_run(self.ch, j0, nc, |i, p, c, len| {
+                let at = ((self.ch.n0 + i) * self.channels + self.c0 + r) * self.plane + p;
+                row.copy(c, self.src.as_ptr().add(at), len, 1);
+            });
+            row.zeros(nc, nc.div_ceil(NR) * NR - nc);
+        }
+    }
+}
+
+/// Transposes a 16×16 block: `out[j][l] = rows[l][j]`.
+#[inline(always)]
+unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+    // Within 128-bit lanes: pairs of rows, then quadruples.
+    let t: [__m512; 16] = std::array::from_fn(|i| {
+        let (a, b) = (r[i & !1], r[i | 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_ps(a, b)
+        } else {
+            _mm512_unpackhi_ps(a, b)
+        }
+    });
+    // u[4q + j] holds column 4·lane + j of rows 4q..4q+4 in each 128-bit lane.
+    let u: [__m512; 16] = std::array::from_fn(|i| {
+        let (q, j) = (i / 4, i % 4);
+        let (a, b) = (t[4 * q + (j / 2)], t[4 * q + 2 + (j / 2)]);
+        if j % 2 == 0 {
+            _mm512_shuffle_ps::<0x44>(a, b)
+        } else {
+            _mm512_shuffle_ps::<0xEE>(a, b)
+        }
+    });
+    let mut out = [_mm512_setzero_ps(); 16];
+    for j in 0..4 {
+        let v0 = _mm512_shuffle_f32x4::<0x88>(u[j], u[4 + j]);
+        let v1 = _mm512_shuffle_f32x4::<0xDD>(u[j], u[4 + j]);
+        let v2 = _mm512_shuffle_f32x4::<0x88>(u[8 + j], u[12 + j]);
+        let v3 = _mm512_shuffle_f32x4::<0xDD>(u[8 + j], u[12 + j]);
+        out[j] = _mm512_shuffle_f32x4::<0x88>(v0, v2);
+        out[8 + j] = _mm512_shuffle_f32x4::<0xDD>(v0, v2);
+        out[4 + j] = _mm512_shuffle_f32x4::<0x88>(v1, v3);
+        out[12 + j] = _mm512_shuffle_f32x4::<0xDD>(v1, v3);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn transpose_ok() -> bool {
+        let src: Vec<f32> = (0..256).map(|v| v as f32).collect();
+        let rows: [__m512; 16] = std::array::from_fn(|l| _mm512_loadu_ps(src.as_ptr().add(16 * l)));
+        let out = transpose16(rows);
+        let mut got = [0.0f32; 256];
+        for (j, v) in out.iter().enumerate() {
+            _mm512_storeu_ps(got.as_mut_ptr().add(16 * j), *v);
+        }
+        (0..16).all(|j| (0..16).all(|l| got[16 * j + l] == src[16 * l + j]))
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn strided_copies_ok() -> bool {
+        let src: Vec<f32> = (0..100).map(|v| v as f32 + 0.5).collect();
+        for step in 1..4 {
+            for n in 0..=(99 / step + 1).min(40) {
+                if n > 0 && (n - 1) * step >= src.len() {
+                    continue;
+                }
+                let mut dst = vec![-1.0f32; 48];
+                copy_run(dst.as_mut_ptr(), src.as_ptr(), n, step);
+                let want: Vec<f32> = (0..n).map(|j| src[j * step]).collect();
+                if dst[..n] != want[..] || dst[n..].iter().any(|&v| v != -1.0) {
+                    return false;
+                }
+                store_zeros(dst.as_mut_ptr(), n);
+                if dst[..n].iter().any(|&v| v != 0.0) || dst[n..].iter().any(|&v| v != -1.0) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    #[test]
+    fn transpose_and_copies_are_exact() {
+        if !crate::cpu::avx512_gemm::available() {
+            return; // nothing to check on this CPU: the kernels never run here
+        }
+        // SAFETY: AVX-512F is available.
+        unsafe {
+            assert!(transpose_ok());
+            assert!(strided_copies_ok());
+        }
+    }
+}
