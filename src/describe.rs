@@ -1,6 +1,6 @@
 //! Reading MIOpen descriptors (through the real MIOpen getters) into plain problem
-//! structs, and checking that the tensors and the convolution fit together. The only
-//! module that reads descriptors.
+//! structs, and checking that the tensors and the convolution (or batch norm) fit
+//! together. The only module that reads descriptors.
 
 use std::os::raw::c_int;
 
@@ -597,5 +597,279 @@ mod tests {
         assert_eq!(p.shape.input, [1, 1, 10]);
         assert_eq!(p.shape.dilation, [1, 1, 2]);
         assert_eq!(p.pass, Pass::BackwardWeights);
+    }
+}
+
+// ---- batch normalization ----
+
+use crate::cpu::batchnorm::{BnMode, BnShape};
+
+/// One batch-norm call's tensors, checked against each other: the data tensors share
+/// `x`'s dims, and the scale/bias/mean/variance descriptor is the one
+/// `miopenDeriveBNTensorDescriptor` derives from `x` (`[1, C, 1, ...]` for spatial mode,
+/// `[1, C, spatial...]` per activation).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BnProblem {
+    pub shape: BnShape,
+    /// Type of x, y, dy, dx.
+    pub dtype: DType,
+    /// Type of scale, bias, running and saved statistics, gradients of scale and bias.
+    pub param_dtype: DType,
+    /// Spatial dims as the caller described them, for logs.
+    pub spatial: Vec<usize>,
+    pub x: Layout5,
+    /// Forward: y; backward: dy.
+    pub y: Layout5,
+    /// Backward: dx.
+    pub dx: Option<Layout5>,
+    /// Every parameter tensor (they share one descriptor).
+    pub param: Layout5,
+}
+
+/// The engine's mode for a `miopenBatchNormMode_t`.
+#[allow(non_upper_case_globals)]
+pub fn bn_mode(mode: miopenBatchNormMode_t) -> ShimResult<BnMode> {
+    match mode {
+        miopenBNPerActivation => Ok(BnMode::PerActivation),
+        miopenBNSpatial => Ok(BnMode::Spatial),
+        other => Err(ShimError::bad_parm(format!(
+            "unknown miopenBatchNormMode_t {other}"
+        ))),
+    }
+}
+
+fn bn_layout(name: &str, t: &TensorDesc) -> ShimResult<Layout5> {
+    check_size(name, t)?;
+    if t.dims.len() < 3 {
+        return Err(ShimError::bad_parm(format!(
+            "tensor {name} has {} dims; batch norm needs 3 to 5",
+            t.dims.len()
+        )));
+    }
+    if t.dims.len() > 5 {
+        return Err(ShimError::not_implemented(format!(
+            "{}-dimensional batch norm (3 to 5 dims are supported)",
+            t.dims.len()
+        )));
+    }
+    Ok(layout5(t))
+}
+
+/// Builds the problem of a batch-norm call. `y` is the forward output or, with `dx`,
+/// the backward pass's `dy`; `param` is the scale/bias/mean/variance descriptor.
+pub fn bn_problem(
+    mode: BnMode,
+    x: &TensorDesc,
+    y: &TensorDesc,
+    dx: Option<&TensorDesc>,
+    param: &TensorDesc,
+) -> ShimResult<BnProblem> {
+    let yname = if dx.is_some() { "dy" } else { "y" };
+    let lx = bn_layout("x", x)?;
+    let ly = bn_layout(yname, y)?;
+    let ldx = dx.map(|d| bn_layout("dx", d)).transpose()?;
+    let lp = bn_layout("scale/bias/mean/variance", param)?;
+    for (name, t) in [(yname, Some(y)), ("dx", dx)] {
+        let Some(t) = t else { continue };
+        if t.dims != x.dims {
+            return Err(ShimError::bad_parm(format!(
+                "tensor {name} {:?} differs from x {:?}",
+                t.dims, x.dims
+            )));
+        }
+        if t.dtype != x.dtype {
+            return Err(ShimError::bad_parm(format!(
+                "data types differ: x {} {name} {}",
+                x.dtype.name(),
+                t.dtype.name()
+            )));
+        }
+    }
+    let c = x.dims[1];
+    let derived: Vec<usize> = (0..x.dims.len())
+        .map(|i| match (i, mode) {
+            (0, _) => 1,
+            (1, _) => c,
+            (_, BnMode::Spatial) => 1,
+            (_, BnMode::PerActivation) => x.dims[i],
+        })
+        .collect();
+    if param.dims != derived {
+        return Err(ShimError::bad_parm(format!(
+            "scale/bias/mean/variance descriptor {:?} does not fit x {:?} in {} mode (expected {derived:?})",
+            param.dims,
+            x.dims,
+            bn_mode_name(mode)
+        )));
+    }
+    for (name, l) in [
+        (yname, Some(&ly)),
+        ("dx", ldx.as_ref()),
+        ("scale/bias/mean/variance", Some(&lp)),
+    ] {
+        if let Some(l) = l {
+            if !l.is_non_overlapping() {
+                return Err(ShimError::bad_parm(format!(
+                    "tensor {name} has overlapping strides {:?}",
+                    l.strides
+                )));
+            }
+        }
+    }
+    let shape = BnShape {
+        n: x.dims[0],
+        c,
+        spatial: x.dims[2..].iter().product(),
+        mode,
+    };
+    shape.validate().map_err(ShimError::bad_parm)?;
+    Ok(BnProblem {
+        shape,
+        dtype: x.dtype,
+        param_dtype: param.dtype,
+        spatial: x.dims[2..].to_vec(),
+        x: lx,
+        y: ly,
+        dx: ldx,
+        param: lp,
+    })
+}
+
+fn bn_mode_name(mode: BnMode) -> &'static str {
+    match mode {
+        BnMode::Spatial => "spatial",
+        BnMode::PerActivation => "per-activation",
+    }
+}
+
+/// A one-line description of a batch-norm problem for logs.
+pub fn describe_bn(p: &BnProblem) -> String {
+    let layout = |l: &Layout5| {
+        if l.is_packed_canonical() {
+            "nchw"
+        } else if l.strides[1] == 1 && l.dims[1] > 1 {
+            "nhwc"
+        } else {
+            "strided"
+        }
+    };
+    let sp: Vec<String> = p.spatial.iter().map(|v| v.to_string()).collect();
+    let mut s = format!(
+        "{} {}d {} (params {}) n={} c={} in={} x:{} {}:{}",
+        bn_mode_name(p.shape.mode),
+        p.spatial.len(),
+        p.dtype.name(),
+        p.param_dtype.name(),
+        p.shape.n,
+        p.shape.c,
+        sp.join("x"),
+        layout(&p.x),
+        if p.dx.is_some() { "dy" } else { "y" },
+        layout(&p.y),
+    );
+    if let Some(dx) = &p.dx {
+        s.push_str(&format!(" dx:{}", layout(dx)));
+    }
+    s
+}
+
+#[cfg(test)]
+mod bn_tests {
+    use super::*;
+
+    fn t(dtype: DType, dims: &[usize], strides: &[usize]) -> TensorDesc {
+        TensorDesc {
+            dtype,
+            dims: dims.to_vec(),
+            strides: strides.to_vec(),
+        }
+    }
+
+    #[test]
+    fn spatial_nhwc_fp16_with_fp32_params() {
+        let x = t(DType::F16, &[2, 3, 4, 5], &[60, 1, 15, 3]);
+        let p = bn_problem(
+            BnMode::Spatial,
+            &x,
+            &x,
+            None,
+            &t(DType::F32, &[1, 3, 1, 1], &[3, 1, 1, 1]),
+        )
+        .unwrap();
+        assert_eq!((p.shape.n, p.shape.c, p.shape.spatial), (2, 3, 20));
+        assert_eq!((p.dtype, p.param_dtype), (DType::F16, DType::F32));
+        assert_eq!(p.x.dims, [2, 3, 1, 4, 5]);
+        assert_eq!(p.param.dims, [1, 3, 1, 1, 1]);
+        assert_eq!(
+            describe_bn(&p),
+            "spatial 2d fp16 (params fp32) n=2 c=3 in=4x5 x:nhwc y:nhwc"
+        );
+    }
+
+    #[test]
+    fn per_activation_3d_backward() {
+        let x = t(DType::F32, &[2, 2, 3, 1, 2], &[12, 6, 2, 2, 1]);
+        let p = bn_problem(
+            BnMode::PerActivation,
+            &x,
+            &x,
+            Some(&x),
+            &t(DType::F32, &[1, 2, 3, 1, 2], &[12, 6, 2, 2, 1]),
+        )
+        .unwrap();
+        assert_eq!(p.shape.spatial, 6);
+        assert_eq!(p.shape.features(), 12);
+        assert!(describe_bn(&p).ends_with("x:nchw dy:nchw dx:nchw"));
+    }
+
+    #[test]
+    fn mismatches_are_bad_parm_with_reason() {
+        let x = t(DType::F32, &[2, 3, 4, 4], &[48, 16, 4, 1]);
+        let p1 = t(DType::F32, &[1, 3, 1, 1], &[3, 1, 1, 1]);
+        let pa = t(DType::F32, &[1, 3, 4, 4], &[48, 16, 4, 1]);
+        let cases = [
+            (BnMode::PerActivation, &x, &x, &p1, "does not fit"),
+            (BnMode::Spatial, &x, &x, &pa, "does not fit"),
+            (
+                BnMode::Spatial,
+                &x,
+                &t(DType::F32, &[2, 3, 4, 5], &[60, 20, 5, 1]),
+                &p1,
+                "differs from x",
+            ),
+            (
+                BnMode::Spatial,
+                &x,
+                &t(DType::F16, &[2, 3, 4, 4], &[48, 16, 4, 1]),
+                &p1,
+                "data types differ",
+            ),
+            (
+                BnMode::Spatial,
+                &x,
+                &t(DType::F32, &[2, 3, 4, 4], &[48, 16, 0, 1]),
+                &p1,
+                "overlapping",
+            ),
+            (
+                BnMode::Spatial,
+                &t(DType::F32, &[2, 3], &[3, 1]),
+                &t(DType::F32, &[2, 3], &[3, 1]),
+                &t(DType::F32, &[1, 3], &[3, 1]),
+                "3 to 5",
+            ),
+        ];
+        for (mode, x, y, p, want) in cases {
+            let e = bn_problem(mode, x, y, None, p).unwrap_err();
+            assert_eq!(e.status, miopenStatusBadParm, "{e}");
+            assert!(e.message.contains(want), "{want}: {e}");
+        }
+        let six = t(DType::F32, &[1; 6], &[1; 6]);
+        assert!(bn_problem(BnMode::Spatial, &six, &six, None, &six)
+            .unwrap_err()
+            .is_unsupported());
+        assert_eq!(bn_mode(1).unwrap(), BnMode::Spatial);
+        assert_eq!(bn_mode(0).unwrap(), BnMode::PerActivation);
+        assert_eq!(bn_mode(2).unwrap_err().status, miopenStatusBadParm);
     }
 }

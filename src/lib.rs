@@ -13,6 +13,7 @@ pub mod cpu;
 pub mod describe;
 pub mod error;
 pub mod execute;
+pub mod execute_bn;
 pub mod ffi;
 pub mod identity;
 pub mod intercept;

@@ -1,4 +1,5 @@
-//! MIOpen's C types: status codes, data types, convolution modes, perf/solution structs.
+//! MIOpen's C types: status codes, data types, convolution and batch-norm modes,
+//! perf/solution structs.
 #![allow(non_camel_case_types, non_upper_case_globals)]
 
 use std::ffi::c_void;
@@ -27,6 +28,10 @@ pub const miopenConvolution: miopenConvolutionMode_t = 0;
 pub const miopenTranspose: miopenConvolutionMode_t = 1;
 pub const miopenGroupConv: miopenConvolutionMode_t = 2;
 pub const miopenDepthwise: miopenConvolutionMode_t = 3;
+
+pub type miopenBatchNormMode_t = c_int;
+pub const miopenBNPerActivation: miopenBatchNormMode_t = 0;
+pub const miopenBNSpatial: miopenBatchNormMode_t = 1;
 
 /// `miopenConvFwdAlgorithm_t`, `miopenConvBwdDataAlgorithm_t`,
 /// `miopenConvBwdWeightsAlgorithm_t` and `miopenConvAlgorithm_t` share value 0 for GEMM,

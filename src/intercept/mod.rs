@@ -2,6 +2,7 @@
 //! `extern "C"` function: guard against panics, decide CPU or GPU, decode, dispatch.
 //! Shared decision logic lives here.
 
+pub mod batchnorm;
 pub mod bias;
 pub mod conv_compute;
 pub mod conv_find;

@@ -56,5 +56,8 @@ fn_table! {
         optional miopenConvolutionBackwardWeightsImmediate: fn(H, T, V, T, V, C, T, M, M, usize, u64) -> S;
         optional miopenConvolutionForwardBias: fn(H, V, T, V, V, T, M) -> S;
         optional miopenConvolutionBackwardBias: fn(H, V, T, V, V, T, M) -> S;
+        optional miopenBatchNormalizationForwardTraining: fn(H, miopenBatchNormMode_t, M, M, T, V, T, M, T, M, M, f64, M, M, f64, M, M) -> S;
+        optional miopenBatchNormalizationForwardInference: fn(H, miopenBatchNormMode_t, M, M, T, V, T, M, T, M, M, M, M, f64) -> S;
+        optional miopenBatchNormalizationBackward: fn(H, miopenBatchNormMode_t, V, V, V, V, T, V, T, V, T, M, T, V, M, M, f64, V, V) -> S;
     }
 }
