@@ -17,114 +17,13 @@
 use rayon::prelude::*;
 
 use super::geometry::valid_range;
+use super::padded::{pad_plane, Geom, MAX_ROWS};
 use super::scratch::{Slot, Tuning};
 use super::simd::{dispatch_simd, Simd};
 use super::ConvShape;
 
-/// Widest vector of any [`Simd`] implementation: padded rows leave room for
-/// one of these past the last output.
-const MAX_LANES: usize = 16;
 /// Rough number of output elements one rayon task should cover at least.
 const MIN_TASK_ELEMS: usize = 8192;
-/// Most kernel rows (`kd · kh`) the unrolled kernels handle; larger kernels
-/// take the generic loops.
-const MAX_ROWS: usize = 64;
-
-/// A correlation on a zero-padded, phase-split copy of one plane: output
-/// `(od, oh, ow)` and tap `(kd, kh, kw)` read padded position
-/// `(od·s₀ + kd·d₀, oh·s₁ + kh·d₁, ow·s₂ + kw·d₂)`, and padded position `i`
-/// holds source position `i − lo` (zero outside the source).
-///
-/// Padded row `(d, h)` starts at `(d·hp + h)·s₂·wq`; column `j·s₂ + r` of it is
-/// at offset `r·wq + j` (phase `r`), so a tap's run over `ow` is contiguous.
-#[derive(Clone, Copy, Debug)]
-struct Geom {
-    out: [usize; 3],
-    kernel: [usize; 3],
-    stride: [usize; 3],
-    dil: [usize; 3],
-    lo: [isize; 3],
-    /// Padded depth and height.
-    dp: usize,
-    hp: usize,
-    /// Floats per phase of a padded row.
-    wq: usize,
-}
-
-impl Geom {
-    fn new(
-        out: [usize; 3],
-        kernel: [usize; 3],
-        stride: [usize; 3],
-        dil: [usize; 3],
-        lo: [isize; 3],
-    ) -> Geom {
-        let span = |a: usize| (out[a] - 1) * stride[a] + (kernel[a] - 1) * dil[a] + 1;
-        // Vector runs start at multiples of the lane count and may run past `out[2]`.
-        let wq = out[2].next_multiple_of(MAX_LANES) + (kernel[2] - 1) * dil[2] / stride[2] + 1;
-        Geom {
-            out,
-            kernel,
-            stride,
-            dil,
-            lo,
-            dp: span(0),
-            hp: span(1),
-            wq,
-        }
-    }
-
-    /// Forward correlation of `x` (padding `pad`).
-    fn forward(s: &ConvShape) -> Geom {
-        Geom::new(
-            s.output,
-            s.kernel,
-            s.stride,
-            s.dilation,
-            s.pad.map(|p| p as isize),
-        )
-    }
-
-    /// Backward data at stride 1: `dy` correlated with the flipped kernel.
-    fn transposed_unit_stride(s: &ConvShape) -> Geom {
-        let lo = std::array::from_fn(|a| {
-            ((s.kernel[a] - 1) * s.dilation[a]) as isize - s.pad[a] as isize
-        });
-        Geom::new(s.input, s.kernel, [1; 3], s.dilation, lo)
-    }
-
-    fn padded_len(&self) -> usize {
-        self.dp * self.hp * self.stride[2] * self.wq
-    }
-
-    /// Offset of padded row `(d, h)`.
-    #[inline(always)]
-    fn row(&self, d: usize, h: usize) -> usize {
-        (d * self.hp + h) * self.stride[2] * self.wq
-    }
-
-    /// Offset within a padded row of the run tap `kw` reads for `ow = 0`.
-    #[inline(always)]
-    fn tap(&self, kw: usize) -> usize {
-        let t = kw * self.dil[2];
-        (t % self.stride[2]) * self.wq + t / self.stride[2]
-    }
-
-    /// Offsets of the padded rows kernel rows `(kd, kh)` read for output row
-    /// `(od, oh)`, in kernel order.
-    #[inline(always)]
-    fn tap_rows(&self, od: usize, oh: usize, rows: &mut [usize; MAX_ROWS]) {
-        let [kd_n, kh_n, _] = self.kernel;
-        for kd in 0..kd_n {
-            for kh in 0..kh_n {
-                rows[kd * kh_n + kh] = self.row(
-                    od * self.stride[0] + kd * self.dil[0],
-                    oh * self.stride[1] + kh * self.dil[1],
-                );
-            }
-        }
-    }
-}
 
 fn planes_per_task(plane: usize) -> usize {
     (MIN_TASK_ELEMS / plane.max(1)).max(1)
@@ -234,87 +133,9 @@ pub(crate) fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f
     }
 }
 
-dispatch_simd!(fn pad_plane(dst: &mut [f32], src: &[f32], dims: [usize; 3], g: &Geom) => pad_plane_impl);
 dispatch_simd!(fn corr_plane(out: &mut [f32], xp: &[f32], w: &[f32], g: &Geom, accumulate: bool) => corr_plane_impl);
 dispatch_simd!(fn weights_plane(acc: &mut [f32], dy: &[f32], xp: &[f32], g: &Geom) => weights_plane_impl);
 dispatch_simd!(fn scatter_plane(grad: &mut [f32], dy: &[f32], w: &[f32], s: &ConvShape, accumulate: bool) => scatter_plane_impl);
-
-/// `dst[..n] = src[..n]` in whole vectors plus one partial one.
-///
-/// # Safety
-/// `src..src + n` readable, `dst..dst + n` writable.
-#[inline(always)]
-unsafe fn copy_vec<S: Simd>(dst: *mut f32, src: *const f32, n: usize) {
-    let mut i = 0;
-    while i + S::N <= n {
-        S::load(src.add(i)).store(dst.add(i));
-        i += S::N;
-    }
-    if i < n {
-        S::load_part(src.add(i), n - i).store_part(dst.add(i), n - i);
-    }
-}
-
-/// `dst[..n] = 0` in whole vectors plus one partial one.
-///
-/// # Safety
-/// `dst..dst + n` writable.
-#[inline(always)]
-unsafe fn zero_vec<S: Simd>(dst: *mut f32, n: usize) {
-    let mut i = 0;
-    while i + S::N <= n {
-        S::zero().store(dst.add(i));
-        i += S::N;
-    }
-    if i < n {
-        S::zero().store_part(dst.add(i), n - i);
-    }
-}
-
-/// Fills `dst` (of `g.padded_len()`) with the padded, phase-split copy of
-/// the plane `src` of size `dims`.
-#[inline(always)]
-fn pad_plane_impl<S: Simd>(dst: &mut [f32], src: &[f32], dims: [usize; 3], g: &Geom) {
-    let [d_n, h_n, w_n] = dims;
-    assert!(dst.len() >= g.padded_len() && src.len() >= d_n * h_n * w_n);
-    let phases = g.stride[2];
-    for d in 0..g.dp {
-        for h in 0..g.hp {
-            let row = &mut dst[g.row(d, h)..][..phases * g.wq];
-            let (sd, sh) = (d as isize - g.lo[0], h as isize - g.lo[1]);
-            if sd < 0 || sh < 0 || sd >= d_n as isize || sh >= h_n as isize {
-                // SAFETY: `row` is writable.
-                unsafe { zero_vec::<S>(row.as_mut_ptr(), row.len()) };
-                continue;
-            }
-            let src_row = &src[(sd as usize * h_n + sh as usize) * w_n..][..w_n];
-            for (r, part) in row.chunks_exact_mut(g.wq).enumerate() {
-                // part[j] = src_row[j·phases + r − lo]
-                let off = r as isize - g.lo[2];
-                let (a, b) = valid_range(g.wq, phases, off, w_n);
-                // SAFETY: all ranges lie inside `part` and `src_row`.
-                unsafe {
-                    zero_vec::<S>(part.as_mut_ptr(), a);
-                    zero_vec::<S>(part.as_mut_ptr().add(b), g.wq - b);
-                    if b > a {
-                        let start = ((a * phases) as isize + off) as usize;
-                        if phases == 1 {
-                            copy_vec::<S>(
-                                part.as_mut_ptr().add(a),
-                                src_row.as_ptr().add(start),
-                                b - a,
-                            );
-                        } else {
-                            for (j, o) in part[a..b].iter_mut().enumerate() {
-                                *o = *src_row.get_unchecked(start + j * phases);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
 
 /// `out = corr(xp, w)` (or `out +=` when `accumulate`) over a whole plane.
 #[inline(always)]

@@ -16,7 +16,6 @@
 //! dispatch).
 
 mod avx512_gemm;
-pub mod batchnorm;
 pub mod conv;
 mod depthwise;
 mod geometry;
@@ -24,6 +23,7 @@ mod im2col;
 mod lowered;
 mod matmul;
 mod pack;
+mod padded;
 mod par;
 mod scratch;
 pub mod shape;

@@ -1,16 +1,26 @@
 //! Packing of the `B` operand of the AVX-512 GEMM straight from the tensors:
 //! the lowered input (im2col) for the forward pass, its transpose for the
 //! weight gradient, and plain channel rows (`dy`, or `x` of a pointwise
-//! convolution). Runs of the lowered matrix are copied with AVX-512 loads and
-//! stores (stride 2 via a two-register permute); transposes go through
-//! 16×16 register transposes.
+//! convolution).
+//!
+//! The lowered input is read from a [`PaddedChunk`] — the chunk's input planes
+//! copied once with zero padding and stride phases split out — so each run of
+//! a lowered row is a plain contiguous copy; the run layout of a block is
+//! computed once and replayed for every lowered row. When the padded planes do
+//! not fit in the budget, the `Direct*` providers gather from `x` itself.
+//! Copies use AVX-512 loads and stores (stride 2 via a two-register permute);
+//! transposes go through 16×16 register transposes.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 use super::avx512_gemm::{PackB, KC, NR};
+use std::ops::Range;
+
 use super::geometry::{for_each_segment, valid_range};
 use super::im2col::{for_each_image_run, input_row, tap_of, tap_offsets, Chunk};
+use super::padded::{pad_rows, Geom};
+use super::simd::Level;
 use super::ConvShape;
 
 /// Destination of one row of `B` in packed panels: column `c` of the block
@@ -22,33 +32,29 @@ struct PanelRow {
 }
 
 impl PanelRow {
-    /// Splits columns `c..c + len` at panel boundaries: `f(dst, offset, n)`.
-    #[inline(always)]
-    unsafe fn pieces(
-        &self,
-        mut c: usize,
-        mut len: usize,
-        mut f: impl FnMut(*mut f32, usize, usize),
-    ) {
-        let mut done = 0;
+    /// `B[row][c..c + len] = 0`, split at panel boundaries.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn zeros(&self, mut c: usize, mut len: usize) {
         while len > 0 {
             let n = (NR - c % NR).min(len);
-            f(self.base.add((c / NR) * self.stride + c % NR), done, n);
+            store_zeros(self.base.add((c / NR) * self.stride + c % NR), n);
             c += n;
-            done += n;
             len -= n;
         }
     }
 
-    #[inline(always)]
-    unsafe fn zeros(&self, c: usize, len: usize) {
-        self.pieces(c, len, |d, _, n| store_zeros(d, n));
-    }
-
-    /// `B[row][c + j] = src[j · step]` for `j < len`.
-    #[inline(always)]
-    unsafe fn copy(&self, c: usize, src: *const f32, len: usize, step: usize) {
-        self.pieces(c, len, |d, o, n| copy_run(d, src.add(o * step), n, step));
+    /// `B[row][c + j] = src[j · step]` for `j < len`, split at panel boundaries.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn copy(&self, mut c: usize, mut src: *const f32, mut len: usize, step: usize) {
+        while len > 0 {
+            let n = (NR - c % NR).min(len);
+            copy_run(self.base.add((c / NR) * self.stride + c % NR), src, n, step);
+            c += n;
+            src = src.add(n * step);
+            len -= n;
+        }
     }
 }
 
@@ -58,7 +64,8 @@ fn lanes(n: usize) -> u16 {
     ((1u32 << n.min(16)) - 1) as u16
 }
 
-#[inline(always)]
+#[target_feature(enable = "avx512f")]
+#[inline]
 unsafe fn store_zeros(dst: *mut f32, n: usize) {
     let z = _mm512_setzero_ps();
     let mut i = 0;
@@ -72,7 +79,8 @@ unsafe fn store_zeros(dst: *mut f32, n: usize) {
 }
 
 /// `dst[j] = src[j · step]` for `j < n`, reading nothing past `src[(n-1)·step]`.
-#[inline(always)]
+#[target_feature(enable = "avx512f")]
+#[inline]
 unsafe fn copy_run(dst: *mut f32, src: *const f32, n: usize, step: usize) {
     let mut i = 0;
     match step {
@@ -159,17 +167,26 @@ fn plane_at(s: &ConvShape, ch: Chunk, g: usize, i: usize, ci: usize) -> usize {
 }
 
 /// The lowered input of group `g` for chunk `ch` (rows `(channel, tap)`,
-/// columns the chunk's positions).
-pub(crate) struct Im2colB<'a> {
+/// columns the chunk's positions), gathered straight from `x` with padding
+/// and stride handled per run: the fallback when a [`PaddedChunk`] does not
+/// fit in the scratch budget.
+pub(crate) struct DirectIm2colB<'a> {
     pub s: &'a ConvShape,
     pub x: &'a [f32],
     pub g: usize,
     pub ch: Chunk,
 }
 
-impl PackB for Im2colB<'_> {
+impl PackB for DirectIm2colB<'_> {
     #[inline(always)]
     unsafe fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        self.pack_avx512(k0, kc, j0, nc, dst);
+    }
+}
+
+impl DirectIm2colB<'_> {
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pack_avx512(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
         let s = self.s;
         let ks = s.kernel_spatial();
         let sw = s.stride[2];
@@ -193,18 +210,25 @@ impl PackB for Im2colB<'_> {
     }
 }
 
-/// Transposed [`Im2colB`]: rows are the chunk's positions, columns the
+/// Transposed [`DirectIm2colB`]: rows are the chunk's positions, columns the
 /// lowered rows `(channel, tap)`.
-pub(crate) struct Im2colTB<'a> {
+pub(crate) struct DirectIm2colTB<'a> {
     pub s: &'a ConvShape,
     pub x: &'a [f32],
     pub g: usize,
     pub ch: Chunk,
 }
 
-impl PackB for Im2colTB<'_> {
+impl PackB for DirectIm2colTB<'_> {
     #[inline(always)]
     unsafe fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        self.pack_avx512(k0, kc, j0, nc, dst);
+    }
+}
+
+impl DirectIm2colTB<'_> {
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pack_avx512(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
         const L: usize = 16;
         let s = self.s;
         let ks = s.kernel_spatial();
@@ -234,22 +258,263 @@ impl PackB for Im2colTB<'_> {
                         });
                     });
                 }
-                // 16 positions at a time: rows (lowered rows) become lines.
-                let mut p0 = 0;
-                while p0 < kc {
-                    let block: [__m512; L] =
-                        std::array::from_fn(|l| _mm512_loadu_ps(rp.add(l * kc + p0)));
-                    let lines = transpose16(block);
-                    for (j, line) in lines.iter().enumerate().take(kc - p0) {
-                        _mm512_storeu_ps(
-                            dst.as_mut_ptr().add((jp * kc + p0 + j) * NR + q * L),
-                            *line,
-                        );
-                    }
-                    p0 += L;
-                }
+                transpose_out(rp, kc, dst.as_mut_ptr().add(jp * kc * NR + q * L));
             }
         }
+    }
+}
+
+/// The input planes a chunk reads — its images × channels `ci0..ci0 + cin`
+/// of group `g` — padded (see [`Geom`]) over the band of padded rows its
+/// output positions touch.
+pub(crate) struct PaddedChunk<'a> {
+    s: &'a ConvShape,
+    g: Geom,
+    ch: Chunk,
+    ci0: usize,
+    cin: usize,
+    /// First padded row held and rows per plane.
+    row0: usize,
+    rows: usize,
+    data: &'a [f32],
+}
+
+impl<'a> PaddedChunk<'a> {
+    /// Padded rows (flattened `d·hp + h`) the chunk's positions read.
+    fn band(s: &ConvShape, g: &Geom, ch: Chunk) -> Range<usize> {
+        let positions = s.output_spatial();
+        if ch.nimg > 1 || ch.np == positions {
+            return 0..g.dp * g.hp;
+        }
+        let [_, oh_n, ow_n] = s.output;
+        let at = |p: usize| (p / (oh_n * ow_n), (p / ow_n) % oh_n);
+        let ((od0, oh0), (od1, oh1)) = (at(ch.p0), at(ch.p0 + ch.np - 1));
+        let first = od0 * g.stride[0] * g.hp + oh0 * g.stride[1];
+        let last = (od1 * g.stride[0] + (g.kernel[0] - 1) * g.dil[0]) * g.hp
+            + oh1 * g.stride[1]
+            + (g.kernel[1] - 1) * g.dil[1];
+        first..last + 1
+    }
+
+    /// Floats needed for chunk `ch` and `cin` channels.
+    pub fn len(s: &ConvShape, ch: Chunk, cin: usize) -> usize {
+        let g = Geom::forward(s);
+        ch.nimg * cin * Self::band(s, &g, ch).len() * g.row_len()
+    }
+
+    /// Pads the planes of chunk `ch`, channels `ci0..ci0 + cin` of group `g`,
+    /// into `buf` (of [`PaddedChunk::len`] floats).
+    #[allow(clippy::too_many_arguments)]
+    pub fn build(
+        level: Level,
+        buf: &'a mut [f32],
+        s: &'a ConvShape,
+        x: &[f32],
+        group: usize,
+        ch: Chunk,
+        ci0: usize,
+        cin: usize,
+    ) -> PaddedChunk<'a> {
+        let g = Geom::forward(s);
+        let band = Self::band(s, &g, ch);
+        let (rows, isp) = (band.len(), s.input_spatial());
+        let plane = rows * g.row_len();
+        assert!(buf.len() >= ch.nimg * cin * plane);
+        for i in 0..ch.nimg {
+            for c in 0..cin {
+                let at = ((ch.n0 + i) * s.c_in + group * s.c_in_per_group() + ci0 + c) * isp;
+                let dst = &mut buf[(i * cin + c) * plane..][..plane];
+                pad_rows(level, dst, &x[at..at + isp], s.input, &g, band.clone());
+            }
+        }
+        PaddedChunk {
+            s,
+            g,
+            ch,
+            ci0,
+            cin,
+            row0: band.start,
+            rows,
+            data: buf,
+        }
+    }
+
+    /// Start of the padded plane of chunk image `i`, channel `ci` of the group.
+    #[inline(always)]
+    fn plane(&self, i: usize, ci: usize) -> *const f32 {
+        debug_assert!(i < self.ch.nimg && ci >= self.ci0 && ci < self.ci0 + self.cin);
+        let at = (i * self.cin + ci - self.ci0) * self.rows * self.g.row_len();
+        self.data[at..].as_ptr()
+    }
+
+    /// Offset, within a padded plane, of the run tap `r % taps` reads
+    /// relative to tap `(0, 0, 0)`.
+    #[inline(always)]
+    fn tap_offset(&self, t: usize) -> usize {
+        let [kd, kh, kw] = tap_of(self.s, t);
+        let g = &self.g;
+        (kd * g.dil[0] * g.hp + kh * g.dil[1]) * g.row_len() + g.tap(kw)
+    }
+
+    /// Splits chunk columns `c0..c0 + len` into runs inside one output row
+    /// of one image, also cut at multiples of `split` from `c0`. Returns the
+    /// number of runs written to `out`.
+    #[inline(always)]
+    fn runs(&self, c0: usize, len: usize, split: usize, out: &mut [Run; MAX_RUNS]) -> usize {
+        let [_, oh_n, ow_n] = self.s.output;
+        let g = &self.g;
+        let ch = self.ch;
+        let mut count = 0;
+        let mut c = c0;
+        let end = c0 + len;
+        while c < end {
+            let (i, q) = (c / ch.np, c % ch.np);
+            let p = ch.p0 + q;
+            let (od, oh, ow) = (p / (oh_n * ow_n), (p / ow_n) % oh_n, p % ow_n);
+            let n = (ow_n - ow)
+                .min(ch.np - q)
+                .min(end - c)
+                .min(split - (c - c0) % split);
+            let row = od * g.stride[0] * g.hp + oh * g.stride[1];
+            out[count] = Run {
+                c: c - c0,
+                len: n,
+                img: i,
+                base: (row - self.row0) * g.row_len() + ow,
+            };
+            count += 1;
+            c += n;
+        }
+        count
+    }
+}
+
+/// Most runs one packed block can hold: every column its own run, plus a
+/// cut at each panel boundary.
+const MAX_RUNS: usize = 2 * (if KC > NC_RUNS { KC } else { NC_RUNS });
+const NC_RUNS: usize = 512;
+
+/// A run of consecutive columns of a block: `len` columns from column `c`
+/// (relative to the block), read from chunk image `img` at `base` within
+/// the padded plane (for tap `(0, 0, 0)`).
+#[derive(Clone, Copy, Default)]
+struct Run {
+    c: usize,
+    len: usize,
+    img: usize,
+    base: usize,
+}
+
+/// The lowered input of one group for one chunk (rows `(channel, tap)`,
+/// columns the chunk's positions), read from its [`PaddedChunk`].
+pub(crate) struct Im2colB<'a> {
+    pub padded: &'a PaddedChunk<'a>,
+}
+
+impl PackB for Im2colB<'_> {
+    #[inline(always)]
+    unsafe fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        self.pack_avx512(k0, kc, j0, nc, dst);
+    }
+}
+
+impl Im2colB<'_> {
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pack_avx512(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        let pc = self.padded;
+        let ks = pc.s.kernel_spatial();
+        let npan = nc.div_ceil(NR);
+        assert!(nc <= NC_RUNS && dst.len() >= npan * kc * NR && j0 + nc <= pc.ch.cols());
+        assert!(k0 / ks >= pc.ci0 && (k0 + kc).div_ceil(ks) <= pc.ci0 + pc.cin);
+        let mut runs = [Run::default(); MAX_RUNS];
+        let count = pc.runs(j0, nc, NR, &mut runs);
+        let d = dst.as_mut_ptr();
+        for r in k0..k0 + kc {
+            let (ci, t) = (r / ks, r % ks);
+            let tap = pc.tap_offset(t);
+            let row = d.add((r - k0) * NR);
+            for run in &runs[..count] {
+                let src = pc.plane(run.img, ci).add(run.base + tap);
+                copy_run(
+                    row.add((run.c / NR) * kc * NR + run.c % NR),
+                    src,
+                    run.len,
+                    1,
+                );
+            }
+            if nc % NR != 0 {
+                store_zeros(row.add((npan - 1) * kc * NR + nc % NR), NR - nc % NR);
+            }
+        }
+    }
+}
+
+/// Transposed [`Im2colB`]: rows are the chunk's positions, columns the
+/// lowered rows `(channel, tap)`.
+pub(crate) struct Im2colTB<'a> {
+    pub padded: &'a PaddedChunk<'a>,
+}
+
+impl PackB for Im2colTB<'_> {
+    #[inline(always)]
+    unsafe fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        self.pack_avx512(k0, kc, j0, nc, dst);
+    }
+}
+
+impl Im2colTB<'_> {
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pack_avx512(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        const L: usize = 16;
+        let pc = self.padded;
+        let ks = pc.s.kernel_spatial();
+        assert!(kc <= KC && dst.len() >= nc.div_ceil(NR) * kc * NR && k0 + kc <= pc.ch.cols());
+        assert!(j0 / ks >= pc.ci0 && (j0 + nc).div_ceil(ks) <= pc.ci0 + pc.cin);
+        let mut runs = [Run::default(); MAX_RUNS];
+        let count = pc.runs(k0, kc, usize::MAX, &mut runs);
+        // L lowered rows over the block's positions, one row after another.
+        let mut rows = [0.0f32; L * KC];
+        let rp = rows.as_mut_ptr();
+        for jp in 0..nc.div_ceil(NR) {
+            for q in 0..NR / L {
+                let r0 = j0 + jp * NR + q * L;
+                let live = (j0 + nc).saturating_sub(r0).min(L);
+                for l in 0..L {
+                    let out = rp.add(l * kc);
+                    if l >= live {
+                        store_zeros(out, kc);
+                        continue;
+                    }
+                    let r = r0 + l;
+                    let (ci, tap) = (r / ks, pc.tap_offset(r % ks));
+                    for run in &runs[..count] {
+                        copy_run(
+                            out.add(run.c),
+                            pc.plane(run.img, ci).add(run.base + tap),
+                            run.len,
+                            1,
+                        );
+                    }
+                }
+                transpose_out(rp, kc, dst.as_mut_ptr().add(jp * kc * NR + q * L));
+            }
+        }
+    }
+}
+
+/// Writes 16 rows of `kc` floats at `rows` transposed: position `p` becomes
+/// the 16-float line at `dst + p · NR`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn transpose_out(rows: *const f32, kc: usize, dst: *mut f32) {
+    let mut p0 = 0;
+    while p0 < kc {
+        let block: [__m512; 16] = std::array::from_fn(|l| _mm512_loadu_ps(rows.add(l * kc + p0)));
+        let lines = transpose16(block);
+        for (j, line) in lines.iter().enumerate().take(kc - p0) {
+            _mm512_storeu_ps(dst.add((p0 + j) * NR), *line);
+        }
+        p0 += 16;
     }
 }
 
@@ -266,6 +531,13 @@ pub(crate) struct ImagesB<'a> {
 impl PackB for ImagesB<'_> {
     #[inline(always)]
     unsafe fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        self.pack_avx512(k0, kc, j0, nc, dst);
+    }
+}
+
+impl ImagesB<'_> {
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pack_avx512(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
         assert!(dst.len() >= nc.div_ceil(NR) * kc * NR);
         let last =
             ((self.ch.n0 + self.ch.nimg - 1) * self.channels + self.c0 + k0 + kc) * self.plane;
@@ -285,7 +557,8 @@ impl PackB for ImagesB<'_> {
 }
 
 /// Transposes a 16×16 block: `out[j][l] = rows[l][j]`.
-#[inline(always)]
+#[target_feature(enable = "avx512f")]
+#[inline]
 unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
     // Within 128-bit lanes: pairs of rows, then quadruples.
     let t: [__m512; 16] = std::array::from_fn(|i| {

@@ -12,7 +12,7 @@ use super::{balanced_cols, partial_workers, sum_over_workers, Dims};
 use crate::cpu::avx512_gemm::{gemm, PackB, B_BLOCK_LEN, NR};
 use crate::cpu::im2col::{col2im, gather_rows, scatter_rows, Chunk};
 use crate::cpu::matmul::{Mat, MatMut};
-use crate::cpu::pack::{Im2colB, Im2colTB, ImagesB};
+use crate::cpu::pack::{DirectIm2colB, DirectIm2colTB, Im2colB, Im2colTB, ImagesB, PaddedChunk};
 use crate::cpu::par::{split_range, SendPtr};
 use crate::cpu::scratch::{Slot, Tuning};
 use crate::cpu::ConvShape;
@@ -64,8 +64,20 @@ pub(super) fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tu
     tasks.into_par_iter().for_each(|(g, ch)| {
         let cols = ch.cols();
         let tmp_len = if ch.nimg == 1 { 0 } else { d.m * cols };
-        t.scratch(Slot::Task, tmp_len + bblock, |buf| {
-            let (tmp, bbuf) = buf.split_at_mut(tmp_len);
+        // Padded input planes when they fit, else gather from x directly.
+        let pad_len = if d.pointwise {
+            0
+        } else {
+            PaddedChunk::len(s, ch, d.cin_g)
+        };
+        let pad_len = if tmp_len + bblock + pad_len <= budget {
+            pad_len
+        } else {
+            0
+        };
+        t.scratch(Slot::Task, tmp_len + bblock + pad_len, |buf| {
+            let (tmp, rest) = buf.split_at_mut(tmp_len);
+            let (bbuf, pbuf) = rest.split_at_mut(bblock);
             let a = Mat {
                 ptr: w[g * d.m * d.k..].as_ptr(),
                 rs: d.k,
@@ -98,8 +110,21 @@ pub(super) fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tu
                         ch,
                     };
                     run(d.m, cols, d.k, a, &b, c, false, bbuf);
+                } else if pad_len > 0 {
+                    let padded = PaddedChunk::build(t.simd, pbuf, s, x, g, ch, 0, d.cin_g);
+                    run(
+                        d.m,
+                        cols,
+                        d.k,
+                        a,
+                        &Im2colB { padded: &padded },
+                        c,
+                        false,
+                        bbuf,
+                    );
                 } else {
-                    run(d.m, cols, d.k, a, &Im2colB { s, x, g, ch }, c, false, bbuf);
+                    let b = DirectIm2colB { s, x, g, ch };
+                    run(d.m, cols, d.k, a, &b, c, false, bbuf);
                 }
                 if ch.nimg > 1 {
                     scatter_rows(tmp, s.c_out, g * d.m, d.m, ch, yp);
@@ -274,6 +299,7 @@ pub(super) fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f
                     cols_range.clone(),
                     i > 0,
                     bblock,
+                    budget,
                 );
             }
         });
@@ -299,7 +325,7 @@ pub(super) fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f
                 rs: d.k,
                 cs: 1,
             };
-            weights_chunk(s, t, &d, x, dy, c, g, ch, 0..d.k, true, bblock);
+            weights_chunk(s, t, &d, x, dy, c, g, ch, 0..d.k, true, bblock, budget);
         }
     });
 }
@@ -319,11 +345,21 @@ fn weights_chunk(
     rows: Range<usize>,
     accumulate: bool,
     bblock: usize,
+    budget: usize,
 ) {
     let cols = ch.cols();
     let tmp_len = if ch.nimg == 1 { 0 } else { d.m * cols };
-    t.scratch(Slot::Task, tmp_len + bblock, |buf| {
-        let (tmp, bbuf) = buf.split_at_mut(tmp_len);
+    // Channels the lowered rows `rows` come from, padded when they fit.
+    let (ci0, ci1) = (rows.start / d.ks, rows.end.div_ceil(d.ks));
+    let pad_len = PaddedChunk::len(s, ch, ci1 - ci0);
+    let pad_len = if tmp_len + bblock + pad_len <= budget {
+        pad_len
+    } else {
+        0
+    };
+    t.scratch(Slot::Task, tmp_len + bblock + pad_len, |buf| {
+        let (tmp, rest) = buf.split_at_mut(tmp_len);
+        let (bbuf, pbuf) = rest.split_at_mut(bblock);
         let a = if ch.nimg == 1 {
             let at = (ch.n0 * s.c_out + g * d.m) * d.p + ch.p0;
             Mat {
@@ -339,12 +375,23 @@ fn weights_chunk(
                 cs: 1,
             }
         };
-        let b = Columns {
-            inner: Im2colTB { s, x, g, ch },
-            first: rows.start,
-        };
         // SAFETY: the kernel is available; `c` is owned by this task/worker.
-        unsafe { run(d.m, rows.len(), cols, a, &b, c, accumulate, bbuf) };
+        unsafe {
+            if pad_len > 0 {
+                let padded = PaddedChunk::build(t.simd, pbuf, s, x, g, ch, ci0, ci1 - ci0);
+                let b = Columns {
+                    inner: Im2colTB { padded: &padded },
+                    first: rows.start,
+                };
+                run(d.m, rows.len(), cols, a, &b, c, accumulate, bbuf);
+            } else {
+                let b = Columns {
+                    inner: DirectIm2colTB { s, x, g, ch },
+                    first: rows.start,
+                };
+                run(d.m, rows.len(), cols, a, &b, c, accumulate, bbuf);
+            }
+        }
     });
 }
 
