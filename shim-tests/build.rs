@@ -106,7 +106,7 @@ fn main() {
         &bin,
         &[Unit {
             output: "libMIOpen.so",
-            sources: &["fake_miopen.c", "naive_conv.c"],
+            sources: &["fake_miopen.c", "naive_conv.c", "naive_bn.c"],
             extra: &["-shared", "-Wl,-soname,libMIOpen.so", "-lamdhip64", "-lm"],
         }],
     );
@@ -118,12 +118,12 @@ fn main() {
         &[
             Unit {
                 output: "harness_direct",
-                sources: &["harness.c", "naive_conv.c"],
+                sources: &["harness.c", "naive_conv.c", "naive_bn.c"],
                 extra: &["-DHARNESS_MAIN", "-lMIOpen", "-lamdhip64", "-lm"],
             },
             Unit {
                 output: "libconvplugin.so",
-                sources: &["harness.c", "naive_conv.c"],
+                sources: &["harness.c", "naive_conv.c", "naive_bn.c"],
                 extra: &[
                     "-shared",
                     "-Wl,-soname,libconvplugin.so",

@@ -11,14 +11,18 @@
  *
  * Every kernel-running convolution entry point (Forward, BackwardData,
  * BackwardWeights, the Find*, *Immediate and *CompileSolution calls,
- * ForwardBias, BackwardBias) validates its arguments and then prints
+ * ForwardBias, BackwardBias, and the batch-norm calls
+ * miopenBatchNormalization{ForwardTraining,ForwardInference,Backward})
+ * validates its arguments and then prints
  *   "fake MIOpen: <function>: Memory access fault by GPU node-1 (Agent handle: 0x..)
  *    on address 0x... Reason: Page not present or supervisor privilege.
  *    HSA_STATUS_ERROR_MEMORY_APERTURE_VIOLATION"
  * to stderr and calls abort(). With FAKE_MIOPEN_HEALTHY=1 it instead
  * synchronizes the handle's stream, copies the operands to the host with
- * hipMemcpy, computes the naive reference, copies the result back, prints
- * "fake MIOpen: <function> ran on the GPU" and returns success.
+ * hipMemcpy, computes the naive reference (naive_conv, naive_bn), copies the
+ * result back, prints "fake MIOpen: <function> ran on the GPU" and returns
+ * success. (Healthy batch norm also blends alpha/beta != 1/0, which MIOpen
+ * itself rejects; the harness uses it to test the shim's blending.)
  * The non-running queries (workspace sizes, solution counts/lists) answer
  * with 1 MiB workspaces so that tests can tell whether a shim answered.
  *
@@ -32,9 +36,13 @@
  *   clobber_gaps   overwrite the bytes between strided output elements
  *   scribble_input write garbage into the first input operand
  *   ignore_alpha   treat alpha as 1
+ *   bn_factor_flip batch norm: running statistics with factor 1 - f
+ *   bn_saved_var   batch norm: save the variance, not 1 / sqrt(var + eps)
+ * (nosync and clobber_gaps apply to batch norm too.)
  */
 #define _GNU_SOURCE
 #include "miopen_api.h"
+#include "naive_bn.h"
 #include "naive_conv.h"
 
 #include <stdio.h>
@@ -1338,4 +1346,263 @@ miopenStatus_t miopenConvolutionBackwardBias(miopenHandle_t handle, const void* 
 {
     TRACE();
     return run_bias(__func__, 0, handle, alpha, dyDesc, dy, beta, dbDesc, db);
+}
+
+/* ---- batch normalization ---- */
+
+/* The batch-norm call's descriptors as reference tensors; BadParm (with a
+ * line on stderr) when they do not form a problem, like MIOpen's checks. */
+static miopenStatus_t bn_validate(const char* fn, miopenHandle_t h, miopenBatchNormMode_t mode,
+                                  miopenTensorDescriptor_t xd, miopenTensorDescriptor_t yd,
+                                  miopenTensorDescriptor_t dxd, miopenTensorDescriptor_t pd,
+                                  nc_tensor* tx, nc_tensor* ty, nc_tensor* tdx, nc_tensor* tp)
+{
+    if (!handle_ok(h) || !tensor_ok(xd) || !tensor_ok(yd) || !tensor_ok(pd) ||
+        (dxd && !tensor_ok(dxd)))
+        return miopenStatusBadParm;
+    to_nc(xd, tx);
+    to_nc(yd, ty);
+    to_nc(pd, tp);
+    if (dxd)
+        to_nc(dxd, tdx);
+    char err[256];
+    if (nb_validate((int)mode, tx, ty, dxd ? tdx : NULL, tp, err, sizeof err)) {
+        fprintf(stderr, "fake MIOpen: %s: bad problem: %s\n", fn, err);
+        return miopenStatusBadParm;
+    }
+    return miopenStatusSuccess;
+}
+
+/* Device-to-host copies of up to 10 tensors (NULL device pointers stay NULL). */
+typedef struct {
+    void* host[10];
+    size_t bytes[10];
+    int n;
+    int failed;
+} bn_io_t;
+
+static void* bn_fetch(const char* fn, bn_io_t* io, miopenTensorDescriptor_t t, const void* dev)
+{
+    int i = io->n++;
+    io->host[i] = NULL;
+    if (!dev)
+        return NULL;
+    io->host[i] = fetch(fn, t, dev, &io->bytes[i]);
+    if (!io->host[i])
+        io->failed = 1;
+    return io->host[i];
+}
+
+static void bn_io_free(bn_io_t* io)
+{
+    for (int i = 0; i < io->n; i++)
+        free(io->host[i]);
+}
+
+/* Host-to-device copy of a result; returns nonzero on failure. */
+static int bn_store(const char* fn, void* dev, const void* host, size_t bytes)
+{
+    if (!dev)
+        return 0;
+    hipError_t e = hipMemcpy(dev, host, bytes, hipMemcpyHostToDevice);
+    if (e != hipSuccess)
+        fprintf(stderr, "fake MIOpen: %s: hipMemcpy to device failed: %s\n", fn,
+                hipGetErrorName(e));
+    return e != hipSuccess;
+}
+
+/* The start of every running batch-norm entry point: crash like RDNA1, or
+ * (healthy) wait for the handle's stream. */
+static miopenStatus_t bn_begin(const char* fn, miopenHandle_t h, const void* address)
+{
+    if (!env_flag("FAKE_MIOPEN_HEALTHY"))
+        gpu_fault(fn, h, address);
+    hipError_t he = bug("nosync") ? hipSuccess : hipStreamSynchronize(h->stream);
+    if (he != hipSuccess) {
+        fprintf(stderr, "fake MIOpen: %s: hipStreamSynchronize failed: %s\n", fn,
+                hipGetErrorName(he));
+        return miopenStatusUnknownError;
+    }
+    return miopenStatusSuccess;
+}
+
+/* FAKE_MIOPEN_BUG=bn_saved_var: saves the variance where the inverse standard
+ * deviation belongs. */
+static void bn_saved_var_bug(const nc_tensor* p, void* saved_inv, double eps)
+{
+    if (!bug("bn_saved_var") || !saved_inv)
+        return;
+    size_t n = nc_num_elements(p);
+    int idx[NC_MAX_DIMS] = {0};
+    for (size_t e = 0; e < n; e++) {
+        long long off = 0;
+        for (int k = 0; k < p->nd; k++)
+            off += idx[k] * p->strides[k];
+        double inv = nc_load(p->dtype, saved_inv, (size_t)off);
+        nc_store(p->dtype, saved_inv, (size_t)off, 1.0 / (inv * inv) - eps);
+        for (int k = p->nd - 1; k >= 0; k--) {
+            if (++idx[k] < p->lens[k])
+                break;
+            idx[k] = 0;
+        }
+    }
+}
+
+miopenStatus_t miopenBatchNormalizationForwardTraining(
+    miopenHandle_t handle, miopenBatchNormMode_t bn_mode, void* alpha, void* beta,
+    const miopenTensorDescriptor_t xDesc, const void* x, const miopenTensorDescriptor_t yDesc,
+    void* y, const miopenTensorDescriptor_t bnScaleBiasMeanVarDesc, void* bnScale, void* bnBias,
+    double expAvgFactor, void* resultRunningMean, void* resultRunningVariance, double epsilon,
+    void* resultSaveMean, void* resultSaveInvVariance)
+{
+    TRACE();
+    nc_tensor tx, ty, tp;
+    miopenStatus_t st = bn_validate(__func__, handle, bn_mode, xDesc, yDesc, NULL,
+                                    bnScaleBiasMeanVarDesc, &tx, &ty, NULL, &tp);
+    if (st != miopenStatusSuccess)
+        return st;
+    if (!x || !y || !bnScale || !bnBias || !alpha || !beta)
+        return miopenStatusBadParm;
+    if ((st = bn_begin(__func__, handle, y)) != miopenStatusSuccess)
+        return st;
+    int running = resultRunningMean && resultRunningVariance;
+    int saved = resultSaveMean && resultSaveInvVariance;
+    miopenTensorDescriptor_t pd = bnScaleBiasMeanVarDesc;
+    bn_io_t io = {0};
+    void* hx = bn_fetch(__func__, &io, xDesc, x);
+    void* hy = bn_fetch(__func__, &io, yDesc, y);
+    void* hs = bn_fetch(__func__, &io, pd, bnScale);
+    void* hb = bn_fetch(__func__, &io, pd, bnBias);
+    void* hrm = bn_fetch(__func__, &io, pd, running ? resultRunningMean : NULL);
+    void* hrv = bn_fetch(__func__, &io, pd, running ? resultRunningVariance : NULL);
+    void* hsm = bn_fetch(__func__, &io, pd, saved ? resultSaveMean : NULL);
+    void* hsi = bn_fetch(__func__, &io, pd, saved ? resultSaveInvVariance : NULL);
+    char err[256];
+    if (io.failed) {
+        st = miopenStatusUnknownError;
+    } else {
+        double factor = bug("bn_factor_flip") ? 1.0 - expAvgFactor : expAvgFactor;
+        if (bug("clobber_gaps"))
+            memset(hy, 0, io.bytes[1]);
+        if (nb_forward_training((int)bn_mode, &tx, hx, &ty, hy, &tp, hs, hb, factor, hrm, hrv,
+                                epsilon, hsm, hsi, scalar(alpha, miopenFloat, 1.0),
+                                scalar(beta, miopenFloat, 0.0), err, sizeof err)) {
+            fprintf(stderr, "fake MIOpen: %s: %s\n", __func__, err);
+            st = miopenStatusBadParm;
+        } else {
+            bn_saved_var_bug(&tp, hsi, epsilon);
+            if (bn_store(__func__, y, hy, io.bytes[1]) ||
+                (running && (bn_store(__func__, resultRunningMean, hrm, io.bytes[4]) ||
+                             bn_store(__func__, resultRunningVariance, hrv, io.bytes[5]))) ||
+                (saved && (bn_store(__func__, resultSaveMean, hsm, io.bytes[6]) ||
+                           bn_store(__func__, resultSaveInvVariance, hsi, io.bytes[7]))))
+                st = miopenStatusUnknownError;
+        }
+    }
+    bn_io_free(&io);
+    if (st == miopenStatusSuccess)
+        fprintf(stderr, "fake MIOpen: %s ran on the GPU\n", __func__);
+    return st;
+}
+
+miopenStatus_t miopenBatchNormalizationForwardInference(
+    miopenHandle_t handle, miopenBatchNormMode_t bn_mode, void* alpha, void* beta,
+    const miopenTensorDescriptor_t xDesc, const void* x, const miopenTensorDescriptor_t yDesc,
+    void* y, const miopenTensorDescriptor_t bnScaleBiasMeanVarDesc, void* bnScale, void* bnBias,
+    void* estimatedMean, void* estimatedVariance, double epsilon)
+{
+    TRACE();
+    nc_tensor tx, ty, tp;
+    miopenStatus_t st = bn_validate(__func__, handle, bn_mode, xDesc, yDesc, NULL,
+                                    bnScaleBiasMeanVarDesc, &tx, &ty, NULL, &tp);
+    if (st != miopenStatusSuccess)
+        return st;
+    if (!x || !y || !bnScale || !bnBias || !alpha || !beta)
+        return miopenStatusBadParm;
+    if ((st = bn_begin(__func__, handle, y)) != miopenStatusSuccess)
+        return st;
+    int estimated = estimatedMean && estimatedVariance;
+    miopenTensorDescriptor_t pd = bnScaleBiasMeanVarDesc;
+    bn_io_t io = {0};
+    void* hx = bn_fetch(__func__, &io, xDesc, x);
+    void* hy = bn_fetch(__func__, &io, yDesc, y);
+    void* hs = bn_fetch(__func__, &io, pd, bnScale);
+    void* hb = bn_fetch(__func__, &io, pd, bnBias);
+    void* hm = bn_fetch(__func__, &io, pd, estimated ? estimatedMean : NULL);
+    void* hv = bn_fetch(__func__, &io, pd, estimated ? estimatedVariance : NULL);
+    char err[256];
+    if (io.failed) {
+        st = miopenStatusUnknownError;
+    } else {
+        if (bug("clobber_gaps"))
+            memset(hy, 0, io.bytes[1]);
+        if (nb_forward_inference((int)bn_mode, &tx, hx, &ty, hy, &tp, hs, hb, hm, hv, epsilon,
+                                 scalar(alpha, miopenFloat, 1.0), scalar(beta, miopenFloat, 0.0),
+                                 err, sizeof err)) {
+            fprintf(stderr, "fake MIOpen: %s: %s\n", __func__, err);
+            st = miopenStatusBadParm;
+        } else if (bn_store(__func__, y, hy, io.bytes[1])) {
+            st = miopenStatusUnknownError;
+        }
+    }
+    bn_io_free(&io);
+    if (st == miopenStatusSuccess)
+        fprintf(stderr, "fake MIOpen: %s ran on the GPU\n", __func__);
+    return st;
+}
+
+miopenStatus_t miopenBatchNormalizationBackward(
+    miopenHandle_t handle, miopenBatchNormMode_t bn_mode, const void* alphaDataDiff,
+    const void* betaDataDiff, const void* alphaParamDiff, const void* betaParamDiff,
+    const miopenTensorDescriptor_t xDesc, const void* x, const miopenTensorDescriptor_t dyDesc,
+    const void* dy, const miopenTensorDescriptor_t dxDesc, void* dx,
+    const miopenTensorDescriptor_t bnScaleBiasDiffDesc, const void* bnScale,
+    void* resultBnScaleDiff, void* resultBnBiasDiff, double epsilon, const void* savedMean,
+    const void* savedInvVariance)
+{
+    TRACE();
+    nc_tensor tx, tdy, tdx, tp;
+    miopenStatus_t st = bn_validate(__func__, handle, bn_mode, xDesc, dyDesc, dxDesc,
+                                    bnScaleBiasDiffDesc, &tx, &tdy, &tdx, &tp);
+    if (st != miopenStatusSuccess)
+        return st;
+    if (!x || !dy || !dx || !bnScale || !resultBnScaleDiff || !resultBnBiasDiff ||
+        !alphaDataDiff || !betaDataDiff || !alphaParamDiff || !betaParamDiff)
+        return miopenStatusBadParm;
+    if ((st = bn_begin(__func__, handle, dx)) != miopenStatusSuccess)
+        return st;
+    int saved = savedMean && savedInvVariance;
+    miopenTensorDescriptor_t pd = bnScaleBiasDiffDesc;
+    bn_io_t io = {0};
+    void* hx = bn_fetch(__func__, &io, xDesc, x);
+    void* hdy = bn_fetch(__func__, &io, dyDesc, dy);
+    void* hdx = bn_fetch(__func__, &io, dxDesc, dx);
+    void* hs = bn_fetch(__func__, &io, pd, bnScale);
+    void* hds = bn_fetch(__func__, &io, pd, resultBnScaleDiff);
+    void* hdb = bn_fetch(__func__, &io, pd, resultBnBiasDiff);
+    void* hsm = bn_fetch(__func__, &io, pd, saved ? savedMean : NULL);
+    void* hsi = bn_fetch(__func__, &io, pd, saved ? savedInvVariance : NULL);
+    char err[256];
+    if (io.failed) {
+        st = miopenStatusUnknownError;
+    } else {
+        if (bug("clobber_gaps"))
+            memset(hdx, 0, io.bytes[2]);
+        if (nb_backward((int)bn_mode, &tx, hx, &tdy, hdy, &tdx, hdx, &tp, hs, hds, hdb, epsilon, hsm,
+                        hsi, scalar(alphaDataDiff, miopenFloat, 1.0),
+                        scalar(betaDataDiff, miopenFloat, 0.0),
+                        scalar(alphaParamDiff, miopenFloat, 1.0),
+                        scalar(betaParamDiff, miopenFloat, 0.0), err, sizeof err)) {
+            fprintf(stderr, "fake MIOpen: %s: %s\n", __func__, err);
+            st = miopenStatusBadParm;
+        } else if (bn_store(__func__, dx, hdx, io.bytes[2]) ||
+                   bn_store(__func__, resultBnScaleDiff, hds, io.bytes[4]) ||
+                   bn_store(__func__, resultBnBiasDiff, hdb, io.bytes[5])) {
+            st = miopenStatusUnknownError;
+        }
+    }
+    bn_io_free(&io);
+    if (st == miopenStatusSuccess)
+        fprintf(stderr, "fake MIOpen: %s ran on the GPU\n", __func__);
+    return st;
 }

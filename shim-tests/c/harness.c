@@ -1,8 +1,9 @@
 /*
- * harness.c -- owns the convolution integration harness: it replays the exact
- * MIOpen call sequences PyTorch (aten/src/ATen/native/miopen/Conv_miopen.cpp)
- * and other clients issue, on a non-blocking HIP stream, and compares every
- * result with naive_conv on host copies.
+ * harness.c -- owns the convolution and batch-norm integration harness: it
+ * replays the exact MIOpen call sequences PyTorch
+ * (aten/src/ATen/native/miopen/Conv_miopen.cpp, BatchNorm_miopen.cpp) and
+ * other clients issue, on a non-blocking HIP stream, and compares every result
+ * with naive_conv / naive_bn on host copies.
  *
  * Built twice: as the executable harness_direct (-DHARNESS_MAIN, linked
  * against libMIOpen.so and libamdhip64.so) and as libconvplugin.so exporting
@@ -11,7 +12,8 @@
  *
  * CLI: [--mode default|benchmark|deterministic|immediate|compile|all]
  *      [--case SUBSTRING] [--list] [--only fwd|bwd_data|bwd_weights|bias]
- * (--only also takes fwd_bias or bwd_bias; "bias" selects both.)
+ * (--only also takes fwd_bias or bwd_bias; "bias" selects both; bn_train,
+ * bn_infer, bn_bwd or train_step; "bn" selects those four.)
  * Prints "ok <case> <mode> <direction> max_err=..." or "FAIL <case> <mode>
  * <direction>: ..." per check, then exactly "N passed, M failed"; exit status
  * 0 iff M == 0.
@@ -26,9 +28,20 @@
  * bytes. Results come back with hipMemcpyAsync + hipStreamSynchronize; inputs
  * must be unchanged, bytes between strided elements must be unchanged, and
  * every element must match the reference within the tolerance.
+ *
+ * Batch norm (kind K_BN, default mode only): forward training (y, running
+ * statistics, saved mean and inverse variance), inference, backward (dx,
+ * dscale, dbias) with PyTorch's argument pattern or NULL statistics pointers,
+ * spatial and per-activation, 4-D/5-D, NCHW/NHWC/padded, fp32/fp16/bf16 data
+ * with fp32 (or same-type) parameters. K_STEP replays one training step:
+ * convolution forward (Find + Forward), batch norm training, batch norm
+ * backward, convolution backward-data and backward-weights, issued back to
+ * back on the stream; each stage is checked against the reference applied to
+ * the device's own inputs of that stage.
  */
 #define _GNU_SOURCE
 #include "miopen_api.h"
+#include "naive_bn.h"
 #include "naive_conv.h"
 
 #include <math.h>
@@ -38,12 +51,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { K_CONV, K_DEPTHWISE, K_TRANS_PT, K_TRANS_MODE, K_BIAS } kind_t;
+typedef enum { K_CONV, K_DEPTHWISE, K_TRANS_PT, K_TRANS_MODE, K_BIAS, K_BN, K_STEP } kind_t;
 typedef enum { L_NCHW, L_NHWC, L_PADDED } layout_t;
 
-enum { DIR_FWD, DIR_BWD_DATA, DIR_BWD_WEIGHTS, DIR_FWD_BIAS, DIR_BWD_BIAS, DIR_COUNT };
-static const char* const dir_names[DIR_COUNT] = {"fwd", "bwd_data", "bwd_weights", "fwd_bias",
-                                                 "bwd_bias"};
+enum {
+    DIR_FWD,
+    DIR_BWD_DATA,
+    DIR_BWD_WEIGHTS,
+    DIR_FWD_BIAS,
+    DIR_BWD_BIAS,
+    DIR_BN_TRAIN,
+    DIR_BN_INFER,
+    DIR_BN_BWD,
+    DIR_STEP,
+    DIR_COUNT
+};
+static const char* const dir_names[DIR_COUNT] = {"fwd",      "bwd_data", "bwd_weights",
+                                                 "fwd_bias", "bwd_bias", "bn_train",
+                                                 "bn_infer", "bn_bwd",   "train_step"};
 
 enum { M_DEFAULT, M_BENCHMARK, M_DETERMINISTIC, M_IMMEDIATE, M_COMPILE, M_COUNT };
 static const char* const mode_names[M_COUNT] = {"default", "benchmark", "deterministic",
@@ -58,7 +83,10 @@ static const char* const mode_names[M_COUNT] = {"default", "benchmark", "determi
  * output. For kind K_CONV/K_DEPTHWISE `in` is X's spatial size; for the
  * transposed kinds it is Y's (the transposed convolution's input) and X gets
  * (in-1)*s - 2p + d(k-1) + 1 + adj. str/dil/g of 0 mean 1. For K_BIAS, k is
- * the channel count and `in` the spatial size of y. */
+ * the channel count and `in` the spatial size of y. For K_BN, c is the channel
+ * count and `in` the spatial size of x; bnm the miopenBatchNormMode_t, bnf
+ * BNF_* flags, factor/eps 0 mean PyTorch's defaults 0.1 / 1e-5. K_STEP is a
+ * K_CONV geometry (stride/dilation 1) followed by a spatial batch norm. */
 typedef struct {
     const char* name;
     kind_t kind;
@@ -69,7 +97,19 @@ typedef struct {
     int in[3], ker[3], pad[3], str[3], dil[3], adj[3];
     int ab; /* direct call with the alpha/beta below instead of PyTorch's (1, 0) */
     float alpha, beta;
+    int bnm, bnf;
+    float factor, eps;
 } case_t;
+
+/* Batch-norm flags: which statistics pointers are NULL, parameter type. */
+enum {
+    BNF_NO_RUNNING = 1, /* training: no running statistics; inference: no estimates */
+    BNF_NO_SAVED = 2,   /* training: no saved statistics; backward: recompute them */
+    BNF_HALF_PAIR = 4,  /* only the first pointer of each pair: as if both were NULL */
+    BNF_PARAM_SAME = 8, /* parameters in the data type instead of fp32 */
+};
+#define SPATIAL miopenBNSpatial
+#define PERACT miopenBNPerActivation
 
 /* clang-format off */
 static const case_t g_cases[] = {
@@ -183,6 +223,64 @@ static const case_t g_cases[] = {
     {.name = "3d_bias_f32", .kind = K_BIAS, .dtype = F32, .sd = 3, .n = 1, .k = 3, .in = {2, 3, 4}},
     {.name = "1d_bias_alpha_beta_f16", .kind = K_BIAS, .dtype = F16, .sd = 2, .n = 2, .k = 4,
      .in = {1, 7}, .ab = 1, .alpha = 2.0f, .beta = -0.5f},
+    /* ---- batch norm (names avoid "2d_": that filter selects convolutions) ---- */
+    {.name = "bn_spatial_4d_nchw_f32", .kind = K_BN, .dtype = F32, .sd = 2, .n = 2, .c = 3,
+     .in = {5, 4}, .bnm = SPATIAL},
+    {.name = "bn_spatial_4d_nchw_f16", .kind = K_BN, .dtype = F16, .sd = 2, .n = 2, .c = 4,
+     .in = {3, 5}, .bnm = SPATIAL},
+    {.name = "bn_spatial_4d_nchw_bf16", .kind = K_BN, .dtype = BF16, .sd = 2, .n = 3, .c = 2,
+     .in = {4, 4}, .bnm = SPATIAL},
+    {.name = "bn_spatial_4d_nhwc_f32", .kind = K_BN, .dtype = F32, .layout = L_NHWC, .sd = 2,
+     .n = 2, .c = 5, .in = {3, 3}, .bnm = SPATIAL},
+    {.name = "bn_spatial_4d_nhwc_f16", .kind = K_BN, .dtype = F16, .layout = L_NHWC, .sd = 2,
+     .n = 2, .c = 3, .in = {4, 3}, .bnm = SPATIAL},
+    {.name = "bn_spatial_4d_padded_f32", .kind = K_BN, .dtype = F32, .layout = L_PADDED,
+     .sd = 2, .n = 2, .c = 3, .in = {3, 4}, .bnm = SPATIAL},
+    {.name = "bn_spatial_5d_ncdhw_f32", .kind = K_BN, .dtype = F32, .sd = 3, .n = 2, .c = 2,
+     .in = {3, 2, 4}, .bnm = SPATIAL},
+    {.name = "bn_spatial_5d_ndhwc_bf16", .kind = K_BN, .dtype = BF16, .layout = L_NHWC,
+     .sd = 3, .n = 1, .c = 3, .in = {2, 3, 3}, .bnm = SPATIAL},
+    {.name = "bn_spatial_4d_nc_l1_f32", .kind = K_BN, .dtype = F32, .sd = 2, .n = 3, .c = 4,
+     .in = {7, 1}, .bnm = SPATIAL}, /* PyTorch's BatchNorm1d on (N, C, L) */
+    {.name = "bn_peract_4d_nc11_f32", .kind = K_BN, .dtype = F32, .sd = 2, .n = 5, .c = 6,
+     .in = {1, 1}, .bnm = PERACT}, /* PyTorch's BatchNorm1d on (N, C) */
+    {.name = "bn_peract_4d_nchw_f32", .kind = K_BN, .dtype = F32, .sd = 2, .n = 4, .c = 2,
+     .in = {3, 3}, .bnm = PERACT},
+    {.name = "bn_peract_4d_nchw_f16", .kind = K_BN, .dtype = F16, .sd = 2, .n = 3, .c = 2,
+     .in = {2, 3}, .bnm = PERACT},
+    {.name = "bn_peract_5d_ncdhw_f32", .kind = K_BN, .dtype = F32, .sd = 3, .n = 3, .c = 2,
+     .in = {2, 2, 2}, .bnm = PERACT},
+    {.name = "bn_peract_4d_nhwc_bf16", .kind = K_BN, .dtype = BF16, .layout = L_NHWC, .sd = 2,
+     .n = 4, .c = 3, .in = {2, 2}, .bnm = PERACT},
+    {.name = "bn_spatial_4d_no_running_f32", .kind = K_BN, .dtype = F32, .sd = 2, .n = 2,
+     .c = 3, .in = {3, 3}, .bnm = SPATIAL, .bnf = BNF_NO_RUNNING},
+    {.name = "bn_spatial_4d_no_saved_f16", .kind = K_BN, .dtype = F16, .sd = 2, .n = 2, .c = 3,
+     .in = {3, 3}, .bnm = SPATIAL, .bnf = BNF_NO_SAVED},
+    {.name = "bn_spatial_4d_half_pairs_f32", .kind = K_BN, .dtype = F32, .sd = 2, .n = 2,
+     .c = 3, .in = {2, 3}, .bnm = SPATIAL, .bnf = BNF_HALF_PAIR},
+    {.name = "bn_peract_4d_no_stats_f32", .kind = K_BN, .dtype = F32, .sd = 2, .n = 3, .c = 2,
+     .in = {2, 2}, .bnm = PERACT, .bnf = BNF_NO_RUNNING | BNF_NO_SAVED},
+    {.name = "bn_spatial_4d_params_f16", .kind = K_BN, .dtype = F16, .sd = 2, .n = 2, .c = 3,
+     .in = {3, 4}, .bnm = SPATIAL, .bnf = BNF_PARAM_SAME},
+    {.name = "bn_spatial_4d_single_f32", .kind = K_BN, .dtype = F32, .sd = 2, .n = 1, .c = 3,
+     .in = {1, 1}, .bnm = SPATIAL}, /* one element per channel: m / (m - 1) is skipped */
+    {.name = "bn_spatial_4d_factor1_eps_f32", .kind = K_BN, .dtype = F32, .sd = 2, .n = 2,
+     .c = 2, .in = {3, 3}, .bnm = SPATIAL, .factor = 1.0f, .eps = 0.5f},
+    {.name = "bn_spatial_4d_alpha_beta_f32", .kind = K_BN, .dtype = F32, .sd = 2, .n = 2,
+     .c = 3, .in = {3, 2}, .bnm = SPATIAL, .ab = 1, .alpha = 0.5f, .beta = 0.25f},
+    {.name = "bn_peract_4d_alpha_beta_f16", .kind = K_BN, .dtype = F16, .layout = L_NHWC,
+     .sd = 2, .n = 3, .c = 2, .in = {2, 2}, .bnm = PERACT, .ab = 1, .alpha = 2.0f,
+     .beta = -1.0f},
+    {.name = "bn_spatial_5d_alpha_beta_padded_bf16", .kind = K_BN, .dtype = BF16,
+     .layout = L_PADDED, .sd = 3, .n = 2, .c = 2, .in = {2, 2, 3}, .bnm = SPATIAL, .ab = 1,
+     .alpha = 1.0f, .beta = 1.0f},
+    /* ---- one training step: conv -> batch norm -> backward through both ---- */
+    {.name = "bn_step_conv_bn_f32", .kind = K_STEP, .dtype = F32, .sd = 2, .n = 2, .c = 3,
+     .k = 4, .in = {6, 6}, .ker = {3, 3}, .pad = {1, 1}},
+    {.name = "bn_step_conv_bn_nhwc_f16", .kind = K_STEP, .dtype = F16, .layout = L_NHWC,
+     .sd = 2, .n = 2, .c = 3, .k = 4, .in = {5, 5}, .ker = {3, 3}, .pad = {1, 1}},
+    {.name = "bn_step_conv_bn_3d_bf16", .kind = K_STEP, .dtype = BF16, .sd = 3, .n = 1, .c = 2,
+     .k = 3, .in = {3, 4, 4}, .ker = {3, 3, 3}, .pad = {1, 1, 1}},
 };
 /* clang-format on */
 #define NUM_CASES ((int)(sizeof g_cases / sizeof g_cases[0]))
@@ -685,6 +783,11 @@ static int issue(const case_t* cs, int mode, const plan_t* p, miopenConvolutionD
 
 static int applicable(const case_t* cs, int mode, int dir)
 {
+    if (cs->kind == K_BN)
+        return (dir == DIR_BN_TRAIN || dir == DIR_BN_INFER || dir == DIR_BN_BWD) &&
+               mode == M_DEFAULT;
+    if (cs->kind == K_STEP)
+        return dir == DIR_STEP && mode == M_DEFAULT;
     if (cs->kind == K_BIAS)
         return (dir == DIR_FWD_BIAS || dir == DIR_BWD_BIAS) && mode != M_IMMEDIATE &&
                mode != M_COMPILE;
@@ -943,6 +1046,389 @@ static int bias_check(const case_t* cs, int mode, int dir, double* max_err, doub
 }
 
 /* ------------------------------------------------------------------ */
+/* batch norm                                                           */
+/* ------------------------------------------------------------------ */
+
+static double bn_factor(const case_t* cs) { return cs->factor != 0.0f ? cs->factor : 0.1; }
+static double bn_eps(const case_t* cs) { return cs->eps != 0.0f ? cs->eps : 1e-5; }
+
+/* Every element v becomes a * v + b + step * (channel % 4): positive variances,
+ * means away from zero. */
+static void tens_affine(tens_t* T, double a, double b, double step)
+{
+    size_t n;
+    size_t* offs = logical_offsets(&T->t, &n);
+    size_t S = 1;
+    for (int i = 2; i < T->t.nd; i++)
+        S *= (size_t)T->t.lens[i];
+    for (size_t i = 0; i < n; i++) {
+        double v = nc_load(T->t.dtype, T->host, offs[i]);
+        double c = (double)((i / S) % (size_t)T->t.lens[1] % 4);
+        nc_store(T->t.dtype, T->host, offs[i], a * v + b + step * c);
+    }
+    free(offs);
+}
+
+/* Reference images: a copy of what was uploaded for each output, for the
+ * reference to write into; NULL for the others. */
+static void refs_init(tens_t** all, int nt, unsigned char** ref)
+{
+    for (int i = 0; i < nt; i++) {
+        ref[i] = NULL;
+        if (all[i]->is_output) {
+            ref[i] = malloc(all[i]->bytes ? all[i]->bytes : 1);
+            memcpy(ref[i], all[i]->host, all[i]->bytes);
+        }
+    }
+}
+
+/* Checks every output against its reference image with tolerance parameter
+ * L[i]; keeps the largest error and tolerance; frees the images. */
+static int refs_check(tens_t** all, int nt, unsigned char** ref, const double* L,
+                      double* max_err, double* tol, why_t* why)
+{
+    int rc = 0;
+    for (int i = 0; i < nt; i++) {
+        if (ref[i] && rc == 0) {
+            double e = 0, t = 0;
+            rc = verify_output(all[i], ref[i], L[i], &e, &t, why);
+            *max_err = fmax(*max_err, e);
+            *tol = fmax(*tol, t);
+        }
+        free(ref[i]);
+        ref[i] = NULL;
+    }
+    return rc;
+}
+
+static void refs_free(unsigned char** ref, int nt)
+{
+    for (int i = 0; i < nt; i++) {
+        free(ref[i]);
+        ref[i] = NULL;
+    }
+}
+
+/* Tensors of one batch-norm check, in this order. */
+enum { BN_X, BN_Y, BN_DX, BN_SCALE, BN_BIAS, BN_MEAN, BN_VAR, BN_SMEAN, BN_SINV, BN_DS, BN_DB,
+       BN_NT };
+
+static int bn_check(const case_t* cs, int dir, double* max_err, double* tol, why_t* why)
+{
+    const int nd = cs->sd + 2, mode = cs->bnm, f = cs->bnf;
+    const int train = dir == DIR_BN_TRAIN, infer = dir == DIR_BN_INFER, bwd = dir == DIR_BN_BWD;
+    int xl[5] = {cs->n, cs->c}, pl[5] = {1, cs->c};
+    for (int i = 0; i < cs->sd; i++) {
+        xl[2 + i] = cs->in[i];
+        pl[2 + i] = mode == SPATIAL ? 1 : cs->in[i];
+    }
+    const int pdt = (f & BNF_PARAM_SAME) ? cs->dtype : F32;
+    const double factor = bn_factor(cs), eps = bn_eps(cs);
+    float alpha = cs->ab ? cs->alpha : 1.0f, beta = cs->ab ? cs->beta : 0.0f;
+
+    /* Which statistics pointers are passed; MIOpen uses a pair only when both are.
+     * mean/var: running (training), estimated (inference), saved (backward input);
+     * smean/sinv: saved (training output). */
+    int pass_mean = 1, pass_smean = 1;
+    if ((train || infer) && (f & BNF_NO_RUNNING))
+        pass_mean = 0;
+    if (bwd && (f & BNF_NO_SAVED))
+        pass_mean = 0;
+    if (train && (f & BNF_NO_SAVED))
+        pass_smean = 0;
+    const int half = (f & BNF_HALF_PAIR) != 0;
+    const int pass_var = pass_mean && !half, pass_sinv = pass_smean && !half;
+    const int pair = pass_mean && pass_var, saved_pair = pass_smean && pass_sinv;
+
+    tens_t T[BN_NT];
+    memset(T, 0, sizeof T);
+    tens_init(&T[BN_X], "x", cs->dtype, nd, xl, cs->layout, 0);
+    tens_init(&T[BN_Y], bwd ? "dy" : "y", cs->dtype, nd, xl, cs->layout, 0);
+    tens_init(&T[BN_SCALE], "scale", pdt, nd, pl, L_NCHW, 0);
+    tens_init(&T[BN_MEAN], train ? "running_mean" : infer ? "estimated_mean" : "saved_mean", pdt,
+              nd, pl, L_NCHW, 0);
+    tens_init(&T[BN_VAR], train ? "running_var" : infer ? "estimated_var" : "saved_inv_var",
+              pdt, nd, pl, L_NCHW, 0);
+    if (bwd) {
+        tens_init(&T[BN_DX], "dx", cs->dtype, nd, xl, cs->layout, 0);
+        tens_init(&T[BN_DS], "dscale", pdt, nd, pl, L_NCHW, 0);
+        tens_init(&T[BN_DB], "dbias", pdt, nd, pl, L_NCHW, 0);
+        T[BN_DX].is_output = T[BN_DS].is_output = T[BN_DB].is_output = 1;
+    } else {
+        tens_init(&T[BN_BIAS], "bias", pdt, nd, pl, L_NCHW, 0);
+        T[BN_Y].is_output = 1;
+    }
+    if (train) {
+        tens_init(&T[BN_SMEAN], "saved_mean", pdt, nd, pl, L_NCHW, 0);
+        tens_init(&T[BN_SINV], "saved_inv_var", pdt, nd, pl, L_NCHW, 0);
+        /* a lone pointer of a pair is never written: checked as an input */
+        T[BN_MEAN].is_output = T[BN_VAR].is_output = pair;
+        T[BN_SMEAN].is_output = T[BN_SINV].is_output = saved_pair;
+    }
+
+    tens_t* all[BN_NT];
+    double L[BN_NT];
+    int nt = 0, idx[BN_NT];
+    for (int i = 0; i < BN_NT; i++)
+        if (T[i].host) {
+            idx[i] = nt;
+            all[nt++] = &T[i];
+        }
+    /* Outputs start as NaN unless blended (beta) or updated (running statistics). */
+    uint64_t rng = seed_for(cs->name, M_DEFAULT, dir);
+    for (int i = 0; i < BN_NT; i++) {
+        if (!T[i].host)
+            continue;
+        int blended = beta != 0.0f && (i == BN_Y || i == BN_DX || i == BN_DS || i == BN_DB);
+        int updated = train && (i == BN_MEAN || i == BN_VAR);
+        tens_fill(&T[i], &rng, T[i].is_output && !blended && !updated);
+    }
+    tens_affine(&T[BN_X], 1.5, 0.0, 0.75);
+    tens_affine(&T[BN_SCALE], 0.5, 1.0, 0.0);
+    if (!bwd)
+        tens_affine(&T[BN_VAR], 0.4, 1.0, 0.0); /* running or estimated variance > 0 */
+    int rc = 0;
+    char err[256];
+    if (bwd) {
+        /* saved statistics as the forward pass leaves them */
+        tens_t Yt, Bt;
+        tens_init(&Yt, "y", cs->dtype, nd, xl, cs->layout, 0);
+        tens_init(&Bt, "bias", pdt, nd, pl, L_NCHW, 0);
+        memset(Bt.host, 0, Bt.bytes);
+        if (nb_forward_training(mode, &T[BN_X].t, T[BN_X].host, &Yt.t, Yt.host, &T[BN_SCALE].t,
+                                T[BN_SCALE].host, Bt.host, 0.0, NULL, NULL, eps,
+                                T[BN_MEAN].host, T[BN_VAR].host, 1.0, 0.0, err, sizeof err))
+            rc = failf(why, "reference (saved statistics) failed: %s", err);
+        tens_free(&Yt);
+        tens_free(&Bt);
+    }
+    for (int i = 0; i < nt && rc == 0; i++)
+        rc = tens_device(all[i], why);
+    if (rc == 0)
+        rc = upload(all, nt, why);
+    if (rc == 0) {
+        void* m = pass_mean ? T[BN_MEAN].dev : NULL;
+        void* v = pass_var ? T[BN_VAR].dev : NULL;
+        miopenBatchNormMode_t bm = (miopenBatchNormMode_t)mode;
+        miopenStatus_t st;
+        const char* fn;
+        if (train) {
+            fn = "miopenBatchNormalizationForwardTraining";
+            st = miopenBatchNormalizationForwardTraining(
+                g_handle, bm, &alpha, &beta, T[BN_X].md, T[BN_X].dev, T[BN_Y].md, T[BN_Y].dev,
+                T[BN_SCALE].md, T[BN_SCALE].dev, T[BN_BIAS].dev, factor, m, v, eps,
+                pass_smean ? T[BN_SMEAN].dev : NULL, pass_sinv ? T[BN_SINV].dev : NULL);
+        } else if (infer) {
+            fn = "miopenBatchNormalizationForwardInference";
+            st = miopenBatchNormalizationForwardInference(
+                g_handle, bm, &alpha, &beta, T[BN_X].md, T[BN_X].dev, T[BN_Y].md, T[BN_Y].dev,
+                T[BN_SCALE].md, T[BN_SCALE].dev, T[BN_BIAS].dev, m, v, eps);
+        } else {
+            fn = "miopenBatchNormalizationBackward";
+            st = miopenBatchNormalizationBackward(
+                g_handle, bm, &alpha, &beta, &alpha, &beta, T[BN_X].md, T[BN_X].dev, T[BN_Y].md,
+                T[BN_Y].dev, T[BN_DX].md, T[BN_DX].dev, T[BN_SCALE].md, T[BN_SCALE].dev,
+                T[BN_DS].dev, T[BN_DB].dev, eps, m, v);
+        }
+        if (st != miopenStatusSuccess)
+            rc = failf(why, "%s returned %s", fn, miopenGetErrorString(st));
+    }
+    if (rc == 0)
+        rc = download(all, nt, why);
+    if (rc == 0)
+        rc = verify_inputs(all, nt, why);
+    if (rc == 0) {
+        unsigned char* ref[BN_NT];
+        refs_init(all, nt, ref);
+#define REF(t) (T[t].host ? ref[idx[t]] : NULL)
+        tens_t *X = &T[BN_X], *Y = &T[BN_Y], *P = &T[BN_SCALE];
+        int e;
+        if (train)
+            e = nb_forward_training(mode, &X->t, X->host, &Y->t, REF(BN_Y), &P->t, P->host,
+                                    T[BN_BIAS].host, factor, REF(BN_MEAN), REF(BN_VAR), eps,
+                                    REF(BN_SMEAN), REF(BN_SINV), alpha, beta, err, sizeof err);
+        else if (infer)
+            e = nb_forward_inference(mode, &X->t, X->host, &Y->t, REF(BN_Y), &P->t, P->host,
+                                     T[BN_BIAS].host, pass_mean ? T[BN_MEAN].host : NULL,
+                                     pass_var ? T[BN_VAR].host : NULL, eps, alpha, beta, err,
+                                     sizeof err);
+        else
+            e = nb_backward(mode, &X->t, X->host, &Y->t, Y->host, &T[BN_DX].t, REF(BN_DX), &P->t,
+                            P->host, REF(BN_DS), REF(BN_DB), eps,
+                            pass_mean ? T[BN_MEAN].host : NULL, pass_var ? T[BN_VAR].host : NULL,
+                            alpha, beta, alpha, beta, err, sizeof err);
+#undef REF
+        if (e) {
+            refs_free(ref, nt);
+            rc = failf(why, "reference failed: %s", err);
+        } else {
+            /* y: one rounding (plus beta's term); sums over m elements otherwise */
+            double m = (double)nc_num_elements(&X->t) / (double)nc_num_elements(&P->t);
+            for (int i = 0; i < nt; i++)
+                L[i] = (all[i] == Y ? 1 : m) + (beta != 0.0f);
+            rc = refs_check(all, nt, ref, L, max_err, tol, why);
+        }
+    }
+    for (int i = 0; i < nt; i++)
+        tens_free(all[i]);
+    return rc;
+}
+
+/* One training step as PyTorch runs it: conv forward (Find + Forward), batch
+ * norm training, batch norm backward, conv backward-data and backward-weights
+ * (Find + call each), issued back to back on the stream. Each stage is then
+ * checked against the reference applied to the device's own inputs of that
+ * stage. */
+enum { ST_X, ST_W, ST_YC, ST_Z, ST_DZ, ST_DYC, ST_DX, ST_DW, ST_SCALE, ST_BIAS, ST_RM, ST_RV,
+       ST_SM, ST_SI, ST_DS, ST_DB, ST_NT };
+
+static int step_conv(const plan_t* p, miopenConvolutionDescriptor_t cd, why_t* why)
+{
+    miopenConvAlgoPerf_t perf;
+    size_t ws_reported = 0;
+    if (find_algo(p, cd, 0, &perf, &ws_reported, why))
+        return -1;
+    void* ws = NULL;
+    if (perf.memory)
+        HIPCHK(hipMalloc(&ws, perf.memory));
+    float one = 1.0f, zero = 0.0f;
+    int rc = run_plain(p, cd, (int)perf.fwd_algo, &one, &zero, ws, perf.memory, why);
+    if (ws)
+        hipFree(ws);
+    return rc;
+}
+
+/* The batch-norm stages of the step: training on the convolution's output,
+ * then backward with the saved statistics, as PyTorch calls them. */
+static int step_bn(tens_t* T, double factor, double eps, why_t* why)
+{
+    float one = 1.0f, zero = 0.0f;
+    MIOCHK(miopenBatchNormalizationForwardTraining(
+        g_handle, miopenBNSpatial, &one, &zero, T[ST_YC].md, T[ST_YC].dev, T[ST_Z].md,
+        T[ST_Z].dev, T[ST_SCALE].md, T[ST_SCALE].dev, T[ST_BIAS].dev, factor, T[ST_RM].dev,
+        T[ST_RV].dev, eps, T[ST_SM].dev, T[ST_SI].dev));
+    MIOCHK(miopenBatchNormalizationBackward(
+        g_handle, miopenBNSpatial, &one, &zero, &one, &zero, T[ST_YC].md, T[ST_YC].dev,
+        T[ST_DZ].md, T[ST_DZ].dev, T[ST_DYC].md, T[ST_DYC].dev, T[ST_SCALE].md, T[ST_SCALE].dev,
+        T[ST_DS].dev, T[ST_DB].dev, eps, T[ST_SM].dev, T[ST_SI].dev));
+    return 0;
+}
+
+static int step_check(const case_t* cs, double* max_err, double* tol, why_t* why)
+{
+    const int sd = cs->sd, nd = sd + 2, K = cs->k;
+    int pad[3], one3[3] = {1, 1, 1};
+    int xl[5] = {cs->n, cs->c}, wl[5] = {K, cs->c}, yl[5] = {cs->n, K}, pl[5] = {1, K};
+    double taps = 1, out_pos = 1;
+    for (int i = 0; i < sd; i++) {
+        pad[i] = cs->pad[i];
+        xl[2 + i] = cs->in[i];
+        wl[2 + i] = cs->ker[i];
+        yl[2 + i] = cs->in[i] + 2 * pad[i] - cs->ker[i] + 1;
+        pl[2 + i] = 1;
+        taps *= cs->ker[i];
+        out_pos *= yl[2 + i];
+    }
+    const double factor = bn_factor(cs), eps = bn_eps(cs);
+    static const char* const names[ST_NT] = {
+        "x",     "w",    "conv_y",       "bn_y",        "bn_dy",         "conv_dy",
+        "dx",    "dw",   "scale",        "bias",        "running_mean",  "running_var",
+        "saved_mean",    "saved_inv_var", "dscale",     "dbias"};
+    tens_t T[ST_NT];
+    tens_t* all[ST_NT];
+    for (int i = 0; i < ST_NT; i++) {
+        const int* lens = i == ST_X || i == ST_DX ? xl : i == ST_W || i == ST_DW ? wl
+                          : i >= ST_SCALE                                       ? pl
+                                                                                : yl;
+        int is_param = i >= ST_SCALE;
+        tens_init(&T[i], names[i], is_param ? F32 : cs->dtype, nd, lens,
+                  is_param ? L_NCHW : cs->layout, i == ST_W || i == ST_DW);
+        T[i].is_output = !(i == ST_X || i == ST_W || i == ST_DZ || i == ST_SCALE || i == ST_BIAS);
+        all[i] = &T[i];
+    }
+    uint64_t rng = seed_for(cs->name, M_DEFAULT, DIR_STEP);
+    for (int i = 0; i < ST_NT; i++)
+        tens_fill(&T[i], &rng, T[i].is_output && i != ST_RM && i != ST_RV);
+    tens_affine(&T[ST_SCALE], 0.5, 1.0, 0.0);
+    tens_affine(&T[ST_RV], 0.4, 1.0, 0.0);
+    miopenConvolutionDescriptor_t cd = NULL;
+    int rc = 0;
+    for (int i = 0; i < ST_NT && rc == 0; i++)
+        rc = tens_device(&T[i], why);
+    if (rc == 0 && (miopenCreateConvolutionDescriptor(&cd) != miopenStatusSuccess ||
+                    miopenInitConvolutionNdDescriptor(cd, sd, pad, one3, one3,
+                                                      miopenConvolution) != miopenStatusSuccess))
+        rc = failf(why, "convolution descriptor setup failed");
+    if (rc == 0)
+        rc = upload(all, ST_NT, why);
+    if (rc == 0) {
+        plan_t p = {CALL_FWD, &T[ST_X], &T[ST_W], &T[ST_YC]};
+        rc = step_conv(&p, cd, why);
+    }
+    if (rc == 0)
+        rc = step_bn(T, factor, eps, why);
+    if (rc == 0) {
+        plan_t p = {CALL_BWD_DATA, &T[ST_DYC], &T[ST_W], &T[ST_DX]};
+        rc = step_conv(&p, cd, why);
+    }
+    if (rc == 0) {
+        plan_t p = {CALL_BWD_WEIGHTS, &T[ST_DYC], &T[ST_X], &T[ST_DW]};
+        rc = step_conv(&p, cd, why);
+    }
+    if (rc == 0)
+        rc = download(all, ST_NT, why);
+    if (rc == 0)
+        rc = verify_inputs(all, ST_NT, why);
+    if (rc == 0) {
+        unsigned char* ref[ST_NT];
+        double L[ST_NT];
+        refs_init(all, ST_NT, ref);
+        nc_conv c = {.spatial = sd, .groups = 1, .transpose = 0};
+        for (int i = 0; i < sd; i++) {
+            c.pad[i] = pad[i];
+            c.stride[i] = c.dil[i] = 1;
+        }
+        const double m = cs->n * out_pos;
+        for (int i = 0; i < ST_NT; i++)
+            L[i] = m;
+        L[ST_YC] = cs->c * taps;
+        L[ST_Z] = 1;
+        L[ST_DX] = K * taps;
+        char err[256];
+        int e = nc_conv_run(NC_FWD, &c, &T[ST_X].t, T[ST_X].host, &T[ST_W].t, T[ST_W].host,
+                            &T[ST_YC].t, ref[ST_YC], 1.0, 0.0, err, sizeof err);
+        /* the later stages read what the device holds */
+        if (!e)
+            e = nb_forward_training(NB_SPATIAL, &T[ST_YC].t, T[ST_YC].back, &T[ST_Z].t, ref[ST_Z],
+                                    &T[ST_SCALE].t, T[ST_SCALE].host, T[ST_BIAS].host, factor,
+                                    ref[ST_RM], ref[ST_RV], eps, ref[ST_SM], ref[ST_SI], 1.0, 0.0,
+                                    err, sizeof err);
+        if (!e)
+            e = nb_backward(NB_SPATIAL, &T[ST_YC].t, T[ST_YC].back, &T[ST_DZ].t, T[ST_DZ].host,
+                            &T[ST_DYC].t, ref[ST_DYC], &T[ST_SCALE].t, T[ST_SCALE].host,
+                            ref[ST_DS], ref[ST_DB], eps, T[ST_SM].back, T[ST_SI].back, 1.0, 0.0,
+                            1.0, 0.0, err, sizeof err);
+        if (!e)
+            e = nc_conv_run(NC_BWD_DATA, &c, &T[ST_DYC].t, T[ST_DYC].back, &T[ST_W].t,
+                            T[ST_W].host, &T[ST_DX].t, ref[ST_DX], 1.0, 0.0, err, sizeof err);
+        if (!e)
+            e = nc_conv_run(NC_BWD_WEIGHTS, &c, &T[ST_DYC].t, T[ST_DYC].back, &T[ST_X].t,
+                            T[ST_X].host, &T[ST_DW].t, ref[ST_DW], 1.0, 0.0, err, sizeof err);
+        if (e) {
+            refs_free(ref, ST_NT);
+            rc = failf(why, "reference failed: %s", err);
+        } else {
+            rc = refs_check(all, ST_NT, ref, L, max_err, tol, why);
+        }
+    }
+    if (cd)
+        miopenDestroyConvolutionDescriptor(cd);
+    for (int i = 0; i < ST_NT; i++)
+        tens_free(&T[i]);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
 /* driver                                                               */
 /* ------------------------------------------------------------------ */
 
@@ -950,7 +1436,8 @@ static void usage(FILE* f)
 {
     fprintf(f, "usage: harness [--mode default|benchmark|deterministic|immediate|compile|all]\n"
                "               [--case SUBSTRING] [--list]\n"
-               "               [--only fwd|bwd_data|bwd_weights|bias|fwd_bias|bwd_bias]\n");
+               "               [--only fwd|bwd_data|bwd_weights|bias|fwd_bias|bwd_bias|\n"
+               "                       bn|bn_train|bn_infer|bn_bwd|train_step]\n");
 }
 
 static int dir_selected(const char* only, int dir)
@@ -959,6 +1446,8 @@ static int dir_selected(const char* only, int dir)
         return 1;
     if (strcmp(only, "bias") == 0)
         return dir == DIR_FWD_BIAS || dir == DIR_BWD_BIAS;
+    if (strcmp(only, "bn") == 0)
+        return dir >= DIR_BN_TRAIN && dir <= DIR_STEP;
     return strcmp(only, dir_names[dir]) == 0;
 }
 
@@ -1002,7 +1491,7 @@ int harness_main(int argc, char** argv)
         usage(stderr);
         return 2;
     }
-    int only_ok = !only || strcmp(only, "bias") == 0;
+    int only_ok = !only || strcmp(only, "bias") == 0 || strcmp(only, "bn") == 0;
     for (int d = 0; d < DIR_COUNT && !only_ok; d++)
         only_ok = strcmp(only, dir_names[d]) == 0;
     if (!only_ok) {
@@ -1057,10 +1546,12 @@ int harness_main(int argc, char** argv)
                 double max_err = 0, tol = 0;
                 size_t ws = 0;
                 int rc = cs->kind == K_BIAS ? bias_check(cs, mode, d, &max_err, &tol, &why)
-                                            : conv_check(cs, mode, d, &max_err, &tol, &ws, &why);
+                         : cs->kind == K_BN   ? bn_check(cs, d, &max_err, &tol, &why)
+                         : cs->kind == K_STEP ? step_check(cs, &max_err, &tol, &why)
+                                              : conv_check(cs, mode, d, &max_err, &tol, &ws, &why);
                 if (rc == 0) {
                     passed++;
-                    if (cs->kind == K_BIAS)
+                    if (cs->kind == K_BIAS || cs->kind == K_BN || cs->kind == K_STEP)
                         printf("ok %s %s %s max_err=%.3g tol=%.3g\n", cs->name, mode_names[mode],
                                dir_names[d], max_err, tol);
                     else

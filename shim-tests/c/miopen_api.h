@@ -1,9 +1,10 @@
 /*
  * miopen_api.h -- owns the test suite's own declarations of the MIOpen C API
  * subset exercised by rdna1shim's tests: status/data-type/mode/algorithm enums
- * with MIOpen's exact values, the miopenConvAlgoPerf_t / miopenConvSolution_t
- * layouts, opaque handle/descriptor types and the prototypes implemented by
- * fake_miopen.c and called by the harness.
+ * (convolution and batch norm) with MIOpen's exact values, the
+ * miopenConvAlgoPerf_t / miopenConvSolution_t layouts, opaque handle/descriptor
+ * types and the prototypes implemented by fake_miopen.c and called by the
+ * harness.
  */
 #ifndef SHIM_TESTS_MIOPEN_API_H
 #define SHIM_TESTS_MIOPEN_API_H
@@ -62,6 +63,8 @@ typedef enum {
     miopenGroupConv = 2,
     miopenDepthwise = 3
 } miopenConvolutionMode_t;
+
+typedef enum { miopenBNPerActivation = 0, miopenBNSpatial = 1 } miopenBatchNormMode_t;
 
 typedef enum {
     MIOPEN_CONVOLUTION_ATTRIB_FP16_ALT_IMPL = 0,
@@ -350,6 +353,27 @@ miopenStatus_t miopenConvolutionBackwardBias(miopenHandle_t handle, const void* 
                                              const miopenTensorDescriptor_t dyDesc,
                                              const void* dy, const void* beta,
                                              const miopenTensorDescriptor_t dbDesc, void* db);
+
+/* ---- batch normalization ---- */
+miopenStatus_t miopenBatchNormalizationForwardTraining(
+    miopenHandle_t handle, miopenBatchNormMode_t bn_mode, void* alpha, void* beta,
+    const miopenTensorDescriptor_t xDesc, const void* x, const miopenTensorDescriptor_t yDesc,
+    void* y, const miopenTensorDescriptor_t bnScaleBiasMeanVarDesc, void* bnScale, void* bnBias,
+    double expAvgFactor, void* resultRunningMean, void* resultRunningVariance, double epsilon,
+    void* resultSaveMean, void* resultSaveInvVariance);
+miopenStatus_t miopenBatchNormalizationForwardInference(
+    miopenHandle_t handle, miopenBatchNormMode_t bn_mode, void* alpha, void* beta,
+    const miopenTensorDescriptor_t xDesc, const void* x, const miopenTensorDescriptor_t yDesc,
+    void* y, const miopenTensorDescriptor_t bnScaleBiasMeanVarDesc, void* bnScale, void* bnBias,
+    void* estimatedMean, void* estimatedVariance, double epsilon);
+miopenStatus_t miopenBatchNormalizationBackward(
+    miopenHandle_t handle, miopenBatchNormMode_t bn_mode, const void* alphaDataDiff,
+    const void* betaDataDiff, const void* alphaParamDiff, const void* betaParamDiff,
+    const miopenTensorDescriptor_t xDesc, const void* x, const miopenTensorDescriptor_t dyDesc,
+    const void* dy, const miopenTensorDescriptor_t dxDesc, void* dx,
+    const miopenTensorDescriptor_t bnScaleBiasDiffDesc, const void* bnScale,
+    void* resultBnScaleDiff, void* resultBnBiasDiff, double epsilon, const void* savedMean,
+    const void* savedInvVariance);
 
 #ifdef __cplusplus
 }

@@ -16,6 +16,7 @@
 //! dispatch).
 
 mod avx512_gemm;
+pub mod batchnorm;
 pub mod conv;
 mod depthwise;
 mod geometry;
