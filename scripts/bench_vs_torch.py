@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: rdna1shim's CPU engine against PyTorch's CPU convolution
+(oneDNN), same machine, same thread count, measured in the same run.
+
+    python3 scripts/bench_vs_torch.py [--threads N] [--layer SUBSTRING] [--bench PATH] [--markdown]
+
+The layer list comes from the engine's own benchmark (`conv_bench --json`, built with
+`cargo build --release --bin conv_bench`), which prints each layer's geometry; this
+script times PyTorch on exactly that geometry:
+  forward          F.conv{1,2,3}d
+  backward_data    aten.convolution_backward, grad-input only (= a transposed conv forward)
+  backward_weights aten.convolution_backward, grad-weight only
+Without PyTorch installed it prints the engine's numbers only.
+"""
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_ours(bench, threads, layer):
+    cmd = [bench, "--json", "--threads", str(threads)]
+    if layer:
+        cmd += ["--layer", layer]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+
+
+def spatial_dims(s):
+    """1, 2 or 3: the engine pads lower-dimensional problems with leading unit dims."""
+    for sd, lead in ((1, 2), (2, 1)):
+        if all(s["input"][i] == 1 and s["kernel"][i] == 1 and s["pad"][i] == 0 and s["stride"][i] == 1
+               and s["dilation"][i] == 1 for i in range(lead)):
+            return sd
+    return 3
+
+
+def torch_runner(torch, s, p):
+    import torch.nn.functional as F
+    sd = spatial_dims(s)
+    sl = slice(3 - sd, 3)
+    x = torch.randn([s["n"], s["c_in"]] + s["input"][sl])
+    w = torch.randn([s["c_out"], s["c_in"] // s["groups"]] + s["kernel"][sl])
+    dy = torch.randn([s["n"], s["c_out"]] + s["output"][sl])
+    stride, pad, dil, g = s["stride"][sl], s["pad"][sl], s["dilation"][sl], s["groups"]
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[sd]
+    back = torch.ops.aten.convolution_backward
+    if p == "forward":
+        return lambda: conv(x, w, None, stride, pad, dil, g)
+    mask = [True, False, False] if p == "backward_data" else [False, True, False]
+    return lambda: back(dy, x, w, None, stride, pad, dil, False, [0] * sd, g, mask)
+
+
+def time_best(fn, min_ms=300, min_runs=3):
+    fn()  # warm-up (oneDNN primitive creation)
+    best, total, runs = float("inf"), 0.0, 0
+    while runs < min_runs or total * 1e3 < min_ms:
+        t = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t
+        best, total, runs = min(best, dt), total + dt, runs + 1
+    return best
+
+
+def geomean(v):
+    v = [x for x in v if x > 0]
+    return math.exp(sum(math.log(x) for x in v) / len(v)) if v else float("nan")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--layer", default="")
+    ap.add_argument("--bench", default=os.path.join(ROOT, "target", "release", "conv_bench"))
+    ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    a = ap.parse_args()
+    if not os.path.exists(a.bench):
+        sys.exit(f"{a.bench} not found: cargo build --release --bin conv_bench")
+    try:
+        import torch
+        torch.set_num_threads(a.threads)
+        peer = f"PyTorch {torch.__version__} CPU (oneDNN {torch.backends.mkldnn.is_available()})"
+    except ImportError:
+        torch, peer = None, None
+    rows = run_ours(a.bench, a.threads, a.layer)
+    print(f"# {a.threads} threads; peer: {peer or 'none (PyTorch not installed)'}")
+    if a.markdown:
+        print("| layer | pass | ours GFLOP/s | PyTorch GFLOP/s | ratio | ours extra MiB |")
+        print("|---|---|---:|---:|---:|---:|")
+    ratios = {}
+    for r in rows:
+        flops = r["gflops"] * r["ms"] * 1e6  # GFLOP/s * ms = MFLOP; *1e6 -> FLOP
+        theirs = None
+        if torch is not None:
+            with torch.no_grad():
+                theirs = flops / time_best(torch_runner(torch, r["shape"], r["pass"])) / 1e9
+        ratio = r["gflops"] / theirs if theirs else None
+        if ratio:
+            ratios.setdefault(r["pass"], []).append(ratio)
+        cells = [r["layer"], r["pass"], f"{r['gflops']:.1f}", f"{theirs:.1f}" if theirs else "-",
+                 f"{ratio:.2f}x" if ratio else "-", f"{r['extra_mib']}" if r["extra_mib"] is not None else "-"]
+        if a.markdown:
+            print("| " + " | ".join(cells) + " |")
+        else:
+            print(f"{cells[0]:<40} {cells[1]:>16} ours {cells[2]:>7}  torch {cells[3]:>7}  ratio {cells[4]:>7}  extra {cells[5]:>6} MiB")
+        sys.stdout.flush()
+    if ratios:
+        allr = [x for v in ratios.values() for x in v]
+        for p, v in ratios.items():
+            print(f"geomean ratio {p}: {geomean(v):.2f}x")
+        print(f"geomean ratio all passes: {geomean(allr):.2f}x over {len(allr)} layer-passes")
+
+
+if __name__ == "__main__":
+    main()
