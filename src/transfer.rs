@@ -26,6 +26,21 @@ unsafe impl Send for Pinned {}
 
 static PINNED_CACHE: Mutex<Vec<Pinned>> = Mutex::new(Vec::new());
 
+/// `len` zero bytes, or `None` when the host cannot provide them. Zeroed by the allocator
+/// (fresh pages of a large block are not touched), so asking for a huge buffer costs
+/// nothing until it is used.
+fn zeroed_bytes(len: usize) -> Option<Vec<u8>> {
+    if len == 0 {
+        return Some(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<u8>(len).ok()?;
+    // SAFETY: the layout has a non-zero size.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+    // SAFETY: ptr comes from the global allocator with the layout of len bytes, all
+    // initialised to zero; length and capacity are len.
+    (!ptr.is_null()).then(|| unsafe { Vec::from_raw_parts(ptr, len, len) })
+}
+
 /// Host memory holding one tensor's bytes.
 pub struct HostBuffer {
     inner: Inner,
@@ -76,13 +91,10 @@ impl HostBuffer {
                 hip.error_text(e)
             );
         }
-        let mut v = Vec::new();
-        v.try_reserve_exact(len).map_err(|_| {
-            ShimError::alloc_failed(format!("cannot allocate {len} bytes of host memory"))
-        })?;
-        v.resize(len, 0);
         Ok(HostBuffer {
-            inner: Inner::Pageable(v),
+            inner: Inner::Pageable(zeroed_bytes(len).ok_or_else(|| {
+                ShimError::alloc_failed(format!("cannot allocate {len} bytes of host memory"))
+            })?),
             len,
         })
     }
@@ -210,6 +222,14 @@ impl Transfers {
         }
     }
 
+    /// One staging buffer to read and another to write.
+    pub fn read_write(&mut self, a: usize, out: usize) -> (&[u8], &mut [u8]) {
+        assert!(out != a && a < self.buffers.len() && out < self.buffers.len());
+        let bufs = self.buffers.as_mut_ptr();
+        // SAFETY: indices are in bounds and differ, so the two slices do not alias.
+        unsafe { ((*bufs.add(a)).as_slice(), (*bufs.add(out)).as_mut_slice()) }
+    }
+
     /// Queues a copy of `len` bytes at device address `src` into a new staging buffer and
     /// returns its index. The contents are valid after `sync`.
     pub fn download(&mut self, src: *const c_void, len: usize) -> ShimResult<usize> {
@@ -242,23 +262,40 @@ impl Transfers {
         Ok(())
     }
 
-    /// Waits until everything queued on the stream, ours included, has finished.
+    /// Waits until everything queued on the stream, ours included, has finished. When
+    /// the wait fails, our copies count as still queued (see Drop).
     pub fn sync(&mut self) -> ShimResult<()> {
         let t = Instant::now();
         // SAFETY: stream is the handle's stream (null is the default stream).
         let e = unsafe { (self.hip.hipStreamSynchronize)(self.stream) };
         self.time += t.elapsed();
+        self.hip_call("hipStreamSynchronize", e)?;
         self.pending = false;
-        self.hip_call("hipStreamSynchronize", e)
+        Ok(())
     }
 }
 
 impl Drop for Transfers {
     fn drop(&mut self) {
-        if self.pending {
-            // Buffers a queued copy may still touch are dropped after this.
-            // SAFETY: as in sync.
-            unsafe { (self.hip.hipStreamSynchronize)(self.stream) };
+        if !self.pending {
+            return;
+        }
+        // A copy into or out of a staging buffer may still be queued (a call failed
+        // between queueing and waiting, or the wait itself failed): wait once more, and
+        // if the stream cannot say that it is done, leak the buffers rather than hand
+        // memory that a copy may still write to back to the allocator or the cache.
+        // SAFETY: as in sync.
+        let e = unsafe { (self.hip.hipStreamSynchronize)(self.stream) };
+        if e != hipSuccess {
+            let bytes: usize = self.buffers.iter().map(|b| b.as_slice().len()).sum();
+            tracing::warn!(
+                "hipStreamSynchronize failed again ({}); leaving {} staging buffers ({bytes} bytes) allocated because copies may still use them",
+                self.hip.error_text(e),
+                self.buffers.len()
+            );
+            for b in self.buffers.drain(..) {
+                std::mem::forget(b);
+            }
         }
     }
 }
