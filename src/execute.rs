@@ -126,12 +126,12 @@ pub fn run_conv_fused(
     tr.sync()?;
 
     let t = Instant::now();
+    // Host work runs on the shim's pool (rebuilt after fork), never on rayon's global one.
     let bias = match fused.and_then(|f| f.bias.as_ref()) {
-        Some(bias) => Some(layout::gather(
-            tr.bytes(extra.expect("bias downloaded")),
-            dt,
-            &bias.layout,
-        )),
+        Some(bias) => {
+            let (bytes, layout) = (tr.bytes(extra.expect("bias downloaded")), &bias.layout);
+            Some(pool.install(|| gathered(bytes, dt, layout, "the fused bias"))?)
+        }
         None => None,
     };
     let (a, b, o) = tr.io(ba, bb, bo);
@@ -148,7 +148,7 @@ pub fn run_conv_fused(
             act.apply_all(res);
         }
     };
-    pool.install(|| compute_on_host(p, a, b, o, alpha, beta, &epilogue));
+    pool.install(|| try_compute_on_host(p, a, b, o, alpha, beta, &epilogue))?;
     let compute = t.elapsed();
 
     tr.upload(out, bo)?;
@@ -167,7 +167,8 @@ pub fn run_conv_fused(
 /// the old output when `beta != 0` (and the bytes between elements of a non-dense one).
 ///
 /// `epilogue` runs on the blended result (packed canonical f32) before it is stored:
-/// fused plans add a bias and an activation there.
+/// fused plans add a bias and an activation there. Panics where [`try_compute_on_host`]
+/// fails (tests and tools).
 pub fn compute_on_host(
     p: &ConvProblem,
     a: &[u8],
@@ -177,24 +178,73 @@ pub fn compute_on_host(
     beta: f32,
     epilogue: &(dyn Fn(&mut [f32]) + Sync),
 ) {
+    try_compute_on_host(p, a, b, out, alpha, beta, epilogue).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// [`compute_on_host`], returning `miopenStatusAllocFailed` when the host has no memory
+/// for the f32 working copies (instead of aborting the process). `out` is written only
+/// after every allocation succeeded.
+pub fn try_compute_on_host(
+    p: &ConvProblem,
+    a: &[u8],
+    b: &[u8],
+    out: &mut [u8],
+    alpha: f32,
+    beta: f32,
+    epilogue: &(dyn Fn(&mut [f32]) + Sync),
+) -> ShimResult<()> {
     let (la, lb, lo) = match p.pass {
         Pass::Forward => (&p.x, &p.w, &p.y),
         Pass::BackwardData => (&p.y, &p.w, &p.x),
         Pass::BackwardWeights => (&p.x, &p.y, &p.w),
     };
     let dt = p.dtype;
-    let a = layout::gather(a, dt, la);
-    let b = layout::gather(b, dt, lb);
-    let mut res = vec![0f32; lo.numel()];
+    let a = gathered(a, dt, la, "the first input")?;
+    let b = gathered(b, dt, lb, "the second input")?;
+    let mut res = host_vec(lo.numel(), "the result")?;
+    let old = if beta != 0.0 {
+        Some(gathered(out, dt, lo, "the old output")?)
+    } else {
+        None
+    };
     match p.pass {
         Pass::Forward => conv::forward(&p.shape, &a, &b, &mut res),
         Pass::BackwardData => conv::backward_data(&p.shape, &a, &b, &mut res),
         Pass::BackwardWeights => conv::backward_weights(&p.shape, &a, &b, &mut res),
     }
-    let old = (beta != 0.0).then(|| layout::gather(out, dt, lo));
     layout::blend(&mut res, alpha, beta, old.as_deref());
     epilogue(&mut res);
     layout::scatter(&res, dt, lo, out);
+    Ok(())
+}
+
+/// A zeroed buffer of `n` f32 values, or `miopenStatusAllocFailed` when the host cannot
+/// provide it (`vec!` would abort the whole process instead).
+pub fn host_vec(n: usize, what: &str) -> ShimResult<Vec<f32>> {
+    let fail = || {
+        ShimError::alloc_failed(format!(
+            "cannot allocate {n} f32 values of host memory for {what}"
+        ))
+    };
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<f32>(n).map_err(|_| fail())?;
+    // SAFETY: the layout has a non-zero size.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) } as *mut f32;
+    if ptr.is_null() {
+        return Err(fail());
+    }
+    // SAFETY: ptr comes from the global allocator with the layout of n f32 values, all
+    // zero bytes (valid f32 zeros); length and capacity are n.
+    Ok(unsafe { Vec::from_raw_parts(ptr, n, n) })
+}
+
+/// The tensor `l` in `bytes`, gathered into a packed f32 buffer obtained fallibly.
+fn gathered(bytes: &[u8], dt: DType, l: &Layout5, what: &str) -> ShimResult<Vec<f32>> {
+    let mut v = host_vec(l.numel(), what)?;
+    layout::gather_into(bytes, dt, l, &mut v);
+    Ok(v)
 }
 
 /// A bias tensor `[1, C, 1, ...]` (or `[C]`-like with all other dims 1) for data `data`.
@@ -265,19 +315,25 @@ pub fn run_forward_bias(
     };
     let stream = stream_of(rt, handle)?;
     let hip = rt.hip()?;
+    // Host work runs on the shim's pool (rebuilt after fork), never on rayon's global one.
+    let pool = rt.pool()?;
     let mut tr = Transfers::new(hip, stream);
     let bb = tr.download(b, bytes_of(&lb, dt))?;
     let by = tr.download(y, bytes_of(&ly, dt))?;
     tr.sync()?;
     let t = Instant::now();
-    let bias = layout::gather(tr.bytes(bb), dt, &lb);
-    let mut vals = layout::gather(tr.bytes(by), dt, &ly);
-    let plane = ly.dims[2] * ly.dims[3] * ly.dims[4];
-    for (i, v) in vals.iter_mut().enumerate() {
-        let ch = (i / plane) % c;
-        *v = alpha * (*v + bias[ch]) + beta * *v;
-    }
-    layout::scatter(&vals, dt, &ly, tr.bytes_mut(by));
+    let (bias_bytes, y_bytes) = tr.read_write(bb, by);
+    pool.install(|| -> ShimResult<()> {
+        let bias = gathered(bias_bytes, dt, &lb, "the bias")?;
+        let mut vals = gathered(y_bytes, dt, &ly, "the output")?;
+        let plane = ly.dims[2] * ly.dims[3] * ly.dims[4];
+        for (i, v) in vals.iter_mut().enumerate() {
+            let ch = (i / plane) % c;
+            *v = alpha * (*v + bias[ch]) + beta * *v;
+        }
+        layout::scatter(&vals, dt, &ly, y_bytes);
+        Ok(())
+    })?;
     let compute = t.elapsed();
     tr.upload(y, by)?;
     tr.sync()?;
@@ -286,7 +342,7 @@ pub fn run_forward_bias(
         copy: tr.time,
         bytes_to_host: tr.bytes_to_host,
         bytes_to_device: tr.bytes_to_device,
-        flops: vals.len() as f64,
+        flops: ly.numel() as f64,
     })
 }
 
@@ -311,8 +367,16 @@ pub fn run_backward_bias(
         dims: [1, c, 1, 1, 1],
         strides: [0, bstride, 0, 0, 0],
     };
+    if !lb.is_non_overlapping() {
+        return Err(ShimError::bad_parm(format!(
+            "output tensor db has overlapping strides {:?}",
+            dbdesc.strides
+        )));
+    }
     let stream = stream_of(rt, handle)?;
     let hip = rt.hip()?;
+    // Host work runs on the shim's pool (rebuilt after fork), never on rayon's global one.
+    let pool = rt.pool()?;
     let mut tr = Transfers::new(hip, stream);
     let by = tr.download(dy, bytes_of(&ly, dt))?;
     let bb = if beta != 0.0 || !lb.is_dense() {
@@ -322,16 +386,31 @@ pub fn run_backward_bias(
     };
     tr.sync()?;
     let t = Instant::now();
-    let vals = layout::gather(tr.bytes(by), dt, &ly);
-    let plane = ly.dims[2] * ly.dims[3] * ly.dims[4];
-    let mut sums = vec![0f64; c];
-    for (i, v) in vals.iter().enumerate() {
-        sums[(i / plane) % c] += *v as f64;
-    }
-    let mut out: Vec<f32> = sums.iter().map(|s| *s as f32).collect();
-    let old = (beta != 0.0).then(|| layout::gather(tr.bytes(bb), dt, &lb));
-    layout::blend(&mut out, alpha, beta, old.as_deref());
-    layout::scatter(&out, dt, &lb, tr.bytes_mut(bb));
+    let (dy_bytes, db_bytes) = tr.read_write(by, bb);
+    pool.install(|| -> ShimResult<()> {
+        let vals = gathered(dy_bytes, dt, &ly, "the gradient")?;
+        let plane = ly.dims[2] * ly.dims[3] * ly.dims[4];
+        let mut sums = Vec::new();
+        sums.try_reserve_exact(c).map_err(|_| {
+            ShimError::alloc_failed(format!("cannot allocate {c} sums of host memory"))
+        })?;
+        sums.resize(c, 0f64);
+        for (i, v) in vals.iter().enumerate() {
+            sums[(i / plane) % c] += *v as f64;
+        }
+        let mut out = host_vec(c, "the bias gradient")?;
+        for (o, s) in out.iter_mut().zip(&sums) {
+            *o = *s as f32;
+        }
+        let old = if beta != 0.0 {
+            Some(gathered(db_bytes, dt, &lb, "the old bias gradient")?)
+        } else {
+            None
+        };
+        layout::blend(&mut out, alpha, beta, old.as_deref());
+        layout::scatter(&out, dt, &lb, db_bytes);
+        Ok(())
+    })?;
     let compute = t.elapsed();
     tr.upload(db, bb)?;
     tr.sync()?;
@@ -340,7 +419,7 @@ pub fn run_backward_bias(
         copy: tr.time,
         bytes_to_host: tr.bytes_to_host,
         bytes_to_device: tr.bytes_to_device,
-        flops: vals.len() as f64,
+        flops: ly.numel() as f64,
     })
 }
 

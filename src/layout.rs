@@ -124,17 +124,25 @@ fn store(dtype: DType, bytes: &mut [u8], idx: usize, v: f32) {
 /// Reads the tensor `l` of type `dtype` out of its byte span `bytes` into a packed
 /// canonical f32 buffer.
 pub fn gather(bytes: &[u8], dtype: DType, l: &Layout5) -> Vec<f32> {
+    let mut out = vec![0f32; l.numel()];
+    gather_into(bytes, dtype, l, &mut out);
+    out
+}
+
+/// [`gather`] into a caller-provided buffer of `l.numel()` values (so that the caller
+/// decides how the memory is obtained).
+pub fn gather_into(bytes: &[u8], dtype: DType, l: &Layout5, out: &mut [f32]) {
     assert!(
         bytes.len() >= l.span() * dtype.size(),
         "gather: span {} > buffer",
         l.span()
     );
-    let mut out = vec![0f32; l.numel()];
+    assert_eq!(out.len(), l.numel(), "gather: value count");
     if dtype == DType::F32 && l.is_packed_canonical() {
         for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
             *o = f32::from_ne_bytes(c.try_into().unwrap());
         }
-        return out;
+        return;
     }
     let [_, c, d, h, w] = l.dims;
     let [sn, sc, sd, sh, sw] = l.strides;
@@ -153,7 +161,6 @@ pub fn gather(bytes: &[u8], dtype: DType, l: &Layout5) -> Vec<f32> {
                 }
             }
         });
-    out
 }
 
 /// Writes the packed canonical f32 buffer `vals` into the tensor `l` inside `bytes`,
