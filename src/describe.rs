@@ -83,8 +83,11 @@ fn dtype_of(t: miopenDataType_t) -> ShimResult<DType> {
         miopenDouble => Err(ShimError::not_implemented(
             "data type double is not supported by the CPU engine",
         )),
-        miopenInt8 | miopenInt32 => Err(ShimError::not_implemented(format!(
+        miopenInt8 | miopenInt32 | miopenInt64 => Err(ShimError::not_implemented(format!(
             "integer data type {t} is not supported by the CPU engine"
+        ))),
+        miopenFloat8 | miopenBFloat8 => Err(ShimError::not_implemented(format!(
+            "8-bit float data type {t} is not supported by the CPU engine"
         ))),
         other => Err(ShimError::bad_parm(format!(
             "unknown miopenDataType_t {other}"
@@ -137,12 +140,14 @@ pub fn read_tensor(
             &strides[..n]
         )));
     }
-    Ok(TensorDesc {
+    let t = TensorDesc {
         dtype: dtype_of(dt)
             .map_err(|e| ShimError::new(e.status, format!("tensor {name}: {}", e.message)))?,
         dims: dims[..n].iter().map(|&d| d as usize).collect(),
         strides: strides[..n].iter().map(|&s| s as usize).collect(),
-    })
+    };
+    check_size(name, &t)?;
+    Ok(t)
 }
 
 /// Reads a convolution descriptor.
@@ -220,9 +225,21 @@ pub fn read_conv(g: &Getters, desc: miopenConvolutionDescriptor_t) -> ShimResult
 pub const MAX_TENSOR_BYTES: usize = 1 << 47;
 
 /// Rejects tensors whose element count or byte span overflows or is absurd, before any
-/// arithmetic on them can wrap.
+/// arithmetic on them can wrap: zero-sized dimensions, dims and strides of different
+/// lengths, a span beyond `MAX_TENSOR_BYTES`, or more elements than an f32 working copy
+/// of `MAX_TENSOR_BYTES` holds (inputs may repeat elements through zero strides).
 pub fn check_size(name: &str, t: &TensorDesc) -> ShimResult<()> {
-    let numel = t.dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    if t.dims.len() != t.strides.len() || t.dims.contains(&0) {
+        return Err(ShimError::bad_parm(format!(
+            "tensor {name} has dims {:?} and strides {:?}",
+            t.dims, t.strides
+        )));
+    }
+    let numel = t
+        .dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|n| n.checked_mul(4).is_some_and(|b| b <= MAX_TENSOR_BYTES));
     let span = t
         .dims
         .iter()
@@ -268,7 +285,14 @@ pub fn conv_problem(
     y: &TensorDesc,
 ) -> ShimResult<ConvProblem> {
     let sd = conv.pads.len();
+    if !(1..=3).contains(&sd) || conv.strides.len() != sd || conv.dilations.len() != sd {
+        return Err(ShimError::bad_parm(format!(
+            "convolution descriptor with pads {:?} strides {:?} dilations {:?}",
+            conv.pads, conv.strides, conv.dilations
+        )));
+    }
     for (name, t) in [("x", x), ("w", w), ("y", y)] {
+        check_size(name, t)?;
         if t.dims.len() != sd + 2 {
             return Err(ShimError::bad_parm(format!(
                 "tensor {name} has {} dims but the convolution has {sd} spatial dims (expected {})",
@@ -375,13 +399,17 @@ pub fn conv_problem(
 
 /// The output size must be the forward formula's for the input, except that the input
 /// may exceed the smallest one that yields this output by less than max(stride, dilation)
-/// (a transposed convolution's output padding).
+/// (a transposed convolution's output padding). When the padding alone covers the
+/// kernel's reach, that smallest input is below 1 and every input up to the bound fits.
 fn check_spatial_fit(s: &ConvShape) -> ShimResult<()> {
     for i in 0..3 {
-        let span = s.dilation[i] * (s.kernel[i] - 1) + 1;
-        let min_in = ((s.output[i] - 1) * s.stride[i] + span).checked_sub(2 * s.pad[i]);
-        let slack = s.stride[i].max(s.dilation[i]);
-        let ok = matches!(min_in, Some(m) if m >= 1 && s.input[i] >= m && s.input[i] < m + slack);
+        // Sizes are at most i32::MAX (descriptors hold ints), so i128 cannot overflow.
+        let span = s.dilation[i] as i128 * (s.kernel[i] as i128 - 1) + 1;
+        let reach = (s.output[i] as i128 - 1) * s.stride[i] as i128 + span;
+        let min_in = reach - 2 * s.pad[i] as i128;
+        let slack = s.stride[i].max(s.dilation[i]) as i128;
+        let input = s.input[i] as i128;
+        let ok = s.output[i] >= 1 && input >= min_in.max(1) && input < min_in + slack;
         if !ok {
             return Err(ShimError::bad_parm(format!(
                 "spatial size mismatch in dim {i}: input {} and output {} do not fit kernel {} pad {} stride {} dilation {}",
@@ -432,6 +460,9 @@ pub fn describe(p: &ConvProblem) -> String {
         layout(&p.y),
     )
 }
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {

@@ -22,6 +22,9 @@ pub const miopenInt32: miopenDataType_t = 2;
 pub const miopenInt8: miopenDataType_t = 3;
 pub const miopenBFloat16: miopenDataType_t = 5;
 pub const miopenDouble: miopenDataType_t = 6;
+pub const miopenFloat8: miopenDataType_t = 7;
+pub const miopenBFloat8: miopenDataType_t = 8;
+pub const miopenInt64: miopenDataType_t = 9;
 
 pub type miopenConvolutionMode_t = c_int;
 pub const miopenConvolution: miopenConvolutionMode_t = 0;
