@@ -111,6 +111,9 @@ conv_query_family!(
         if max < 1 {
             return Err(ShimError::bad_parm("maxSolutionCount is 0"));
         }
+        if solutions.is_null() || count.is_null() {
+            return Err(ShimError::bad_parm("solutions or solutionCount is null"));
+        }
         let s = miopenConvSolution_t {
             time: estimated_ms(p),
             workspace_size: 0,
