@@ -1,6 +1,6 @@
 //! Build script of shim-tests: owns compiling the C test doubles (fake
 //! libamdhip64.so, fake libMIOpen.so), the integration harness (executable and
-//! dlopen plugin), the probes and the reference self-test into
+//! dlopen plugin), the reliability driver, the probes and the reference self-test into
 //! `$OUT_DIR/bin`, and exporting that directory as `SHIM_TESTS_BIN`.
 //!
 //! Plain `gcc` (or `$CC`) via `std::process::Command`; every binary gets
@@ -93,6 +93,11 @@ fn main() {
                 extra: &[],
             },
             Unit {
+                output: "quiet_probe",
+                sources: &["quiet_probe.c"],
+                extra: &[],
+            },
+            Unit {
                 output: "naive_selftest",
                 sources: &["naive_selftest.c", "naive_conv.c"],
                 extra: &["-lm"],
@@ -136,6 +141,11 @@ fn main() {
                 output: "doubles_probe",
                 sources: &["doubles_probe.c"],
                 extra: &["-lMIOpen", "-lamdhip64"],
+            },
+            Unit {
+                output: "reliability_driver",
+                sources: &["reliability.c", "naive_conv.c"],
+                extra: &["-lMIOpen", "-lamdhip64", "-lm"],
             },
         ],
     );
