@@ -143,6 +143,11 @@ fn main() {
                 extra: &["-lMIOpen", "-lamdhip64"],
             },
             Unit {
+                output: "fusion_probe",
+                sources: &["fusion_probe.c", "naive_conv.c"],
+                extra: &["-lMIOpen", "-lamdhip64", "-lm"],
+            },
+            Unit {
                 output: "reliability_driver",
                 sources: &["reliability.c", "naive_conv.c"],
                 extra: &["-lMIOpen", "-lamdhip64", "-lm"],

@@ -45,6 +45,7 @@
 #include "naive_bn.h"
 #include "naive_conv.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1604,5 +1605,311 @@ miopenStatus_t miopenBatchNormalizationBackward(
     bn_io_free(&io);
     if (st == miopenStatusSuccess)
         fprintf(stderr, "fake MIOpen: %s ran on the GPU\n", __func__);
+    return st;
+}
+
+/* ------------------------------------------------------------------ */
+/* Fusion plans: the host-side objects behave like MIOpen's; executing */
+/* a plan is a kernel launch and crashes like RDNA1 unless healthy, in  */
+/* which case conv (+ bias) (+ activation) is computed on the host.     */
+/* ------------------------------------------------------------------ */
+
+#define PLAN_MAGIC 0x504c414eu
+#define FOP_MAGIC 0x464f5053u
+#define ARGS_MAGIC 0x41524753u
+#define FUSION_MAX_OPS 8
+
+enum { FOP_CONV = 1, FOP_BIAS, FOP_ACTIV };
+
+struct miopenFusionOpDescriptor {
+    unsigned magic;
+    int kind;
+    struct miopenConvolutionDescriptor conv;
+    struct miopenTensorDescriptor tensor; /* weights (conv) or bias */
+    miopenActivationMode_t mode;
+};
+
+struct miopenFusionPlanDescriptor {
+    unsigned magic;
+    miopenFusionDirection_t direction;
+    struct miopenTensorDescriptor input;
+    int nops;
+    int compiled;
+    struct miopenFusionOpDescriptor* ops[FUSION_MAX_OPS];
+};
+
+struct op_args {
+    const struct miopenFusionOpDescriptor* op;
+    float alpha, beta;
+    const void* ptr;
+    double a, b, g;
+};
+
+struct miopenOperatorArgs {
+    unsigned magic;
+    int n;
+    struct op_args e[FUSION_MAX_OPS];
+};
+
+static int plan_ok(miopenFusionPlanDescriptor_t p) { return p && p->magic == PLAN_MAGIC; }
+
+miopenStatus_t miopenCreateFusionPlan(miopenFusionPlanDescriptor_t* plan,
+                                      const miopenFusionDirection_t direction,
+                                      const miopenTensorDescriptor_t input)
+{
+    TRACE();
+    if (!plan || !tensor_ok(input))
+        return miopenStatusBadParm;
+    struct miopenFusionPlanDescriptor* p = calloc(1, sizeof *p);
+    if (!p)
+        return miopenStatusAllocFailed;
+    p->magic = PLAN_MAGIC;
+    p->direction = direction;
+    p->input = *input;
+    *plan = p;
+    return miopenStatusSuccess;
+}
+
+miopenStatus_t miopenDestroyFusionPlan(miopenFusionPlanDescriptor_t plan)
+{
+    TRACE();
+    if (!plan_ok(plan))
+        return miopenStatusBadParm;
+    for (int i = 0; i < plan->nops; i++)
+        free(plan->ops[i]);
+    plan->magic = 0;
+    free(plan);
+    return miopenStatusSuccess;
+}
+
+static miopenStatus_t add_op(miopenFusionPlanDescriptor_t plan, miopenFusionOpDescriptor_t* out,
+                             int kind, miopenConvolutionDescriptor_t conv,
+                             miopenTensorDescriptor_t tensor, miopenActivationMode_t mode)
+{
+    if (!plan_ok(plan) || !out || plan->nops >= FUSION_MAX_OPS)
+        return miopenStatusBadParm;
+    if ((kind == FOP_CONV && (!conv_ok(conv) || !tensor_ok(tensor))) ||
+        (kind == FOP_BIAS && !tensor_ok(tensor)))
+        return miopenStatusBadParm;
+    struct miopenFusionOpDescriptor* op = calloc(1, sizeof *op);
+    if (!op)
+        return miopenStatusAllocFailed;
+    op->magic = FOP_MAGIC;
+    op->kind = kind;
+    if (conv)
+        op->conv = *conv;
+    if (tensor)
+        op->tensor = *tensor;
+    op->mode = mode;
+    plan->ops[plan->nops++] = op;
+    plan->compiled = 0;
+    *out = op;
+    return miopenStatusSuccess;
+}
+
+miopenStatus_t miopenCreateOpConvForward(miopenFusionPlanDescriptor_t plan,
+                                         miopenFusionOpDescriptor_t* op,
+                                         miopenConvolutionDescriptor_t conv,
+                                         const miopenTensorDescriptor_t w)
+{
+    TRACE();
+    return add_op(plan, op, FOP_CONV, conv, w, miopenActivationPASTHRU);
+}
+
+miopenStatus_t miopenCreateOpBiasForward(miopenFusionPlanDescriptor_t plan,
+                                         miopenFusionOpDescriptor_t* op,
+                                         const miopenTensorDescriptor_t b)
+{
+    TRACE();
+    return add_op(plan, op, FOP_BIAS, NULL, b, miopenActivationPASTHRU);
+}
+
+miopenStatus_t miopenCreateOpActivationForward(miopenFusionPlanDescriptor_t plan,
+                                               miopenFusionOpDescriptor_t* op,
+                                               miopenActivationMode_t mode)
+{
+    TRACE();
+    if ((int)mode < 0 || (int)mode > 9)
+        return miopenStatusBadParm;
+    return add_op(plan, op, FOP_ACTIV, NULL, NULL, mode);
+}
+
+miopenStatus_t miopenFusionPlanGetOp(miopenFusionPlanDescriptor_t plan, const int idx,
+                                     miopenFusionOpDescriptor_t* op)
+{
+    TRACE();
+    if (!plan_ok(plan) || !op || idx < 0 || idx >= plan->nops)
+        return miopenStatusBadParm;
+    *op = plan->ops[idx];
+    return miopenStatusSuccess;
+}
+
+miopenStatus_t miopenCompileFusionPlan(miopenHandle_t handle, miopenFusionPlanDescriptor_t plan)
+{
+    TRACE();
+    if (!handle_ok(handle) || !plan_ok(plan) || plan->nops == 0 ||
+        plan->ops[0]->kind != FOP_CONV)
+        return miopenStatusBadParm;
+    plan->compiled = 1; /* building kernels runs nothing on the GPU */
+    return miopenStatusSuccess;
+}
+
+miopenStatus_t miopenCreateOperatorArgs(miopenOperatorArgs_t* args)
+{
+    TRACE();
+    if (!args)
+        return miopenStatusBadParm;
+    struct miopenOperatorArgs* a = calloc(1, sizeof *a);
+    if (!a)
+        return miopenStatusAllocFailed;
+    a->magic = ARGS_MAGIC;
+    *args = a;
+    return miopenStatusSuccess;
+}
+
+miopenStatus_t miopenDestroyOperatorArgs(miopenOperatorArgs_t args)
+{
+    TRACE();
+    if (!args || args->magic != ARGS_MAGIC)
+        return miopenStatusBadParm;
+    args->magic = 0;
+    free(args);
+    return miopenStatusSuccess;
+}
+
+static miopenStatus_t set_args(miopenOperatorArgs_t args, const struct miopenFusionOpDescriptor* op,
+                               const void* alpha, const void* beta, const void* ptr, double a,
+                               double b, double g)
+{
+    if (!args || args->magic != ARGS_MAGIC || !op || op->magic != FOP_MAGIC || !alpha || !beta)
+        return miopenStatusBadParm;
+    int i = 0;
+    while (i < args->n && args->e[i].op != op)
+        i++;
+    if (i == FUSION_MAX_OPS)
+        return miopenStatusBadParm;
+    if (i == args->n)
+        args->n++;
+    args->e[i] = (struct op_args){op, *(const float*)alpha, *(const float*)beta, ptr, a, b, g};
+    return miopenStatusSuccess;
+}
+
+miopenStatus_t miopenSetOpArgsConvForward(miopenOperatorArgs_t args,
+                                          const miopenFusionOpDescriptor_t op, const void* alpha,
+                                          const void* beta, const void* w)
+{
+    TRACE();
+    return set_args(args, op, alpha, beta, w, 0, 0, 0);
+}
+
+miopenStatus_t miopenSetOpArgsBiasForward(miopenOperatorArgs_t args,
+                                          const miopenFusionOpDescriptor_t op, const void* alpha,
+                                          const void* beta, const void* bias)
+{
+    TRACE();
+    return set_args(args, op, alpha, beta, bias, 0, 0, 0);
+}
+
+miopenStatus_t miopenSetOpArgsActivForward(miopenOperatorArgs_t args,
+                                           const miopenFusionOpDescriptor_t op, const void* alpha,
+                                           const void* beta, double a, double b, double g)
+{
+    TRACE();
+    return set_args(args, op, alpha, beta, NULL, a, b, g);
+}
+
+static const struct op_args* args_of(miopenOperatorArgs_t args,
+                                     const struct miopenFusionOpDescriptor* op)
+{
+    for (int i = 0; i < args->n; i++)
+        if (args->e[i].op == op)
+            return &args->e[i];
+    return NULL;
+}
+
+static double activate(miopenActivationMode_t m, double x, double a, double b, double g)
+{
+    switch (m) {
+    case miopenActivationPASTHRU: return x;
+    case miopenActivationLOGISTIC: return 1.0 / (1.0 + exp(-x));
+    case miopenActivationTANH: return b * tanh(a * x);
+    case miopenActivationRELU: return x > 0 ? x : 0;
+    case miopenActivationSOFTRELU: return log1p(exp(x));
+    case miopenActivationABS: return fabs(x);
+    case miopenActivationPOWER: return pow(a + b * x, g);
+    case miopenActivationCLIPPEDRELU: return fmin(a, fmax(0.0, x));
+    case miopenActivationLEAKYRELU: return x > 0 ? x : a * x;
+    case miopenActivationELU: return x > 0 ? x : a * expm1(x);
+    }
+    return NAN;
+}
+
+miopenStatus_t miopenExecuteFusionPlan(const miopenHandle_t handle,
+                                       const miopenFusionPlanDescriptor_t plan,
+                                       const miopenTensorDescriptor_t xd, const void* x,
+                                       const miopenTensorDescriptor_t yd, void* y,
+                                       miopenOperatorArgs_t args)
+{
+    TRACE();
+    if (!handle_ok(handle) || !plan_ok(plan) || !tensor_ok(xd) || !tensor_ok(yd) || !x || !y ||
+        !args || args->magic != ARGS_MAGIC)
+        return miopenStatusBadParm;
+    if (!plan->compiled)
+        return miopenStatusBadParm; /* MIOpen requires miopenCompileFusionPlan first */
+    if (!env_flag("FAKE_MIOPEN_HEALTHY"))
+        gpu_fault(__func__, handle, y);
+    const struct op_args* ca = args_of(args, plan->ops[0]);
+    if (!ca)
+        return miopenStatusBadParm;
+    /* Convolution (writes y on the device and says it ran), then bias and activation. */
+    miopenStatus_t st =
+        run_conv(__func__, NC_FWD, handle, &plan->ops[0]->conv, xd, x, &plan->ops[0]->tensor,
+                 ca->ptr, yd, y, &ca->alpha, &ca->beta, 1);
+    if (st != miopenStatusSuccess || plan->nops == 1)
+        return st;
+    size_t ny = 0, nb = 0;
+    void* hy = fetch(__func__, yd, y, &ny);
+    void* hb = NULL;
+    nc_tensor ty, tb;
+    to_nc(yd, &ty);
+    for (int i = 1; i < plan->nops && st == miopenStatusSuccess; i++) {
+        const struct miopenFusionOpDescriptor* op = plan->ops[i];
+        const struct op_args* oa = args_of(args, op);
+        if (!oa || !hy) {
+            st = miopenStatusBadParm;
+            break;
+        }
+        if (op->kind == FOP_BIAS) {
+            free(hb);
+            hb = fetch(__func__, (miopenTensorDescriptor_t)&op->tensor, oa->ptr, &nb);
+            to_nc((miopenTensorDescriptor_t)&op->tensor, &tb);
+            if (!hb) {
+                st = miopenStatusUnknownError;
+                break;
+            }
+        }
+        int idx[NC_MAX_DIMS] = {0};
+        size_t n = nc_num_elements(&ty);
+        for (size_t e = 0; e < n; e++) {
+            long long off = 0;
+            for (int k = 0; k < ty.nd; k++)
+                off += idx[k] * ty.strides[k];
+            double v = nc_load(ty.dtype, hy, (size_t)off);
+            if (op->kind == FOP_BIAS)
+                v += oa->alpha * nc_load(tb.dtype, hb, (size_t)(idx[1] * tb.strides[1]));
+            else if (op->kind == FOP_ACTIV)
+                v = activate(op->mode, v, oa->a, oa->b, oa->g);
+            nc_store(ty.dtype, hy, (size_t)off, v);
+            for (int k = ty.nd - 1; k >= 0; k--) {
+                if (++idx[k] < ty.lens[k])
+                    break;
+                idx[k] = 0;
+            }
+        }
+    }
+    if (st == miopenStatusSuccess && hipMemcpy(y, hy, ny, hipMemcpyHostToDevice) != hipSuccess)
+        st = miopenStatusUnknownError;
+    free(hy);
+    free(hb);
     return st;
 }

@@ -375,6 +375,60 @@ miopenStatus_t miopenBatchNormalizationBackward(
     void* resultBnScaleDiff, void* resultBnBiasDiff, double epsilon, const void* savedMean,
     const void* savedInvVariance);
 
+/* ---- fusion plans ---- */
+typedef struct miopenFusionPlanDescriptor* miopenFusionPlanDescriptor_t;
+typedef struct miopenFusionOpDescriptor* miopenFusionOpDescriptor_t;
+typedef struct miopenOperatorArgs* miopenOperatorArgs_t;
+typedef enum { miopenVerticalFusion = 0, miopenHorizontalFusion = 1 } miopenFusionDirection_t;
+typedef enum {
+    miopenActivationPASTHRU = 0,
+    miopenActivationLOGISTIC = 1,
+    miopenActivationTANH = 2,
+    miopenActivationRELU = 3,
+    miopenActivationSOFTRELU = 4,
+    miopenActivationABS = 5,
+    miopenActivationPOWER = 6,
+    miopenActivationCLIPPEDRELU = 7,
+    miopenActivationLEAKYRELU = 8,
+    miopenActivationELU = 9,
+} miopenActivationMode_t;
+
+miopenStatus_t miopenCreateFusionPlan(miopenFusionPlanDescriptor_t* fusePlanDesc,
+                                      const miopenFusionDirection_t fuseDirection,
+                                      const miopenTensorDescriptor_t inputDesc);
+miopenStatus_t miopenDestroyFusionPlan(miopenFusionPlanDescriptor_t fusePlanDesc);
+miopenStatus_t miopenCompileFusionPlan(miopenHandle_t handle,
+                                       miopenFusionPlanDescriptor_t fusePlanDesc);
+miopenStatus_t miopenFusionPlanGetOp(miopenFusionPlanDescriptor_t fusePlanDesc, const int op_idx,
+                                     miopenFusionOpDescriptor_t* op);
+miopenStatus_t miopenCreateOpConvForward(miopenFusionPlanDescriptor_t fusePlanDesc,
+                                         miopenFusionOpDescriptor_t* convOp,
+                                         miopenConvolutionDescriptor_t convDesc,
+                                         const miopenTensorDescriptor_t wDesc);
+miopenStatus_t miopenCreateOpBiasForward(miopenFusionPlanDescriptor_t fusePlanDesc,
+                                         miopenFusionOpDescriptor_t* biasOp,
+                                         const miopenTensorDescriptor_t bDesc);
+miopenStatus_t miopenCreateOpActivationForward(miopenFusionPlanDescriptor_t fusePlanDesc,
+                                               miopenFusionOpDescriptor_t* activFwdOp,
+                                               miopenActivationMode_t mode);
+miopenStatus_t miopenCreateOperatorArgs(miopenOperatorArgs_t* args);
+miopenStatus_t miopenDestroyOperatorArgs(miopenOperatorArgs_t args);
+miopenStatus_t miopenSetOpArgsConvForward(miopenOperatorArgs_t args,
+                                          const miopenFusionOpDescriptor_t convOp,
+                                          const void* alpha, const void* beta, const void* w);
+miopenStatus_t miopenSetOpArgsBiasForward(miopenOperatorArgs_t args,
+                                          const miopenFusionOpDescriptor_t biasOp,
+                                          const void* alpha, const void* beta, const void* bias);
+miopenStatus_t miopenSetOpArgsActivForward(miopenOperatorArgs_t args,
+                                           const miopenFusionOpDescriptor_t activFwdOp,
+                                           const void* alpha, const void* beta, double activAlpha,
+                                           double activBeta, double activGamma);
+miopenStatus_t miopenExecuteFusionPlan(const miopenHandle_t handle,
+                                       const miopenFusionPlanDescriptor_t fusePlanDesc,
+                                       const miopenTensorDescriptor_t inputDesc, const void* input,
+                                       const miopenTensorDescriptor_t outputDesc, void* output,
+                                       miopenOperatorArgs_t args);
+
 #ifdef __cplusplus
 }
 #endif
