@@ -18,6 +18,34 @@ pub struct TensorDesc {
     pub strides: Vec<usize>,
 }
 
+impl TensorDesc {
+    /// A packed (row-major) tensor of `dims`.
+    pub fn packed(dtype: DType, dims: &[usize]) -> Self {
+        let mut strides = vec![1; dims.len()];
+        for i in (0..dims.len().saturating_sub(1)).rev() {
+            strides[i] = strides[i + 1] * dims[i + 1];
+        }
+        TensorDesc {
+            dtype,
+            dims: dims.to_vec(),
+            strides,
+        }
+    }
+
+    /// The canonical 5-D view `[n, c, d, h, w]`: missing leading spatial dims become 1.
+    /// Needs 3 to 5 dims (callers check).
+    pub fn layout5(&self) -> Layout5 {
+        let sd = self.dims.len() - 2;
+        let mut dims = [1; 5];
+        let mut strides = [0; 5];
+        dims[..2].copy_from_slice(&self.dims[..2]);
+        strides[..2].copy_from_slice(&self.strides[..2]);
+        dims[5 - sd..].copy_from_slice(&self.dims[2..]);
+        strides[5 - sd..].copy_from_slice(&self.strides[2..]);
+        Layout5 { dims, strides }
+    }
+}
+
 /// A convolution descriptor's contents (as many entries as spatial dims).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConvDesc {
@@ -264,17 +292,6 @@ fn spatial3(v: &[usize], fill: usize) -> [usize; 3] {
     out
 }
 
-fn layout5(t: &TensorDesc) -> Layout5 {
-    let sd = t.dims.len() - 2;
-    let mut dims = [1; 5];
-    let mut strides = [0; 5];
-    dims[..2].copy_from_slice(&t.dims[..2]);
-    strides[..2].copy_from_slice(&t.strides[..2]);
-    dims[5 - sd..].copy_from_slice(&t.dims[2..]);
-    strides[5 - sd..].copy_from_slice(&t.strides[2..]);
-    Layout5 { dims, strides }
-}
-
 /// Builds the problem of a convolution call. `x`, `w`, `y` are the call's own tensors:
 /// forward (x, w, y); backward-data (dx, w, dy); backward-weights (x, dw, dy).
 pub fn conv_problem(
@@ -368,9 +385,9 @@ pub fn conv_problem(
         pass,
         dtype: x.dtype,
         shape,
-        x: layout5(xr),
-        w: layout5(w),
-        y: layout5(yr),
+        x: xr.layout5(),
+        w: w.layout5(),
+        y: yr.layout5(),
         spatial_dims: sd,
     };
     let written = match pass {
@@ -468,18 +485,6 @@ mod fuzz;
 mod tests {
     use super::*;
 
-    fn packed(dtype: DType, dims: &[usize]) -> TensorDesc {
-        let mut strides = vec![1; dims.len()];
-        for i in (0..dims.len() - 1).rev() {
-            strides[i] = strides[i + 1] * dims[i + 1];
-        }
-        TensorDesc {
-            dtype,
-            dims: dims.to_vec(),
-            strides,
-        }
-    }
-
     fn conv2d(mode: c_int, pad: usize, stride: usize, groups: usize) -> ConvDesc {
         ConvDesc {
             mode,
@@ -495,9 +500,9 @@ mod tests {
         let p = conv_problem(
             Direction::Forward,
             &conv2d(miopenConvolution, 1, 2, 1),
-            &packed(DType::F32, &[2, 3, 9, 8]),
-            &packed(DType::F32, &[4, 3, 3, 3]),
-            &packed(DType::F32, &[2, 4, 5, 4]),
+            &TensorDesc::packed(DType::F32, &[2, 3, 9, 8]),
+            &TensorDesc::packed(DType::F32, &[4, 3, 3, 3]),
+            &TensorDesc::packed(DType::F32, &[2, 4, 5, 4]),
         )
         .unwrap();
         assert_eq!(p.pass, Pass::Forward);
@@ -515,9 +520,9 @@ mod tests {
         let p = conv_problem(
             Direction::Forward,
             &conv2d(miopenTranspose, 1, 2, 2),
-            &packed(DType::F16, &[1, 4, 4, 4]),
-            &packed(DType::F16, &[4, 3, 3, 3]),
-            &packed(DType::F16, &[1, 6, 8, 8]),
+            &TensorDesc::packed(DType::F16, &[1, 4, 4, 4]),
+            &TensorDesc::packed(DType::F16, &[4, 3, 3, 3]),
+            &TensorDesc::packed(DType::F16, &[1, 6, 8, 8]),
         )
         .unwrap();
         assert_eq!(p.pass, Pass::BackwardData);
@@ -527,9 +532,9 @@ mod tests {
         let bd = conv_problem(
             Direction::BackwardData,
             &conv2d(miopenTranspose, 1, 2, 2),
-            &packed(DType::F16, &[1, 4, 4, 4]),
-            &packed(DType::F16, &[4, 3, 3, 3]),
-            &packed(DType::F16, &[1, 6, 8, 8]),
+            &TensorDesc::packed(DType::F16, &[1, 4, 4, 4]),
+            &TensorDesc::packed(DType::F16, &[4, 3, 3, 3]),
+            &TensorDesc::packed(DType::F16, &[1, 6, 8, 8]),
         )
         .unwrap();
         assert_eq!(bd.pass, Pass::Forward);
@@ -540,9 +545,9 @@ mod tests {
         let p = conv_problem(
             Direction::Forward,
             &conv2d(miopenDepthwise, 1, 1, 1),
-            &packed(DType::BF16, &[1, 8, 5, 5]),
-            &packed(DType::BF16, &[8, 1, 3, 3]),
-            &packed(DType::BF16, &[1, 8, 5, 5]),
+            &TensorDesc::packed(DType::BF16, &[1, 8, 5, 5]),
+            &TensorDesc::packed(DType::BF16, &[8, 1, 3, 3]),
+            &TensorDesc::packed(DType::BF16, &[1, 8, 5, 5]),
         )
         .unwrap();
         assert_eq!(p.shape.groups, 8);
@@ -554,9 +559,9 @@ mod tests {
         let e = conv_problem(
             Direction::Forward,
             &c,
-            &packed(DType::F32, &[1, 3, 5, 5]),
-            &packed(DType::F32, &[4, 3, 3, 3]),
-            &packed(DType::F32, &[1, 4, 4, 3]),
+            &TensorDesc::packed(DType::F32, &[1, 3, 5, 5]),
+            &TensorDesc::packed(DType::F32, &[4, 3, 3, 3]),
+            &TensorDesc::packed(DType::F32, &[1, 4, 4, 3]),
         )
         .unwrap_err();
         assert_eq!(e.status, miopenStatusBadParm);
@@ -564,27 +569,27 @@ mod tests {
         let e = conv_problem(
             Direction::Forward,
             &c,
-            &packed(DType::F32, &[1, 3, 5, 5]),
-            &packed(DType::F32, &[4, 2, 3, 3]),
-            &packed(DType::F32, &[1, 4, 3, 3]),
+            &TensorDesc::packed(DType::F32, &[1, 3, 5, 5]),
+            &TensorDesc::packed(DType::F32, &[4, 2, 3, 3]),
+            &TensorDesc::packed(DType::F32, &[1, 4, 3, 3]),
         )
         .unwrap_err();
         assert!(e.message.contains("does not fit"), "{e}");
         let e = conv_problem(
             Direction::Forward,
             &c,
-            &packed(DType::F32, &[1, 3, 5, 5]),
-            &packed(DType::F16, &[4, 3, 3, 3]),
-            &packed(DType::F32, &[1, 4, 3, 3]),
+            &TensorDesc::packed(DType::F32, &[1, 3, 5, 5]),
+            &TensorDesc::packed(DType::F16, &[4, 3, 3, 3]),
+            &TensorDesc::packed(DType::F32, &[1, 4, 3, 3]),
         )
         .unwrap_err();
         assert!(e.message.contains("data types differ"), "{e}");
         let e = conv_problem(
             Direction::Forward,
             &c,
-            &packed(DType::F32, &[1, 3, 5, 5, 5]),
-            &packed(DType::F32, &[4, 3, 3, 3]),
-            &packed(DType::F32, &[1, 4, 3, 3]),
+            &TensorDesc::packed(DType::F32, &[1, 3, 5, 5, 5]),
+            &TensorDesc::packed(DType::F32, &[4, 3, 3, 3]),
+            &TensorDesc::packed(DType::F32, &[1, 4, 3, 3]),
         )
         .unwrap_err();
         assert!(e.message.contains("spatial dims"), "{e}");
@@ -605,7 +610,7 @@ mod tests {
             strides: vec![4, 1],
         };
         assert!(check_size("x", &wraps).is_err());
-        assert!(check_size("x", &packed(DType::F32, &[64, 256, 56, 56])).is_ok());
+        assert!(check_size("x", &TensorDesc::packed(DType::F32, &[64, 256, 56, 56])).is_ok());
     }
 
     #[test]
@@ -620,9 +625,9 @@ mod tests {
         let p = conv_problem(
             Direction::BackwardWeights,
             &c,
-            &packed(DType::F32, &[2, 3, 10]),
-            &packed(DType::F32, &[5, 3, 3]),
-            &packed(DType::F32, &[2, 5, 10]),
+            &TensorDesc::packed(DType::F32, &[2, 3, 10]),
+            &TensorDesc::packed(DType::F32, &[5, 3, 3]),
+            &TensorDesc::packed(DType::F32, &[2, 5, 10]),
         )
         .unwrap();
         assert_eq!(p.shape.input, [1, 1, 10]);
@@ -683,7 +688,7 @@ fn bn_layout(name: &str, t: &TensorDesc) -> ShimResult<Layout5> {
             t.dims.len()
         )));
     }
-    Ok(layout5(t))
+    Ok(t.layout5())
 }
 
 /// Builds the problem of a batch-norm call. `y` is the forward output or, with `dx`,

@@ -278,14 +278,7 @@ fn layout_any(t: &TensorDesc) -> ShimResult<Layout5> {
             t.dims.len()
         )));
     }
-    let sd = t.dims.len() - 2;
-    let mut dims = [1; 5];
-    let mut strides = [0; 5];
-    dims[..2].copy_from_slice(&t.dims[..2]);
-    strides[..2].copy_from_slice(&t.strides[..2]);
-    dims[5 - sd..].copy_from_slice(&t.dims[2..]);
-    strides[5 - sd..].copy_from_slice(&t.strides[2..]);
-    Ok(Layout5 { dims, strides })
+    Ok(t.layout5())
 }
 
 /// `miopenConvolutionForwardBias`: `y = alpha * (y + b) + beta * y` (MIOpen's OpTensor

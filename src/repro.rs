@@ -82,18 +82,6 @@ mod tests {
     use crate::describe::{conv_problem, ConvDesc, TensorDesc};
     use crate::ffi::miopen::{miopenConvolution, miopenTranspose};
 
-    fn packed(dtype: DType, dims: &[usize]) -> TensorDesc {
-        let mut strides = vec![1; dims.len()];
-        for i in (0..dims.len() - 1).rev() {
-            strides[i] = strides[i + 1] * dims[i + 1];
-        }
-        TensorDesc {
-            dtype,
-            dims: dims.to_vec(),
-            strides,
-        }
-    }
-
     #[test]
     fn forward_2d_fp16_command() {
         let c = ConvDesc {
@@ -106,9 +94,9 @@ mod tests {
         let p = conv_problem(
             Direction::Forward,
             &c,
-            &packed(DType::F16, &[8, 3, 224, 224]),
-            &packed(DType::F16, &[64, 3, 3, 3]),
-            &packed(DType::F16, &[8, 64, 112, 112]),
+            &TensorDesc::packed(DType::F16, &[8, 3, 224, 224]),
+            &TensorDesc::packed(DType::F16, &[64, 3, 3, 3]),
+            &TensorDesc::packed(DType::F16, &[8, 64, 112, 112]),
         )
         .unwrap();
         assert_eq!(
@@ -130,9 +118,9 @@ mod tests {
         let p = conv_problem(
             Direction::Forward,
             &c,
-            &packed(DType::F32, &[1, 4, 3, 3, 3]),
-            &packed(DType::F32, &[4, 2, 3, 3, 3]),
-            &packed(DType::F32, &[1, 2, 6, 6, 6]),
+            &TensorDesc::packed(DType::F32, &[1, 4, 3, 3, 3]),
+            &TensorDesc::packed(DType::F32, &[4, 2, 3, 3, 3]),
+            &TensorDesc::packed(DType::F32, &[1, 2, 6, 6, 6]),
         )
         .unwrap();
         let cmd = driver_command(&p);

@@ -6,49 +6,14 @@
 use rdna1shim::describe::{conv_problem, ConvDesc, Direction, TensorDesc};
 use rdna1shim::execute::compute_on_host;
 use rdna1shim::ffi::miopen::{miopenConvolution, miopenTranspose};
-use rdna1shim::layout::{gather, scatter, DType, Layout5};
+use rdna1shim::layout::{gather, DType};
 use serde_json::Value;
 
+mod common;
+use common::*;
+
 fn fill(n: usize, seed: u64) -> Vec<f32> {
-    (0..n as u64)
-        .map(|i| (((i * 7919 + seed * 104729) % 2003) as f64 / 1001.5 - 1.0) as f32)
-        .collect()
-}
-
-fn usizes(v: &Value) -> Vec<usize> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as usize)
-        .collect()
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-/// Strides of `dims` ([n, c, spatial...]) packed in NCHW order or channels-last order.
-fn strides(dims: &[usize], channels_last: bool) -> Vec<usize> {
-    let r = dims.len();
-    let order: Vec<usize> = if channels_last {
-        let mut o = vec![0];
-        o.extend(2..r);
-        o.push(1);
-        o
-    } else {
-        (0..r).collect()
-    };
-    let mut s = vec![0; r];
-    let mut acc = 1;
-    for &i in order.iter().rev() {
-        s[i] = acc;
-        acc *= dims[i];
-    }
-    s
+    values(n, seed, 1.0, 0.0)
 }
 
 struct Tensor {
@@ -58,29 +23,13 @@ struct Tensor {
 
 impl Tensor {
     fn new(dtype: DType, dims: &[usize], channels_last: bool, vals: &[f32]) -> Self {
-        let desc = TensorDesc {
-            dtype,
-            dims: dims.to_vec(),
-            strides: strides(dims, channels_last),
-        };
-        let l = layout5(&desc);
-        let mut bytes = vec![0u8; l.span() * dtype.size()];
-        scatter(vals, dtype, &l, &mut bytes);
+        let desc = desc(dtype, dims, channels_last);
+        let bytes = bytes(vals, dtype, &desc.layout5());
         Tensor { desc, bytes }
     }
     fn values(&self) -> Vec<f32> {
-        gather(&self.bytes, self.desc.dtype, &layout5(&self.desc))
+        gather(&self.bytes, self.desc.dtype, &self.desc.layout5())
     }
-}
-
-fn layout5(t: &TensorDesc) -> Layout5 {
-    let sd = t.dims.len() - 2;
-    let (mut dims, mut st) = ([1; 5], [0; 5]);
-    dims[..2].copy_from_slice(&t.dims[..2]);
-    st[..2].copy_from_slice(&t.strides[..2]);
-    dims[5 - sd..].copy_from_slice(&t.dims[2..]);
-    st[5 - sd..].copy_from_slice(&t.strides[2..]);
-    Layout5 { dims, strides: st }
 }
 
 /// Runs one call through the host path. `x`, `w`, `y` in the call's roles (see
@@ -114,38 +63,6 @@ fn call(
         rdna1shim::describe::Pass::BackwardData => xr.values(),
         rdna1shim::describe::Pass::BackwardWeights => w.values(),
     }
-}
-
-fn tolerance(dt: DType) -> f32 {
-    match dt {
-        DType::F32 => 2e-5,
-        DType::F16 => 4e-3,
-        DType::BF16 => 2e-2,
-    }
-}
-
-fn compare(what: &str, got: &[f32], want: &[f32], dt: DType) -> Result<(), String> {
-    if got.len() != want.len() {
-        return Err(format!(
-            "{what}: {} values, expected {}",
-            got.len(),
-            want.len()
-        ));
-    }
-    let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-    let (i, err) = got
-        .iter()
-        .zip(want)
-        .map(|(g, w)| (g - w).abs())
-        .enumerate()
-        .fold((0, 0f32), |a, b| if b.1 > a.1 { b } else { a });
-    if err > tolerance(dt) * scale {
-        return Err(format!(
-            "{what}: max error {err} at {i} (got {}, want {}), scale {scale}",
-            got[i], want[i]
-        ));
-    }
-    Ok(())
 }
 
 fn run_case(

@@ -9,118 +9,17 @@
 //! say so loudly and pass, so that the generator's output can be committed later.
 
 use rdna1shim::cpu::batchnorm::BnMode;
-use rdna1shim::describe::{bn_problem, BnProblem, TensorDesc};
+use rdna1shim::describe::{bn_problem, BnProblem};
 use rdna1shim::execute_bn::{
     backward_on_host, infer_on_host, train_on_host, BwdOld, BwdScalars, FwdScalars,
 };
-use rdna1shim::layout::{gather, scatter, DType, Layout5};
+use rdna1shim::layout::{gather, DType};
 use serde_json::Value;
 
+mod common;
+use common::*;
+
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/bn_golden.json");
-
-/// The generator's `values`: `scale * fill + offset`, rounded to f32.
-fn values(n: usize, seed: u64, scale: f64, offset: f64) -> Vec<f32> {
-    (0..n as u64)
-        .map(|i| {
-            let v = ((i * 7919 + seed * 104729) % 2003) as f64 / 1001.5 - 1.0;
-            (scale * v + offset) as f32
-        })
-        .collect()
-}
-
-fn usizes(v: &Value) -> Vec<usize> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as usize)
-        .collect()
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-/// Strides of `dims` ([n, c, spatial...]) packed in NCHW or channels-last order.
-fn strides(dims: &[usize], channels_last: bool) -> Vec<usize> {
-    let r = dims.len();
-    let order: Vec<usize> = if channels_last {
-        let mut o = vec![0];
-        o.extend(2..r);
-        o.push(1);
-        o
-    } else {
-        (0..r).collect()
-    };
-    let mut s = vec![0; r];
-    let mut acc = 1;
-    for &i in order.iter().rev() {
-        s[i] = acc;
-        acc *= dims[i];
-    }
-    s
-}
-
-fn desc(dtype: DType, dims: &[usize], channels_last: bool) -> TensorDesc {
-    TensorDesc {
-        dtype,
-        dims: dims.to_vec(),
-        strides: strides(dims, channels_last),
-    }
-}
-
-/// Bytes of a tensor in `l` holding `vals` (packed canonical order) stored as `dt`.
-fn bytes(vals: &[f32], dt: DType, l: &Layout5) -> Vec<u8> {
-    let mut b = vec![0u8; l.span() * dt.size()];
-    scatter(vals, dt, l, &mut b);
-    b
-}
-
-/// `vals` after a trip through device memory of type `dt` (the rounding a caller sees).
-fn stored(vals: &[f32], dt: DType, l: &Layout5) -> Vec<f32> {
-    gather(&bytes(vals, dt, l), dt, l)
-}
-
-fn tolerance(dt: DType) -> f32 {
-    match dt {
-        DType::F32 => 2e-5,
-        DType::F16 => 4e-3,
-        DType::BF16 => 2e-2,
-    }
-}
-
-fn compare(what: &str, got: &[f32], want: &[f32], dt: DType) -> Result<(), String> {
-    compare_within(what, got, want, tolerance(dt))
-}
-
-/// `got` within `tol` times the largest magnitude of `want` (NaN is never within).
-fn compare_within(what: &str, got: &[f32], want: &[f32], tol: f32) -> Result<(), String> {
-    if got.len() != want.len() {
-        return Err(format!(
-            "{what}: {} values, expected {}",
-            got.len(),
-            want.len()
-        ));
-    }
-    let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-    let (mut i, mut err) = (0, 0f32);
-    for (j, (g, w)) in got.iter().zip(want).enumerate() {
-        let e = (g - w).abs();
-        if e.is_nan() || e > err {
-            (i, err) = (j, if e.is_nan() { f32::INFINITY } else { e });
-        }
-    }
-    if err > tol * scale {
-        return Err(format!(
-            "{what}: max error {err} at {i} (got {}, want {}), scale {scale}",
-            got[i], want[i]
-        ));
-    }
-    Ok(())
-}
 
 /// One case's problem and inputs, in one layout.
 struct Case {
