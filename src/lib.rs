@@ -10,6 +10,7 @@
 pub mod activation;
 pub mod config;
 pub mod cpu;
+pub mod crash;
 pub mod describe;
 pub mod error;
 pub mod execute;

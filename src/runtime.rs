@@ -54,6 +54,7 @@ impl Runtime {
         }
         // SAFETY: registering a plain extern "C" function.
         unsafe { libc::atexit(print_summary) };
+        crate::crash::install(config.log_file.as_deref());
         Runtime {
             hip_lib_override: config.hip_lib.clone(),
             config,

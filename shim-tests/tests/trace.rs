@@ -88,15 +88,19 @@ fn the_last_line_names_the_call_that_crashed() {
         .and_then(|l| l.split(':').next())
         .unwrap_or_else(|| panic!("no crash message\n{stderr}"));
     assert!(crashed.starts_with("miopen"), "{crashed}");
+    // The shim's crash summary is written on the way down, to stderr and to the log file.
+    assert!(
+        stderr.contains("rdna1shim: summary at crash (signal 6): conv_fwd cpu=0 gpu="),
+        "{stderr}"
+    );
     let text = read(&log);
-    let last = text
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("");
+    let mut lines = text.lines().rev().filter(|l| !l.trim().is_empty());
+    let summary = lines.next().unwrap_or("");
+    assert!(summary.starts_with("rdna1shim: summary at crash"), "{text}");
+    let last = lines.next().unwrap_or("");
     assert!(
         last.contains(&format!("call {crashed} -> real MIOpen")),
-        "crashed in {crashed}; last line: {last}\n{text}"
+        "crashed in {crashed}; last call line: {last}\n{text}"
     );
 }
 
