@@ -9,11 +9,19 @@
 //! Layout conversion (NHWC, strided, fp16/bf16) happens outside the engine.
 //! The engine runs on whatever rayon pool is current; callers choose the pool.
 //!
-//! Modules: [`conv`] (entry points and dispatch), `lowered` (im2col + GEMM
-//! paths), `im2col` (lowered-matrix construction), `depthwise` (direct loops),
-//! `geometry` (index arithmetic), `matmul` (`gemm` wrapper), `scratch`
-//! (bounded reusable buffers), `par` (task splitting), `simd` (CPU-feature
-//! dispatch).
+//! Convolution modules:
+//! - [`conv`]: the entry points (`forward`, `backward_data`,
+//!   `backward_weights`), argument checks and the choice of algorithm;
+//! - `lowered`: the passes as matrix products over chunks of positions, with
+//!   an AVX-512 back end (`avx512_gemm` kernel, `pack` providers of the packed
+//!   operand) and a portable one (`im2col` buffers, `matmul` over the `gemm`
+//!   crate);
+//! - `depthwise`: direct loops for one input channel per group;
+//! - `padded`: zero-padded, phase-split input planes used by both;
+//! - `geometry` (index arithmetic), `scratch` (bounded reusable buffers),
+//!   `par` (task splitting), `simd` (vector types and run-time dispatch).
+//!
+//! [`batchnorm`] is the batch-normalization engine.
 
 mod avx512_gemm;
 pub mod batchnorm;

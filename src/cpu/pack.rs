@@ -19,7 +19,7 @@ use std::ops::Range;
 
 use super::geometry::{for_each_segment, valid_range};
 use super::im2col::{for_each_image_run, input_row, tap_of, tap_offsets, Chunk};
-use super::padded::{pad_rows, Geom};
+use super::padded::{pad_rows, unpad_plane, Geom};
 use super::simd::Level;
 use super::ConvShape;
 
@@ -347,46 +347,64 @@ impl<'a> PaddedChunk<'a> {
         self.data[at..].as_ptr()
     }
 
-    /// Offset, within a padded plane, of the run tap `r % taps` reads
-    /// relative to tap `(0, 0, 0)`.
     #[inline(always)]
     fn tap_offset(&self, t: usize) -> usize {
-        let [kd, kh, kw] = tap_of(self.s, t);
-        let g = &self.g;
-        (kd * g.dil[0] * g.hp + kh * g.dil[1]) * g.row_len() + g.tap(kw)
+        tap_offset(self.s, &self.g, t)
     }
 
-    /// Splits chunk columns `c0..c0 + len` into runs inside one output row
-    /// of one image, also cut at multiples of `split` from `c0`. Returns the
-    /// number of runs written to `out`.
     #[inline(always)]
     fn runs(&self, c0: usize, len: usize, split: usize, out: &mut [Run; MAX_RUNS]) -> usize {
-        let [_, oh_n, ow_n] = self.s.output;
-        let g = &self.g;
-        let ch = self.ch;
-        let mut count = 0;
-        let mut c = c0;
-        let end = c0 + len;
-        while c < end {
-            let (i, q) = (c / ch.np, c % ch.np);
-            let p = ch.p0 + q;
-            let (od, oh, ow) = (p / (oh_n * ow_n), (p / ow_n) % oh_n, p % ow_n);
-            let n = (ow_n - ow)
-                .min(ch.np - q)
-                .min(end - c)
-                .min(split - (c - c0) % split);
-            let row = od * g.stride[0] * g.hp + oh * g.stride[1];
-            out[count] = Run {
-                c: c - c0,
-                len: n,
-                img: i,
-                base: (row - self.row0) * g.row_len() + ow,
-            };
-            count += 1;
-            c += n;
-        }
-        count
+        chunk_runs(self.s, &self.g, self.ch, self.row0, c0, len, split, out)
     }
+}
+
+/// Splits chunk columns `c0..c0 + len` into runs inside one output row of
+/// one image, also cut at multiples of `split` from `c0`; `base` is relative
+/// to padded row `row0`. Returns the number of runs written to `out`
+/// (`len <= MAX_RUNS / 2` keeps it in bounds).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn chunk_runs(
+    s: &ConvShape,
+    g: &Geom,
+    ch: Chunk,
+    row0: usize,
+    c0: usize,
+    len: usize,
+    split: usize,
+    out: &mut [Run; MAX_RUNS],
+) -> usize {
+    let [_, oh_n, ow_n] = s.output;
+    let mut count = 0;
+    let mut c = c0;
+    let end = c0 + len;
+    while c < end {
+        let (i, q) = (c / ch.np, c % ch.np);
+        let p = ch.p0 + q;
+        let (od, oh, ow) = (p / (oh_n * ow_n), (p / ow_n) % oh_n, p % ow_n);
+        let n = (ow_n - ow)
+            .min(ch.np - q)
+            .min(end - c)
+            .min(split - (c - c0) % split);
+        let row = od * g.stride[0] * g.hp + oh * g.stride[1];
+        out[count] = Run {
+            c: c - c0,
+            len: n,
+            img: i,
+            base: (row - row0) * g.row_len() + ow,
+        };
+        count += 1;
+        c += n;
+    }
+    count
+}
+
+/// Offset, within a padded plane, of the run tap `t` reads relative to tap
+/// `(0, 0, 0)`.
+#[inline(always)]
+fn tap_offset(s: &ConvShape, g: &Geom, t: usize) -> usize {
+    let [kd, kh, kw] = tap_of(s, t);
+    (kd * g.dil[0] * g.hp + kh * g.dil[1]) * g.row_len() + g.tap(kw)
 }
 
 /// Most runs one packed block can hold: every column its own run, plus a
@@ -515,6 +533,110 @@ unsafe fn transpose_out(rows: *const f32, kc: usize, dst: *mut f32) {
             _mm512_storeu_ps(dst.add((p0 + j) * NR), *line);
         }
         p0 += 16;
+    }
+}
+
+/// Input-gradient planes of a backward-data task — images `n0..n0 + nimg`,
+/// channels `ci0..ci0 + cin` of a group — held padded like [`PaddedChunk`]
+/// (whole planes) and zero-initialised: `col2im` becomes contiguous vector
+/// adds, and [`PaddedGrad::unpad`] writes the valid region to `dx`.
+pub(crate) struct PaddedGrad<'a> {
+    s: &'a ConvShape,
+    g: Geom,
+    n0: usize,
+    nimg: usize,
+    cin: usize,
+    data: &'a mut [f32],
+}
+
+impl<'a> PaddedGrad<'a> {
+    /// Floats needed for `nimg` images and `cin` channels.
+    pub fn len(s: &ConvShape, nimg: usize, cin: usize) -> usize {
+        nimg * cin * Geom::forward(s).padded_len()
+    }
+
+    /// Zeroed planes for `images` × `cin` channels in `buf` (of
+    /// [`PaddedGrad::len`] floats).
+    pub fn new(buf: &'a mut [f32], s: &'a ConvShape, images: Range<usize>, cin: usize) -> Self {
+        let g = Geom::forward(s);
+        let len = images.len() * cin * g.padded_len();
+        buf[..len].fill(0.0);
+        PaddedGrad {
+            s,
+            g,
+            n0: images.start,
+            nimg: images.len(),
+            cin,
+            data: &mut buf[..len],
+        }
+    }
+
+    /// Adds the lowered gradient `col` — rows `(channel, tap)` for all the
+    /// task's channels, `ch.cols()` columns — of chunk `ch` into the planes.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn add_lowered(&mut self, ch: Chunk, col: &[f32]) {
+        let ks = self.s.kernel_spatial();
+        let cols = ch.cols();
+        assert!(col.len() >= self.cin * ks * cols);
+        assert!(ch.n0 >= self.n0 && ch.n0 + ch.nimg <= self.n0 + self.nimg);
+        let plane = self.g.padded_len();
+        let data = self.data.as_mut_ptr();
+        let mut runs = [Run::default(); MAX_RUNS];
+        let mut c0 = 0;
+        while c0 < cols {
+            let len = (MAX_RUNS / 2).min(cols - c0);
+            let count = chunk_runs(self.s, &self.g, ch, 0, c0, len, usize::MAX, &mut runs);
+            for r in 0..self.cin * ks {
+                let (c, t) = (r / ks, r % ks);
+                let tap = tap_offset(self.s, &self.g, t);
+                let src = col.as_ptr().add(r * cols + c0);
+                for run in &runs[..count] {
+                    let img = ch.n0 + run.img - self.n0;
+                    let dst = data.add((img * self.cin + c) * plane + run.base + tap);
+                    add_run(dst, src.add(run.c), run.len);
+                }
+            }
+            c0 += len;
+        }
+    }
+
+    /// Writes the valid region of every plane to the matching `dx` plane
+    /// (channel `c_first + c` of each image), zero where no tap reached.
+    pub fn unpad(&self, level: Level, dx: super::par::SendPtr, c_first: usize) {
+        let isp = self.s.input_spatial();
+        let plane = self.g.padded_len();
+        for i in 0..self.nimg {
+            for c in 0..self.cin {
+                let at = ((self.n0 + i) * self.s.c_in + c_first + c) * isp;
+                // SAFETY: the task owns these dx planes.
+                let out = unsafe { dx.slice(at, isp) };
+                let src = &self.data[(i * self.cin + c) * plane..][..plane];
+                unpad_plane(level, out, src, self.s.input, &self.g);
+            }
+        }
+    }
+}
+
+/// `dst[j] += src[j]` for `j < n`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn add_run(dst: *mut f32, src: *const f32, n: usize) {
+    let mut i = 0;
+    while i + 16 <= n {
+        let v = _mm512_add_ps(_mm512_loadu_ps(dst.add(i)), _mm512_loadu_ps(src.add(i)));
+        _mm512_storeu_ps(dst.add(i), v);
+        i += 16;
+    }
+    if i < n {
+        let m = lanes(n - i);
+        let v = _mm512_add_ps(
+            _mm512_maskz_loadu_ps(m, dst.add(i)),
+            _mm512_maskz_loadu_ps(m, src.add(i)),
+        );
+        _mm512_mask_storeu_ps(dst.add(i), m, v);
     }
 }
 

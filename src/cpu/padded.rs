@@ -204,3 +204,44 @@ dispatch_simd!(pub(crate) fn pad_rows(dst: &mut [f32], src: &[f32], dims: [usize
 pub(crate) fn pad_plane(level: Level, dst: &mut [f32], src: &[f32], dims: [usize; 3], g: &Geom) {
     pad_rows(level, dst, src, dims, g, 0..g.dp * g.hp);
 }
+
+/// The inverse of [`pad_plane`]: writes the source-plane positions of the
+/// padded plane `src` into `dst` (of size `dims`), zero for positions outside
+/// the padded region. Needs `g.lo >= 0` (a forward geometry).
+#[inline(always)]
+fn unpad_plane_impl<S: Simd>(dst: &mut [f32], src: &[f32], dims: [usize; 3], g: &Geom) {
+    let [d_n, h_n, w_n] = dims;
+    assert!(
+        g.lo.iter().all(|&l| l >= 0) && dst.len() >= d_n * h_n * w_n && src.len() >= g.padded_len()
+    );
+    let lo = g.lo.map(|l| l as usize);
+    let phases = g.stride[2];
+    for d in 0..d_n {
+        for h in 0..h_n {
+            let out = &mut dst[(d * h_n + h) * w_n..][..w_n];
+            let (pd, ph) = (d + lo[0], h + lo[1]);
+            if pd >= g.dp || ph >= g.hp {
+                // SAFETY: `out` is writable.
+                unsafe { zero_vec::<S>(out.as_mut_ptr(), w_n) };
+                continue;
+            }
+            let row = &src[g.row(pd, ph)..][..g.row_len()];
+            if phases == 1 {
+                let n = w_n.min(g.wq.saturating_sub(lo[2]));
+                // SAFETY: both ranges lie inside `out` and `row`.
+                unsafe {
+                    copy_vec::<S>(out.as_mut_ptr(), row.as_ptr().add(lo[2]), n);
+                    zero_vec::<S>(out.as_mut_ptr().add(n), w_n - n);
+                }
+            } else {
+                for (w, o) in out.iter_mut().enumerate() {
+                    let col = w + lo[2];
+                    let (r, j) = (col % phases, col / phases);
+                    *o = if j < g.wq { row[r * g.wq + j] } else { 0.0 };
+                }
+            }
+        }
+    }
+}
+
+dispatch_simd!(pub(crate) fn unpad_plane(dst: &mut [f32], src: &[f32], dims: [usize; 3], g: &Geom) => unpad_plane_impl);

@@ -12,7 +12,9 @@ use super::{balanced_cols, partial_workers, sum_over_workers, Dims};
 use crate::cpu::avx512_gemm::{gemm, PackB, B_BLOCK_LEN, NR};
 use crate::cpu::im2col::{col2im, gather_rows, scatter_rows, Chunk};
 use crate::cpu::matmul::{Mat, MatMut};
-use crate::cpu::pack::{DirectIm2colB, DirectIm2colTB, Im2colB, Im2colTB, ImagesB, PaddedChunk};
+use crate::cpu::pack::{
+    DirectIm2colB, DirectIm2colTB, Im2colB, Im2colTB, ImagesB, PaddedChunk, PaddedGrad,
+};
 use crate::cpu::par::{split_range, SendPtr};
 use crate::cpu::scratch::{Slot, Tuning};
 use crate::cpu::ConvShape;
@@ -182,7 +184,7 @@ pub(super) fn backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32]
     }
     let dxp = SendPtr(dx.as_mut_ptr());
     tasks.into_par_iter().for_each(|(images, g, ci)| {
-        backward_data_task(s, t, &d, dy, w, dxp, images, g, ci, cols, bblock)
+        backward_data_task(s, t, &d, dy, w, dxp, images, g, ci, cols, bblock, budget)
     });
 }
 
@@ -200,20 +202,35 @@ fn backward_data_task(
     ci: Range<usize>,
     cols: usize,
     bblock: usize,
+    budget: usize,
 ) {
     let isp = s.input_spatial();
     let c0 = g * d.cin_g + ci.start;
-    if !d.pointwise {
+    let kr = ci.len() * d.ks;
+    let chunks = Chunk::cover(images.clone(), d.p, cols, NR);
+    let max_cols = chunks.iter().map(Chunk::cols).max().unwrap_or(0);
+    // Accumulate into padded gradient planes when they fit; otherwise zero dx
+    // and scatter straight into it.
+    let grad_len = if d.pointwise {
+        0
+    } else {
+        PaddedGrad::len(s, images.len(), ci.len())
+    };
+    let grad_len = if kr * max_cols + bblock + grad_len <= budget {
+        grad_len
+    } else {
+        0
+    };
+    if !d.pointwise && grad_len == 0 {
         for n in images.clone() {
             // SAFETY: this task owns channels c0..c0+len of these images.
             unsafe { dx.slice((n * s.c_in + c0) * isp, ci.len() * isp) }.fill(0.0);
         }
     }
-    let kr = ci.len() * d.ks;
-    let chunks = Chunk::cover(images, d.p, cols, NR);
-    let max_cols = chunks.iter().map(Chunk::cols).max().unwrap_or(0);
-    t.scratch(Slot::Task, kr * max_cols + bblock, |buf| {
-        let (colbuf, bbuf) = buf.split_at_mut(kr * max_cols);
+    t.scratch(Slot::Task, kr * max_cols + bblock + grad_len, |buf| {
+        let (colbuf, rest) = buf.split_at_mut(kr * max_cols);
+        let (bbuf, gbuf) = rest.split_at_mut(bblock);
+        let mut grad = (grad_len > 0).then(|| PaddedGrad::new(gbuf, s, images.clone(), ci.len()));
         // Wᵀ restricted to the task's channels: element (r, o) = W[g][o][ci0·ks + r].
         let a = Mat {
             ptr: w[g * d.m * d.k + ci.start * d.ks..].as_ptr(),
@@ -240,21 +257,26 @@ fn backward_data_task(
                         cs: 1,
                     };
                     run(kr, cols, d.m, a, &b, dst, false, bbuf);
+                    continue;
+                }
+                let colbuf = &mut colbuf[..kr * cols];
+                let dst = MatMut {
+                    ptr: colbuf.as_mut_ptr(),
+                    rs: cols,
+                    cs: 1,
+                };
+                run(kr, cols, d.m, a, &b, dst, false, bbuf);
+                if d.pointwise {
+                    scatter_rows(colbuf, s.c_in, c0, kr, ch, dx);
+                } else if let Some(grad) = grad.as_mut() {
+                    grad.add_lowered(ch, colbuf);
                 } else {
-                    let colbuf = &mut colbuf[..kr * cols];
-                    let dst = MatMut {
-                        ptr: colbuf.as_mut_ptr(),
-                        rs: cols,
-                        cs: 1,
-                    };
-                    run(kr, cols, d.m, a, &b, dst, false, bbuf);
-                    if d.pointwise {
-                        scatter_rows(colbuf, s.c_in, c0, kr, ch, dx);
-                    } else {
-                        col2im(s, colbuf, g, ch, ci.clone(), dx);
-                    }
+                    col2im(s, colbuf, g, ch, ci.clone(), dx);
                 }
             }
+        }
+        if let Some(grad) = grad {
+            grad.unpad(t.simd, dx, c0);
         }
     });
 }
