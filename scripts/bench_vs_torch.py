@@ -2,11 +2,14 @@
 """Side-by-side benchmark: rdna1shim's CPU engine against PyTorch's CPU convolution
 (oneDNN), same machine, same thread count, measured in the same run.
 
-    python3 scripts/bench_vs_torch.py [--threads N] [--layer SUBSTRING] [--bench PATH] [--markdown]
+    python3 scripts/bench_vs_torch.py [--threads N] [--layer SUBSTRING] [--bench PATH]
+                                      [--rounds R] [--min-ms MS] [--markdown]
 
-The layer list comes from the engine's own benchmark (`conv_bench --json`, built with
-`cargo build --release --bin conv_bench`), which prints each layer's geometry; this
-script times PyTorch on exactly that geometry:
+The layer list comes from the engine's own benchmark (`conv_bench --list`, built with
+`cargo build --release --bin conv_bench`), which prints each layer's geometry. For each
+layer-pass the script alternates R times between the engine (`conv_bench --serve`, a
+long-lived process) and PyTorch on exactly that geometry, keeping each side's best, so
+that the machine's slow spells hit both sides alike. PyTorch runs:
   forward          F.conv{1,2,3}d
   backward_data    aten.convolution_backward, grad-input only (= a transposed conv forward)
   backward_weights aten.convolution_backward, grad-weight only
@@ -23,10 +26,28 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_ours(bench, threads, layer):
-    cmd = [bench, "--json", "--threads", str(threads)]
-    if layer:
-        cmd += ["--layer", layer]
+class Ours:
+    """The engine's benchmark in `--serve` mode: one timed layer-pass per request."""
+
+    def __init__(self, bench, threads, min_ms):
+        self.proc = subprocess.Popen([bench, "--serve", "--threads", str(threads), "--min-ms", str(min_ms)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def time(self, layer, p):
+        self.proc.stdin.write(f"{layer}\t{p}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            sys.exit("conv_bench --serve stopped")
+        return json.loads(line)
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def list_layers(bench, layer):
+    cmd = [bench, "--list"] + (["--layer", layer] if layer else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return [json.loads(l) for l in out.splitlines() if l.startswith("{")]
 
@@ -56,10 +77,10 @@ def torch_runner(torch, s, p):
     return lambda: back(dy, x, w, None, stride, pad, dil, False, [0] * sd, g, mask)
 
 
-def time_best(fn, min_ms=300, min_runs=3):
+def time_best(fn, min_ms):
     fn()  # warm-up (oneDNN primitive creation)
     best, total, runs = float("inf"), 0.0, 0
-    while runs < min_runs or total * 1e3 < min_ms:
+    while runs < 3 or total * 1e3 < min_ms:
         t = time.perf_counter()
         fn()
         dt = time.perf_counter() - t
@@ -77,6 +98,9 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--layer", default="")
     ap.add_argument("--bench", default=os.path.join(ROOT, "target", "release", "conv_bench"))
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="alternating measurements of each side per layer-pass (best kept)")
+    ap.add_argument("--min-ms", type=float, default=150, help="time spent per measurement")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
     a = ap.parse_args()
     if not os.path.exists(a.bench):
@@ -87,28 +111,43 @@ def main():
         peer = f"PyTorch {torch.__version__} CPU (oneDNN {torch.backends.mkldnn.is_available()})"
     except ImportError:
         torch, peer = None, None
-    rows = run_ours(a.bench, a.threads, a.layer)
-    print(f"# {a.threads} threads; peer: {peer or 'none (PyTorch not installed)'}")
+    ours = Ours(a.bench, a.threads, a.min_ms)
+    print(f"# {a.threads} threads; peer: {peer or 'none (PyTorch not installed)'}; "
+          f"best of {a.rounds} alternating rounds each")
     if a.markdown:
         print("| layer | pass | ours GFLOP/s | PyTorch GFLOP/s | ratio | ours extra MiB |")
         print("|---|---|---:|---:|---:|---:|")
     ratios = {}
-    for r in rows:
-        flops = r["gflops"] * r["ms"] * 1e6  # GFLOP/s * ms = MFLOP; *1e6 -> FLOP
-        theirs = None
+    for geo in list_layers(a.bench, a.layer):
+        flops = geo["flops"]
+        fn = None
         if torch is not None:
-            with torch.no_grad():
-                theirs = flops / time_best(torch_runner(torch, r["shape"], r["pass"])) / 1e9
-        ratio = r["gflops"] / theirs if theirs else None
+            fn = torch_runner(torch, geo["shape"], geo["pass"])
+        # Alternate who goes first so that a slow spell of the machine
+        # (frequency, neighbours) hits both sides alike.
+        mine, theirs, extra = 0.0, None, None
+        for r in range(a.rounds):
+            order = ("ours", "torch") if r % 2 == 0 else ("torch", "ours")
+            for side in order:
+                if side == "ours":
+                    res = ours.time(geo["layer"], geo["pass"])
+                    mine = max(mine, res["gflops"])
+                    extra = res["extra_mib"] if extra is None else max(extra, res["extra_mib"] or 0)
+                elif fn is not None:
+                    with torch.no_grad():
+                        g = flops / time_best(fn, a.min_ms) / 1e9
+                    theirs = g if theirs is None else max(theirs, g)
+        ratio = mine / theirs if theirs else None
         if ratio:
-            ratios.setdefault(r["pass"], []).append(ratio)
-        cells = [r["layer"], r["pass"], f"{r['gflops']:.1f}", f"{theirs:.1f}" if theirs else "-",
-                 f"{ratio:.2f}x" if ratio else "-", f"{r['extra_mib']}" if r["extra_mib"] is not None else "-"]
+            ratios.setdefault(geo["pass"], []).append(ratio)
+        cells = [geo["layer"], geo["pass"], f"{mine:.1f}", f"{theirs:.1f}" if theirs else "-",
+                 f"{ratio:.2f}x" if ratio else "-", f"{extra}" if extra is not None else "-"]
         if a.markdown:
             print("| " + " | ".join(cells) + " |")
         else:
             print(f"{cells[0]:<40} {cells[1]:>16} ours {cells[2]:>7}  torch {cells[3]:>7}  ratio {cells[4]:>7}  extra {cells[5]:>6} MiB")
         sys.stdout.flush()
+    ours.close()
     if ratios:
         allr = [x for v in ratios.values() for x in v]
         for p, v in ratios.items():

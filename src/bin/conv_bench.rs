@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release --bin conv_bench -- [--threads N] [--layer SUBSTRING]
 //!     [--pass forward|backward_data|backward_weights] [--json] [--min-ms MS]
-//!     [--retries N]
+//!     [--retries N] [--list] [--serve]
 //! ```
 //! For each layer and pass: one warm-up call, then the best of several timed
 //! calls (at least 3, more for fast layers). Prints GFLOP/s (2 · multiply-adds
@@ -12,7 +12,11 @@
 //! When other processes used more than 5% of the machine during a pass, it
 //! is timed again (keeping the best) up to `--retries` times; passes that
 //! never ran undisturbed are marked `busy`.
-//! `--json` prints one object per line instead of a table.
+//! `--json` prints one object per line instead of a table; `--list` prints
+//! the selected layer-passes' geometry as JSON without timing them; `--serve`
+//! times one layer-pass per request line (`<layer name>\t<pass>`) read from
+//! stdin and answers each with a JSON line — `scripts/bench_vs_torch.py`
+//! uses it to interleave the engine's measurements with PyTorch's.
 //!
 //! The DCGAN layer is a 4x4/2 transposed convolution 512 → 256 from 4x4 to 8x8,
 //! given here as the regular convolution 256 → 512 from 8x8 to 4x4 it is the
@@ -181,6 +185,8 @@ struct Args {
     layer: Option<String>,
     pass: Option<String>,
     json: bool,
+    list: bool,
+    serve: bool,
     min_ms: f64,
     retries: usize,
 }
@@ -191,6 +197,8 @@ fn parse_args() -> Args {
         layer: None,
         pass: None,
         json: false,
+        list: false,
+        serve: false,
         min_ms: 300.0,
         retries: 4,
     };
@@ -221,9 +229,11 @@ fn parse_args() -> Args {
                     .unwrap_or_else(|_| die("bad --retries"))
             }
             "--json" => a.json = true,
+            "--list" => a.list = true,
+            "--serve" => a.serve = true,
             "-h" | "--help" => {
                 println!(
-                    "usage: conv_bench [--threads N] [--layer SUBSTRING] [--pass NAME] [--json] [--min-ms MS] [--retries N]"
+                    "usage: conv_bench [--threads N] [--layer SUBSTRING] [--pass NAME] [--json] [--list] [--serve] [--min-ms MS] [--retries N]"
                 );
                 std::process::exit(0);
             }
@@ -312,6 +322,141 @@ fn run_pass(s: &ConvShape, pass: &str, b: &mut Buffers) {
     }
 }
 
+/// One timed pass: best seconds, the share of the machine other processes
+/// used (when known) and the extra memory in MiB (when known).
+struct Timing {
+    best: f64,
+    load: Option<f64>,
+    extra_mib: Option<f64>,
+}
+
+impl Timing {
+    fn busy(&self) -> bool {
+        self.load.is_some_and(|l| l >= 0.05)
+    }
+}
+
+fn time_pass(
+    pool: &rayon::ThreadPool,
+    s: &ConvShape,
+    pass: &str,
+    b: &mut Buffers,
+    args: &Args,
+) -> Timing {
+    pool.install(conv::release_scratch);
+    let rss0 = if reset_peak() {
+        proc_status_kib("VmRSS:")
+    } else {
+        None
+    };
+    let t0 = Instant::now();
+    pool.install(|| run_pass(s, pass, b));
+    let warm = t0.elapsed().as_secs_f64();
+    let runs = ((args.min_ms / 1e3 / warm.max(1e-6)).ceil() as usize).clamp(3, 50);
+    // Other processes on the machine skew timings: measure again (up to
+    // `--retries` times, keeping the best) while they used more than 5%.
+    let mut best = f64::INFINITY;
+    let mut load = None;
+    for attempt in 0..=args.retries {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        let before = cpu_ticks();
+        for _ in 0..runs {
+            let t = Instant::now();
+            pool.install(|| run_pass(s, pass, b));
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        load = foreign_load(before, cpu_ticks());
+        if load.is_none_or(|l| l < 0.05) {
+            break;
+        }
+    }
+    let extra_mib = match (rss0, proc_status_kib("VmHWM:")) {
+        (Some(r), Some(h)) => Some(h.saturating_sub(r) as f64 / 1024.0),
+        _ => None,
+    };
+    Timing {
+        best,
+        load,
+        extra_mib,
+    }
+}
+
+fn buffers(s: &ConvShape) -> Buffers {
+    Buffers {
+        x: filled(s.input_len(), 1),
+        w: filled(s.weight_len(), 2),
+        dy: filled(s.output_len(), 3),
+        // Filled, not zeroed: untouched pages would count as extra memory.
+        y: filled(s.output_len(), 4),
+        dx: filled(s.input_len(), 5),
+        dw: filled(s.weight_len(), 6),
+    }
+}
+
+/// One JSON object: the layer, the pass, its geometry and, when timed, the
+/// result.
+fn json_line(layer: &Layer, pass: &str, threads: usize, t: Option<&Timing>) -> String {
+    let s = &layer.shape;
+    let timing = t.map_or(String::new(), |t| {
+        format!(
+            "\"gflops\":{:.3},\"ms\":{:.4},\"extra_mib\":{},\"busy\":{},",
+            s.flops() / t.best / 1e9,
+            t.best * 1e3,
+            t.extra_mib
+                .map_or("null".to_string(), |m| format!("{m:.1}")),
+            t.busy(),
+        )
+    });
+    format!(
+        "{{\"layer\":\"{}\",\"pass\":\"{}\",{timing}\"threads\":{},\"flops\":{},\"shape\":{{\"n\":{},\"c_in\":{},\"c_out\":{},\"groups\":{},\"input\":{:?},\"kernel\":{:?},\"output\":{:?},\"pad\":{:?},\"stride\":{:?},\"dilation\":{:?}}}}}",
+        layer.name,
+        pass,
+        threads,
+        s.flops(),
+        s.n,
+        s.c_in,
+        s.c_out,
+        s.groups,
+        s.input,
+        s.kernel,
+        s.output,
+        s.pad,
+        s.stride,
+        s.dilation
+    )
+}
+
+/// `--serve`: times one layer-pass per request line `<layer name>\t<pass>`
+/// on stdin and answers with one JSON line, so that a driver can interleave
+/// the engine's measurements with a peer's in the same run.
+fn serve(pool: &rayon::ThreadPool, layers: &[Layer], threads: usize, args: &Args) {
+    use std::io::{BufRead, Write};
+    let mut cached: Option<(usize, Buffers)> = None;
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        let Some((name, pass)) = line.split_once('\t') else {
+            die(&format!("bad request {line:?}"));
+        };
+        let Some(i) = layers.iter().position(|l| l.name == name) else {
+            die(&format!("no layer named {name:?}"));
+        };
+        if !PASSES.contains(&pass) {
+            die(&format!("unknown pass {pass}"));
+        }
+        if cached.as_ref().is_none_or(|(j, _)| *j != i) {
+            cached = Some((i, buffers(&layers[i].shape)));
+        }
+        let b = &mut cached.as_mut().expect("cached above").1;
+        let t = time_pass(pool, &layers[i].shape, pass, b, args);
+        let _ = writeln!(out, "{}", json_line(&layers[i], pass, threads, Some(&t)));
+        let _ = out.flush();
+    }
+}
+
 fn main() {
     let args = parse_args();
     let threads = args
@@ -337,7 +482,23 @@ fn main() {
     if layers.is_empty() {
         die("no layer matches");
     }
-    let can_reset = reset_peak();
+    let passes: Vec<&str> = PASSES
+        .iter()
+        .copied()
+        .filter(|p| args.pass.as_ref().is_none_or(|f| f == p))
+        .collect();
+    if args.list {
+        for layer in &layers {
+            for pass in &passes {
+                println!("{}", json_line(layer, pass, threads, None));
+            }
+        }
+        return;
+    }
+    if args.serve {
+        serve(&pool, &layers, threads, &args);
+        return;
+    }
     if !args.json {
         println!("conv_bench: {threads} threads, best of >= 3 runs after a warm-up");
         println!(
@@ -349,89 +510,25 @@ fn main() {
     let mut busy_passes = 0;
     for layer in &layers {
         let s = &layer.shape;
-        let mut b = Buffers {
-            x: filled(s.input_len(), 1),
-            w: filled(s.weight_len(), 2),
-            dy: filled(s.output_len(), 3),
-            // Filled, not zeroed: untouched pages would count as extra memory.
-            y: filled(s.output_len(), 4),
-            dx: filled(s.input_len(), 5),
-            dw: filled(s.weight_len(), 6),
-        };
-        for pass in PASSES
-            .iter()
-            .filter(|p| args.pass.as_ref().is_none_or(|f| f == *p))
-        {
-            pool.install(conv::release_scratch);
-            let rss0 = if can_reset && reset_peak() {
-                proc_status_kib("VmRSS:")
-            } else {
-                None
-            };
-            let t0 = Instant::now();
-            pool.install(|| run_pass(s, pass, &mut b));
-            let warm = t0.elapsed().as_secs_f64();
-            let runs = ((args.min_ms / 1e3 / warm.max(1e-6)).ceil() as usize).clamp(3, 50);
-            // Other processes on the machine skew timings: measure again (up to
-            // `--retries` times, keeping the best) while they used more than 5%.
-            let mut best = f64::INFINITY;
-            let mut load = None;
-            for attempt in 0..=args.retries {
-                if attempt > 0 {
-                    std::thread::sleep(std::time::Duration::from_millis(500));
-                }
-                let before = cpu_ticks();
-                for _ in 0..runs {
-                    let t = Instant::now();
-                    pool.install(|| run_pass(s, pass, &mut b));
-                    best = best.min(t.elapsed().as_secs_f64());
-                }
-                load = foreign_load(before, cpu_ticks());
-                if load.is_none_or(|l| l < 0.05) {
-                    break;
-                }
-            }
-            let busy = load.is_some_and(|l| l >= 0.05);
-            busy_passes += usize::from(busy);
-            let extra_mib = match (rss0, proc_status_kib("VmHWM:")) {
-                (Some(r), Some(h)) => Some(h.saturating_sub(r) as f64 / 1024.0),
-                _ => None,
-            };
-            let gflops = s.flops() / best / 1e9;
+        let mut b = buffers(s);
+        for pass in &passes {
+            let t = time_pass(&pool, s, pass, &mut b, &args);
+            busy_passes += usize::from(t.busy());
             totals[0] += s.flops();
-            totals[1] += best;
+            totals[1] += t.best;
             totals[2] += 1.0;
             if args.json {
-                println!(
-                    "{{\"layer\":\"{}\",\"pass\":\"{}\",\"gflops\":{:.3},\"ms\":{:.4},\"threads\":{},\"extra_mib\":{},\"busy\":{},\"shape\":{{\"n\":{},\"c_in\":{},\"c_out\":{},\"groups\":{},\"input\":{:?},\"kernel\":{:?},\"output\":{:?},\"pad\":{:?},\"stride\":{:?},\"dilation\":{:?}}}}}",
-                    layer.name,
-                    pass,
-                    gflops,
-                    best * 1e3,
-                    threads,
-                    extra_mib.map_or("null".to_string(), |m| format!("{m:.1}")),
-                    busy,
-                    s.n,
-                    s.c_in,
-                    s.c_out,
-                    s.groups,
-                    s.input,
-                    s.kernel,
-                    s.output,
-                    s.pad,
-                    s.stride,
-                    s.dilation
-                );
+                println!("{}", json_line(layer, pass, threads, Some(&t)));
             } else {
                 println!(
                     "{:<38} {:>17} {:>9.3} {:>9.1} {:>10}{}",
                     layer.name,
                     pass,
-                    best * 1e3,
-                    gflops,
-                    extra_mib.map_or("-".to_string(), |m| format!("{m:.1}")),
-                    if busy {
-                        format!("  busy ({:.0}% others)", 100.0 * load.unwrap_or(0.0))
+                    t.best * 1e3,
+                    s.flops() / t.best / 1e9,
+                    t.extra_mib.map_or("-".to_string(), |m| format!("{m:.1}")),
+                    if t.busy() {
+                        format!("  busy ({:.0}% others)", 100.0 * t.load.unwrap_or(0.0))
                     } else {
                         String::new()
                     }
