@@ -41,6 +41,11 @@ class Ours:
             sys.exit("conv_bench --serve stopped")
         return json.loads(line)
 
+    def peak(self):
+        self.proc.stdin.write("peak\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())["peak_gflops"]
+
     def close(self):
         self.proc.stdin.close()
         self.proc.wait()
@@ -112,11 +117,14 @@ def main():
     except ImportError:
         torch, peer = None, None
     ours = Ours(a.bench, a.threads, a.min_ms)
+    peak = ours.peak()
+    pct = (lambda g: f"{100 * g / peak:.0f}%") if peak else (lambda g: "-")
     print(f"# {a.threads} threads; peer: {peer or 'none (PyTorch not installed)'}; "
-          f"best of {a.rounds} alternating rounds each")
+          f"best of {a.rounds} alternating rounds each; FMA peak of the threads: "
+          f"{f'{peak:.0f} GFLOP/s' if peak else 'unknown'}")
     if a.markdown:
-        print("| layer | pass | ours GFLOP/s | PyTorch GFLOP/s | ratio | ours extra MiB |")
-        print("|---|---|---:|---:|---:|---:|")
+        print("| layer | pass | ours GFLOP/s | PyTorch GFLOP/s | ratio | ours % peak | PyTorch % peak | ours extra MiB |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
     ratios = {}
     for geo in list_layers(a.bench, a.layer):
         flops = geo["flops"]
@@ -141,11 +149,13 @@ def main():
         if ratio:
             ratios.setdefault(geo["pass"], []).append(ratio)
         cells = [geo["layer"], geo["pass"], f"{mine:.1f}", f"{theirs:.1f}" if theirs else "-",
-                 f"{ratio:.2f}x" if ratio else "-", f"{extra}" if extra is not None else "-"]
+                 f"{ratio:.2f}x" if ratio else "-", pct(mine), pct(theirs) if theirs else "-",
+                 f"{extra}" if extra is not None else "-"]
         if a.markdown:
             print("| " + " | ".join(cells) + " |")
         else:
-            print(f"{cells[0]:<40} {cells[1]:>16} ours {cells[2]:>7}  torch {cells[3]:>7}  ratio {cells[4]:>7}  extra {cells[5]:>6} MiB")
+            print(f"{cells[0]:<40} {cells[1]:>16} ours {cells[2]:>7} ({cells[5]:>4})  torch {cells[3]:>7} ({cells[6]:>4})"
+                  f"  ratio {cells[4]:>7}  extra {cells[7]:>6} MiB")
         sys.stdout.flush()
     ours.close()
     if ratios:

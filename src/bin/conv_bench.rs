@@ -7,15 +7,16 @@
 //! ```
 //! For each layer and pass: one warm-up call, then the best of several timed
 //! calls (at least 3, more for fast layers). Prints GFLOP/s (2 · multiply-adds
-//! per second, the same count for all three passes) and the peak extra memory
-//! of the pass (VmHWM growth over the resident size before it, Linux only).
+//! per second, the same count for all three passes), its share of the FMA
+//! peak measured on the same threads, and the peak extra memory of the pass (VmHWM growth over the resident size before it, Linux only).
 //! When other processes used more than 5% of the machine during a pass, it
 //! is timed again (keeping the best) up to `--retries` times; passes that
 //! never ran undisturbed are marked `busy`.
 //! `--json` prints one object per line instead of a table; `--list` prints
 //! the selected layer-passes' geometry as JSON without timing them; `--serve`
 //! times one layer-pass per request line (`<layer name>\t<pass>`) read from
-//! stdin and answers each with a JSON line — `scripts/bench_vs_torch.py`
+//! stdin and answers each with a JSON line (the request `peak` answers with
+//! the threads' FMA peak) — `scripts/bench_vs_torch.py`
 //! uses it to interleave the engine's measurements with PyTorch's.
 //!
 //! The DCGAN layer is a 4x4/2 transposed convolution 512 → 256 from 4x4 to 8x8,
@@ -438,6 +439,13 @@ fn serve(pool: &rayon::ThreadPool, layers: &[Layer], threads: usize, args: &Args
     let mut out = std::io::stdout();
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
+        if line == "peak" {
+            let peak = pool.install(rdna1shim::cpu::fma_peak_gflops);
+            let peak = peak.map_or("null".to_string(), |p| format!("{p:.1}"));
+            let _ = writeln!(out, "{{\"peak_gflops\":{peak}}}");
+            let _ = out.flush();
+            continue;
+        }
         let Some((name, pass)) = line.split_once('\t') else {
             die(&format!("bad request {line:?}"));
         };
@@ -499,11 +507,19 @@ fn main() {
         serve(&pool, &layers, threads, &args);
         return;
     }
+    let peak = if args.json {
+        None
+    } else {
+        pool.install(rdna1shim::cpu::fma_peak_gflops)
+    };
     if !args.json {
-        println!("conv_bench: {threads} threads, best of >= 3 runs after a warm-up");
         println!(
-            "{:<38} {:>17} {:>9} {:>9} {:>10}",
-            "layer", "pass", "ms", "GFLOP/s", "extra MiB"
+            "conv_bench: {threads} threads, best of >= 3 runs after a warm-up; FMA peak of the threads: {}",
+            peak.map_or("unknown".to_string(), |p| format!("{p:.1} GFLOP/s"))
+        );
+        println!(
+            "{:<38} {:>17} {:>9} {:>9} {:>6} {:>10}",
+            "layer", "pass", "ms", "GFLOP/s", "%peak", "extra MiB"
         );
     }
     let mut totals = [0.0f64; 3]; // [flops, seconds, count]
@@ -520,12 +536,14 @@ fn main() {
             if args.json {
                 println!("{}", json_line(layer, pass, threads, Some(&t)));
             } else {
+                let gflops = s.flops() / t.best / 1e9;
                 println!(
-                    "{:<38} {:>17} {:>9.3} {:>9.1} {:>10}{}",
+                    "{:<38} {:>17} {:>9.3} {:>9.1} {:>6} {:>10}{}",
                     layer.name,
                     pass,
                     t.best * 1e3,
-                    s.flops() / t.best / 1e9,
+                    gflops,
+                    peak.map_or("-".to_string(), |p| format!("{:.0}", 100.0 * gflops / p)),
                     t.extra_mib.map_or("-".to_string(), |m| format!("{m:.1}")),
                     if t.busy() {
                         format!("  busy ({:.0}% others)", 100.0 * t.load.unwrap_or(0.0))

@@ -21,7 +21,8 @@
 //! - `geometry` (index arithmetic), `scratch` (bounded reusable buffers),
 //!   `par` (task splitting), `simd` (vector types and run-time dispatch).
 //!
-//! [`batchnorm`] is the batch-normalization engine.
+//! [`batchnorm`] is the batch-normalization engine; `peak` measures the
+//! cores' FMA peak for the benchmark.
 
 mod avx512_gemm;
 pub mod batchnorm;
@@ -34,6 +35,7 @@ mod matmul;
 mod pack;
 mod padded;
 mod par;
+mod peak;
 mod scratch;
 pub mod shape;
 mod simd;
@@ -41,5 +43,6 @@ mod simd;
 #[cfg(test)]
 mod tests;
 
+pub use peak::fma_peak_gflops;
 pub use scratch::MAX_SCRATCH_BYTES;
 pub use shape::ConvShape;

@@ -9,7 +9,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::{balanced_cols, partial_workers, sum_over_workers, Dims};
-use crate::cpu::avx512_gemm::{gemm, PackB, B_BLOCK_LEN, NR};
+use crate::cpu::avx512_gemm::{gemm, PackB, B_BLOCK_LEN, MIN_BUF_LEN, NR};
 use crate::cpu::im2col::{col2im, gather_rows, scatter_rows, Chunk};
 use crate::cpu::matmul::{Mat, MatMut};
 use crate::cpu::pack::{
@@ -33,7 +33,7 @@ const MIN_TASK_COLS: usize = 96;
 
 /// Size of the packed-B buffer within a per-worker budget of `budget` floats.
 fn b_block(budget: usize) -> usize {
-    B_BLOCK_LEN.min(budget / 2).max(NR)
+    B_BLOCK_LEN.min(budget / 2).max(MIN_BUF_LEN)
 }
 
 /// Chunk width for whole-image chunks limited by a staging matrix of `rows`
