@@ -220,18 +220,28 @@ mod x86 {
     unsafe fn pack_a(a: Mat, i0: usize, mc: usize, k0: usize, kc: usize, dst: &mut [f32]) {
         let mpan = mc.div_ceil(MR);
         assert!(dst.len() >= mpan * kc * MR);
-        for ip in 0..mpan {
+        let full = if a.rs == 1 { mc / MR } else { 0 };
+        if full > 0 {
+            // Column-major: at each depth the rows of adjacent panels are
+            // adjacent, so read a few panels' worth in one sweep (few enough
+            // that the panels, `kc · MR` floats apart, share no cache set).
+            const GROUP: usize = 4;
+            for g0 in (0..full).step_by(GROUP) {
+                let g1 = full.min(g0 + GROUP);
+                for p in 0..kc {
+                    let src = a.ptr.add(i0 + (k0 + p) * a.cs);
+                    let out = dst.as_mut_ptr().add(p * MR);
+                    for ip in g0..g1 {
+                        let v = _mm256_loadu_ps(src.add(ip * MR));
+                        _mm256_storeu_ps(out.add(ip * kc * MR), v);
+                    }
+                }
+            }
+        }
+        for ip in full..mpan {
             let rows = MR.min(mc - ip * MR);
             let panel = &mut dst[ip * kc * MR..][..kc * MR];
             let src = a.ptr.add((i0 + ip * MR) * a.rs + k0 * a.cs);
-            if a.rs == 1 && rows == MR {
-                // Column-major: the panel's rows are adjacent at each depth.
-                for p in 0..kc {
-                    let v = _mm256_loadu_ps(src.add(p * a.cs));
-                    _mm256_storeu_ps(panel.as_mut_ptr().add(p * MR), v);
-                }
-                continue;
-            }
             let mut p0 = 0;
             if a.cs == 1 && rows == MR {
                 // Row-major: 8 × 8 blocks transposed in registers.
