@@ -164,45 +164,52 @@ mod x86 {
                     if pack {
                         pack_a(a, i0, mc, k0, kc, abuf);
                     }
-                    for jp in 0..npan {
+                    // Packed A: each B panel stays in L1 while the kernel
+                    // walks down the A block. A in place: each A panel
+                    // stays in L1 while the kernel walks across the (few)
+                    // B panels, so A is read from memory once.
+                    for idx in 0..npan * mpan {
+                        let (jp, ip) = if pack {
+                            (idx / mpan, idx % mpan)
+                        } else {
+                            (idx % npan, idx / npan)
+                        };
                         let bp = bbuf.as_ptr().add(jp * kc * NR);
                         let col = j0 + jp * NR;
                         let cols = NR.min(n - col);
-                        for ip in 0..mpan {
-                            let row = i0 + ip * MR;
-                            let rows = MR.min(m - row);
-                            // A panel: packed (column-major, MR apart), in
-                            // place, or a partial one copied into `edge`.
-                            let (ap, lda, rm) = if pack {
-                                (abuf.as_ptr().add(ip * kc * MR), MR, false)
-                            } else if rows == MR {
-                                let at = a.ptr.add(row * a.rs + k0 * a.cs);
-                                (at, if row_major { a.rs } else { a.cs }, row_major)
-                            } else {
-                                if jp == 0 {
-                                    pack_a(a, row, rows, k0, kc, &mut edge);
-                                }
-                                (edge.as_ptr(), MR, false)
-                            };
-                            let t = Tile {
-                                kc,
-                                a: ap,
-                                lda,
-                                b: bp,
-                                c: c.ptr.add(row * c.rs + col),
-                                ldc: c.rs,
-                                load,
-                                rows,
-                                cols,
-                            };
-                            match (cols.div_ceil(16), rm) {
-                                (3, true) => t.run::<3, true>(),
-                                (2, true) => t.run::<2, true>(),
-                                (_, true) => t.run::<1, true>(),
-                                (3, false) => t.run::<3, false>(),
-                                (2, false) => t.run::<2, false>(),
-                                (_, false) => t.run::<1, false>(),
+                        let row = i0 + ip * MR;
+                        let rows = MR.min(m - row);
+                        // A panel: packed (column-major, MR apart), in
+                        // place, or a partial one copied into `edge`.
+                        let (ap, lda, rm) = if pack {
+                            (abuf.as_ptr().add(ip * kc * MR), MR, false)
+                        } else if rows == MR {
+                            let at = a.ptr.add(row * a.rs + k0 * a.cs);
+                            (at, if row_major { a.rs } else { a.cs }, row_major)
+                        } else {
+                            if jp == 0 {
+                                pack_a(a, row, rows, k0, kc, &mut edge);
                             }
+                            (edge.as_ptr(), MR, false)
+                        };
+                        let t = Tile {
+                            kc,
+                            a: ap,
+                            lda,
+                            b: bp,
+                            c: c.ptr.add(row * c.rs + col),
+                            ldc: c.rs,
+                            load,
+                            rows,
+                            cols,
+                        };
+                        match (cols.div_ceil(16), rm) {
+                            (3, true) => t.run::<3, true>(),
+                            (2, true) => t.run::<2, true>(),
+                            (_, true) => t.run::<1, true>(),
+                            (3, false) => t.run::<3, false>(),
+                            (2, false) => t.run::<2, false>(),
+                            (_, false) => t.run::<1, false>(),
                         }
                     }
                     i0 += mc;
