@@ -352,6 +352,12 @@ impl<'a> PaddedChunk<'a> {
         tap_offset(self.s, &self.g, t)
     }
 
+    /// Distance between the planes of consecutive images of one channel.
+    #[inline(always)]
+    fn image_len(&self) -> usize {
+        self.cin * self.rows * self.g.row_len()
+    }
+
     #[inline(always)]
     fn runs(&self, c0: usize, len: usize, split: usize, out: &mut [Run; MAX_RUNS]) -> usize {
         chunk_runs(self.s, &self.g, self.ch, self.row0, c0, len, split, out)
@@ -490,6 +496,23 @@ impl Im2colTB<'_> {
         assert!(j0 / ks >= pc.ci0 && (j0 + nc).div_ceil(ks) <= pc.ci0 + pc.cin);
         let mut runs = [Run::default(); MAX_RUNS];
         let count = pc.runs(k0, kc, usize::MAX, &mut runs);
+        if kc >= DIRECT_MIN_RUN * count {
+            // Long runs: transpose straight from the planes.
+            let runs = &runs[..count];
+            for jp in 0..nc.div_ceil(NR) {
+                for q in 0..NR / L {
+                    let r0 = j0 + jp * NR + q * L;
+                    let live = (j0 + nc).saturating_sub(r0).min(L);
+                    let rows: [*const f32; L] = std::array::from_fn(|l| {
+                        let r = if live == 0 { j0 } else { r0 + l.min(live - 1) };
+                        pc.plane(0, r / ks).add(pc.tap_offset(r % ks))
+                    });
+                    let out = dst.as_mut_ptr().add(jp * kc * NR + q * L);
+                    transpose_runs(&rows, live, pc.image_len(), runs, out);
+                }
+            }
+            return;
+        }
         // L lowered rows over the block's positions, one row after another.
         let mut rows = [0.0f32; L * KC];
         let rp = rows.as_mut_ptr();
@@ -516,6 +539,47 @@ impl Im2colTB<'_> {
                 }
                 transpose_out(rp, kc, dst.as_mut_ptr().add(jp * kc * NR + q * L));
             }
+        }
+    }
+}
+
+/// Shortest average run for which [`Im2colTB`] transposes straight from the
+/// padded planes rather than through a row buffer (a run's last partial
+/// 16-position block costs a whole transpose).
+const DIRECT_MIN_RUN: usize = 24;
+
+/// For each run, writes the transpose of 16 rows read at `rows[l] + img ·
+/// image_len + base` (rows `l >= live` read as zeros): position `c + p` of
+/// the run becomes the 16-float line at `dst + (c + p) · NR`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn transpose_runs(
+    rows: &[*const f32; 16],
+    live: usize,
+    image_len: usize,
+    runs: &[Run],
+    dst: *mut f32,
+) {
+    let zero = _mm512_setzero_ps();
+    for run in runs {
+        let off = run.img * image_len + run.base;
+        let mut p = 0;
+        while p < run.len {
+            let n = (run.len - p).min(16);
+            let m = lanes(n);
+            let block: [__m512; 16] = std::array::from_fn(|l| {
+                if l < live {
+                    _mm512_maskz_loadu_ps(m, rows[l].add(off + p))
+                } else {
+                    zero
+                }
+            });
+            let lines = transpose16(block);
+            let out = dst.add((run.c + p) * NR);
+            for (j, line) in lines.iter().enumerate().take(n) {
+                _mm512_storeu_ps(out.add(j * NR), *line);
+            }
+            p += 16;
         }
     }
 }
@@ -674,6 +738,60 @@ impl ImagesB<'_> {
                 row.copy(c, self.src.as_ptr().add(at), len, 1);
             });
             row.zeros(nc, nc.div_ceil(NR) * NR - nc);
+        }
+    }
+}
+
+/// Transposed [`ImagesB`]: rows are the chunk's positions, columns the
+/// channel rows `c0..` (the input of a pointwise weight gradient), packed by
+/// 16×16 transposes straight from the tensor.
+pub(crate) struct ImagesTB<'a> {
+    pub src: &'a [f32],
+    pub channels: usize,
+    pub c0: usize,
+    pub plane: usize,
+    pub ch: Chunk,
+}
+
+impl PackB for ImagesTB<'_> {
+    #[inline(always)]
+    unsafe fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        self.pack_avx512(k0, kc, j0, nc, dst);
+    }
+}
+
+impl ImagesTB<'_> {
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pack_avx512(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        const L: usize = 16;
+        assert!(kc <= KC && dst.len() >= nc.div_ceil(NR) * kc * NR && k0 + kc <= self.ch.cols());
+        let last =
+            ((self.ch.n0 + self.ch.nimg - 1) * self.channels + self.c0 + j0 + nc) * self.plane;
+        assert!(nc == 0 || (last <= self.src.len() && self.ch.p0 + self.ch.np <= self.plane));
+        let mut runs = [Run::default(); MAX_RUNS];
+        let mut count = 0;
+        for_each_image_run(self.ch, k0, kc, |i, p, c, len| {
+            runs[count] = Run {
+                c,
+                len,
+                img: i,
+                base: p,
+            };
+            count += 1;
+        });
+        let image_len = self.channels * self.plane;
+        let first = self.src.as_ptr().add(self.ch.n0 * image_len);
+        for jp in 0..nc.div_ceil(NR) {
+            for q in 0..NR / L {
+                let r0 = j0 + jp * NR + q * L;
+                let live = (j0 + nc).saturating_sub(r0).min(L);
+                let rows: [*const f32; L] = std::array::from_fn(|l| {
+                    let r = if live == 0 { j0 } else { r0 + l.min(live - 1) };
+                    first.add((self.c0 + r) * self.plane)
+                });
+                let out = dst.as_mut_ptr().add(jp * kc * NR + q * L);
+                transpose_runs(&rows, live, image_len, &runs[..count], out);
+            }
         }
     }
 }

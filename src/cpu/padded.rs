@@ -233,6 +233,25 @@ fn unpad_plane_impl<S: Simd>(dst: &mut [f32], src: &[f32], dims: [usize; 3], g: 
                     copy_vec::<S>(out.as_mut_ptr(), row.as_ptr().add(lo[2]), n);
                     zero_vec::<S>(out.as_mut_ptr().add(n), w_n - n);
                 }
+            } else if phases == 2 {
+                // out[2i] from the phase of column lo, out[2i + 1] from the other.
+                let (ja, jb) = (lo[2] / 2, (lo[2] + 1) / 2);
+                let ra = row[(lo[2] % 2) * g.wq..].as_ptr();
+                let rb = row[(1 - lo[2] % 2) * g.wq..].as_ptr();
+                let na = w_n.div_ceil(2).min(g.wq.saturating_sub(ja));
+                let nb = (w_n / 2).min(g.wq.saturating_sub(jb));
+                let mut i = 0;
+                while 2 * i < w_n {
+                    let take = |count: usize| count.saturating_sub(i).min(S::N);
+                    // SAFETY: lanes read lie in the phase rows (`na`, `nb`
+                    // bound them); `out[2i..]` holds the lanes written.
+                    unsafe {
+                        let va = S::load_part(ra.add(ja + i), take(na));
+                        let vb = S::load_part(rb.add(jb + i), take(nb));
+                        S::store_interleaved(va, vb, out.as_mut_ptr().add(2 * i), w_n - 2 * i);
+                    }
+                    i += S::N;
+                }
             } else {
                 for (w, o) in out.iter_mut().enumerate() {
                     let col = w + lo[2];

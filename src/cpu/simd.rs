@@ -32,6 +32,19 @@ pub(crate) trait Simd: Copy {
     /// `a · b + c` (fused where the instruction set has it).
     fn mul_add(a: Self, b: Self, c: Self) -> Self;
     fn sum(self) -> f32;
+    /// Writes `a[0], b[0], a[1], b[1], …` — the first `n <= 2N` of them.
+    ///
+    /// # Safety
+    /// `p..p + n` must be writable.
+    #[inline(always)]
+    unsafe fn store_interleaved(a: Self, b: Self, p: *mut f32, n: usize) {
+        let (mut va, mut vb) = ([0.0f32; 64], [0.0f32; 64]);
+        a.store(va.as_mut_ptr());
+        b.store(vb.as_mut_ptr());
+        for i in 0..n.min(2 * Self::N) {
+            *p.add(i) = if i % 2 == 0 { va[i / 2] } else { vb[i / 2] };
+        }
+    }
 }
 
 /// Portable fallback: eight lanes in an array, multiply then add.
@@ -133,6 +146,17 @@ mod x86 {
         fn sum(self) -> f32 {
             unsafe { _mm512_reduce_add_ps(self.0) }
         }
+        #[inline(always)]
+        unsafe fn store_interleaved(a: Self, b: Self, p: *mut f32, n: usize) {
+            let lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+            let hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+            let n = n.min(32);
+            _mm512_mask_storeu_ps(p, mask16(n), _mm512_permutex2var_ps(a.0, lo, b.0));
+            if n > 16 {
+                let v = _mm512_permutex2var_ps(a.0, hi, b.0);
+                _mm512_mask_storeu_ps(p.add(16), mask16(n - 16), v);
+            }
+        }
     }
 
     /// Eight lanes in a ymm register. Only used inside functions compiled
@@ -181,6 +205,18 @@ mod x86 {
             let mut v = [0.0f32; 8];
             unsafe { _mm256_storeu_ps(v.as_mut_ptr(), self.0) };
             v.iter().sum()
+        }
+        #[inline(always)]
+        unsafe fn store_interleaved(a: Self, b: Self, p: *mut f32, n: usize) {
+            let lo = _mm256_unpacklo_ps(a.0, b.0); // a0 b0 a1 b1 | a4 b4 a5 b5
+            let hi = _mm256_unpackhi_ps(a.0, b.0); // a2 b2 a3 b3 | a6 b6 a7 b7
+            let n = n.min(16);
+            let first = _mm256_permute2f128_ps::<0x20>(lo, hi);
+            _mm256_maskstore_ps(p, mask8(n), first);
+            if n > 8 {
+                let second = _mm256_permute2f128_ps::<0x31>(lo, hi);
+                _mm256_maskstore_ps(p.add(8), mask8(n - 8), second);
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::cpu::avx512_gemm::{gemm, PackB, B_BLOCK_LEN, MIN_BUF_LEN, NR};
 use crate::cpu::im2col::{col2im, gather_rows, scatter_rows, Chunk};
 use crate::cpu::matmul::{Mat, MatMut};
 use crate::cpu::pack::{
-    DirectIm2colB, DirectIm2colTB, Im2colB, Im2colTB, ImagesB, PaddedChunk, PaddedGrad,
+    DirectIm2colB, DirectIm2colTB, Im2colB, Im2colTB, ImagesB, ImagesTB, PaddedChunk, PaddedGrad,
 };
 use crate::cpu::par::{split_range, SendPtr};
 use crate::cpu::scratch::{Slot, Tuning};
@@ -373,7 +373,11 @@ fn weights_chunk(
     let tmp_len = if ch.nimg == 1 { 0 } else { d.m * cols };
     // Channels the lowered rows `rows` come from, padded when they fit.
     let (ci0, ci1) = (rows.start / d.ks, rows.end.div_ceil(d.ks));
-    let pad_len = PaddedChunk::len(s, ch, ci1 - ci0);
+    let pad_len = if d.pointwise {
+        0
+    } else {
+        PaddedChunk::len(s, ch, ci1 - ci0)
+    };
     let pad_len = if tmp_len + bblock + pad_len <= budget {
         pad_len
     } else {
@@ -399,7 +403,16 @@ fn weights_chunk(
         };
         // SAFETY: the kernel is available; `c` is owned by this task/worker.
         unsafe {
-            if pad_len > 0 {
+            if d.pointwise {
+                let b = ImagesTB {
+                    src: x,
+                    channels: s.c_in,
+                    c0: g * d.cin_g + rows.start,
+                    plane: d.p,
+                    ch,
+                };
+                run(d.m, rows.len(), cols, a, &b, c, accumulate, bbuf);
+            } else if pad_len > 0 {
                 let padded = PaddedChunk::build(t.simd, pbuf, s, x, g, ch, ci0, ci1 - ci0);
                 let b = Columns {
                     inner: Im2colTB { padded: &padded },
