@@ -9,7 +9,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::{balanced_cols, partial_workers, sum_over_workers, Dims};
-use crate::cpu::avx512_gemm::{gemm, PackB, B_BLOCK_LEN, MIN_BUF_LEN, NR};
+use crate::cpu::avx512_gemm::{gemm, PackB, B_BLOCK_LEN, MIN_BUF_LEN, MR, NR};
 use crate::cpu::im2col::{col2im, gather_rows, scatter_rows, Chunk};
 use crate::cpu::matmul::{Mat, MatMut};
 use crate::cpu::pack::{
@@ -28,6 +28,13 @@ const DATA_ROWS: usize = 1024;
 /// Preferred size of the backward-data output matrix, kept cache-resident
 /// between the product and `col2im`.
 const DATA_COL_BYTES: usize = 768 << 10;
+/// Weights larger than this (bytes per group) are not kept in L2 across a
+/// forward task's columns.
+const WIDE_WEIGHTS_BYTES: usize = 1 << 20;
+/// Fewest columns of a forward chunk over such weights.
+const WIDE_MIN_COLS: usize = 4 * NR;
+/// Fewest rows of W a forward task over such weights computes.
+const MIN_TASK_ROWS: usize = 64;
 /// Fewest dW columns a backward-weights task owns in column-split mode.
 const MIN_TASK_COLS: usize = 96;
 
@@ -50,22 +57,54 @@ fn image_cols(cols: usize, p: usize, rows: usize, cap: usize) -> usize {
     }
 }
 
+/// The forward pass's column chunks and how many parts the rows of W are
+/// split into (tasks: groups × chunks × row parts), for `threads` workers
+/// with `cap` scratch floats each for staging.
+fn forward_plan(s: &ConvShape, d: &Dims, threads: usize, cap: usize) -> (Vec<Chunk>, usize) {
+    let want = if threads > 1 { 4 * threads } else { 1 };
+    let cols = balanced_cols(FORWARD_COLS, s.n * d.p, s.groups, want);
+    let cover = |cols: usize| Chunk::cover(0..s.n, d.p, image_cols(cols, d.p, d.m, cap), NR);
+    let chunks = cover(cols);
+    // Weights too large for L2: narrow chunks re-read them for little work
+    // and leave partial B panels, so chunks are made at least WIDE_MIN_COLS
+    // wide where that still gives every thread two tasks; where even the
+    // narrow chunks cannot occupy the threads, the rows of W are split
+    // across tasks too.
+    if threads > 1 && d.m * d.k * 4 > WIDE_WEIGHTS_BYTES && cols < WIDE_MIN_COLS {
+        let wide = cover(WIDE_MIN_COLS);
+        let units = s.groups * wide.len();
+        if units >= 2 * threads {
+            return (wide, 1);
+        }
+        if s.groups * chunks.len() < threads && d.m >= 2 * MIN_TASK_ROWS {
+            let parts = (2 * threads).div_ceil(units).min(d.m / MIN_TASK_ROWS);
+            return (wide, parts);
+        }
+    }
+    (chunks, 1)
+}
+
 pub(super) fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tuning) {
     let d = Dims::of(s);
     let threads = rayon::current_num_threads();
     let budget = t.floats_per_worker(threads);
     let bblock = b_block(budget);
-    let want = if threads > 1 { 4 * threads } else { 1 };
-    let cols = balanced_cols(FORWARD_COLS, s.n * d.p, s.groups, want);
-    let cols = image_cols(cols, d.p, d.m, budget - bblock);
-    let chunks = Chunk::cover(0..s.n, d.p, cols, NR);
-    let tasks: Vec<(usize, Chunk)> = (0..s.groups)
-        .flat_map(|g| chunks.iter().map(move |c| (g, *c)))
+    let (chunks, row_parts) = forward_plan(s, &d, threads, budget - bblock);
+    let tasks: Vec<(usize, Chunk, Range<usize>)> = (0..s.groups)
+        .flat_map(|g| {
+            chunks.iter().flat_map(move |c| {
+                (0..row_parts).map(move |r| {
+                    let rows = split_range(d.m.div_ceil(MR), row_parts, r);
+                    (g, *c, rows.start * MR..(rows.end * MR).min(d.m))
+                })
+            })
+        })
         .collect();
     let yp = SendPtr(y.as_mut_ptr());
-    tasks.into_par_iter().for_each(|(g, ch)| {
+    tasks.into_par_iter().for_each(|(g, ch, mr)| {
         let cols = ch.cols();
-        let tmp_len = if ch.nimg == 1 { 0 } else { d.m * cols };
+        let mrows = mr.len();
+        let tmp_len = if ch.nimg == 1 { 0 } else { mrows * cols };
         // Padded input planes when they fit, else gather from x directly.
         let pad_len = if d.pointwise {
             0
@@ -81,12 +120,12 @@ pub(super) fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tu
             let (tmp, rest) = buf.split_at_mut(tmp_len);
             let (bbuf, pbuf) = rest.split_at_mut(bblock);
             let a = Mat {
-                ptr: w[g * d.m * d.k..].as_ptr(),
+                ptr: w[(g * d.m + mr.start) * d.k..].as_ptr(),
                 rs: d.k,
                 cs: 1,
             };
             let c = if ch.nimg == 1 {
-                let at = (ch.n0 * s.c_out + g * d.m) * d.p + ch.p0;
+                let at = (ch.n0 * s.c_out + g * d.m + mr.start) * d.p + ch.p0;
                 // SAFETY: in bounds of y.
                 MatMut {
                     ptr: unsafe { yp.at(at) },
@@ -111,11 +150,11 @@ pub(super) fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tu
                         plane: d.p,
                         ch,
                     };
-                    run(d.m, cols, d.k, a, &b, c, false, bbuf);
+                    run(mrows, cols, d.k, a, &b, c, false, bbuf);
                 } else if pad_len > 0 {
                     let padded = PaddedChunk::build(t.simd, pbuf, s, x, g, ch, 0, d.cin_g);
                     run(
-                        d.m,
+                        mrows,
                         cols,
                         d.k,
                         a,
@@ -126,10 +165,10 @@ pub(super) fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tu
                     );
                 } else {
                     let b = DirectIm2colB { s, x, g, ch };
-                    run(d.m, cols, d.k, a, &b, c, false, bbuf);
+                    run(mrows, cols, d.k, a, &b, c, false, bbuf);
                 }
                 if ch.nimg > 1 {
-                    scatter_rows(tmp, s.c_out, g * d.m, d.m, ch, yp);
+                    scatter_rows(tmp, s.c_out, g * d.m + mr.start, mrows, ch, yp);
                 }
             }
         });
@@ -440,5 +479,33 @@ impl<B: PackB> PackB for Columns<B> {
     #[inline(always)]
     unsafe fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
         self.inner.pack(k0, kc, self.first + j0, nc, dst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_weights_over_few_positions_split_rows() {
+        // W of 128 × 2304 floats (1.2 MB) over 2 images of 3×3 positions:
+        // one chunk holds every position, so four threads need row parts.
+        let s = crate::cpu::tests::shape(
+            2,
+            256,
+            128,
+            1,
+            [1, 3, 3],
+            [1, 3, 3],
+            [0, 1, 1],
+            [1, 1, 1],
+            [1, 1, 1],
+        );
+        let d = Dims::of(&s);
+        let (chunks, parts) = forward_plan(&s, &d, 4, 1 << 20);
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(parts, 2);
+        let (_, parts) = forward_plan(&s, &d, 1, 1 << 20);
+        assert_eq!(parts, 1);
     }
 }
