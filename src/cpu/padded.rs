@@ -165,10 +165,26 @@ fn pad_rows_impl<S: Simd>(
     assert!(rows.end <= g.dp * g.hp && dst.len() >= rows.len() * row_len);
     assert!(src.len() >= d_n * h_n * w_n);
     let phases = g.stride[2];
-    for (k, r) in rows.enumerate() {
-        let (d, h) = (r / g.hp, r % g.hp);
+    // Phase `r` of a padded row: part[j] = src_row[j·phases + r − lo] for j
+    // in a..b, zero elsewhere; the same for every row.
+    const MAX_PHASES: usize = 8;
+    let span = |r: usize| {
+        let off = r as isize - g.lo[2];
+        let (a, b) = valid_range(g.wq, phases, off, w_n);
+        (a, b, ((a * phases) as isize + off).max(0) as usize)
+    };
+    let mut spans = [(0, 0, 0); MAX_PHASES];
+    for (r, sp) in spans.iter_mut().enumerate().take(phases.min(MAX_PHASES)) {
+        *sp = span(r);
+    }
+    let (mut d, mut h) = (rows.start / g.hp, rows.start % g.hp);
+    for k in 0..rows.len() {
         let row = &mut dst[k * row_len..][..row_len];
         let (sd, sh) = (d as isize - g.lo[0], h as isize - g.lo[1]);
+        h += 1;
+        if h == g.hp {
+            (d, h) = (d + 1, 0);
+        }
         if sd < 0 || sh < 0 || sd >= d_n as isize || sh >= h_n as isize {
             // SAFETY: `row` is writable.
             unsafe { zero_vec::<S>(row.as_mut_ptr(), row.len()) };
@@ -176,15 +192,12 @@ fn pad_rows_impl<S: Simd>(
         }
         let src_row = &src[(sd as usize * h_n + sh as usize) * w_n..][..w_n];
         for (r, part) in row.chunks_exact_mut(g.wq).enumerate() {
-            // part[j] = src_row[j·phases + r − lo]
-            let off = r as isize - g.lo[2];
-            let (a, b) = valid_range(g.wq, phases, off, w_n);
+            let (a, b, start) = if r < MAX_PHASES { spans[r] } else { span(r) };
             // SAFETY: all ranges lie inside `part` and `src_row`.
             unsafe {
                 zero_vec::<S>(part.as_mut_ptr(), a);
                 zero_vec::<S>(part.as_mut_ptr().add(b), g.wq - b);
                 if b > a {
-                    let start = ((a * phases) as isize + off) as usize;
                     if phases == 1 {
                         copy_vec::<S>(part.as_mut_ptr().add(a), src_row.as_ptr().add(start), b - a);
                     } else {
