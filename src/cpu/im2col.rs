@@ -32,7 +32,9 @@ impl Chunk {
     /// Chunks covering all positions of `images`, each about `cols` columns:
     /// whole images grouped when an image is smaller than `cols`, otherwise
     /// each image cut into runs of equal length, rounded up to a multiple of
-    /// `align` when that stays within `cols` (the last run may be shorter).
+    /// `align` when that stays within `cols`, else down when that leaves a
+    /// whole multiple (the last run may be shorter): a run just past a
+    /// multiple of `align` would cost a nearly empty GEMM panel.
     pub fn cover(images: Range<usize>, positions: usize, cols: usize, align: usize) -> Vec<Chunk> {
         let cols = cols.max(1);
         let mut out = Vec::new();
@@ -53,7 +55,14 @@ impl Chunk {
             let runs = positions.div_ceil(cols);
             let run = positions.div_ceil(runs);
             let aligned = run.next_multiple_of(align.max(1));
-            let run = if aligned <= cols { aligned } else { run };
+            let align = align.max(1);
+            let run = if aligned <= cols {
+                aligned
+            } else if run > align {
+                run / align * align
+            } else {
+                run
+            };
             for n0 in images {
                 let mut p0 = 0;
                 while p0 < positions {

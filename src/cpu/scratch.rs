@@ -19,6 +19,9 @@ pub(crate) struct Tuning {
     pub direct_depthwise: bool,
     /// Use the AVX-512 packed GEMM when the CPU has it.
     pub avx512: bool,
+    /// Compute a stride-1 input gradient as a forward convolution of `dy`
+    /// with the flipped kernel where the shape allows it.
+    pub data_as_forward: bool,
     /// Widest instruction set of the direct (depthwise) loops.
     pub simd: super::simd::Level,
     /// Records the largest scratch request made under this tuning.
@@ -33,6 +36,7 @@ impl Default for Tuning {
             chunk_bytes: 768 << 10,
             direct_depthwise: true,
             avx512: true,
+            data_as_forward: true,
             simd: super::simd::Level::Avx512,
             #[cfg(test)]
             probe: None,
@@ -62,7 +66,8 @@ impl Tuning {
 pub(crate) enum Slot {
     /// Per-task lowered matrices and temporaries.
     Task,
-    /// Per-call partial sums held by the calling thread.
+    /// Per-call buffers held by the calling thread (partial sums, a
+    /// transformed kernel).
     Partials,
 }
 

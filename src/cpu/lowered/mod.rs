@@ -74,6 +74,19 @@ pub(crate) fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tu
 }
 
 pub(crate) fn backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32], t: &Tuning) {
+    if let Some(f) = data_as_forward(s, t) {
+        // dx = dy correlated with the flipped kernel, channels swapped.
+        let wlen = s.weight_len();
+        let rest = Tuning {
+            scratch_bytes: t.scratch_bytes - 4 * wlen,
+            ..*t
+        };
+        t.scratch(super::scratch::Slot::Partials, wlen, |wf| {
+            flip_transpose(s, w, wf);
+            forward(&f, dy, wf, dx, &rest);
+        });
+        return;
+    }
     if use_avx512(t) {
         avx512::backward_data(s, dy, w, dx, t);
     } else {
@@ -86,6 +99,70 @@ pub(crate) fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f
         avx512::backward_weights(s, x, dy, dw, t);
     } else {
         portable::backward_weights(s, x, dy, dw, t);
+    }
+}
+
+/// Fewest input channels per group for [`data_as_forward`]: they are the
+/// rows of its product, over which each packed column is reused.
+const DATA_AS_FORWARD_MIN_CHANNELS: usize = 64;
+
+/// Fewest input positions per image for [`data_as_forward`]: the forward
+/// pass spreads large images over many threads better than the lowered
+/// input gradient does, which is ahead on small images.
+const DATA_AS_FORWARD_MIN_POSITIONS: usize = 2048;
+
+/// The forward convolution whose output is the input gradient of `s`, where
+/// the tuning allows it: stride 1, at least
+/// [`DATA_AS_FORWARD_MIN_CHANNELS`] input channels per group and
+/// [`DATA_AS_FORWARD_MIN_POSITIONS`] input positions, padding within the
+/// kernel's reach, and
+/// the gradient exactly the size that forward produces. Its input is `dy`,
+/// its weights the flipped, transposed kernel ([`flip_transpose`]), held in
+/// at most an eighth of the scratch budget.
+pub(super) fn data_as_forward(s: &ConvShape, t: &Tuning) -> Option<ConvShape> {
+    if !t.data_as_forward
+        || s.stride != [1; 3]
+        || s.c_in_per_group() < DATA_AS_FORWARD_MIN_CHANNELS
+        || s.input_spatial() < DATA_AS_FORWARD_MIN_POSITIONS
+        || 32 * s.weight_len() > t.scratch_bytes
+    {
+        return None;
+    }
+    let mut pad = [0; 3];
+    for a in 0..3 {
+        pad[a] = ((s.kernel[a] - 1) * s.dilation[a]).checked_sub(s.pad[a])?;
+    }
+    let f = ConvShape {
+        n: s.n,
+        c_in: s.c_out,
+        c_out: s.c_in,
+        groups: s.groups,
+        input: s.output,
+        kernel: s.kernel,
+        output: s.input,
+        pad,
+        stride: [1; 3],
+        dilation: s.dilation,
+    };
+    let reach = ConvShape::forward_output(f.input, f.kernel, f.pad, f.stride, f.dilation);
+    (reach == Some(s.input)).then_some(f)
+}
+
+/// `out[g][ci][co][t] = w[g][co][ci][taps − 1 − t]`: the kernel of
+/// [`data_as_forward`] (`[c_in][c_out / groups][taps]`).
+pub(super) fn flip_transpose(s: &ConvShape, w: &[f32], out: &mut [f32]) {
+    let (cog, cig, ks) = (s.c_out_per_group(), s.c_in_per_group(), s.kernel_spatial());
+    assert!(w.len() >= s.weight_len() && out.len() >= s.weight_len());
+    for g in 0..s.groups {
+        for co in 0..cog {
+            for ci in 0..cig {
+                let src = &w[((g * cog + co) * cig + ci) * ks..][..ks];
+                let dst = &mut out[((g * cig + ci) * cog + co) * ks..][..ks];
+                for (d, v) in dst.iter_mut().zip(src.iter().rev()) {
+                    *d = *v;
+                }
+            }
+        }
     }
 }
 
@@ -141,4 +218,111 @@ pub(super) fn sum_over_workers(
             }
         });
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::tests::{check_against_reference, shape, Variant};
+
+    /// Stride-1 shapes with 64 input channels per group and at least 2048
+    /// positions: 2-D with padding 1, 1-D dilated without padding, 3-D with
+    /// two groups.
+    fn eligible() -> [ConvShape; 3] {
+        [
+            shape(
+                1,
+                64,
+                8,
+                1,
+                [1, 48, 45],
+                [1, 3, 3],
+                [0, 1, 1],
+                [1; 3],
+                [1; 3],
+            ),
+            shape(
+                2,
+                64,
+                5,
+                1,
+                [1, 1, 2100],
+                [1, 1, 3],
+                [0; 3],
+                [1; 3],
+                [1, 1, 2],
+            ),
+            shape(
+                1,
+                128,
+                6,
+                2,
+                [8, 16, 16],
+                [2, 3, 2],
+                [1, 1, 0],
+                [1; 3],
+                [1; 3],
+            ),
+        ]
+    }
+
+    #[test]
+    fn input_gradient_as_forward_matches_reference() {
+        for s in eligible() {
+            let f = data_as_forward(&s, &Tuning::default()).expect("eligible");
+            assert_eq!(
+                (f.c_in, f.c_out, f.input, f.output),
+                (s.c_out, s.c_in, s.output, s.input)
+            );
+            for threads in [1, 3] {
+                let v = Variant {
+                    name: "input gradient as forward",
+                    tuning: Tuning::default(),
+                    threads,
+                };
+                check_against_reference(&s, &v, 11).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn input_gradient_as_forward_only_where_it_applies() {
+        let t = Tuning::default();
+        let [s, ..] = eligible();
+        let stride2 = ConvShape {
+            stride: [1, 2, 2],
+            output: [1, 24, 23],
+            ..s
+        };
+        // Padding beyond the kernel's reach (3x3, pad 3).
+        let wide_pad = ConvShape {
+            pad: [0, 3, 3],
+            output: [1, 52, 49],
+            ..s
+        };
+        let few_channels = ConvShape {
+            c_in: 8,
+            c_out: 64,
+            ..s
+        };
+        let small_image = ConvShape {
+            input: [1, 40, 40],
+            output: [1, 40, 40],
+            ..s
+        };
+        for (what, shape) in [
+            ("stride 2", stride2),
+            ("padding", wide_pad),
+            ("channels", few_channels),
+            ("positions", small_image),
+        ] {
+            shape.validate().unwrap();
+            assert!(data_as_forward(&shape, &t).is_none(), "{what}");
+        }
+        let off = Tuning {
+            data_as_forward: false,
+            ..t
+        };
+        assert!(data_as_forward(&s, &off).is_none());
+    }
 }

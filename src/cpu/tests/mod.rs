@@ -199,9 +199,23 @@ impl Variant {
             threads: 1,
         }
     }
-    pub fn all() -> [Variant; 6] {
+    /// The input gradient always through the lowered product and `col2im`
+    /// (not as a forward convolution), two threads.
+    pub fn lowered_data() -> Variant {
+        let tuning = Tuning {
+            data_as_forward: false,
+            ..Tuning::default()
+        };
+        Variant {
+            name: "input gradient lowered, 2 threads",
+            tuning,
+            threads: 2,
+        }
+    }
+    pub fn all() -> [Variant; 7] {
         [
             Variant::default_pool(),
+            Variant::lowered_data(),
             Variant::single(),
             Variant::tight(),
             Variant::portable_tight(),
