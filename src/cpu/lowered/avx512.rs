@@ -488,19 +488,8 @@ mod tests {
 
     #[test]
     fn large_weights_over_few_positions_split_rows() {
-        // W of 128 × 2304 floats (1.2 MB) over 2 images of 3×3 positions:
-        // one chunk holds every position, so four threads need row parts.
-        let s = crate::cpu::tests::shape(
-            2,
-            256,
-            128,
-            1,
-            [1, 3, 3],
-            [1, 3, 3],
-            [0, 1, 1],
-            [1, 1, 1],
-            [1, 1, 1],
-        );
+        // One chunk holds every position, so four threads need row parts.
+        let s = crate::cpu::tests::wide_weights_few_positions();
         let d = Dims::of(&s);
         let (chunks, parts) = forward_plan(&s, &d, 4, 1 << 20);
         assert_eq!(chunks.len(), 1);

@@ -6,6 +6,10 @@
 //! - backward data:    `col[K×C] = Wᵀ[K×M] · dy[M×C]`, then `col2im` into `dx`
 //! - backward weights: `dW[M×K] += dy[M×C] · colᵀ[C×K]`
 //!
+//! A stride-1 input gradient of a wide layer is instead computed as the
+//! forward convolution of `dy` with the flipped, transposed kernel
+//! ([`data_as_forward`]).
+//!
 //! Chunks cut the positions of the batch into independent tasks; chunks of
 //! small images span several whole images so the products stay large.
 //! Backward-data tasks own disjoint parts of `dx` (images × group × channel

@@ -183,21 +183,10 @@ fn weight_gradient_without_room_for_partials_stays_in_budget() {
 
 #[test]
 fn forward_with_rows_of_w_split_across_tasks_matches_reference() {
-    // Weights of 128 × 256·9 floats (over 1 MiB) and 2 images of 3×3
-    // positions: on four threads the forward pass splits the rows of W
-    // across tasks (see `forward_plan`), each writing its own rows of y,
-    // staged for the chunk's two images.
-    let s = shape(
-        2,
-        256,
-        128,
-        1,
-        [1, 3, 3],
-        [1, 3, 3],
-        [0, 1, 1],
-        [1, 1, 1],
-        [1, 1, 1],
-    );
+    // On four threads the forward pass splits the rows of W across tasks
+    // (see `forward_plan`), each writing its own rows of y, staged for the
+    // chunk's two images.
+    let s = super::wide_weights_few_positions();
     for (tuning, _) in backends(Tuning::default()) {
         let v = Variant {
             name: "rows split",

@@ -117,6 +117,23 @@ pub fn compare(what: &str, got: &[f32], want: &[f64], mag: &[f64]) -> Result<(),
     Ok(())
 }
 
+/// Weights of 128 × 256·9 floats (over 1 MiB) over 2 images of 3×3
+/// positions: one forward chunk holds every position, so several threads
+/// split the rows of W across tasks.
+pub fn wide_weights_few_positions() -> ConvShape {
+    shape(
+        2,
+        256,
+        128,
+        1,
+        [1, 3, 3],
+        [1, 3, 3],
+        [0, 1, 1],
+        [1, 1, 1],
+        [1, 1, 1],
+    )
+}
+
 /// One way of running the engine: internal tuning and pool size.
 #[derive(Clone, Copy)]
 pub struct Variant {
