@@ -8,7 +8,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::{balanced_cols, partial_workers, sum_over_workers, Dims};
+use super::{balanced_cols, even_ranges, partial_workers, sum_over_workers, Dims};
 use crate::cpu::avx512_gemm::{gemm, PackB, B_BLOCK_LEN, MIN_BUF_LEN, MR, NR};
 use crate::cpu::im2col::{col2im, gather_rows, scatter_rows, Chunk};
 use crate::cpu::matmul::{Mat, MatMut};
@@ -333,6 +333,7 @@ pub(super) fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f
             .max(col_tasks)
             .min(d.k.div_ceil(MIN_TASK_COLS))
             .max(1);
+    let ranges = even_ranges(ranges, s.groups, threads);
     if threads == 1 || s.groups * ranges >= threads {
         let cols = image_cols(WEIGHTS_COLS, d.p, d.m, budget - bblock);
         let chunks = Chunk::cover(0..s.n, d.p, cols, 1);

@@ -65,6 +65,21 @@ pub(super) fn balanced_cols(cols: usize, total_cols: usize, groups: usize, want:
         .max(1)
 }
 
+/// `ranges` lowered down to a count whose `groups × ranges` equal tasks fill
+/// the threads' rounds evenly (3 tasks on 2 threads keep one thread idle
+/// for a third of the time), where there are few tasks per thread and such
+/// a count of at least one task per thread exists.
+pub(super) fn even_ranges(ranges: usize, groups: usize, threads: usize) -> usize {
+    let tasks = groups * ranges;
+    if threads <= 1 || tasks < threads || tasks >= 4 * threads || tasks.is_multiple_of(threads) {
+        return ranges;
+    }
+    (1..ranges)
+        .rev()
+        .find(|&r| groups * r >= threads && (groups * r).is_multiple_of(threads))
+        .unwrap_or(ranges)
+}
+
 fn use_avx512(t: &Tuning) -> bool {
     t.avx512 && super::avx512_gemm::available()
 }
@@ -287,6 +302,24 @@ mod tests {
                 check_against_reference(&s, &v, 11).unwrap();
             }
         }
+    }
+
+    #[test]
+    fn weight_gradient_ranges_fill_the_threads_evenly() {
+        // 3 ranges on 2 threads -> 2; 5 -> 4; 24 on 16 -> 16.
+        assert_eq!(even_ranges(3, 1, 2), 2);
+        assert_eq!(even_ranges(5, 1, 2), 4);
+        assert_eq!(even_ranges(24, 1, 16), 16);
+        // Already even, many tasks per thread, fewer tasks than threads,
+        // one thread: unchanged.
+        assert_eq!(even_ranges(4, 1, 2), 4);
+        assert_eq!(even_ranges(9, 1, 2), 9);
+        assert_eq!(even_ranges(6, 1, 16), 6);
+        assert_eq!(even_ranges(7, 1, 1), 7);
+        // Groups count as tasks: 3 groups × 1 range on 2 threads cannot be
+        // evened out by fewer ranges.
+        assert_eq!(even_ranges(1, 3, 2), 1);
+        assert_eq!(even_ranges(3, 2, 4), 2);
     }
 
     #[test]
