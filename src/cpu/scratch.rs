@@ -1,7 +1,9 @@
 //! Bounded, reusable scratch memory: the global cap on extra memory, the
-//! tuning knobs derived from it, and thread-local buffers reused across calls.
+//! tuning knobs derived from it, and the buffers reused across calls (one
+//! per pool thread for tasks, one per process for per-call partial sums).
 
 use std::cell::Cell;
+use std::sync::{Mutex, MutexGuard};
 
 /// Upper bound on the extra memory (lowered matrices, temporaries, partial
 /// sums) one convolution call allocates, summed over all worker threads.
@@ -61,40 +63,58 @@ impl Tuning {
     }
 }
 
-/// Which thread-local buffer to borrow; distinct slots may be held at once.
+/// Which buffer to borrow; distinct slots may be held at once.
 #[derive(Clone, Copy)]
 pub(crate) enum Slot {
-    /// Per-task lowered matrices and temporaries.
+    /// Per-task lowered matrices and temporaries (one cached buffer per
+    /// thread, each within its share of the budget).
     Task,
     /// Per-call buffers held by the calling thread (partial sums, a
-    /// transformed kernel).
+    /// transformed kernel): one cached buffer for the whole process, since
+    /// successive calls land on different pool threads.
     Partials,
 }
 
 thread_local! {
     static TASK: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
-    static PARTIALS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
-/// Runs `f` on a thread-local buffer of `len` floats with unspecified contents
+static PARTIALS: Mutex<Vec<f32>> = Mutex::new(Vec::new());
+
+/// The cached per-call buffer (a panic while it was held leaves it usable:
+/// its contents are never read before being written).
+fn partials() -> MutexGuard<'static, Vec<f32>> {
+    PARTIALS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `f` on a cached buffer of `len` floats with unspecified contents
 /// (callers write before they read). The buffer is kept for the next call; a
-/// nested borrow of the same slot gets a fresh buffer instead of aliasing.
+/// nested or concurrent borrow of the same slot gets a fresh buffer instead
+/// of aliasing.
 fn with_scratch<R>(slot: Slot, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    let key = match slot {
-        Slot::Task => &TASK,
-        Slot::Partials => &PARTIALS,
+    let mut buf = match slot {
+        Slot::Task => TASK.with(Cell::take),
+        Slot::Partials => std::mem::take(&mut *partials()),
     };
-    let mut buf = key.with(Cell::take);
     if buf.len() < len {
         buf.resize(len, 0.0);
     }
     let r = f(&mut buf[..len]);
-    key.with(|c| c.set(buf));
+    match slot {
+        Slot::Task => TASK.with(|c| c.set(buf)),
+        Slot::Partials => {
+            // Keep one buffer, the larger, if another call returned first.
+            let mut cached = partials();
+            if cached.len() < buf.len() {
+                *cached = buf;
+            }
+        }
+    }
     r
 }
 
-/// Frees this thread's cached buffers.
+/// Frees this thread's cached task buffer and the per-call buffer.
 pub(crate) fn release_thread() {
     TASK.with(Cell::take);
-    PARTIALS.with(Cell::take);
+    std::mem::take(&mut *partials());
 }
