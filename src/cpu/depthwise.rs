@@ -326,7 +326,9 @@ fn weights<S: Simd, const KW: usize>(acc: &mut [f32], dy: &[f32], xp: &[f32], g:
 }
 
 /// Weight gradient of `KW` tap columns whose runs start at `taps` within a
-/// padded row; `acc` has `kd · kh · KW` entries.
+/// padded row; `acc` has `kd · kh · KW` entries. Kernel rows are taken three
+/// at a time where the columns are few, so each `dy` vector feeds `3 · KW`
+/// independent accumulators.
 #[inline(always)]
 fn weights_shifted<S: Simd, const KW: usize>(
     acc: &mut [f32],
@@ -335,40 +337,67 @@ fn weights_shifted<S: Simd, const KW: usize>(
     g: &Geom,
     taps: [usize; KW],
 ) {
-    let [od_n, oh_n, ow_n] = g.out;
     let [kd_n, kh_n, _] = g.kernel;
     for kd in 0..kd_n {
-        for kh in 0..kh_n {
-            let mut lanes = [S::zero(); KW];
-            for od in 0..od_n {
-                for oh in 0..oh_n {
-                    let grad = dy[(od * oh_n + oh) * ow_n..][..ow_n].as_ptr();
-                    let at = g.row(
-                        od * g.stride[0] + kd * g.dil[0],
-                        oh * g.stride[1] + kh * g.dil[1],
-                    );
-                    let mut ow0 = 0;
-                    // SAFETY: dy reads stay in the row; xp reads stay in the
-                    // padded row (Geom::wq leaves a vector past the outputs).
-                    unsafe {
-                        while ow0 < ow_n {
-                            let dv = if ow0 + S::N <= ow_n {
-                                S::load(grad.add(ow0))
-                            } else {
-                                S::load_part(grad.add(ow0), ow_n - ow0)
-                            };
-                            let p = xp.as_ptr().add(at + ow0);
-                            for (kw, l) in lanes.iter_mut().enumerate() {
-                                *l = S::mul_add(dv, S::load(p.add(taps[kw])), *l);
-                            }
-                            ow0 += S::N;
+        let mut kh = 0;
+        while KW <= 3 && kh + 3 <= kh_n {
+            weights_rows::<S, KW, 3>(acc, dy, xp, g, taps, kd, kh);
+            kh += 3;
+        }
+        while kh < kh_n {
+            weights_rows::<S, KW, 1>(acc, dy, xp, g, taps, kd, kh);
+            kh += 1;
+        }
+    }
+}
+
+/// [`weights_shifted`] for kernel rows `kh0..kh0 + KH` of kernel depth `kd`.
+#[inline(always)]
+fn weights_rows<S: Simd, const KW: usize, const KH: usize>(
+    acc: &mut [f32],
+    dy: &[f32],
+    xp: &[f32],
+    g: &Geom,
+    taps: [usize; KW],
+    kd: usize,
+    kh0: usize,
+) {
+    let [od_n, oh_n, ow_n] = g.out;
+    let kh_n = g.kernel[1];
+    let mut lanes = [[S::zero(); KW]; KH];
+    for od in 0..od_n {
+        for oh in 0..oh_n {
+            let grad = dy[(od * oh_n + oh) * ow_n..][..ow_n].as_ptr();
+            let at: [usize; KH] = std::array::from_fn(|b| {
+                g.row(
+                    od * g.stride[0] + kd * g.dil[0],
+                    oh * g.stride[1] + (kh0 + b) * g.dil[1],
+                )
+            });
+            let mut ow0 = 0;
+            // SAFETY: dy reads stay in the row; xp reads stay in the
+            // padded rows (Geom::wq leaves a vector past the outputs).
+            unsafe {
+                while ow0 < ow_n {
+                    let dv = if ow0 + S::N <= ow_n {
+                        S::load(grad.add(ow0))
+                    } else {
+                        S::load_part(grad.add(ow0), ow_n - ow0)
+                    };
+                    for (b, row) in lanes.iter_mut().enumerate() {
+                        let p = xp.as_ptr().add(at[b] + ow0);
+                        for (kw, l) in row.iter_mut().enumerate() {
+                            *l = S::mul_add(dv, S::load(p.add(taps[kw])), *l);
                         }
                     }
+                    ow0 += S::N;
                 }
             }
-            for (kw, l) in lanes.iter().enumerate() {
-                acc[(kd * kh_n + kh) * KW + kw] += l.sum();
-            }
+        }
+    }
+    for (b, row) in lanes.iter().enumerate() {
+        for (kw, l) in row.iter().enumerate() {
+            acc[(kd * kh_n + kh0 + b) * KW + kw] += l.sum();
         }
     }
 }
