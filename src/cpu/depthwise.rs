@@ -47,13 +47,25 @@ pub(crate) fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tu
                     s.input,
                     &g,
                 );
-                for (m, out) in outs.chunks_exact_mut(osp).enumerate() {
+                let mut m = 0;
+                // Output channels CB at a time: each input vector loaded
+                // feeds CB of them.
+                while mult >= CB && m + CB <= mult {
                     let co = ci * mult + m;
+                    let outs = &mut outs[m * osp..(m + CB) * osp];
+                    corr_planes(t.simd, outs, xp, &w[co * ks..(co + CB) * ks], &g);
+                    m += CB;
+                }
+                for (k, out) in outs[m * osp..].chunks_exact_mut(osp).enumerate() {
+                    let co = ci * mult + m + k;
                     corr_plane(t.simd, out, xp, &w[co * ks..][..ks], &g, false);
                 }
             });
         });
 }
+
+/// Output channels one pass of [`corr_planes`] computes.
+const CB: usize = 4;
 
 pub(crate) fn backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32], t: &Tuning) {
     let (isp, osp, ks) = (s.input_spatial(), s.output_spatial(), s.kernel_spatial());
@@ -134,6 +146,121 @@ pub(crate) fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f
 }
 
 dispatch_simd!(fn corr_plane(out: &mut [f32], xp: &[f32], w: &[f32], g: &Geom, accumulate: bool) => corr_plane_impl);
+dispatch_simd!(fn corr_planes(outs: &mut [f32], xp: &[f32], w: &[f32], g: &Geom) => corr_planes_impl);
+
+/// `CB` output planes (one after another in `outs`) of the same padded input
+/// plane, kernels one after another in `w`.
+#[inline(always)]
+fn corr_planes_impl<S: Simd>(outs: &mut [f32], xp: &[f32], w: &[f32], g: &Geom) {
+    let osp: usize = g.out.iter().product();
+    let ks: usize = g.kernel.iter().product();
+    assert!(xp.len() >= g.padded_len() && outs.len() >= CB * osp && w.len() >= CB * ks);
+    if g.kernel[0] * g.kernel[1] > MAX_ROWS {
+        for (out, wk) in outs.chunks_exact_mut(osp).zip(w.chunks_exact(ks)) {
+            corr_any::<S>(out, xp, wk, g, false);
+        }
+        return;
+    }
+    match g.kernel[2] {
+        1 => corr_multi::<S, 1>(outs, xp, w, g),
+        2 => corr_multi::<S, 2>(outs, xp, w, g),
+        3 => corr_multi::<S, 3>(outs, xp, w, g),
+        4 => corr_multi::<S, 4>(outs, xp, w, g),
+        5 => corr_multi::<S, 5>(outs, xp, w, g),
+        7 => corr_multi::<S, 7>(outs, xp, w, g),
+        _ => {
+            for (out, wk) in outs.chunks_exact_mut(osp).zip(w.chunks_exact(ks)) {
+                corr_any::<S>(out, xp, wk, g, false);
+            }
+        }
+    }
+}
+
+/// [`corr_planes_impl`] for a kernel width known at compile time: runs of up
+/// to two vectors of each output row, for all `CB` channels at once.
+#[inline(always)]
+fn corr_multi<S: Simd, const KW: usize>(outs: &mut [f32], xp: &[f32], w: &[f32], g: &Geom) {
+    let [od_n, oh_n, ow_n] = g.out;
+    let osp = od_n * oh_n * ow_n;
+    let taps: [usize; KW] = std::array::from_fn(|kw| g.tap(kw));
+    let nrows = g.kernel[0] * g.kernel[1];
+    let mut rows = [0usize; MAX_ROWS];
+    for od in 0..od_n {
+        for oh in 0..oh_n {
+            g.tap_rows(od, oh, &mut rows);
+            let at = (od * oh_n + oh) * ow_n;
+            let mut ow0 = 0;
+            while ow0 < ow_n {
+                let n = (2 * S::N).min(ow_n - ow0);
+                // SAFETY: `outs[c·osp + at + ow0 ..][..n]` lies in `outs`; the
+                // reads stay in the padded rows (Geom::wq leaves a vector past
+                // the outputs).
+                unsafe {
+                    let dst = outs.as_mut_ptr().add(at + ow0);
+                    let run = MultiRun {
+                        xp: xp.as_ptr().add(ow0),
+                        rows: &rows[..nrows],
+                        w,
+                        dst,
+                        plane: osp,
+                        n,
+                    };
+                    if n > S::N {
+                        run.corr::<S, KW, 2>(&taps);
+                    } else {
+                        run.corr::<S, KW, 1>(&taps);
+                    }
+                }
+                ow0 += n;
+            }
+        }
+    }
+}
+
+/// `n` (at most two vectors of) consecutive outputs of one row in each of
+/// `CB` planes (`plane` apart from `dst`), reading padded rows `rows` of `xp`.
+struct MultiRun<'a> {
+    xp: *const f32,
+    rows: &'a [usize],
+    w: &'a [f32],
+    dst: *mut f32,
+    plane: usize,
+    n: usize,
+}
+
+impl MultiRun<'_> {
+    /// # Safety
+    /// Every `dst + c·plane .. + n` writable; every `xp + row + tap + NV·N`
+    /// readable; `w` holds `CB` kernels of `rows.len() · KW` taps.
+    #[inline(always)]
+    unsafe fn corr<S: Simd, const KW: usize, const NV: usize>(&self, taps: &[usize; KW]) {
+        let ks = self.rows.len() * KW;
+        let mut acc = [[S::zero(); NV]; CB];
+        for (t, &base) in self.rows.iter().enumerate() {
+            let at = self.xp.add(base);
+            for (kw, tap) in taps.iter().enumerate() {
+                let p = at.add(*tap);
+                let xv: [S; NV] = std::array::from_fn(|v| S::load(p.add(v * S::N)));
+                for (c, row) in acc.iter_mut().enumerate() {
+                    let wv = S::splat(*self.w.get_unchecked(c * ks + t * KW + kw));
+                    for (v, a) in row.iter_mut().enumerate() {
+                        *a = S::mul_add(wv, xv[v], *a);
+                    }
+                }
+            }
+        }
+        for (c, row) in acc.iter().enumerate() {
+            for (v, a) in row.iter().enumerate() {
+                let p = self.dst.add(c * self.plane + v * S::N);
+                if (v + 1) * S::N <= self.n {
+                    a.store(p);
+                } else {
+                    a.store_part(p, self.n - v * S::N);
+                }
+            }
+        }
+    }
+}
 dispatch_simd!(fn weights_plane(acc: &mut [f32], dy: &[f32], xp: &[f32], g: &Geom) => weights_plane_impl);
 dispatch_simd!(fn scatter_plane(grad: &mut [f32], dy: &[f32], w: &[f32], s: &ConvShape, accumulate: bool) => scatter_plane_impl);
 
