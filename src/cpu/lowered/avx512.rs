@@ -66,16 +66,20 @@ fn forward_plan(s: &ConvShape, d: &Dims, threads: usize, cap: usize) -> (Vec<Chu
     let cover = |cols: usize| Chunk::cover(0..s.n, d.p, image_cols(cols, d.p, d.m, cap), NR);
     let chunks = cover(cols);
     // Weights too large for L2: narrow chunks re-read them for little work
-    // and leave partial B panels, so chunks are made at least WIDE_MIN_COLS
-    // wide where that still gives every thread two tasks; where even the
-    // narrow chunks cannot occupy the threads, the rows of W are split
-    // across tasks too.
+    // and leave partial B panels, so chunks are made WIDE_MIN_COLS wide, or
+    // else as wide as still gives every thread two tasks, where either is
+    // wider than the balanced width; where even the narrow chunks cannot
+    // occupy the threads, the rows of W are split across tasks too.
     if threads > 1 && d.m * d.k * 4 > WIDE_WEIGHTS_BYTES && cols < WIDE_MIN_COLS {
+        let even = (s.n * d.p).div_ceil(2 * threads * s.groups);
+        for width in [WIDE_MIN_COLS, even] {
+            let wider = cover(width);
+            if width > cols && s.groups * wider.len() >= 2 * threads {
+                return (wider, 1);
+            }
+        }
         let wide = cover(WIDE_MIN_COLS);
         let units = s.groups * wide.len();
-        if units >= 2 * threads {
-            return (wide, 1);
-        }
         if s.groups * chunks.len() < threads && d.m >= 2 * MIN_TASK_ROWS {
             let parts = (2 * threads).div_ceil(units).min(d.m / MIN_TASK_ROWS);
             return (wide, parts);
@@ -497,5 +501,28 @@ mod tests {
         assert_eq!(parts, 2);
         let (_, parts) = forward_plan(&s, &d, 1, 1 << 20);
         assert_eq!(parts, 1);
+    }
+
+    #[test]
+    fn large_weights_over_small_images_take_whole_images_per_thread_pair() {
+        // ResNet's 512-channel 3×3 at 7×7, batch 8 (W of 9.4 MB): on two
+        // threads, chunks of two images (98 columns: two full panels)
+        // rather than one (49: a full panel and a one-column one).
+        let s = crate::cpu::tests::shape(
+            8,
+            512,
+            512,
+            1,
+            [1, 7, 7],
+            [1, 3, 3],
+            [0, 1, 1],
+            [1, 1, 1],
+            [1, 1, 1],
+        );
+        let d = Dims::of(&s);
+        let (chunks, parts) = forward_plan(&s, &d, 2, 1 << 22);
+        assert_eq!(parts, 1);
+        assert_eq!(chunks.len(), 4);
+        assert!(chunks.iter().all(|c| c.nimg == 2 && c.np == 49));
     }
 }
