@@ -155,19 +155,14 @@ fn corr_planes_impl<S: Simd>(outs: &mut [f32], xp: &[f32], w: &[f32], g: &Geom) 
     let osp: usize = g.out.iter().product();
     let ks: usize = g.kernel.iter().product();
     assert!(xp.len() >= g.padded_len() && outs.len() >= CB * osp && w.len() >= CB * ks);
-    if g.kernel[0] * g.kernel[1] > MAX_ROWS {
-        for (out, wk) in outs.chunks_exact_mut(osp).zip(w.chunks_exact(ks)) {
-            corr_any::<S>(out, xp, wk, g, false);
-        }
-        return;
-    }
-    match g.kernel[2] {
-        1 => corr_multi::<S, 1>(outs, xp, w, g),
-        2 => corr_multi::<S, 2>(outs, xp, w, g),
-        3 => corr_multi::<S, 3>(outs, xp, w, g),
-        4 => corr_multi::<S, 4>(outs, xp, w, g),
-        5 => corr_multi::<S, 5>(outs, xp, w, g),
-        7 => corr_multi::<S, 7>(outs, xp, w, g),
+    let fits = g.kernel[0] * g.kernel[1] <= MAX_ROWS;
+    match (fits, g.kernel[2]) {
+        (true, 1) => corr_multi::<S, 1>(outs, xp, w, g),
+        (true, 2) => corr_multi::<S, 2>(outs, xp, w, g),
+        (true, 3) => corr_multi::<S, 3>(outs, xp, w, g),
+        (true, 4) => corr_multi::<S, 4>(outs, xp, w, g),
+        (true, 5) => corr_multi::<S, 5>(outs, xp, w, g),
+        (true, 7) => corr_multi::<S, 7>(outs, xp, w, g),
         _ => {
             for (out, wk) in outs.chunks_exact_mut(osp).zip(w.chunks_exact(ks)) {
                 corr_any::<S>(out, xp, wk, g, false);
