@@ -54,8 +54,8 @@ impl Chunk {
         } else {
             let runs = positions.div_ceil(cols);
             let run = positions.div_ceil(runs);
-            let aligned = run.next_multiple_of(align.max(1));
             let align = align.max(1);
+            let aligned = run.next_multiple_of(align);
             let run = if aligned <= cols {
                 aligned
             } else if run > align {

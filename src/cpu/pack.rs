@@ -498,19 +498,9 @@ impl Im2colTB<'_> {
         let count = pc.runs(k0, kc, usize::MAX, &mut runs);
         if kc >= DIRECT_MIN_RUN * count {
             // Long runs: transpose straight from the planes.
-            let runs = &runs[..count];
-            for jp in 0..nc.div_ceil(NR) {
-                for q in 0..NR / L {
-                    let r0 = j0 + jp * NR + q * L;
-                    let live = (j0 + nc).saturating_sub(r0).min(L);
-                    let rows: [*const f32; L] = std::array::from_fn(|l| {
-                        let r = if live == 0 { j0 } else { r0 + l.min(live - 1) };
-                        pc.plane(0, r / ks).add(pc.tap_offset(r % ks))
-                    });
-                    let out = dst.as_mut_ptr().add(jp * kc * NR + q * L);
-                    transpose_runs(&rows, live, pc.image_len(), runs, out);
-                }
-            }
+            transpose_panels(j0, nc, kc, dst, pc.image_len(), &runs[..count], |r| {
+                pc.plane(0, r / ks).add(pc.tap_offset(r % ks))
+            });
             return;
         }
         // L lowered rows over the block's positions, one row after another.
@@ -547,6 +537,34 @@ impl Im2colTB<'_> {
 /// padded planes rather than through a row buffer (a run's last partial
 /// 16-position block costs a whole transpose).
 const DIRECT_MIN_RUN: usize = 24;
+
+/// Packs columns `j0..j0 + nc` of a transposed B block of `kc` positions,
+/// 16 columns at a time with [`transpose_runs`]: column `r` is read at
+/// `row(r)` (image 0, run base 0); columns past `nc` are zero.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn transpose_panels(
+    j0: usize,
+    nc: usize,
+    kc: usize,
+    dst: &mut [f32],
+    image_len: usize,
+    runs: &[Run],
+    row: impl Fn(usize) -> *const f32,
+) {
+    const L: usize = 16;
+    for jp in 0..nc.div_ceil(NR) {
+        for q in 0..NR / L {
+            let r0 = j0 + jp * NR + q * L;
+            let live = (j0 + nc).saturating_sub(r0).min(L);
+            // Dead columns point at a live one; they are never read.
+            let rows: [*const f32; L] =
+                std::array::from_fn(|l| row(if live == 0 { j0 } else { r0 + l.min(live - 1) }));
+            let out = dst.as_mut_ptr().add(jp * kc * NR + q * L);
+            transpose_runs(&rows, live, image_len, runs, out);
+        }
+    }
+}
 
 /// For each run, writes the transpose of 16 rows read at `rows[l] + img ·
 /// image_len + base` (rows `l >= live` read as zeros): position `c + p` of
@@ -763,7 +781,6 @@ impl PackB for ImagesTB<'_> {
 impl ImagesTB<'_> {
     #[target_feature(enable = "avx512f")]
     unsafe fn pack_avx512(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
-        const L: usize = 16;
         assert!(kc <= KC && dst.len() >= nc.div_ceil(NR) * kc * NR && k0 + kc <= self.ch.cols());
         let last =
             ((self.ch.n0 + self.ch.nimg - 1) * self.channels + self.c0 + j0 + nc) * self.plane;
@@ -781,18 +798,9 @@ impl ImagesTB<'_> {
         });
         let image_len = self.channels * self.plane;
         let first = self.src.as_ptr().add(self.ch.n0 * image_len);
-        for jp in 0..nc.div_ceil(NR) {
-            for q in 0..NR / L {
-                let r0 = j0 + jp * NR + q * L;
-                let live = (j0 + nc).saturating_sub(r0).min(L);
-                let rows: [*const f32; L] = std::array::from_fn(|l| {
-                    let r = if live == 0 { j0 } else { r0 + l.min(live - 1) };
-                    first.add((self.c0 + r) * self.plane)
-                });
-                let out = dst.as_mut_ptr().add(jp * kc * NR + q * L);
-                transpose_runs(&rows, live, image_len, &runs[..count], out);
-            }
-        }
+        transpose_panels(j0, nc, kc, dst, image_len, &runs[..count], |r| {
+            first.add((self.c0 + r) * self.plane)
+        });
     }
 }
 

@@ -71,15 +71,18 @@ fn forward_plan(s: &ConvShape, d: &Dims, threads: usize, cap: usize) -> (Vec<Chu
     // wider than the balanced width; where even the narrow chunks cannot
     // occupy the threads, the rows of W are split across tasks too.
     if threads > 1 && d.m * d.k * 4 > WIDE_WEIGHTS_BYTES && cols < WIDE_MIN_COLS {
+        let wide = cover(WIDE_MIN_COLS);
+        let units = s.groups * wide.len();
+        if units >= 2 * threads {
+            return (wide, 1);
+        }
         let even = (s.n * d.p).div_ceil(2 * threads * s.groups);
-        for width in [WIDE_MIN_COLS, even] {
-            let wider = cover(width);
-            if width > cols && s.groups * wider.len() >= 2 * threads {
+        if even > cols {
+            let wider = cover(even);
+            if s.groups * wider.len() >= 2 * threads {
                 return (wider, 1);
             }
         }
-        let wide = cover(WIDE_MIN_COLS);
-        let units = s.groups * wide.len();
         if s.groups * chunks.len() < threads && d.m >= 2 * MIN_TASK_ROWS {
             let parts = (2 * threads).div_ceil(units).min(d.m / MIN_TASK_ROWS);
             return (wide, parts);
