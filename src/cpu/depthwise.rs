@@ -175,9 +175,37 @@ fn corr_planes_impl<S: Simd>(outs: &mut [f32], xp: &[f32], w: &[f32], g: &Geom) 
 /// to two vectors of each output row, for all `CB` channels at once.
 #[inline(always)]
 fn corr_multi<S: Simd, const KW: usize>(outs: &mut [f32], xp: &[f32], w: &[f32], g: &Geom) {
-    let [od_n, oh_n, ow_n] = g.out;
-    let osp = od_n * oh_n * ow_n;
+    let osp: usize = g.out.iter().product();
     let taps: [usize; KW] = std::array::from_fn(|kw| g.tap(kw));
+    let outp = outs.as_mut_ptr();
+    for_each_run(g, 2 * S::N, |rows, at, ow0, n| {
+        // SAFETY: `outs[c·osp + at + ow0 ..][..n]` lies in `outs` (checked
+        // by the caller); the reads stay in the padded rows (Geom::wq leaves
+        // a vector past the outputs).
+        unsafe {
+            let run = MultiRun {
+                xp: xp.as_ptr().add(ow0),
+                rows,
+                w,
+                dst: outp.add(at + ow0),
+                plane: osp,
+                n,
+            };
+            if n > S::N {
+                run.corr::<S, KW, 2>(&taps);
+            } else {
+                run.corr::<S, KW, 1>(&taps);
+            }
+        }
+    });
+}
+
+/// Calls `f(rows, at, ow0, n)` for every run of at most `max` consecutive
+/// outputs of every output row: `rows` are the padded rows the row's kernel
+/// taps read, `at` the row's first output, `ow0..ow0 + n` the run's columns.
+#[inline(always)]
+fn for_each_run(g: &Geom, max: usize, mut f: impl FnMut(&[usize], usize, usize, usize)) {
+    let [od_n, oh_n, ow_n] = g.out;
     let nrows = g.kernel[0] * g.kernel[1];
     let mut rows = [0usize; MAX_ROWS];
     for od in 0..od_n {
@@ -186,29 +214,38 @@ fn corr_multi<S: Simd, const KW: usize>(outs: &mut [f32], xp: &[f32], w: &[f32],
             let at = (od * oh_n + oh) * ow_n;
             let mut ow0 = 0;
             while ow0 < ow_n {
-                let n = (2 * S::N).min(ow_n - ow0);
-                // SAFETY: `outs[c·osp + at + ow0 ..][..n]` lies in `outs`; the
-                // reads stay in the padded rows (Geom::wq leaves a vector past
-                // the outputs).
-                unsafe {
-                    let dst = outs.as_mut_ptr().add(at + ow0);
-                    let run = MultiRun {
-                        xp: xp.as_ptr().add(ow0),
-                        rows: &rows[..nrows],
-                        w,
-                        dst,
-                        plane: osp,
-                        n,
-                    };
-                    if n > S::N {
-                        run.corr::<S, KW, 2>(&taps);
-                    } else {
-                        run.corr::<S, KW, 1>(&taps);
-                    }
-                }
+                let n = max.min(ow_n - ow0);
+                f(&rows[..nrows], at, ow0, n);
                 ow0 += n;
             }
         }
+    }
+}
+
+/// Loads the first `n` lanes at `p` (all of them when `n >= N`), zero in
+/// the others.
+///
+/// # Safety
+/// `p..p + min(n, N)` must be readable.
+#[inline(always)]
+unsafe fn load_upto<S: Simd>(p: *const f32, n: usize) -> S {
+    if n >= S::N {
+        S::load(p)
+    } else {
+        S::load_part(p, n)
+    }
+}
+
+/// Stores the first `n` lanes of `v` at `p` (all of them when `n >= N`).
+///
+/// # Safety
+/// `p..p + min(n, N)` must be writable.
+#[inline(always)]
+unsafe fn store_upto<S: Simd>(v: S, p: *mut f32, n: usize) {
+    if n >= S::N {
+        v.store(p)
+    } else {
+        v.store_part(p, n)
     }
 }
 
@@ -246,12 +283,11 @@ impl MultiRun<'_> {
         }
         for (c, row) in acc.iter().enumerate() {
             for (v, a) in row.iter().enumerate() {
-                let p = self.dst.add(c * self.plane + v * S::N);
-                if (v + 1) * S::N <= self.n {
-                    a.store(p);
-                } else {
-                    a.store_part(p, self.n - v * S::N);
-                }
+                store_upto(
+                    *a,
+                    self.dst.add(c * self.plane + v * S::N),
+                    self.n - v * S::N,
+                );
             }
         }
     }
@@ -287,39 +323,29 @@ fn corr<S: Simd, const KW: usize>(
     g: &Geom,
     accumulate: bool,
 ) {
-    let [od_n, oh_n, ow_n] = g.out;
     let taps: [usize; KW] = std::array::from_fn(|kw| g.tap(kw));
-    let nrows = g.kernel[0] * g.kernel[1];
-    let mut rows = [0usize; MAX_ROWS];
-    for od in 0..od_n {
-        for oh in 0..oh_n {
-            g.tap_rows(od, oh, &mut rows);
-            let row = out[(od * oh_n + oh) * ow_n..][..ow_n].as_mut_ptr();
-            let mut ow0 = 0;
-            while ow0 < ow_n {
-                let n = (4 * S::N).min(ow_n - ow0);
-                // SAFETY: `row + ow0 .. + n` lies in `out`; the reads stay in
-                // the padded rows (Geom::wq leaves a vector past the outputs).
-                unsafe {
-                    let run = Run {
-                        xp: xp.as_ptr(),
-                        rows: &rows[..nrows],
-                        w,
-                        ow0,
-                        dst: row.add(ow0),
-                        n,
-                    };
-                    match n.div_ceil(S::N) {
-                        1 => run.corr::<S, KW, 1>(&taps, accumulate),
-                        2 => run.corr::<S, KW, 2>(&taps, accumulate),
-                        3 => run.corr::<S, KW, 3>(&taps, accumulate),
-                        _ => run.corr::<S, KW, 4>(&taps, accumulate),
-                    }
-                }
-                ow0 += n;
+    let outp = out.as_mut_ptr();
+    for_each_run(g, 4 * S::N, |rows, at, ow0, n| {
+        // SAFETY: `out[at + ow0..][..n]` lies in `out` (checked by the
+        // caller); the reads stay in the padded rows (Geom::wq leaves a
+        // vector past the outputs).
+        unsafe {
+            let run = Run {
+                xp: xp.as_ptr(),
+                rows,
+                w,
+                ow0,
+                dst: outp.add(at + ow0),
+                n,
+            };
+            match n.div_ceil(S::N) {
+                1 => run.corr::<S, KW, 1>(&taps, accumulate),
+                2 => run.corr::<S, KW, 2>(&taps, accumulate),
+                3 => run.corr::<S, KW, 3>(&taps, accumulate),
+                _ => run.corr::<S, KW, 4>(&taps, accumulate),
             }
         }
-    }
+    });
 }
 
 /// `n` (at most four vectors of) consecutive outputs of one row at `dst`,
@@ -345,12 +371,7 @@ impl Run<'_> {
         let mut acc = [S::zero(); NV];
         if accumulate {
             for (v, a) in acc.iter_mut().enumerate() {
-                let p = self.dst.add(v * S::N);
-                *a = if (v + 1) * S::N <= self.n {
-                    S::load(p)
-                } else {
-                    S::load_part(p, self.n - v * S::N)
-                };
+                *a = load_upto(self.dst.add(v * S::N), self.n - v * S::N);
             }
         }
         for (t, &base) in self.rows.iter().enumerate() {
@@ -364,12 +385,7 @@ impl Run<'_> {
             }
         }
         for (v, a) in acc.iter().enumerate() {
-            let p = self.dst.add(v * S::N);
-            if (v + 1) * S::N <= self.n {
-                a.store(p);
-            } else {
-                a.store_part(p, self.n - v * S::N);
-            }
+            store_upto(*a, self.dst.add(v * S::N), self.n - v * S::N);
         }
     }
 }
@@ -501,11 +517,7 @@ fn weights_rows<S: Simd, const KW: usize, const KH: usize>(
             // padded rows (Geom::wq leaves a vector past the outputs).
             unsafe {
                 while ow0 < ow_n {
-                    let dv = if ow0 + S::N <= ow_n {
-                        S::load(grad.add(ow0))
-                    } else {
-                        S::load_part(grad.add(ow0), ow_n - ow0)
-                    };
+                    let dv = load_upto::<S>(grad.add(ow0), ow_n - ow0);
                     for (b, row) in lanes.iter_mut().enumerate() {
                         let p = xp.as_ptr().add(at[b] + ow0);
                         for (kw, l) in row.iter_mut().enumerate() {
