@@ -118,3 +118,28 @@ pub(crate) fn release_thread() {
     TASK.with(Cell::take);
     std::mem::take(&mut *partials());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-call buffer one thread returns is the one the next call gets,
+    /// whichever thread makes it (so a pool caches one, not one per thread).
+    /// Other tests borrow the same buffer concurrently, so a handover is
+    /// tried several times; with per-thread buffers it would never happen.
+    #[test]
+    fn per_call_buffer_is_shared_by_successive_calls_on_other_threads() {
+        const LEN: usize = 1 << 16;
+        const MARK: f32 = 7.25;
+        let handed_over = (0..50).any(|_| {
+            std::thread::spawn(|| with_scratch(Slot::Partials, LEN, |b| b.fill(MARK)))
+                .join()
+                .unwrap();
+            // A fresh buffer would be zero-filled.
+            std::thread::spawn(|| with_scratch(Slot::Partials, LEN, |b| b[LEN - 1] == MARK))
+                .join()
+                .unwrap()
+        });
+        assert!(handed_over, "each thread kept its own per-call buffer");
+    }
+}
