@@ -6,6 +6,10 @@
  *             the null stream waits for blocking streams only; FIFO per stream
  *   validate  copy/free validation, hipMemcpyDefault inference, error state,
  *             call statistics, pinned host memory
+ *   events    event records complete in stream order; waits, queries, elapsed
+ *             time, cross-stream waits, destroy with a record still queued
+ *   pcie      with FAKE_HIP_GBPS set: copies take bytes / bandwidth, the host
+ *             is free meanwhile, each direction is one link; prints timings
  *   fail      prints the result of a fixed call sequence, for FAKE_HIP_FAIL tests
  *   miopen    host-side MIOpen descriptor semantics of the fake library
  * Each prints "ok ..."/"FAIL ..." lines and exits 0 iff nothing failed.
@@ -17,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 
 static int g_failed;
 
@@ -412,6 +417,143 @@ static int probe_miopen(void)
     return g_failed != 0;
 }
 
+static double now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
+}
+
+static int probe_events(void)
+{
+    const size_t n = 1 << 16;
+    void* d = NULL;
+    unsigned char* h = malloc(n);
+    unsigned char* r = malloc(n);
+    hipStream_t s = NULL, s2 = NULL;
+    hipEvent_t e1 = NULL, e2 = NULL, et = NULL;
+    float ms = -1;
+    EXPECT(hipMalloc(&d, n) == hipSuccess, "hipMalloc");
+    EXPECT(hipStreamCreateWithFlags(&s, hipStreamNonBlocking) == hipSuccess &&
+               hipStreamCreateWithFlags(&s2, hipStreamNonBlocking) == hipSuccess,
+           "two non-blocking streams");
+    EXPECT(hipEventCreate(&e1) == hipSuccess && hipEventCreate(&e2) == hipSuccess,
+           "hipEventCreate");
+    EXPECT(hipEventCreateWithFlags(&et, hipEventDisableTiming) == hipSuccess,
+           "hipEventCreateWithFlags(DisableTiming)");
+    EXPECT(hipEventCreateWithFlags(&et, 0x100) == hipErrorInvalidValue, "unknown flags refused");
+    EXPECT(hipEventQuery(e1) == hipSuccess, "a never-recorded event is complete");
+    EXPECT(hipEventElapsedTime(&ms, e1, e2) == hipErrorInvalidHandle,
+           "elapsed time of unrecorded events is refused");
+
+    memset(h, 0x5A, n);
+    memset(r, 0, n);
+    EXPECT(hipEventRecord(e1, s) == hipSuccess, "record before the copies");
+    EXPECT(hipMemcpyAsync(d, h, n, hipMemcpyHostToDevice, s) == hipSuccess, "enqueue H2D");
+    EXPECT(hipMemcpyAsync(r, d, n, hipMemcpyDeviceToHost, s) == hipSuccess, "enqueue D2H");
+    EXPECT(hipEventRecord(e2, s) == hipSuccess, "record after the copies");
+    EXPECT(hipEventQuery(e2) == hipErrorNotReady, "record behind queued copies is not ready");
+    EXPECT(hipEventSynchronize(e2) == hipSuccess, "hipEventSynchronize");
+    EXPECT(all_bytes(r, n, 0x5A), "after the event the copies before it are done");
+    EXPECT(hipEventQuery(e2) == hipSuccess, "completed record queries as done");
+    EXPECT(hipEventElapsedTime(&ms, e1, e2) == hipSuccess && ms >= 1.0f,
+           "elapsed time spans the two delayed copies");
+    EXPECT(hipEventRecord(et, s) == hipSuccess && hipEventSynchronize(et) == hipSuccess &&
+               hipEventElapsedTime(&ms, e1, et) == hipErrorInvalidHandle,
+           "no elapsed time with a timing-disabled event");
+
+    /* s2 waits for a record on s: its read sees what s wrote */
+    memset(h, 0x77, n);
+    memset(r, 0, n);
+    EXPECT(hipMemcpyAsync(d, h, n, hipMemcpyHostToDevice, s) == hipSuccess, "H2D on s");
+    EXPECT(hipEventRecord(e1, s) == hipSuccess, "record on s");
+    EXPECT(hipStreamWaitEvent(s2, e1, 0) == hipSuccess, "s2 waits for it");
+    EXPECT(hipMemcpyAsync(r, d, n, hipMemcpyDeviceToHost, s2) == hipSuccess, "D2H on s2");
+    EXPECT(hipStreamSynchronize(s2) == hipSuccess, "sync s2");
+    EXPECT(all_bytes(r, n, 0x77), "a stream waiting for an event sees the work before it");
+    EXPECT(hipStreamWaitEvent(s2, e1, 1) == hipErrorInvalidValue, "wait flags must be 0");
+
+    /* the null stream: recording waits for blocking streams only */
+    EXPECT(hipEventRecord(e2, NULL) == hipSuccess && hipEventQuery(e2) == hipSuccess,
+           "a record on the null stream completes at once");
+
+    /* destroying an event whose record is still queued is allowed */
+    EXPECT(hipMemcpyAsync(d, h, n, hipMemcpyHostToDevice, s) == hipSuccess, "H2D again");
+    EXPECT(hipEventRecord(e1, s) == hipSuccess, "record behind it");
+    EXPECT(hipEventDestroy(e1) == hipSuccess, "destroy with the record queued");
+    EXPECT(hipEventQuery(e1) == hipErrorInvalidHandle, "a destroyed event is unknown");
+    EXPECT(hipStreamSynchronize(s) == hipSuccess, "the queued record still completes");
+    EXPECT(hipEventRecord((hipEvent_t)h, s) == hipErrorInvalidHandle, "unknown events refused");
+    EXPECT(hipEventDestroy(e2) == hipSuccess && hipEventDestroy(et) == hipSuccess,
+           "hipEventDestroy");
+    EXPECT(hipStreamDestroy(s) == hipSuccess && hipStreamDestroy(s2) == hipSuccess,
+           "hipStreamDestroy");
+    EXPECT(hipFree(d) == hipSuccess, "hipFree");
+    free(h);
+    free(r);
+    return g_failed != 0;
+}
+
+/* Prints the wall time of copies under FAKE_HIP_GBPS (the test checks the figures). */
+static int probe_pcie(void)
+{
+    const size_t n = 64u << 20;
+    void* d = NULL;
+    unsigned char* h = NULL;
+    unsigned char* r = NULL;
+    hipStream_t s = NULL, s2 = NULL;
+    EXPECT(hipMalloc(&d, 2 * n) == hipSuccess, "hipMalloc");
+    EXPECT(hipHostMalloc((void**)&h, n, 0) == hipSuccess &&
+               hipHostMalloc((void**)&r, n, 0) == hipSuccess,
+           "hipHostMalloc");
+    memset(h, 0x21, n);
+    EXPECT(hipStreamCreateWithFlags(&s, hipStreamNonBlocking) == hipSuccess &&
+               hipStreamCreateWithFlags(&s2, hipStreamNonBlocking) == hipSuccess,
+           "streams");
+    /* warm the pages so the copies measure the model, not first-touch faults */
+    EXPECT(hipMemcpy(d, h, n, hipMemcpyHostToDevice) == hipSuccess &&
+               hipMemcpy((char*)d + n, h, n, hipMemcpyHostToDevice) == hipSuccess &&
+               hipMemcpy(r, d, n, hipMemcpyDeviceToHost) == hipSuccess,
+           "warm-up");
+
+    double t0 = now_ms();
+    EXPECT(hipMemcpyAsync(d, h, n, hipMemcpyHostToDevice, s) == hipSuccess, "H2D enqueue");
+    double enqueue = now_ms() - t0;
+    EXPECT(hipStreamSynchronize(s) == hipSuccess, "sync");
+    double one = now_ms() - t0;
+
+    /* two streams, same direction: one link, so twice as long */
+    t0 = now_ms();
+    EXPECT(hipMemcpyAsync(d, h, n, hipMemcpyHostToDevice, s) == hipSuccess &&
+               hipMemcpyAsync((char*)d + n, h, n, hipMemcpyHostToDevice, s2) == hipSuccess,
+           "two H2D on two streams");
+    EXPECT(hipStreamSynchronize(s) == hipSuccess && hipStreamSynchronize(s2) == hipSuccess,
+           "sync both");
+    double same_dir = now_ms() - t0;
+
+    /* two streams, opposite directions: full duplex, so about as long as one */
+    t0 = now_ms();
+    EXPECT(hipMemcpyAsync(d, h, n, hipMemcpyHostToDevice, s) == hipSuccess &&
+               hipMemcpyAsync(r, (char*)d + n, n, hipMemcpyDeviceToHost, s2) == hipSuccess,
+           "H2D and D2H on two streams");
+    EXPECT(hipStreamSynchronize(s) == hipSuccess && hipStreamSynchronize(s2) == hipSuccess,
+           "sync both");
+    double duplex = now_ms() - t0;
+
+    /* the null stream blocks the caller for the copy's time */
+    t0 = now_ms();
+    EXPECT(hipMemcpy(r, d, n, hipMemcpyDeviceToHost) == hipSuccess, "hipMemcpy D2H");
+    double sync_copy = now_ms() - t0;
+
+    printf("pcie bytes=%zu enqueue_ms=%.3f one_ms=%.3f same_dir_ms=%.3f duplex_ms=%.3f "
+           "sync_copy_ms=%.3f\n",
+           n, enqueue, one, same_dir, duplex, sync_copy);
+    EXPECT(hipStreamDestroy(s) == hipSuccess && hipStreamDestroy(s2) == hipSuccess, "destroy");
+    EXPECT(hipHostFree(h) == hipSuccess && hipHostFree(r) == hipSuccess && hipFree(d) == hipSuccess,
+           "free");
+    return g_failed != 0;
+}
+
 int main(int argc, char** argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -423,12 +565,16 @@ int main(int argc, char** argv)
         rc = probe_stale();
     else if (strcmp(what, "validate") == 0)
         rc = probe_validate();
+    else if (strcmp(what, "events") == 0)
+        rc = probe_events();
+    else if (strcmp(what, "pcie") == 0)
+        rc = probe_pcie();
     else if (strcmp(what, "fail") == 0)
         rc = probe_fail();
     else if (strcmp(what, "miopen") == 0)
         rc = probe_miopen();
     else {
-        fprintf(stderr, "usage: doubles_probe segv|stale|validate|fail|miopen\n");
+        fprintf(stderr, "usage: doubles_probe segv|stale|validate|events|pcie|fail|miopen\n");
         return 2;
     }
     if (strcmp(what, "fail") != 0)

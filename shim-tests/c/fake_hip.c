@@ -19,6 +19,20 @@
  * null-stream operations. hipFree/hipHostFree/hipDeviceSynchronize wait for
  * every stream.
  *
+ * Events: hipEventRecord queues a marker on the stream that completes when
+ * every operation queued before it on that stream has run (at once on the
+ * null stream, after the blocking streams); hipEventSynchronize/Query wait for
+ * or test the last record, hipEventElapsedTime gives the milliseconds between
+ * two completed records, and hipStreamWaitEvent makes a stream's later
+ * operations wait for the event's last record. Markers carry no delay.
+ *
+ * PCIe model: with FAKE_HIP_GBPS set, every host<->device copy also takes
+ * bytes / bandwidth of wall time on the executing worker (or caller, for the
+ * null stream), like a DMA engine: the host threads are free meanwhile. Each
+ * direction is one link shared by all streams (full duplex), so two copies
+ * in one direction never overlap; device-to-device and host-to-host copies
+ * are not limited.
+ *
  * Validation: the device side of a copy (dst of H2D, src of D2H, both of D2D,
  * dst of memsets) must lie inside one live allocation, and the host side must
  * not touch the device reservation; otherwise hipErrorInvalidValue. Unknown
@@ -27,6 +41,8 @@
  *
  * Environment:
  *   FAKE_HIP_DELAY_US  per-operation latency of stream operations (default 2000).
+ *   FAKE_HIP_GBPS      bandwidth of the modelled PCIe link in GB/s (10^9 bytes/s)
+ *                      per direction; unset or 0: copies are plain memcpy.
  *   FAKE_HIP_FAIL      comma-separated fault injections "function:N" (the Nth call
  *                      of that function, 1-based, counted per function from
  *                      process start) or "function:*" (every call), e.g.
@@ -63,7 +79,9 @@
     X(hipHostFree) X(hipMallocHost) X(hipFreeHost) X(hipHostRegister) X(hipHostUnregister)      \
     X(hipGetErrorString) X(hipGetErrorName) X(hipGetLastError) X(hipPeekAtLastError)            \
     X(hipGetDevice) X(hipSetDevice) X(hipGetDeviceCount) X(hipDeviceGetName)                    \
-    X(hipRuntimeGetVersion) X(hipDriverGetVersion)
+    X(hipRuntimeGetVersion) X(hipDriverGetVersion) X(hipEventCreate)                         \
+    X(hipEventCreateWithFlags) X(hipEventRecord) X(hipEventSynchronize) X(hipEventQuery)        \
+    X(hipEventDestroy) X(hipEventElapsedTime) X(hipStreamWaitEvent)
 
 #define FN_ENUM(n) F_##n,
 enum { FAKE_HIP_FUNCS(FN_ENUM) F_COUNT };
@@ -84,6 +102,7 @@ static long g_calls[F_COUNT];
 static struct fault g_faults[MAX_FAULTS];
 static int g_nfaults;
 static long g_delay_us = 2000;
+static double g_gbps; /* 0: copies are not rate limited */
 static size_t g_bytes_copied[5];
 
 static __thread hipError_t t_last_error = hipSuccess;
@@ -139,6 +158,15 @@ static void init_once(void)
         g_delay_us = strtol(d, NULL, 10);
     if (g_delay_us < 0)
         g_delay_us = 0;
+    const char* g = getenv("FAKE_HIP_GBPS");
+    if (g && *g) {
+        char* end = NULL;
+        g_gbps = strtod(g, &end);
+        if (!end || *end || !(g_gbps >= 0)) {
+            fprintf(stderr, "fake HIP: FAKE_HIP_GBPS '%s' is not a bandwidth in GB/s\n", g);
+            abort();
+        }
+    }
     const char* f = getenv("FAKE_HIP_FAIL");
     if (f && *f)
         parse_faults(f);
@@ -270,7 +298,17 @@ static void* resolve(void* p)
 /* streams                                                              */
 /* ------------------------------------------------------------------ */
 
-enum { OP_COPY, OP_SET };
+enum { OP_COPY, OP_SET, OP_EVENT, OP_WAIT };
+
+struct ihipEvent_t {
+    unsigned flags;
+    long recorded;  /* records made so far */
+    long completed; /* the record that completed last */
+    long refs;      /* queued markers and waits that still point here */
+    int destroyed;  /* hipEventDestroy called; freed when refs reaches 0 */
+    struct timespec when;
+    struct ihipEvent_t* next_event;
+};
 
 struct op {
     int type;
@@ -279,6 +317,8 @@ struct op {
     size_t n;
     int value;
     int kind;
+    struct ihipEvent_t* event; /* OP_EVENT, OP_WAIT */
+    long seq;                  /* the record an OP_EVENT completes or an OP_WAIT waits for */
     struct timespec due;
     struct op* next;
 };
@@ -294,6 +334,7 @@ struct ihipStream_t {
 };
 
 static struct ihipStream_t* g_streams;
+static struct ihipEvent_t* g_events;
 
 static int stream_known_locked(hipStream_t s)
 {
@@ -303,13 +344,87 @@ static int stream_known_locked(hipStream_t s)
     return 0;
 }
 
+static int event_known_locked(hipEvent_t e)
+{
+    for (struct ihipEvent_t* it = g_events; it; it = it->next_event)
+        if (it == e && !it->destroyed)
+            return 1;
+    return 0;
+}
+
+/* Drops one reference of a queued marker or wait; frees a destroyed event. Caller holds g_lock. */
+static void event_unref_locked(struct ihipEvent_t* e)
+{
+    if (--e->refs > 0 || !e->destroyed)
+        return;
+    for (struct ihipEvent_t** it = &g_events; *it; it = &(*it)->next_event) {
+        if (*it == e) {
+            *it = e->next_event;
+            break;
+        }
+    }
+    free(e);
+}
+
+static void ts_add_ns(struct timespec* t, long long ns)
+{
+    long long v = (long long)t->tv_nsec + ns;
+    t->tv_sec += (time_t)(v / 1000000000LL);
+    t->tv_nsec = (long)(v % 1000000000LL);
+}
+
+static int ts_before(const struct timespec* a, const struct timespec* b)
+{
+    return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
+}
+
+static void sleep_until(const struct timespec* t)
+{
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, t, NULL) == EINTR) {
+    }
+}
+
+/* When each direction's link (host to device, device to host) is free again. */
+static struct timespec g_link_free[2];
+static pthread_mutex_t g_link_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Reserves the link for a host<->device copy of n bytes; returns when it ends. */
+static struct timespec link_reserve(int kind, size_t n)
+{
+    struct timespec now, end;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    pthread_mutex_lock(&g_link_lock);
+    struct timespec* link = &g_link_free[kind == hipMemcpyHostToDevice ? 0 : 1];
+    end = ts_before(link, &now) ? now : *link;
+    ts_add_ns(&end, (long long)((double)n / g_gbps));
+    *link = end;
+    pthread_mutex_unlock(&g_link_lock);
+    return end;
+}
+
 static void exec_op(const struct op* op)
 {
     if (op->type == OP_COPY) {
+        int timed = g_gbps > 0 &&
+                    (op->kind == hipMemcpyHostToDevice || op->kind == hipMemcpyDeviceToHost);
+        struct timespec end;
+        if (timed)
+            end = link_reserve(op->kind, op->n);
         memmove(resolve(op->dst), resolve((void*)op->src), op->n);
+        if (timed)
+            sleep_until(&end);
         __atomic_add_fetch(&g_bytes_copied[op->kind], op->n, __ATOMIC_SEQ_CST);
-    } else {
+    } else if (op->type == OP_SET) {
         memset(resolve(op->dst), op->value, op->n);
+    }
+}
+
+/* Completes an event's record `seq`. Caller holds g_lock. */
+static void event_complete_locked(struct ihipEvent_t* e, long seq)
+{
+    if (seq > e->completed) {
+        e->completed = seq;
+        clock_gettime(CLOCK_MONOTONIC, &e->when);
     }
 }
 
@@ -323,11 +438,19 @@ static void* stream_worker(void* arg)
         if (!s->head)
             break;
         struct op* op = s->head;
-        pthread_mutex_unlock(&g_lock);
-        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &op->due, NULL) == EINTR) {
+        if (op->type == OP_WAIT) {
+            while (op->event->completed < op->seq)
+                pthread_cond_wait(&g_done, &g_lock);
+        } else if (op->type == OP_EVENT) {
+            event_complete_locked(op->event, op->seq);
+        } else {
+            pthread_mutex_unlock(&g_lock);
+            sleep_until(&op->due);
+            exec_op(op);
+            pthread_mutex_lock(&g_lock);
         }
-        exec_op(op);
-        pthread_mutex_lock(&g_lock);
+        if (op->event)
+            event_unref_locked(op->event);
         s->head = op->next;
         if (!s->head)
             s->tail = NULL;
@@ -363,7 +486,24 @@ static void wait_streams(int blocking_only)
     pthread_mutex_unlock(&g_lock);
 }
 
-/* Runs op on `stream`: synchronously for the null stream, queued otherwise. */
+/* Queues op on a created stream. Caller holds g_lock and has checked the stream. */
+static hipError_t enqueue_locked(hipStream_t stream, struct op* q)
+{
+    q->next = NULL;
+    clock_gettime(CLOCK_MONOTONIC, &q->due);
+    if (q->type == OP_COPY || q->type == OP_SET)
+        ts_add_ns(&q->due, (long long)g_delay_us * 1000);
+    if (stream->tail)
+        stream->tail->next = q;
+    else
+        stream->head = q;
+    stream->tail = q;
+    stream->pending++;
+    pthread_cond_signal(&stream->cv);
+    return hipSuccess;
+}
+
+/* Runs a copy or memset on `stream`: synchronously for the null stream, queued otherwise. */
 static hipError_t submit(hipStream_t stream, struct op op)
 {
     if (!stream) {
@@ -375,27 +515,13 @@ static hipError_t submit(hipStream_t stream, struct op op)
     if (!q)
         return hipErrorOutOfMemory;
     *q = op;
-    q->next = NULL;
-    clock_gettime(CLOCK_MONOTONIC, &q->due);
-    q->due.tv_sec += g_delay_us / 1000000;
-    q->due.tv_nsec += (g_delay_us % 1000000) * 1000;
-    if (q->due.tv_nsec >= 1000000000L) {
-        q->due.tv_sec++;
-        q->due.tv_nsec -= 1000000000L;
-    }
     pthread_mutex_lock(&g_lock);
     if (!stream_known_locked(stream)) {
         pthread_mutex_unlock(&g_lock);
         free(q);
         return hipErrorInvalidHandle;
     }
-    if (stream->tail)
-        stream->tail->next = q;
-    else
-        stream->head = q;
-    stream->tail = q;
-    stream->pending++;
-    pthread_cond_signal(&stream->cv);
+    enqueue_locked(stream, q);
     pthread_mutex_unlock(&g_lock);
     return hipSuccess;
 }
@@ -673,6 +799,164 @@ hipError_t hipDeviceSynchronize(void)
 {
     ENTER(hipDeviceSynchronize, hipErrorUnknown);
     wait_streams(0);
+    return hipSuccess;
+}
+
+/* events */
+
+#define EVENT_FLAGS                                                                             \
+    (hipEventBlockingSync | hipEventDisableTiming | hipEventInterprocess |                      \
+     hipEventReleaseToDevice | hipEventReleaseToSystem)
+
+static hipError_t event_create(hipEvent_t* event, unsigned flags)
+{
+    if (!event || (flags & ~EVENT_FLAGS))
+        return set_error(hipErrorInvalidValue);
+    struct ihipEvent_t* e = calloc(1, sizeof *e);
+    if (!e)
+        return set_error(hipErrorOutOfMemory);
+    e->flags = flags;
+    pthread_mutex_lock(&g_lock);
+    e->next_event = g_events;
+    g_events = e;
+    pthread_mutex_unlock(&g_lock);
+    *event = e;
+    return hipSuccess;
+}
+
+hipError_t hipEventCreate(hipEvent_t* event)
+{
+    ENTER(hipEventCreate, hipErrorUnknown);
+    return event_create(event, hipEventDefault);
+}
+
+hipError_t hipEventCreateWithFlags(hipEvent_t* event, unsigned flags)
+{
+    ENTER(hipEventCreateWithFlags, hipErrorUnknown);
+    return event_create(event, flags);
+}
+
+hipError_t hipEventRecord(hipEvent_t event, hipStream_t stream)
+{
+    ENTER(hipEventRecord, hipErrorUnknown);
+    struct op* q = stream ? calloc(1, sizeof *q) : NULL;
+    if (stream && !q)
+        return set_error(hipErrorOutOfMemory);
+    pthread_mutex_lock(&g_lock);
+    if (!event_known_locked(event) || (stream && !stream_known_locked(stream))) {
+        pthread_mutex_unlock(&g_lock);
+        free(q);
+        return set_error(hipErrorInvalidHandle);
+    }
+    long seq = ++event->recorded;
+    if (!stream) {
+        wait_streams_locked(1);
+        event_complete_locked(event, seq);
+        pthread_cond_broadcast(&g_done);
+    } else {
+        q->type = OP_EVENT;
+        q->event = event;
+        q->seq = seq;
+        event->refs++;
+        enqueue_locked(stream, q);
+    }
+    pthread_mutex_unlock(&g_lock);
+    return hipSuccess;
+}
+
+hipError_t hipEventSynchronize(hipEvent_t event)
+{
+    ENTER(hipEventSynchronize, hipErrorUnknown);
+    pthread_mutex_lock(&g_lock);
+    if (!event_known_locked(event)) {
+        pthread_mutex_unlock(&g_lock);
+        return set_error(hipErrorInvalidHandle);
+    }
+    long seq = event->recorded;
+    while (event->completed < seq)
+        pthread_cond_wait(&g_done, &g_lock);
+    pthread_mutex_unlock(&g_lock);
+    return hipSuccess;
+}
+
+hipError_t hipEventQuery(hipEvent_t event)
+{
+    ENTER(hipEventQuery, hipErrorUnknown);
+    pthread_mutex_lock(&g_lock);
+    hipError_t e = hipSuccess;
+    if (!event_known_locked(event))
+        e = hipErrorInvalidHandle;
+    else if (event->completed < event->recorded)
+        e = hipErrorNotReady;
+    pthread_mutex_unlock(&g_lock);
+    return e == hipErrorNotReady ? e : set_error(e);
+}
+
+hipError_t hipEventElapsedTime(float* ms, hipEvent_t start, hipEvent_t stop)
+{
+    ENTER(hipEventElapsedTime, hipErrorUnknown);
+    if (!ms)
+        return set_error(hipErrorInvalidValue);
+    pthread_mutex_lock(&g_lock);
+    hipError_t e = hipSuccess;
+    if (!event_known_locked(start) || !event_known_locked(stop) ||
+        ((start->flags | stop->flags) & hipEventDisableTiming) || !start->recorded ||
+        !stop->recorded)
+        e = hipErrorInvalidHandle;
+    else if (start->completed < start->recorded || stop->completed < stop->recorded)
+        e = hipErrorNotReady;
+    else
+        *ms = (float)((double)(stop->when.tv_sec - start->when.tv_sec) * 1e3 +
+                      (double)(stop->when.tv_nsec - start->when.tv_nsec) * 1e-6);
+    pthread_mutex_unlock(&g_lock);
+    return e == hipErrorNotReady ? e : set_error(e);
+}
+
+hipError_t hipEventDestroy(hipEvent_t event)
+{
+    ENTER(hipEventDestroy, hipErrorUnknown);
+    pthread_mutex_lock(&g_lock);
+    if (!event_known_locked(event)) {
+        pthread_mutex_unlock(&g_lock);
+        return set_error(hipErrorInvalidHandle);
+    }
+    /* As in HIP, queued markers and waits still complete; the event is freed after them. */
+    event->destroyed = 1;
+    event->refs++;
+    event_unref_locked(event);
+    pthread_mutex_unlock(&g_lock);
+    return hipSuccess;
+}
+
+hipError_t hipStreamWaitEvent(hipStream_t stream, hipEvent_t event, unsigned int flags)
+{
+    ENTER(hipStreamWaitEvent, hipErrorUnknown);
+    if (flags != 0)
+        return set_error(hipErrorInvalidValue);
+    struct op* q = calloc(1, sizeof *q);
+    if (!q)
+        return set_error(hipErrorOutOfMemory);
+    pthread_mutex_lock(&g_lock);
+    if (!event_known_locked(event) || (stream && !stream_known_locked(stream))) {
+        pthread_mutex_unlock(&g_lock);
+        free(q);
+        return set_error(hipErrorInvalidHandle);
+    }
+    long seq = event->recorded;
+    if (!stream) {
+        /* The null stream's later work runs on the caller: wait here. */
+        while (event->completed < seq)
+            pthread_cond_wait(&g_done, &g_lock);
+        pthread_mutex_unlock(&g_lock);
+        free(q);
+        return hipSuccess;
+    }
+    q->type = OP_WAIT;
+    q->event = event;
+    q->seq = seq;
+    event->refs++;
+    enqueue_locked(stream, q);
+    pthread_mutex_unlock(&g_lock);
     return hipSuccess;
 }
 

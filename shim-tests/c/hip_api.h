@@ -37,11 +37,18 @@ typedef enum hipMemcpyKind {
 } hipMemcpyKind;
 
 typedef struct ihipStream_t* hipStream_t;
+typedef struct ihipEvent_t* hipEvent_t;
 
 #define hipStreamDefault 0x00u
 #define hipStreamNonBlocking 0x01u
 #define hipHostMallocDefault 0x0u
 #define hipHostRegisterDefault 0x0u
+#define hipEventDefault 0x0u
+#define hipEventBlockingSync 0x1u
+#define hipEventDisableTiming 0x2u
+#define hipEventInterprocess 0x4u
+#define hipEventReleaseToDevice 0x40000000u
+#define hipEventReleaseToSystem 0x80000000u
 
 hipError_t hipInit(unsigned int flags);
 hipError_t hipMalloc(void** ptr, size_t size);
@@ -71,6 +78,14 @@ hipError_t hipGetDevice(int* deviceId);
 hipError_t hipSetDevice(int deviceId);
 hipError_t hipGetDeviceCount(int* count);
 hipError_t hipDeviceGetName(char* name, int len, int deviceId);
+hipError_t hipEventCreate(hipEvent_t* event);
+hipError_t hipEventCreateWithFlags(hipEvent_t* event, unsigned flags);
+hipError_t hipEventRecord(hipEvent_t event, hipStream_t stream);
+hipError_t hipEventSynchronize(hipEvent_t event);
+hipError_t hipEventQuery(hipEvent_t event);
+hipError_t hipEventElapsedTime(float* ms, hipEvent_t start, hipEvent_t stop);
+hipError_t hipEventDestroy(hipEvent_t event);
+hipError_t hipStreamWaitEvent(hipStream_t stream, hipEvent_t event, unsigned int flags);
 hipError_t hipRuntimeGetVersion(int* runtimeVersion);
 hipError_t hipDriverGetVersion(int* driverVersion);
 

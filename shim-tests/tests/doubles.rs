@@ -256,6 +256,68 @@ fn fake_hip_validates_pointers_and_counts_calls() {
 }
 
 #[test]
+fn events_complete_in_stream_order() {
+    // A long latency makes "the record waits for the copies queued before it" visible.
+    let out = run(
+        "doubles_probe",
+        &["events"],
+        &[("FAKE_HIP_DELAY_US", "20000")],
+        false,
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let s = stdout(&out);
+    for line in [
+        "ok record behind queued copies is not ready",
+        "ok after the event the copies before it are done",
+        "ok a stream waiting for an event sees the work before it",
+        "ok the queued record still completes",
+    ] {
+        assert!(s.lines().any(|l| l == line), "missing {line}\n{s}");
+    }
+}
+
+/// The timings `doubles_probe pcie` prints, in milliseconds.
+fn pcie_timings(gbps: &str) -> std::collections::HashMap<String, f64> {
+    let out = run(
+        "doubles_probe",
+        &["pcie"],
+        &[("FAKE_HIP_DELAY_US", "0"), ("FAKE_HIP_GBPS", gbps)],
+        false,
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let s = stdout(&out);
+    let line = s
+        .lines()
+        .find(|l| l.starts_with("pcie "))
+        .unwrap_or_else(|| panic!("no timing line\n{s}"));
+    line.split_whitespace()
+        .skip(1)
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
+        .collect()
+}
+
+#[test]
+fn pcie_model_takes_bytes_over_bandwidth_like_a_dma_engine() {
+    // 64 MiB at 2 GB/s: 33.6 ms a copy, well above what the memcpy behind it takes.
+    let t = pcie_timings("2");
+    let one = t["bytes"] / 2e9 * 1e3;
+    // Asynchronous: enqueueing returns at once, the host is free.
+    assert!(t["enqueue_ms"] < one / 4.0, "{t:?}");
+    // A copy takes its modelled time (and not much more: memcpy overlaps it).
+    assert!(
+        t["one_ms"] >= one * 0.97 && t["one_ms"] < one * 1.8,
+        "{t:?}"
+    );
+    // One link per direction: two copies the same way take twice as long...
+    assert!(t["same_dir_ms"] >= 2.0 * one * 0.97, "{t:?}");
+    // ... while opposite directions overlap (full duplex).
+    assert!(t["duplex_ms"] < 1.6 * one, "{t:?}");
+    // A null-stream copy blocks its caller for the modelled time.
+    assert!(t["sync_copy_ms"] >= one * 0.97, "{t:?}");
+}
+
+#[test]
 fn fake_miopen_descriptor_semantics() {
     let out = run("doubles_probe", &["miopen"], &[], false);
     assert!(out.status.success(), "{}", describe(&out));
