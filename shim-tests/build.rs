@@ -152,6 +152,11 @@ fn main() {
                 sources: &["reliability.c", "naive_conv.c"],
                 extra: &["-lMIOpen", "-lamdhip64", "-lm"],
             },
+            Unit {
+                output: "callpath_bench",
+                sources: &["callpath_bench.c"],
+                extra: &["-lMIOpen", "-lamdhip64", "-ldl", "-lm"],
+            },
         ],
     );
 
