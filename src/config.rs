@@ -2,6 +2,7 @@
 //! The table of variables is in docs/configuration.md; keep the two in step.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 /// Where an operation family runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +81,24 @@ pub enum Unsupported {
     Gpu,
 }
 
+/// How a convolution call is cut into chunks along the batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chunks {
+    /// As the chunk plan's cost model decides.
+    Auto,
+    /// At most this many chunks for every call that can be cut (tests, tuning).
+    Fixed(usize),
+}
+
+/// The per-call host memory cap in bytes (see [`Config::call_memory_mib`]), readable by
+/// modules below the runtime.
+static CALL_MEMORY_BYTES: AtomicUsize = AtomicUsize::new(crate::host_mem::DEFAULT_CALL_MIB << 20);
+
+/// The cap on the host memory one call holds (staging and work buffers).
+pub fn call_memory_bytes() -> usize {
+    CALL_MEMORY_BYTES.load(Relaxed)
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     /// `RDNA1SHIM_DISABLE=1`: every call goes to the real MIOpen.
@@ -88,6 +107,11 @@ pub struct Config {
     pub unsupported: Unsupported,
     /// Worker threads of the CPU engine.
     pub threads: usize,
+    /// `RDNA1SHIM_HOST_MEMORY_MIB`: host memory one call may hold for staging and work
+    /// buffers; larger tensors are processed in more chunks.
+    pub call_memory_mib: usize,
+    /// `RDNA1SHIM_CHUNKS`: `auto` or the most chunks a call is cut into.
+    pub chunks: Chunks,
     pub log_filter: String,
     /// `RDNA1SHIM_TRACE_ALL=1`: log every MIOpen call before it is made.
     pub trace_all: bool,
@@ -159,12 +183,43 @@ impl Config {
                 }
             },
         };
+        let call_memory_mib = match get("RDNA1SHIM_HOST_MEMORY_MIB").as_deref().map(str::trim) {
+            None | Some("") => crate::host_mem::DEFAULT_CALL_MIB,
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if (MIN_CALL_MIB..=1 << 30).contains(&n) => n,
+                _ => {
+                    warnings.push(format!(
+                        "RDNA1SHIM_HOST_MEMORY_MIB={v:?} is not a size in MiB from {MIN_CALL_MIB}; using {}",
+                        crate::host_mem::DEFAULT_CALL_MIB
+                    ));
+                    crate::host_mem::DEFAULT_CALL_MIB
+                }
+            },
+        };
+        let chunks = match get("RDNA1SHIM_CHUNKS")
+            .as_deref()
+            .map(|s| s.trim().to_ascii_lowercase())
+        {
+            None => Chunks::Auto,
+            Some(v) if v.is_empty() || v == "auto" => Chunks::Auto,
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if n >= 1 => Chunks::Fixed(n),
+                _ => {
+                    warnings.push(format!(
+                        "RDNA1SHIM_CHUNKS={v:?} not understood (use auto or a positive integer); using auto"
+                    ));
+                    Chunks::Auto
+                }
+            },
+        };
         let nonempty = |k: &str| get(k).filter(|v| !v.trim().is_empty());
         Config {
             disabled,
             targets,
             unsupported,
             threads,
+            call_memory_mib,
+            chunks,
             log_filter: nonempty("RDNA1SHIM_LOG").unwrap_or_else(|| "info".to_string()),
             trace_all: matches!(
                 get("RDNA1SHIM_TRACE_ALL").as_deref().map(str::trim),
@@ -175,6 +230,11 @@ impl Config {
             hip_lib: nonempty("RDNA1SHIM_HIP_LIB"),
             warnings,
         }
+    }
+
+    /// Makes this configuration's per-call memory cap the one [`call_memory_bytes`] reports.
+    pub fn publish_call_memory(&self) {
+        CALL_MEMORY_BYTES.store(self.call_memory_mib << 20, Relaxed);
     }
 
     /// Where `op` runs, the global switch included.
@@ -195,9 +255,14 @@ impl Config {
             .map(|o| format!("{}={}", o.name(), self.target(*o)))
             .collect();
         format!(
-            "{} threads={} unsupported={}",
+            "{} threads={} host_memory={}MiB chunks={} unsupported={}",
             ops.join(" "),
             self.threads,
+            self.call_memory_mib,
+            match self.chunks {
+                Chunks::Auto => "auto".to_string(),
+                Chunks::Fixed(n) => n.to_string(),
+            },
             match self.unsupported {
                 Unsupported::Error => "error",
                 Unsupported::Gpu => "gpu",
@@ -205,6 +270,9 @@ impl Config {
         )
     }
 }
+
+/// Smallest accepted `RDNA1SHIM_HOST_MEMORY_MIB`.
+pub const MIN_CALL_MIB: usize = 16;
 
 /// Physical cores available to this process: unique (package, core) pairs of
 /// /proc/cpuinfo, capped by the affinity mask; the logical count when unknown.
@@ -291,6 +359,26 @@ mod tests {
         assert_eq!(c.target(Op::ConvFwd), Target::Cpu);
         assert_eq!(c.warnings.len(), 3, "{:?}", c.warnings);
         assert!(c.warnings[0].contains("RDNA1SHIM_CONV_FWD"));
+    }
+
+    #[test]
+    fn host_memory_cap_and_chunks() {
+        let c = cfg(&[]);
+        assert_eq!(c.call_memory_mib, 256);
+        assert_eq!(c.chunks, Chunks::Auto);
+        let c = cfg(&[
+            ("RDNA1SHIM_HOST_MEMORY_MIB", "64"),
+            ("RDNA1SHIM_CHUNKS", "3"),
+        ]);
+        assert_eq!((c.call_memory_mib, c.chunks), (64, Chunks::Fixed(3)));
+        assert!(c.warnings.is_empty());
+        let c = cfg(&[
+            ("RDNA1SHIM_HOST_MEMORY_MIB", "8"),
+            ("RDNA1SHIM_CHUNKS", "0"),
+        ]);
+        assert_eq!((c.call_memory_mib, c.chunks), (256, Chunks::Auto));
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert!(c.summary().contains("host_memory=256MiB chunks=auto"));
     }
 
     #[test]

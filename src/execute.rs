@@ -1,20 +1,28 @@
-//! Running one decoded call on the CPU: stream-ordered copies in, the engine, alpha/beta
-//! blending, copies out. Results are computed in host memory and copied to the device
-//! only when everything before succeeded, so a failure never leaves an output half-written.
+//! Running one decoded call on the CPU. A convolution is cut into chunks of the batch
+//! (`chunking`) whose copies to the host, computation and copies back overlap, ordered
+//! on the handle's stream; packed fp32 is computed straight from and into the staging
+//! buffers, other dtypes and layouts are converted in parallel (`convert`) into reused
+//! work buffers (`host_mem`). Bias and batch-norm calls are copied in whole, computed,
+//! and copied back.
 
 use std::ffi::c_void;
-use std::time::Instant;
+use std::ops::Range;
+use std::time::{Duration, Instant};
 
 use crate::activation::Activation;
+use crate::chunking;
+use crate::config::Chunks;
+use crate::convert::{self, Blend};
 use crate::cpu::{conv, ConvShape};
 use crate::describe::{ConvProblem, Pass, TensorDesc};
 use crate::error::{ShimError, ShimResult};
 use crate::ffi::hip::hipStream_t;
 use crate::ffi::miopen::*;
-use crate::layout::{self, DType, Layout5};
+use crate::host_mem::WorkBuf;
+use crate::layout::{DType, Layout5};
 use crate::runtime::Runtime;
 use crate::stats::CallRecord;
-use crate::transfer::Transfers;
+use crate::transfer::{Event, Transfers};
 use rayon::prelude::*;
 
 /// Device pointers of a convolution call in the call's own roles, as `conv_problem`
@@ -68,98 +76,245 @@ pub struct FusedBias {
     pub layout: Layout5,
 }
 
-/// Computes one convolution call on the CPU.
-pub fn run_conv(
-    rt: &'static Runtime,
-    handle: miopenHandle_t,
-    p: &ConvProblem,
-    bufs: &ConvBuffers,
-    alpha: f32,
-    beta: f32,
-) -> ShimResult<CallRecord> {
-    run_conv_fused(rt, handle, p, bufs, alpha, beta, None)
+/// The time of one call's host work, by phase.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Phases {
+    /// Converting inputs (dtype, layout) into the engine's packed f32.
+    pub convert: Duration,
+    /// The engine.
+    pub engine: Duration,
+    /// Alpha/beta, the fused epilogue, summing chunks, conversion back.
+    pub store: Duration,
 }
 
-/// Computes a convolution and, for a fused plan, its bias and activation.
-pub fn run_conv_fused(
-    rt: &'static Runtime,
-    handle: miopenHandle_t,
-    p: &ConvProblem,
-    bufs: &ConvBuffers,
-    alpha: f32,
-    beta: f32,
-    fused: Option<&Fused>,
-) -> ShimResult<CallRecord> {
+/// One operand of the pass in the regular-convolution form.
+#[derive(Clone, Copy)]
+struct Operand {
+    ptr: *mut c_void,
+    layout: Layout5,
+    /// Cut along the batch with the chunks (x and y are; weights are not).
+    batched: bool,
+}
+
+/// The pass's first input, second input and output (see [`ConvBuffers`]).
+fn operands(p: &ConvProblem, bufs: &ConvBuffers) -> [Operand; 3] {
     // The regular convolution's x and y: transposed mode swaps the call's two.
     let (x, y) = if p.transposed {
         (bufs.y, bufs.x)
     } else {
         (bufs.x, bufs.y)
     };
-    let ((in_a, la), (in_b, lb), (out, lo)) = match p.pass {
-        Pass::Forward => ((x, &p.x), (bufs.w, &p.w), (y, &p.y)),
-        Pass::BackwardData => ((y, &p.y), (bufs.w, &p.w), (x, &p.x)),
-        Pass::BackwardWeights => ((x, &p.x), (y, &p.y), (bufs.w, &p.w)),
+    let op = |ptr, layout, batched| Operand {
+        ptr,
+        layout,
+        batched,
     };
-    if in_a.is_null() || in_b.is_null() || out.is_null() {
-        return Err(ShimError::bad_parm("a data pointer is null"));
+    match p.pass {
+        Pass::Forward => [op(x, p.x, true), op(bufs.w, p.w, false), op(y, p.y, true)],
+        Pass::BackwardData => [op(y, p.y, true), op(bufs.w, p.w, false), op(x, p.x, true)],
+        Pass::BackwardWeights => [op(x, p.x, true), op(y, p.y, true), op(bufs.w, p.w, false)],
     }
-    let stream = stream_of(rt, handle)?;
-    let hip = rt.hip()?;
-    let pool = rt.pool()?;
-    let dt = p.dtype;
-    let mut tr = Transfers::new(hip, stream);
-    let ba = tr.download(in_a, bytes_of(la, dt))?;
-    let bb = tr.download(in_b, bytes_of(lb, dt))?;
-    // The output's old contents are needed for beta, or to keep the gaps of a
-    // non-dense output intact.
-    let read_out = beta != 0.0 || !lo.is_dense();
-    let bo = if read_out {
-        tr.download(out, bytes_of(lo, dt))?
-    } else {
-        tr.buffer(bytes_of(lo, dt))?
-    };
-    let extra = match fused.and_then(|f| f.bias.as_ref()) {
-        Some(bias) => Some(tr.download(bias.ptr, bytes_of(&bias.layout, dt))?),
-        None => None,
-    };
-    tr.sync()?;
+}
 
+/// The samples `r` of a batched tensor `l`.
+fn chunk_layout(l: &Layout5, r: &Range<usize>) -> Layout5 {
+    let mut c = *l;
+    c.dims[0] = r.len();
+    c
+}
+
+/// Byte offset and length of samples `r` of `l` (their span).
+fn chunk_span(l: &Layout5, r: &Range<usize>, dt: DType) -> (usize, usize) {
+    (
+        r.start * l.strides[0] * dt.size(),
+        bytes_of(&chunk_layout(l, r), dt),
+    )
+}
+
+/// The samples of `l` lie apart in memory (each sample's span ends before the next
+/// begins), so they can be copied and written chunk by chunk.
+fn separable(l: &Layout5) -> bool {
+    l.dims[0] == 1 || l.strides[0] >= chunk_layout(l, &(0..1)).span()
+}
+
+/// What a convolution call computes on the host, independent of where its bytes come
+/// from: the problem, MIOpen's blend and a fused plan's epilogue.
+struct HostConv<'a> {
+    p: &'a ConvProblem,
+    blend: Blend,
+    epilogue: Option<&'a (dyn Fn(&mut [f32]) + Sync)>,
+}
+
+/// An input in the engine's packed f32: the caller's own bytes, or a converted copy.
+enum F32In<'b> {
+    View(&'b [f32]),
+    Owned(WorkBuf),
+}
+
+impl std::ops::Deref for F32In<'_> {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            F32In::View(v) => v,
+            F32In::Owned(b) => b,
+        }
+    }
+}
+
+fn f32_input<'b>(bytes: &'b [u8], dt: DType, l: &Layout5, what: &str) -> ShimResult<F32In<'b>> {
+    if let Some(v) = convert::f32_view(bytes, dt, l) {
+        return Ok(F32In::View(v));
+    }
+    let mut buf = WorkBuf::new(l.numel(), what)?;
+    convert::gather(bytes, dt, l, &mut buf);
+    Ok(F32In::Owned(buf))
+}
+
+fn timed<T>(acc: &mut Duration, f: impl FnOnce() -> T) -> T {
     let t = Instant::now();
-    // Host work runs on the shim's pool (rebuilt after fork), never on rayon's global one.
-    let bias = match fused.and_then(|f| f.bias.as_ref()) {
-        Some(bias) => {
-            let (bytes, layout) = (tr.bytes(extra.expect("bias downloaded")), &bias.layout);
-            Some(pool.install(|| gathered(bytes, dt, layout, "the fused bias"))?)
-        }
-        None => None,
-    };
-    let (a, b, o) = tr.io(ba, bb, bo);
-    let activation = fused.and_then(|f| f.activation);
-    let epilogue = |res: &mut [f32]| {
-        if let Some(bias) = &bias {
-            let plane = lo.dims[2] * lo.dims[3] * lo.dims[4];
-            let c = lo.dims[1];
-            res.par_chunks_mut(plane)
-                .enumerate()
-                .for_each(|(i, ch)| ch.iter_mut().for_each(|v| *v += bias[i % c]));
-        }
-        if let Some(act) = activation {
-            act.apply_all(res);
-        }
-    };
-    pool.install(|| try_compute_on_host(p, a, b, o, alpha, beta, &epilogue))?;
-    let compute = t.elapsed();
+    let r = f();
+    *acc += t.elapsed();
+    r
+}
 
-    tr.upload(out, bo)?;
-    tr.sync()?;
-    Ok(CallRecord {
-        compute,
-        copy: tr.time,
-        bytes_to_host: tr.bytes_to_host,
-        bytes_to_device: tr.bytes_to_device,
-        flops: p.shape.flops(),
-    })
+impl HostConv<'_> {
+    fn engine(&self, s: &ConvShape, a: &[f32], b: &[f32], out: &mut [f32]) {
+        match self.p.pass {
+            Pass::Forward => conv::forward(s, a, b, out),
+            Pass::BackwardData => conv::backward_data(s, a, b, out),
+            Pass::BackwardWeights => conv::backward_weights(s, a, b, out),
+        }
+    }
+
+    /// Layouts of the pass's inputs and output for the samples `r`.
+    fn layouts(&self, r: &Range<usize>) -> [Layout5; 3] {
+        let p = self.p;
+        let (la, lb, lo) = match p.pass {
+            Pass::Forward => (p.x, p.w, p.y),
+            Pass::BackwardData => (p.y, p.w, p.x),
+            Pass::BackwardWeights => (p.x, p.y, p.w),
+        };
+        let cut = |l: Layout5, batched: bool| {
+            if batched {
+                chunk_layout(&l, r)
+            } else {
+                l
+            }
+        };
+        let w = p.pass == Pass::BackwardWeights;
+        [cut(la, true), cut(lb, w), cut(lo, !w)]
+    }
+
+    fn inputs<'b>(
+        &self,
+        r: &Range<usize>,
+        a: &'b [u8],
+        b: &'b [u8],
+        ph: &mut Phases,
+    ) -> ShimResult<(F32In<'b>, F32In<'b>)> {
+        let [la, lb, _] = self.layouts(r);
+        let dt = self.p.dtype;
+        timed(&mut ph.convert, || {
+            Ok((
+                f32_input(a, dt, &la, "the first input")?,
+                f32_input(b, dt, &lb, "the second input")?,
+            ))
+        })
+    }
+
+    /// Computes samples `r` and stores the result, blended, into `out` (the bytes of
+    /// the output's span for those samples, holding the old output where it is read).
+    /// A weight gradient computed in one piece is stored the same way (`r` = the batch).
+    fn compute_store(
+        &self,
+        r: &Range<usize>,
+        a: &[u8],
+        b: &[u8],
+        out: &mut [u8],
+        ph: &mut Phases,
+    ) -> ShimResult<()> {
+        let sub = ConvShape {
+            n: r.len(),
+            ..self.p.shape
+        };
+        let [_, _, lo] = self.layouts(r);
+        let (a, b) = self.inputs(r, a, b, ph)?;
+        let dt = self.p.dtype;
+        if self.blend.beta == 0.0 {
+            if let Some(y) = convert::f32_view_mut(out, dt, &lo) {
+                // The engine writes straight into the staging buffer.
+                timed(&mut ph.engine, || self.engine(&sub, &a, &b, y));
+                timed(&mut ph.store, || {
+                    convert::scale(y, self.blend.alpha);
+                    if let Some(e) = self.epilogue {
+                        e(y);
+                    }
+                });
+                return Ok(());
+            }
+        }
+        let mut res = WorkBuf::new(lo.numel(), "the result")?;
+        timed(&mut ph.engine, || self.engine(&sub, &a, &b, &mut res));
+        drop((a, b));
+        self.store(&mut res, &lo, out, ph)
+    }
+
+    /// Stores the packed result `res` into `out` (layout `lo`): blended, the epilogue
+    /// applied, converted.
+    fn store(
+        &self,
+        res: &mut [f32],
+        lo: &Layout5,
+        out: &mut [u8],
+        ph: &mut Phases,
+    ) -> ShimResult<()> {
+        let dt = self.p.dtype;
+        let t = Instant::now();
+        match self.epilogue {
+            None => convert::store(res, self.blend, dt, lo, out),
+            Some(e) => {
+                // The epilogue sees the blended result: blend first, store plainly.
+                if self.blend.beta != 0.0 {
+                    let mut old = WorkBuf::new(lo.numel(), "the old output")?;
+                    convert::gather(out, dt, lo, &mut old);
+                    convert::blend_into(&mut old, res, self.blend);
+                    e(&mut old);
+                    convert::store(&old, Blend::PLAIN, dt, lo, out);
+                } else {
+                    convert::scale(res, self.blend.alpha);
+                    e(res);
+                    convert::store(res, Blend::PLAIN, dt, lo, out);
+                }
+            }
+        }
+        ph.store += t.elapsed();
+        Ok(())
+    }
+
+    /// Adds the weight gradient of samples `r` to `acc` (or sets it, for the first).
+    fn accumulate(
+        &self,
+        r: &Range<usize>,
+        a: &[u8],
+        b: &[u8],
+        acc: &mut [f32],
+        first: bool,
+        ph: &mut Phases,
+    ) -> ShimResult<()> {
+        let sub = ConvShape {
+            n: r.len(),
+            ..self.p.shape
+        };
+        let (a, b) = self.inputs(r, a, b, ph)?;
+        if first {
+            timed(&mut ph.engine, || self.engine(&sub, &a, &b, acc));
+        } else {
+            let mut part = WorkBuf::new(acc.len(), "a weight-gradient part")?;
+            timed(&mut ph.engine, || self.engine(&sub, &a, &b, &mut part));
+            timed(&mut ph.store, || convert::add_into(acc, &part));
+        }
+        Ok(())
+    }
 }
 
 /// The host part of a convolution call: `a`, `b` are the pass's inputs and `out` its
@@ -182,8 +337,7 @@ pub fn compute_on_host(
 }
 
 /// [`compute_on_host`], returning `miopenStatusAllocFailed` when the host has no memory
-/// for the f32 working copies (instead of aborting the process). `out` is written only
-/// after every allocation succeeded.
+/// for the f32 working copies (instead of aborting the process).
 pub fn try_compute_on_host(
     p: &ConvProblem,
     a: &[u8],
@@ -193,57 +347,384 @@ pub fn try_compute_on_host(
     beta: f32,
     epilogue: &(dyn Fn(&mut [f32]) + Sync),
 ) -> ShimResult<()> {
-    let (la, lb, lo) = match p.pass {
-        Pass::Forward => (&p.x, &p.w, &p.y),
-        Pass::BackwardData => (&p.y, &p.w, &p.x),
-        Pass::BackwardWeights => (&p.x, &p.y, &p.w),
+    compute_on_host_chunked(p, a, b, out, alpha, beta, Some(epilogue), 1)
+}
+
+/// [`try_compute_on_host`] cut into (at most) `chunks` pieces of the batch, as a
+/// pipelined call computes them; the result is the same.
+#[allow(clippy::too_many_arguments)]
+pub fn compute_on_host_chunked(
+    p: &ConvProblem,
+    a: &[u8],
+    b: &[u8],
+    out: &mut [u8],
+    alpha: f32,
+    beta: f32,
+    epilogue: Option<&(dyn Fn(&mut [f32]) + Sync)>,
+    chunks: usize,
+) -> ShimResult<()> {
+    let host = HostConv {
+        p,
+        blend: Blend { alpha, beta },
+        epilogue,
     };
+    let [oa, ob, oo] = operands(
+        p,
+        &ConvBuffers {
+            x: std::ptr::null_mut(),
+            w: std::ptr::null_mut(),
+            y: std::ptr::null_mut(),
+        },
+    );
     let dt = p.dtype;
-    let a = gathered(a, dt, la, "the first input")?;
-    let b = gathered(b, dt, lb, "the second input")?;
-    let mut res = host_vec(lo.numel(), "the result")?;
-    let old = if beta != 0.0 {
-        Some(gathered(out, dt, lo, "the old output")?)
-    } else {
-        None
+    let n = p.shape.n;
+    let cut = [oa, ob, oo]
+        .iter()
+        .all(|o| !o.batched || separable(&o.layout));
+    let k = if cut { chunks.clamp(1, n.max(1)) } else { 1 };
+    let ranges: Vec<Range<usize>> = (0..k).map(|i| i * n / k..(i + 1) * n / k).collect();
+    let mut ph = Phases::default();
+    let part = |o: &Operand, r: &Range<usize>, bytes: &[u8]| -> (usize, usize) {
+        if o.batched {
+            chunk_span(&o.layout, r, dt)
+        } else {
+            (0, bytes.len())
+        }
     };
-    match p.pass {
-        Pass::Forward => conv::forward(&p.shape, &a, &b, &mut res),
-        Pass::BackwardData => conv::backward_data(&p.shape, &a, &b, &mut res),
-        Pass::BackwardWeights => conv::backward_weights(&p.shape, &a, &b, &mut res),
+    if !oo.batched && k > 1 {
+        let mut acc = WorkBuf::new(oo.layout.numel(), "the weight gradient")?;
+        for (i, r) in ranges.iter().enumerate() {
+            let (ao, al) = part(&oa, r, a);
+            let (bo, bl) = part(&ob, r, b);
+            host.accumulate(
+                r,
+                &a[ao..ao + al],
+                &b[bo..bo + bl],
+                &mut acc,
+                i == 0,
+                &mut ph,
+            )?;
+        }
+        let lo = oo.layout;
+        return host.store(&mut acc, &lo, out, &mut ph);
     }
-    layout::blend(&mut res, alpha, beta, old.as_deref());
-    epilogue(&mut res);
-    layout::scatter(&res, dt, lo, out);
+    for r in &ranges {
+        let (ao, al) = part(&oa, r, a);
+        let (bo, bl) = part(&ob, r, b);
+        let (oo_, ol) = part(&oo, r, out);
+        host.compute_store(
+            r,
+            &a[ao..ao + al],
+            &b[bo..bo + bl],
+            &mut out[oo_..oo_ + ol],
+            &mut ph,
+        )?;
+    }
     Ok(())
+}
+
+/// Computes one convolution call on the CPU.
+pub fn run_conv(
+    rt: &'static Runtime,
+    handle: miopenHandle_t,
+    p: &ConvProblem,
+    bufs: &ConvBuffers,
+    alpha: f32,
+    beta: f32,
+) -> ShimResult<CallRecord> {
+    run_conv_fused(rt, handle, p, bufs, alpha, beta, None)
+}
+
+/// The chunk plan of a call (see [`chunking`]).
+fn call_plan(
+    rt: &Runtime,
+    p: &ConvProblem,
+    ops: &[Operand; 3],
+    read_out: bool,
+    extra_whole: usize,
+    can_overlap: bool,
+) -> chunking::Plan {
+    let dt = p.dtype;
+    let n = p.shape.n.max(1);
+    let one = 0..1;
+    let mut staged = 0;
+    let mut work = 0;
+    let mut whole = extra_whole;
+    for (i, o) in ops.iter().enumerate() {
+        let is_out = i == 2;
+        let converts = !(dt == DType::F32 && o.layout.is_packed_canonical());
+        if o.batched {
+            let sample = bytes_of(&chunk_layout(&o.layout, &one), dt);
+            staged += sample;
+            // A converted input, or the result before its store.
+            if converts || (is_out && read_out) {
+                work += chunk_layout(&o.layout, &one).numel() * 4;
+            }
+        } else {
+            whole += bytes_of(&o.layout, dt);
+            // Converted weights, or a weight gradient's sum and its part.
+            whole += o.layout.numel() * 4 * if is_out { 2 } else { converts as usize };
+        }
+    }
+    let copy_bytes = ops
+        .iter()
+        .enumerate()
+        .map(|(i, o)| bytes_of(&o.layout, dt) * if i == 2 && read_out { 2 } else { 1 })
+        .sum();
+    let input = chunking::PlanInput {
+        n,
+        staged_per_sample: staged,
+        work_per_sample: work,
+        whole_bytes: whole,
+        copy_bytes,
+        flops: p.shape.flops(),
+        weight_len: p.shape.weight_len(),
+        weight_gradient: p.pass == Pass::BackwardWeights,
+        threads: rt.config.threads,
+        cap: rt.config.call_memory_mib << 20,
+        forced: match rt.config.chunks {
+            Chunks::Auto => None,
+            Chunks::Fixed(k) => Some(k),
+        },
+        separable: ops.iter().all(|o| !o.batched || separable(&o.layout)),
+        can_overlap,
+    };
+    let plan = chunking::plan(&input);
+    if let Some(need) = plan.over_cap {
+        tracing::warn!(
+            "one sample of this call needs {} of host memory, more than RDNA1SHIM_HOST_MEMORY_MIB={}; computing it anyway",
+            crate::stats::human_bytes(need as u64),
+            rt.config.call_memory_mib
+        );
+    }
+    plan
+}
+
+/// Computes a convolution and, for a fused plan, its bias and activation.
+///
+/// The batch is cut into chunks (see [`chunking`]): every chunk's inputs are queued for
+/// copying to the host up front, as far as the staging in flight allows; each chunk is
+/// computed as soon as its copies are done, and its result queued for copying back
+/// while the next one computes. Everything is ordered on the handle's stream, with one
+/// event per chunk. A weight gradient sums over the chunks and is copied back at the
+/// end. When a failure stops the call after some chunks' results were queued, the
+/// error says which samples of the output may have been written.
+pub fn run_conv_fused(
+    rt: &'static Runtime,
+    handle: miopenHandle_t,
+    p: &ConvProblem,
+    bufs: &ConvBuffers,
+    alpha: f32,
+    beta: f32,
+    fused: Option<&Fused>,
+) -> ShimResult<CallRecord> {
+    let start = Instant::now();
+    let ops = operands(p, bufs);
+    let [a, b, out] = ops;
+    if a.ptr.is_null() || b.ptr.is_null() || out.ptr.is_null() {
+        return Err(ShimError::bad_parm("a data pointer is null"));
+    }
+    let stream = stream_of(rt, handle)?;
+    let hip = rt.hip()?;
+    let pool = rt.pool()?;
+    let dt = p.dtype;
+    let mut tr = Transfers::new(hip, stream);
+    // The output's old contents are needed for beta, or to keep the gaps of a
+    // non-dense output intact.
+    let read_out = beta != 0.0 || !out.layout.is_dense();
+    let fused_bias = fused.and_then(|f| f.bias.as_ref());
+    let bias_bytes = fused_bias.map_or(0, |b| bytes_of(&b.layout, dt));
+    let plan = call_plan(rt, p, &ops, read_out, bias_bytes, tr.can_pipeline());
+    let k = plan.chunks.len();
+    let mut written = 0usize;
+    let result = (|| -> ShimResult<(Phases, Duration)> {
+        // Whole tensors first: they are ready when the first chunk's event is.
+        let whole = |tr: &mut Transfers, o: &Operand, read: bool| -> ShimResult<Option<usize>> {
+            if o.batched {
+                return Ok(None);
+            }
+            let len = bytes_of(&o.layout, dt);
+            Ok(Some(if read {
+                tr.download(o.ptr, len)?
+            } else {
+                tr.buffer(len)?
+            }))
+        };
+        let b_whole = whole(&mut tr, &b, true)?;
+        let out_whole = whole(&mut tr, &out, read_out)?;
+        let bias_buf = match fused_bias {
+            Some(bias) => Some(tr.download(bias.ptr, bias_bytes)?),
+            None => None,
+        };
+        // Staging slots for the chunks in flight.
+        let longest = plan
+            .chunks
+            .iter()
+            .max_by_key(|r| r.len())
+            .cloned()
+            .unwrap_or(0..0);
+        let slots = |o: &Operand, tr: &mut Transfers| -> ShimResult<Vec<usize>> {
+            if !o.batched {
+                return Ok(Vec::new());
+            }
+            let (_, len) = chunk_span(&o.layout, &longest, dt);
+            (0..plan.slots).map(|_| tr.buffer(len)).collect()
+        };
+        let (sa, sb, so) = (
+            slots(&a, &mut tr)?,
+            slots(&b, &mut tr)?,
+            slots(&out, &mut tr)?,
+        );
+        let enqueue = |tr: &mut Transfers, i: usize| -> ShimResult<Event> {
+            let r = &plan.chunks[i];
+            let s = i % plan.slots;
+            for (o, slot, read) in [(&a, &sa, true), (&b, &sb, true), (&out, &so, read_out)] {
+                if o.batched && read {
+                    let (off, len) = chunk_span(&o.layout, r, dt);
+                    // SAFETY (pointer arithmetic only): the chunk lies inside the tensor.
+                    let src = unsafe { (o.ptr as *const u8).add(off) } as *const c_void;
+                    tr.download_into(slot[s], src, len)?;
+                }
+            }
+            tr.record()
+        };
+        let mut events = Vec::with_capacity(k);
+        for i in 0..plan.slots.min(k) {
+            events.push(enqueue(&mut tr, i)?);
+        }
+        let mut ph = Phases::default();
+        let mut bias_vals: Option<WorkBuf> = None;
+        let mut acc: Option<WorkBuf> = None;
+        let mut wait_in = Duration::ZERO;
+        for i in 0..k {
+            let t = tr.wait_time;
+            tr.wait(events[i])?;
+            wait_in += tr.wait_time - t;
+            if i == 0 {
+                if let (Some(bias), Some(buf)) = (fused_bias, bias_buf) {
+                    let bytes = tr.bytes(buf);
+                    let lb = bias.layout;
+                    let v = timed(&mut ph.convert, || {
+                        pool.install(|| f32_input(bytes, dt, &lb, "the fused bias"))
+                    })?;
+                    let mut owned = WorkBuf::new(v.len(), "the fused bias")?;
+                    owned.copy_from_slice(&v);
+                    bias_vals = Some(owned);
+                }
+            }
+            let activation = fused.and_then(|f| f.activation);
+            let lo = out.layout;
+            let bias_ref = bias_vals.as_deref();
+            let epilogue = |res: &mut [f32]| {
+                if let Some(bias) = bias_ref {
+                    let plane = lo.dims[2] * lo.dims[3] * lo.dims[4];
+                    let c = lo.dims[1];
+                    res.par_chunks_mut(plane)
+                        .enumerate()
+                        .for_each(|(j, ch)| ch.iter_mut().for_each(|v| *v += bias[j % c]));
+                }
+                if let Some(act) = activation {
+                    act.apply_all(res);
+                }
+            };
+            let host = HostConv {
+                p,
+                blend: Blend { alpha, beta },
+                epilogue: fused.map(|_| &epilogue as &(dyn Fn(&mut [f32]) + Sync)),
+            };
+            let r = plan.chunks[i].clone();
+            let s = i % plan.slots;
+            let a_len = chunk_span(&a.layout, &r, dt).1;
+            if out.batched {
+                let (o_off, o_len) = chunk_span(&out.layout, &r, dt);
+                let b_idx = b_whole.unwrap_or_else(|| sb[s]);
+                let b_len = if b.batched {
+                    chunk_span(&b.layout, &r, dt).1
+                } else {
+                    bytes_of(&b.layout, dt)
+                };
+                let ([ab, bb], [ob]) = tr.views([sa[s], b_idx], [so[s]]);
+                pool.install(|| {
+                    host.compute_store(&r, &ab[..a_len], &bb[..b_len], &mut ob[..o_len], &mut ph)
+                })?;
+                // SAFETY (pointer arithmetic only): the chunk lies inside the tensor.
+                let dst = unsafe { (out.ptr as *mut u8).add(o_off) } as *mut c_void;
+                tr.upload_from(dst, so[s], o_len)?;
+                written = r.end;
+            } else {
+                let ob_idx = out_whole.expect("whole output staged");
+                let b_len = chunk_span(&b.layout, &r, dt).1;
+                if k == 1 {
+                    let ([ab, bb], [ob]) = tr.views([sa[s], sb[s]], [ob_idx]);
+                    pool.install(|| {
+                        host.compute_store(&r, &ab[..a_len], &bb[..b_len], ob, &mut ph)
+                    })?;
+                } else {
+                    if acc.is_none() {
+                        acc = Some(WorkBuf::new(out.layout.numel(), "the weight gradient")?);
+                    }
+                    let sum = acc.as_mut().expect("allocated above");
+                    let ([ab, bb], []) = tr.views([sa[s], sb[s]], []);
+                    pool.install(|| {
+                        host.accumulate(&r, &ab[..a_len], &bb[..b_len], sum, i == 0, &mut ph)
+                    })?;
+                    if i + 1 == k {
+                        let lo = out.layout;
+                        let ob = tr.bytes_mut(ob_idx);
+                        pool.install(|| host.store(sum, &lo, ob, &mut ph))?;
+                    }
+                }
+            }
+            if i + plan.slots < k {
+                events.push(enqueue(&mut tr, i + plan.slots)?);
+            }
+        }
+        if let Some(ob) = out_whole {
+            tr.upload(out.ptr, ob)?;
+        }
+        Ok((ph, wait_in))
+    })();
+    let (ph, wait_in) = result.map_err(|e| {
+        if written > 0 {
+            e.with_context(&format!(
+                "samples 0..{written} of {} of the output may have been written before the failure; the rest is unchanged",
+                p.shape.n
+            ))
+        } else {
+            e
+        }
+    })?;
+    let t = tr.wait_time;
+    tr.sync()?;
+    let wait_out = tr.wait_time - t;
+    Ok(CallRecord {
+        compute: ph.convert + ph.engine + ph.store,
+        copy: tr.time(),
+        bytes_to_host: tr.bytes_to_host,
+        bytes_to_device: tr.bytes_to_device,
+        flops: p.shape.flops(),
+        total: start.elapsed(),
+        wait_in,
+        wait_out,
+        enqueue: tr.enqueue_time,
+        convert: ph.convert,
+        engine: ph.engine,
+        store: ph.store,
+        chunks: k as u32,
+        slots: plan.slots as u32,
+    })
 }
 
 /// A zeroed buffer of `n` f32 values, or `miopenStatusAllocFailed` when the host cannot
 /// provide it (`vec!` would abort the whole process instead).
 pub fn host_vec(n: usize, what: &str) -> ShimResult<Vec<f32>> {
-    let fail = || {
-        ShimError::alloc_failed(format!(
-            "cannot allocate {n} f32 values of host memory for {what}"
-        ))
-    };
-    if n == 0 {
-        return Ok(Vec::new());
-    }
-    let layout = std::alloc::Layout::array::<f32>(n).map_err(|_| fail())?;
-    // SAFETY: the layout has a non-zero size.
-    let ptr = unsafe { std::alloc::alloc_zeroed(layout) } as *mut f32;
-    if ptr.is_null() {
-        return Err(fail());
-    }
-    // SAFETY: ptr comes from the global allocator with the layout of n f32 values, all
-    // zero bytes (valid f32 zeros); length and capacity are n.
-    Ok(unsafe { Vec::from_raw_parts(ptr, n, n) })
+    crate::host_mem::fresh(n, what)
 }
 
 /// The tensor `l` in `bytes`, gathered into a packed f32 buffer obtained fallibly.
 fn gathered(bytes: &[u8], dt: DType, l: &Layout5, what: &str) -> ShimResult<Vec<f32>> {
     let mut v = host_vec(l.numel(), what)?;
-    layout::gather_into(bytes, dt, l, &mut v);
+    convert::gather(bytes, dt, l, &mut v);
     Ok(v)
 }
 
@@ -315,7 +796,7 @@ pub fn run_forward_bias(
     let by = tr.download(y, bytes_of(&ly, dt))?;
     tr.sync()?;
     let t = Instant::now();
-    let (bias_bytes, y_bytes) = tr.read_write(bb, by);
+    let ([bias_bytes], [y_bytes]) = tr.views([bb], [by]);
     pool.install(|| -> ShimResult<()> {
         let bias = gathered(bias_bytes, dt, &lb, "the bias")?;
         let mut vals = gathered(y_bytes, dt, &ly, "the output")?;
@@ -324,7 +805,7 @@ pub fn run_forward_bias(
             let ch = (i / plane) % c;
             *v = alpha * (*v + bias[ch]) + beta * *v;
         }
-        layout::scatter(&vals, dt, &ly, y_bytes);
+        convert::store(&vals, Blend::PLAIN, dt, &ly, y_bytes);
         Ok(())
     })?;
     let compute = t.elapsed();
@@ -332,10 +813,11 @@ pub fn run_forward_bias(
     tr.sync()?;
     Ok(CallRecord {
         compute,
-        copy: tr.time,
+        copy: tr.time(),
         bytes_to_host: tr.bytes_to_host,
         bytes_to_device: tr.bytes_to_device,
         flops: ly.numel() as f64,
+        ..Default::default()
     })
 }
 
@@ -379,7 +861,7 @@ pub fn run_backward_bias(
     };
     tr.sync()?;
     let t = Instant::now();
-    let (dy_bytes, db_bytes) = tr.read_write(by, bb);
+    let ([dy_bytes], [db_bytes]) = tr.views([by], [bb]);
     pool.install(|| -> ShimResult<()> {
         let vals = gathered(dy_bytes, dt, &ly, "the gradient")?;
         let plane = ly.dims[2] * ly.dims[3] * ly.dims[4];
@@ -395,13 +877,7 @@ pub fn run_backward_bias(
         for (o, s) in out.iter_mut().zip(&sums) {
             *o = *s as f32;
         }
-        let old = if beta != 0.0 {
-            Some(gathered(db_bytes, dt, &lb, "the old bias gradient")?)
-        } else {
-            None
-        };
-        layout::blend(&mut out, alpha, beta, old.as_deref());
-        layout::scatter(&out, dt, &lb, db_bytes);
+        convert::store(&out, Blend { alpha, beta }, dt, &lb, db_bytes);
         Ok(())
     })?;
     let compute = t.elapsed();
@@ -409,11 +885,34 @@ pub fn run_backward_bias(
     tr.sync()?;
     Ok(CallRecord {
         compute,
-        copy: tr.time,
+        copy: tr.time(),
         bytes_to_host: tr.bytes_to_host,
         bytes_to_device: tr.bytes_to_device,
         flops: ly.numel() as f64,
+        ..Default::default()
     })
+}
+
+/// The timing part of a convolution call's log line: the whole call and its GFLOP/s,
+/// how it was cut, and where the time went.
+pub fn timing_line(p: &ConvProblem, r: &CallRecord) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    format!(
+        "{:.3} ms ({:.1} GFLOP/s) chunks={} in_flight={}: engine {:.3} ms ({:.1} GFLOP/s) convert {:.3} ms store {:.3} ms waiting for inputs {:.3} ms for results {:.3} ms queueing {:.3} ms; {} B in, {} B out",
+        ms(r.total),
+        gflops(&p.shape, r.total.as_secs_f64()),
+        r.chunks,
+        r.slots,
+        ms(r.engine),
+        gflops(&p.shape, r.engine.as_secs_f64()),
+        ms(r.convert),
+        ms(r.store),
+        ms(r.wait_in),
+        ms(r.wait_out),
+        ms(r.enqueue),
+        r.bytes_to_host,
+        r.bytes_to_device
+    )
 }
 
 /// Shape used by flop counts in logs.

@@ -259,10 +259,11 @@ fn output_buffer(
 fn record(tr: &Transfers, compute: std::time::Duration, p: &BnProblem) -> CallRecord {
     CallRecord {
         compute,
-        copy: tr.time,
+        copy: tr.time(),
         bytes_to_host: tr.bytes_to_host,
         bytes_to_device: tr.bytes_to_device,
         flops: p.shape.flops(),
+        ..Default::default()
     }
 }
 

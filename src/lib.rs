@@ -8,7 +8,9 @@
 //! `layout` converts strided fp16/bf16/fp32 tensors to the engine's packed f32.
 
 pub mod activation;
+pub mod chunking;
 pub mod config;
+pub mod convert;
 pub mod cpu;
 pub mod crash;
 pub mod describe;
@@ -16,10 +18,12 @@ pub mod error;
 pub mod execute;
 pub mod execute_bn;
 pub mod ffi;
+pub mod host_mem;
 pub mod identity;
 pub mod intercept;
 pub mod layout;
 pub mod log;
+pub mod profile;
 pub mod real;
 pub mod repro;
 pub mod runtime;

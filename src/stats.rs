@@ -24,11 +24,28 @@ pub struct OpStats {
 /// Counters of one finished CPU call.
 #[derive(Default, Clone, Copy, Debug)]
 pub struct CallRecord {
+    /// Host work: conversions, the engine, the store.
     pub compute: Duration,
+    /// Time in HIP calls: queueing copies and waiting for them.
     pub copy: Duration,
     pub bytes_to_host: u64,
     pub bytes_to_device: u64,
     pub flops: f64,
+    /// The call from entry to return (zero where not measured).
+    pub total: Duration,
+    /// Blocked waiting for inputs (copies the engine could not hide).
+    pub wait_in: Duration,
+    /// Blocked waiting for the last results to reach the device.
+    pub wait_out: Duration,
+    /// Queueing copies and events.
+    pub enqueue: Duration,
+    /// Phases of `compute`.
+    pub convert: Duration,
+    pub engine: Duration,
+    pub store: Duration,
+    /// Chunks of the batch the call was cut into, and how many were in flight at once.
+    pub chunks: u32,
+    pub slots: u32,
 }
 
 pub struct Stats {

@@ -1,10 +1,12 @@
 //! Host staging buffers and stream-ordered copies between device and host.
 //!
 //! Every copy is `hipMemcpyAsync` on the handle's stream, so it runs after the work the
-//! application queued before the call; `sync` waits for the stream. Staging buffers are
-//! pinned (`hipHostMalloc`) when the runtime allows it, kept in a small cache for reuse
-//! across calls, and pageable memory otherwise. A device pointer is never read or
-//! written by the host.
+//! application queued before the call; `record` puts an event behind the copies queued
+//! so far and `wait` blocks until they are done, so a pipelined call can compute one
+//! chunk while the next one's copies are in flight; `sync` waits for the whole stream.
+//! Staging buffers are pinned (`hipHostMalloc`) when the runtime allows it, kept in a
+//! cache bounded by the per-call memory cap for reuse across calls, and 64-byte aligned
+//! pageable memory otherwise. A device pointer is never read or written by the host.
 
 use std::ffi::c_void;
 use std::sync::Mutex;
@@ -14,8 +16,8 @@ use crate::error::{ShimError, ShimResult};
 use crate::ffi::hip::*;
 use crate::real::hip::Hip;
 
-/// Cached pinned buffers are kept up to this many bytes in total.
-const PINNED_CACHE_BYTES: usize = 1 << 30;
+/// Alignment of pageable staging (pinned memory is page-aligned).
+const PAGEABLE_ALIGN: usize = 64;
 
 struct Pinned {
     ptr: *mut u8,
@@ -26,22 +28,32 @@ unsafe impl Send for Pinned {}
 
 static PINNED_CACHE: Mutex<Vec<Pinned>> = Mutex::new(Vec::new());
 
-/// `len` zero bytes, or `None` when the host cannot provide them. Zeroed by the allocator
-/// (fresh pages of a large block are not touched), so asking for a huge buffer costs
-/// nothing until it is used.
-fn zeroed_bytes(len: usize) -> Option<Vec<u8>> {
-    if len == 0 {
-        return Some(Vec::new());
+/// Pageable host memory of `len` bytes, 64-byte aligned, zeroed by the allocator (fresh
+/// pages of a large block are not touched, so a huge buffer costs nothing until used).
+struct Pageable {
+    ptr: *mut u8,
+    layout: std::alloc::Layout,
+}
+// SAFETY: as Pinned.
+unsafe impl Send for Pageable {}
+
+impl Pageable {
+    fn new(len: usize) -> Option<Pageable> {
+        let layout = std::alloc::Layout::from_size_align(len.max(1), PAGEABLE_ALIGN).ok()?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        (!ptr.is_null()).then_some(Pageable { ptr, layout })
     }
-    let layout = std::alloc::Layout::array::<u8>(len).ok()?;
-    // SAFETY: the layout has a non-zero size.
-    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-    // SAFETY: ptr comes from the global allocator with the layout of len bytes, all
-    // initialised to zero; length and capacity are len.
-    (!ptr.is_null()).then(|| unsafe { Vec::from_raw_parts(ptr, len, len) })
 }
 
-/// Host memory holding one tensor's bytes.
+impl Drop for Pageable {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) }
+    }
+}
+
+/// Host memory holding one tensor's bytes (or one chunk's).
 pub struct HostBuffer {
     inner: Inner,
     len: usize,
@@ -49,7 +61,8 @@ pub struct HostBuffer {
 
 enum Inner {
     Pinned(Pinned, &'static Hip),
-    Pageable(Vec<u8>),
+    Pageable(Pageable),
+    Empty,
 }
 
 impl HostBuffer {
@@ -92,7 +105,7 @@ impl HostBuffer {
             );
         }
         Ok(HostBuffer {
-            inner: Inner::Pageable(zeroed_bytes(len).ok_or_else(|| {
+            inner: Inner::Pageable(Pageable::new(len).ok_or_else(|| {
                 ShimError::alloc_failed(format!("cannot allocate {len} bytes of host memory"))
             })?),
             len,
@@ -103,39 +116,31 @@ impl HostBuffer {
         matches!(self.inner, Inner::Pinned(..))
     }
 
-    pub fn as_slice(&self) -> &[u8] {
+    fn base(&self) -> *mut u8 {
         match &self.inner {
-            // SAFETY: ptr holds cap >= len bytes owned by this buffer.
-            Inner::Pinned(p, _) => unsafe { std::slice::from_raw_parts(p.ptr, self.len) },
-            Inner::Pageable(v) => &v[..self.len],
+            Inner::Pinned(p, _) => p.ptr,
+            Inner::Pageable(p) => p.ptr,
+            Inner::Empty => std::ptr::NonNull::dangling().as_ptr(),
         }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: base holds at least len bytes owned by this buffer.
+        unsafe { std::slice::from_raw_parts(self.base(), self.len) }
     }
 
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        match &mut self.inner {
-            // SAFETY: as above, exclusively borrowed.
-            Inner::Pinned(p, _) => unsafe { std::slice::from_raw_parts_mut(p.ptr, self.len) },
-            Inner::Pageable(v) => &mut v[..self.len],
-        }
-    }
-
-    fn as_ptr(&self) -> *const c_void {
-        self.as_slice().as_ptr() as *const c_void
-    }
-
-    fn as_mut_ptr(&mut self) -> *mut c_void {
-        self.as_mut_slice().as_mut_ptr() as *mut c_void
+        // SAFETY: as above, exclusively borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.base(), self.len) }
     }
 }
 
 impl Drop for HostBuffer {
     fn drop(&mut self) {
-        if let Inner::Pinned(p, hip) =
-            std::mem::replace(&mut self.inner, Inner::Pageable(Vec::new()))
-        {
+        if let Inner::Pinned(p, hip) = std::mem::replace(&mut self.inner, Inner::Empty) {
             if let Ok(mut cache) = PINNED_CACHE.lock() {
                 let cached: usize = cache.iter().map(|c| c.cap).sum();
-                if cached + p.cap <= PINNED_CACHE_BYTES {
+                if cached + p.cap <= crate::config::call_memory_bytes() {
                     cache.push(p);
                     return;
                 }
@@ -148,6 +153,14 @@ impl Drop for HostBuffer {
     }
 }
 
+/// A recorded point in the stream: everything queued before it is done once it is.
+#[derive(Clone, Copy)]
+pub struct Event(hipEvent_t);
+
+/// Events kept for reuse across calls (creating one costs a runtime call).
+static EVENT_CACHE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+const EVENT_CACHE_MAX: usize = 256;
+
 /// Copies of one call on one stream, with their byte counts and time.
 ///
 /// The staging buffers belong to the `Transfers`, so none is released while a copy
@@ -158,9 +171,13 @@ pub struct Transfers {
     stream: hipStream_t,
     pending: bool,
     buffers: Vec<HostBuffer>,
+    events: Vec<hipEvent_t>,
     pub bytes_to_host: u64,
     pub bytes_to_device: u64,
-    pub time: Duration,
+    /// Time spent queueing copies and events.
+    pub enqueue_time: Duration,
+    /// Time spent blocked in `wait` and `sync`.
+    pub wait_time: Duration,
 }
 
 impl Transfers {
@@ -170,13 +187,20 @@ impl Transfers {
             stream,
             pending: false,
             buffers: Vec::new(),
+            events: Vec::new(),
             bytes_to_host: 0,
             bytes_to_device: 0,
-            time: Duration::ZERO,
+            enqueue_time: Duration::ZERO,
+            wait_time: Duration::ZERO,
         }
     }
 
-    fn hip_call(&mut self, what: &str, e: hipError_t) -> ShimResult<()> {
+    /// All time spent in HIP calls.
+    pub fn time(&self) -> Duration {
+        self.enqueue_time + self.wait_time
+    }
+
+    fn hip_call(&self, what: &str, e: hipError_t) -> ShimResult<()> {
         if e == hipSuccess {
             Ok(())
         } else {
@@ -201,65 +225,123 @@ impl Transfers {
         self.buffers[buf].as_mut_slice()
     }
 
-    /// Two staging buffers to read and a third, different one to write.
-    pub fn io(&mut self, a: usize, b: usize, out: usize) -> (&[u8], &[u8], &mut [u8]) {
-        assert!(
-            out != a
-                && out != b
-                && out < self.buffers.len()
-                && a < self.buffers.len()
-                && b < self.buffers.len()
-        );
+    /// Staging buffers by index: the `read` ones shared, the `write` ones exclusive.
+    ///
+    /// # Panics
+    /// If an index is out of range or a written buffer appears twice or is also read.
+    pub fn views<const R: usize, const W: usize>(
+        &mut self,
+        read: [usize; R],
+        write: [usize; W],
+    ) -> ([&[u8]; R], [&mut [u8]; W]) {
+        let n = self.buffers.len();
+        for (i, w) in write.iter().enumerate() {
+            assert!(*w < n && !read.contains(w) && !write[..i].contains(w));
+        }
+        assert!(read.iter().all(|r| *r < n));
         let bufs = self.buffers.as_mut_ptr();
-        // SAFETY: indices are in bounds and `out` differs from both inputs, so the mutable
-        // slice aliases neither shared one.
+        // SAFETY: indices are in bounds; every written buffer is distinct from every
+        // other index, so no mutable slice aliases another slice.
         unsafe {
             (
-                (*bufs.add(a)).as_slice(),
-                (*bufs.add(b)).as_slice(),
-                (*bufs.add(out)).as_mut_slice(),
+                read.map(|r| (*bufs.add(r)).as_slice()),
+                write.map(|w| (*bufs.add(w)).as_mut_slice()),
             )
         }
     }
 
-    /// One staging buffer to read and another to write.
-    pub fn read_write(&mut self, a: usize, out: usize) -> (&[u8], &mut [u8]) {
-        assert!(out != a && a < self.buffers.len() && out < self.buffers.len());
-        let bufs = self.buffers.as_mut_ptr();
-        // SAFETY: indices are in bounds and differ, so the two slices do not alias.
-        unsafe { ((*bufs.add(a)).as_slice(), (*bufs.add(out)).as_mut_slice()) }
-    }
-
     /// Queues a copy of `len` bytes at device address `src` into a new staging buffer and
-    /// returns its index. The contents are valid after `sync`.
+    /// returns its index. The contents are valid after `sync` or a `wait` recorded later.
     pub fn download(&mut self, src: *const c_void, len: usize) -> ShimResult<usize> {
         let buf = self.buffer(len)?;
-        let dst = self.buffers[buf].as_mut_ptr();
+        self.download_into(buf, src, len)?;
+        Ok(buf)
+    }
+
+    /// Queues a copy of `len` bytes at device address `src` into the start of staging
+    /// buffer `buf`.
+    pub fn download_into(&mut self, buf: usize, src: *const c_void, len: usize) -> ShimResult<()> {
+        assert!(len <= self.buffers[buf].len);
+        let dst = self.buffers[buf].base() as *mut c_void;
         let t = Instant::now();
         // SAFETY: dst holds len bytes owned by self; it is not released before the stream
         // is synchronized (see Drop).
         let e =
             unsafe { (self.hip.hipMemcpyAsync)(dst, src, len, hipMemcpyDeviceToHost, self.stream) };
         self.pending = true;
-        self.time += t.elapsed();
+        self.enqueue_time += t.elapsed();
         self.hip_call("hipMemcpyAsync (device to host)", e)?;
         self.bytes_to_host += len as u64;
-        Ok(buf)
+        Ok(())
     }
 
     /// Queues a copy of staging buffer `buf` to device address `dst`.
     pub fn upload(&mut self, dst: *mut c_void, buf: usize) -> ShimResult<()> {
-        let len = self.buffers[buf].as_slice().len();
-        let src = self.buffers[buf].as_ptr();
+        let len = self.buffers[buf].len;
+        self.upload_from(dst, buf, len)
+    }
+
+    /// Queues a copy of the first `len` bytes of staging buffer `buf` to device address
+    /// `dst`.
+    pub fn upload_from(&mut self, dst: *mut c_void, buf: usize, len: usize) -> ShimResult<()> {
+        assert!(len <= self.buffers[buf].len);
+        let src = self.buffers[buf].base() as *const c_void;
         let t = Instant::now();
         // SAFETY: src holds len bytes owned by self until the stream is synchronized.
         let e =
             unsafe { (self.hip.hipMemcpyAsync)(dst, src, len, hipMemcpyHostToDevice, self.stream) };
         self.pending = true;
-        self.time += t.elapsed();
+        self.enqueue_time += t.elapsed();
         self.hip_call("hipMemcpyAsync (host to device)", e)?;
         self.bytes_to_device += len as u64;
         Ok(())
+    }
+
+    /// Whether `record`/`wait` are available (the runtime has events).
+    pub fn can_pipeline(&self) -> bool {
+        self.hip.has_events()
+    }
+
+    /// Records an event behind everything queued on the stream so far. Without events
+    /// in the runtime, waiting for the returned one waits for the whole stream.
+    pub fn record(&mut self) -> ShimResult<Event> {
+        let (Some(create), Some(record)) =
+            (self.hip.hipEventCreateWithFlags, self.hip.hipEventRecord)
+        else {
+            return Ok(Event(std::ptr::null_mut()));
+        };
+        let t = Instant::now();
+        let cached = EVENT_CACHE.lock().ok().and_then(|mut c| c.pop());
+        let ev = match cached {
+            Some(e) => e as hipEvent_t,
+            None => {
+                let mut e: hipEvent_t = std::ptr::null_mut();
+                // SAFETY: out-pointer to a local.
+                let r = unsafe { create(&mut e, hipEventDisableTiming) };
+                self.enqueue_time += t.elapsed();
+                self.hip_call("hipEventCreateWithFlags", r)?;
+                e
+            }
+        };
+        self.events.push(ev);
+        // SAFETY: a live event and the handle's stream.
+        let r = unsafe { record(ev, self.stream) };
+        self.pending = true;
+        self.enqueue_time += t.elapsed();
+        self.hip_call("hipEventRecord", r)?;
+        Ok(Event(ev))
+    }
+
+    /// Blocks until everything queued before `ev` was recorded is done.
+    pub fn wait(&mut self, ev: Event) -> ShimResult<()> {
+        let Some(sync) = self.hip.hipEventSynchronize.filter(|_| !ev.0.is_null()) else {
+            return self.sync();
+        };
+        let t = Instant::now();
+        // SAFETY: an event recorded by these transfers.
+        let e = unsafe { sync(ev.0) };
+        self.wait_time += t.elapsed();
+        self.hip_call("hipEventSynchronize", e)
     }
 
     /// Waits until everything queued on the stream, ours included, has finished. When
@@ -268,7 +350,7 @@ impl Transfers {
         let t = Instant::now();
         // SAFETY: stream is the handle's stream (null is the default stream).
         let e = unsafe { (self.hip.hipStreamSynchronize)(self.stream) };
-        self.time += t.elapsed();
+        self.wait_time += t.elapsed();
         self.hip_call("hipStreamSynchronize", e)?;
         self.pending = false;
         Ok(())
@@ -277,24 +359,39 @@ impl Transfers {
 
 impl Drop for Transfers {
     fn drop(&mut self) {
-        if !self.pending {
-            return;
+        if self.pending {
+            // A copy into or out of a staging buffer may still be queued (a call failed
+            // between queueing and waiting, or the wait itself failed): wait once more,
+            // and if the stream cannot say that it is done, leak the buffers and events
+            // rather than hand memory that a copy may still write to back to the
+            // allocator or the cache.
+            // SAFETY: as in sync.
+            let e = unsafe { (self.hip.hipStreamSynchronize)(self.stream) };
+            if e != hipSuccess {
+                let bytes: usize = self.buffers.iter().map(|b| b.len).sum();
+                tracing::warn!(
+                    "hipStreamSynchronize failed again ({}); leaving {} staging buffers ({bytes} bytes) allocated because copies may still use them",
+                    self.hip.error_text(e),
+                    self.buffers.len()
+                );
+                for b in self.buffers.drain(..) {
+                    std::mem::forget(b);
+                }
+                self.events.clear();
+                return;
+            }
         }
-        // A copy into or out of a staging buffer may still be queued (a call failed
-        // between queueing and waiting, or the wait itself failed): wait once more, and
-        // if the stream cannot say that it is done, leak the buffers rather than hand
-        // memory that a copy may still write to back to the allocator or the cache.
-        // SAFETY: as in sync.
-        let e = unsafe { (self.hip.hipStreamSynchronize)(self.stream) };
-        if e != hipSuccess {
-            let bytes: usize = self.buffers.iter().map(|b| b.as_slice().len()).sum();
-            tracing::warn!(
-                "hipStreamSynchronize failed again ({}); leaving {} staging buffers ({bytes} bytes) allocated because copies may still use them",
-                self.hip.error_text(e),
-                self.buffers.len()
-            );
-            for b in self.buffers.drain(..) {
-                std::mem::forget(b);
+        let mut cache = EVENT_CACHE.lock().ok();
+        for ev in self.events.drain(..) {
+            match cache.as_mut() {
+                Some(c) if c.len() < EVENT_CACHE_MAX => c.push(ev as usize),
+                _ => {
+                    if let Some(destroy) = self.hip.hipEventDestroy {
+                        // SAFETY: an event these transfers created or took from the cache,
+                        // whose records are complete (the stream is idle).
+                        unsafe { destroy(ev) };
+                    }
+                }
             }
         }
     }

@@ -884,10 +884,39 @@ static int mode_badinput(void)
 
 static void print_counts(const char* when)
 {
-    printf("@@counts %s hipMemcpyAsync=%d hipStreamSynchronize=%d hipHostMalloc=%d\n", when,
-           fakehip_stats("hipMemcpyAsync"), fakehip_stats("hipStreamSynchronize"),
-           fakehip_stats("hipHostMalloc"));
+    printf("@@counts %s hipMemcpyAsync=%d hipStreamSynchronize=%d hipHostMalloc=%d "
+           "hipEventCreateWithFlags=%d hipEventRecord=%d hipEventSynchronize=%d\n",
+           when, fakehip_stats("hipMemcpyAsync"), fakehip_stats("hipStreamSynchronize"),
+           fakehip_stats("hipHostMalloc"), fakehip_stats("hipEventCreateWithFlags"),
+           fakehip_stats("hipEventRecord"), fakehip_stats("hipEventSynchronize"));
     fflush(stdout);
+}
+
+/* One letter per sample (the outermost dim) of the output: U untouched, C complete,
+ * P partial. A pipelined call that fails writes whole samples or nothing. */
+static void classify_samples(const ten_t* o, const unsigned char* now, const unsigned char* want,
+                             char* letters)
+{
+    size_t n;
+    size_t* off = element_offsets(&o->t, &n);
+    int samples = o->t.lens[0];
+    size_t per = n / (size_t)samples, es = nc_num_bytes(&o->t) / nc_element_space(&o->t);
+    double tol = o->t.dtype == F32 ? 1e-4 : o->t.dtype == F16 ? 2e-2 : 6e-2;
+    for (int s = 0; s < samples; s++) {
+        int same = 1, right = want != NULL;
+        for (size_t i = s * per; i < (s + 1) * per; i++) {
+            if (memcmp(now + off[i] * es, o->init + off[i] * es, es) != 0)
+                same = 0;
+            if (want) {
+                double g = nc_load(o->t.dtype, now, off[i]), w = nc_load(o->t.dtype, want, off[i]);
+                if (!(fabs(g - w) <= tol * (1.0 + fabs(w))))
+                    right = 0;
+            }
+        }
+        letters[s] = same ? 'U' : right ? 'C' : 'P';
+    }
+    letters[samples] = 0;
+    free(off);
 }
 
 /* Runs `op` once and reports status and what the output holds. */
@@ -903,7 +932,9 @@ static void run_and_classify(prob_t* p, int op, float alpha, float beta, const c
     ten_t* o = op_output(p, op);
     unsigned char* now = ten_read(o);
     const char* what = classify(o, now, want);
-    printf("@@%s status=%d output=%s\n", label, (int)st, what);
+    char samples[64];
+    classify_samples(o, now, want, samples);
+    printf("@@%s status=%d output=%s samples=%s\n", label, (int)st, what, samples);
     /* inputs never change */
     ten_t* all[4] = {&p->x, &p->w, &p->y, &p->b};
     for (int i = 0; i < 4; i++) {
@@ -913,7 +944,12 @@ static void run_and_classify(prob_t* p, int op, float alpha, float beta, const c
         check(memcmp(in, all[i]->init, all[i]->bytes) == 0, "%s: input %d unchanged", label, i);
         free(in);
     }
-    check(strcmp(what, "partial") != 0, "%s: output is %s (status %d)", label, what, (int)st);
+    /* Only a call cut into chunks may have written some samples before failing, and
+     * never part of one. */
+    int chunked = getenv("RDNA1SHIM_CHUNKS") != NULL;
+    check(strcmp(what, "partial") != 0 || (chunked && st != miopenStatusSuccess &&
+                                           !strchr(samples, 'P')),
+          "%s: output is %s, samples %s (status %d)", label, what, samples, (int)st);
     ten_upload(o);
     free(now);
     free(want);

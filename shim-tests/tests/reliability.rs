@@ -129,14 +129,26 @@ fn bad_input_returns_its_status_logs_and_writes_nothing() {
     println!("{tried} bad inputs tried ({checks} checks passed)");
 }
 
-/// The fake HIP's call counters around the driver's first call of an op: (before, after).
-struct Window {
-    memcpy: (i64, i64),
-    sync: (i64, i64),
-    host_malloc: (i64, i64),
+/// HIP functions a call uses, in the order a call's fault windows are walked.
+const HIP_CALLS: [&str; 5] = [
+    "hipMemcpyAsync",
+    "hipEventCreateWithFlags",
+    "hipEventRecord",
+    "hipEventSynchronize",
+    "hipStreamSynchronize",
+];
+
+/// The fake HIP's call counter of `f` around the driver's first call of an op:
+/// (before, after).
+fn window(out: &str, f: &str) -> (i64, i64) {
+    (num(out, "counts before", f), num(out, "counts after", f))
 }
 
 fn fault_run(op: &str, beta0: bool, fail: Option<&str>) -> Output {
+    fault_run_with(op, beta0, fail, &[])
+}
+
+fn fault_run_with(op: &str, beta0: bool, fail: Option<&str>, extra: &[(&str, &str)]) -> Output {
     let mut args = vec!["fault", "--op", op];
     if beta0 {
         args.push("--beta0");
@@ -145,6 +157,7 @@ fn fault_run(op: &str, beta0: bool, fail: Option<&str>) -> Output {
     if let Some(f) = fail {
         envs.push(("FAKE_HIP_FAIL", f));
     }
+    envs.extend_from_slice(extra);
     run(DRIVER, &args, &envs, true)
 }
 
@@ -196,52 +209,42 @@ fn hip_faults_surface_as_status_never_half_write_and_the_next_call_works() {
         assert_harness_passed(&base);
         assert_eq!(outcome(&base, "first"), (0, "complete".to_string()));
         let b = stdout(&base);
-        let counts = |f: &str| (num(&b, "counts before", f), num(&b, "counts after", f));
-        let w = Window {
-            memcpy: counts("hipMemcpyAsync"),
-            sync: counts("hipStreamSynchronize"),
-            host_malloc: counts("hipHostMalloc"),
-        };
-        assert!(w.memcpy.1 - w.memcpy.0 >= 2 && w.sync.1 - w.sync.0 == 2);
+        let memcpy = window(&b, "hipMemcpyAsync");
+        let sync = window(&b, "hipStreamSynchronize");
+        let host_malloc = window(&b, "hipHostMalloc");
+        // Downloads and one upload; the last wait is the stream's, after the upload.
+        assert!(memcpy.1 - memcpy.0 >= 2 && sync.1 - sync.0 >= 1);
         let what = |f: &str| format!("{op}{} {f}", if beta0 { " beta=0" } else { "" });
-        // every copy: the downloads, then the upload of the result
-        for n in w.memcpy.0 + 1..=w.memcpy.1 {
-            let f = format!("hipMemcpyAsync:{n}");
-            let log = if n == w.memcpy.1 {
-                "hipMemcpyAsync (host to device) failed"
-            } else {
-                "hipMemcpyAsync (device to host) failed"
-            };
-            let out = fault_run(op, beta0, Some(&f));
-            expect_fault(&out, &what(&f), INTERNAL_ERROR, &["untouched"], log);
-            injected += 1;
-        }
-        // the wait for the downloads, then the wait for the upload: once the upload is
-        // queued the output is written in full, never in part
-        for n in w.sync.0 + 1..=w.sync.1 {
-            let outputs: &[&str] = if n == w.sync.1 {
-                &["untouched", "complete"]
-            } else {
-                &["untouched"]
-            };
-            for f in [
-                format!("hipStreamSynchronize:{n}"),
-                // pageable staging: a buffer freed while its copy is queued corrupts the heap
-                format!("hipHostMalloc:*,hipStreamSynchronize:{n}"),
-            ] {
-                let out = fault_run(op, beta0, Some(&f));
-                expect_fault(
-                    &out,
-                    &what(&f),
-                    INTERNAL_ERROR,
-                    outputs,
-                    "hipStreamSynchronize failed",
-                );
-                injected += 1;
+        for func in HIP_CALLS {
+            let (from, to) = window(&b, func);
+            for n in from + 1..=to {
+                let f = format!("{func}:{n}");
+                let log = match func {
+                    "hipMemcpyAsync" if n == to => "hipMemcpyAsync (host to device) failed",
+                    "hipMemcpyAsync" => "hipMemcpyAsync (device to host) failed",
+                    _ => &format!("{func} failed"),
+                };
+                // Once the upload is queued, the last wait failing leaves the output
+                // written in full or untouched, never in part.
+                let outputs: &[&str] = if func == "hipStreamSynchronize" && n == to {
+                    &["untouched", "complete"]
+                } else {
+                    &["untouched"]
+                };
+                let mut specs = vec![f.clone()];
+                if func.ends_with("Synchronize") {
+                    // pageable staging: a buffer freed while its copy is queued corrupts the heap
+                    specs.push(format!("hipHostMalloc:*,{f}"));
+                }
+                for spec in specs {
+                    let out = fault_run(op, beta0, Some(&spec));
+                    expect_fault(&out, &what(&spec), INTERNAL_ERROR, outputs, log);
+                    injected += 1;
+                }
             }
         }
         // pinned staging cannot be had: pageable memory instead, and the call succeeds
-        let mut pinned: Vec<String> = (w.host_malloc.0 + 1..=w.host_malloc.1)
+        let mut pinned: Vec<String> = (host_malloc.0 + 1..=host_malloc.1)
             .map(|n| format!("hipHostMalloc:{n}"))
             .collect();
         pinned.push("hipHostMalloc:*".into());
@@ -266,6 +269,80 @@ fn hip_faults_surface_as_status_never_half_write_and_the_next_call_works() {
     }
     println!("{injected} HIP faults injected");
     assert!(injected >= 60, "only {injected} faults");
+}
+
+/// The letters `samples=` of a case (one a sample: U untouched, C complete, P partial).
+fn samples(out: &Output, label: &str) -> String {
+    field(&stdout(out), label, "samples").unwrap_or_default()
+}
+
+#[test]
+fn a_fault_inside_a_pipelined_call_says_which_samples_were_written() {
+    // Two samples, one a chunk: the first chunk's result is queued for upload before
+    // the second chunk's copies are waited for.
+    let chunked = [("RDNA1SHIM_CHUNKS", "2")];
+    let mut injected = 0;
+    for (op, beta0) in [("fwd", false), ("bwd_data", true), ("bwd_weights", false)] {
+        let base = fault_run_with(op, beta0, None, &chunked);
+        assert_harness_passed(&base);
+        assert_eq!(outcome(&base, "first"), (0, "complete".to_string()));
+        let logs = case_logs(&stderr(&base));
+        assert!(
+            log_of(&logs, "first")
+                .iter()
+                .any(|l| l.contains("chunks=2")),
+            "{op}: the call is not cut in two: {:#?}",
+            log_of(&logs, "first")
+        );
+        let b = stdout(&base);
+        let mut saw_prefix = false;
+        for func in HIP_CALLS {
+            let (from, to) = window(&b, func);
+            for n in from + 1..=to {
+                let f = format!("{func}:{n}");
+                let out = fault_run_with(op, beta0, Some(&f), &chunked);
+                assert_harness_passed(&out);
+                let (status, _) = outcome(&out, "first");
+                let letters = samples(&out, "first");
+                let logs = case_logs(&stderr(&out));
+                let lines = log_of(&logs, "first");
+                let prefix = lines
+                    .iter()
+                    .any(|l| l.contains("samples 0..1 of 2 of the output may have been written"));
+                let what = format!("{op} {f}: samples {letters}, log {lines:#?}");
+                let all = |c: char| !letters.is_empty() && letters.chars().all(|l| l == c);
+                if func == "hipStreamSynchronize" && n == to {
+                    // the final wait: everything was queued
+                    assert!(all('U') || all('C'), "{what}");
+                } else {
+                    assert_eq!(status, INTERNAL_ERROR, "{what}");
+                    assert!(!letters.contains('P'), "{what}");
+                    if op == "bwd_weights" {
+                        // one sum over both chunks, copied back at the end
+                        assert!(all('U'), "{what}");
+                        assert!(!prefix, "{what}");
+                    } else if prefix {
+                        // the first sample was queued: written or not, never the second
+                        assert!(["UU", "CU"].contains(&letters.as_str()), "{what}");
+                        saw_prefix = true;
+                    } else {
+                        assert_eq!(letters, "UU", "{what}");
+                    }
+                }
+                assert_eq!(
+                    outcome(&out, "recovery"),
+                    (0, "complete".to_string()),
+                    "{what}"
+                );
+                injected += 1;
+            }
+        }
+        assert!(
+            op == "bwd_weights" || saw_prefix,
+            "{op}: no fault hit after the first chunk's upload"
+        );
+    }
+    println!("{injected} HIP faults injected into pipelined calls");
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! HIP runtime C types used by the shim: error codes, copy kinds, streams.
+//! HIP runtime C types used by the shim: error codes, copy kinds, streams, events.
 #![allow(non_camel_case_types, non_upper_case_globals)]
 
 use std::ffi::c_void;
@@ -12,5 +12,9 @@ pub const hipMemcpyHostToDevice: hipMemcpyKind = 1;
 pub const hipMemcpyDeviceToHost: hipMemcpyKind = 2;
 
 pub type hipStream_t = *mut c_void;
+pub type hipEvent_t = *mut c_void;
+
+/// `hipEventDisableTiming`: the event only orders work.
+pub const hipEventDisableTiming: u32 = 0x2;
 
 pub const hipHostMallocDefault: u32 = 0;

@@ -4,7 +4,7 @@
 use std::ffi::c_void;
 use std::os::raw::c_int;
 
-use super::{fail, guard, ms, route_conv, to_gpu, Route};
+use super::{fail, guard, route_conv, to_gpu, Route};
 use crate::config::Op;
 use crate::describe::{describe, Direction};
 use crate::execute::{run_conv, scalars, ConvBuffers};
@@ -45,15 +45,11 @@ fn compute(
                 crate::repro::driver_command(&p),
                 crate::repro::direction_flag(direction),
             );
-            let secs = rec.compute.as_secs_f64();
+            crate::profile::set_last(&rec);
             tracing::debug!(
-                "{name}: cpu {} alpha={alpha} beta={beta} compute {:.3} ms ({:.1} GFLOP/s) copies {:.3} ms ({} B in, {} B out)",
+                "{name}: cpu {} alpha={alpha} beta={beta} {}",
                 describe(&p),
-                secs * 1e3,
-                crate::execute::gflops(&p.shape, secs),
-                ms(rec.copy),
-                rec.bytes_to_host,
-                rec.bytes_to_device
+                crate::execute::timing_line(&p, &rec)
             );
             miopenStatusSuccess
         }

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use once_cell::sync::Lazy;
 
-use super::{fail, guard, ms, to_gpu};
+use super::{fail, guard, to_gpu};
 use crate::activation::{self, Activation};
 use crate::config::{Op, Target};
 use crate::describe::{
@@ -656,10 +656,9 @@ fn execute_on_cpu(
         .collect::<Vec<_>>()
         .join(" -> ");
     Ok(format!(
-        "[{names}] {} compute {:.3} ms copies {:.3} ms",
+        "[{names}] {} {}",
         describe_problem(&p),
-        ms(rec.compute),
-        ms(rec.copy)
+        crate::execute::timing_line(&p, &rec)
     ))
 }
 

@@ -14,10 +14,22 @@ fn_table! {
         optional hipHostMalloc: fn(*mut *mut c_void, usize, u32) -> hipError_t;
         optional hipHostFree: fn(*mut c_void) -> hipError_t;
         optional hipGetErrorString: fn(hipError_t) -> *const c_char;
+        optional hipEventCreateWithFlags: fn(*mut hipEvent_t, u32) -> hipError_t;
+        optional hipEventRecord: fn(hipEvent_t, hipStream_t) -> hipError_t;
+        optional hipEventSynchronize: fn(hipEvent_t) -> hipError_t;
+        optional hipEventDestroy: fn(hipEvent_t) -> hipError_t;
     }
 }
 
 impl Hip {
+    /// Whether the runtime has the events that pipelined calls order their chunks by.
+    pub fn has_events(&self) -> bool {
+        self.hipEventCreateWithFlags.is_some()
+            && self.hipEventRecord.is_some()
+            && self.hipEventSynchronize.is_some()
+            && self.hipEventDestroy.is_some()
+    }
+
     /// Text of a HIP error code, from the runtime when it can say.
     pub fn error_text(&self, e: hipError_t) -> String {
         let s = self.hipGetErrorString.map(|f| unsafe { f(e) });
