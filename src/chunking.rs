@@ -42,6 +42,8 @@ pub struct PlanInput {
     pub cap: usize,
     /// `RDNA1SHIM_CHUNKS=N`: cut into this many chunks where the batch allows.
     pub forced: Option<usize>,
+    /// `RDNA1SHIM_CHUNKS=N/M`: at most this many chunks staged at once.
+    pub max_in_flight: Option<usize>,
     /// Every tensor cut along the batch keeps its samples apart in memory.
     pub separable: bool,
     /// The runtime has events, so copies can overlap the engine.
@@ -141,7 +143,16 @@ pub fn plan(i: &PlanInput) -> Plan {
         let fixed = i.whole_bytes + size * i.work_per_sample;
         let per_slot = size * i.staged_per_sample;
         let room = i.cap.saturating_sub(fixed) / per_slot.max(1);
-        let slots = room.min(chunks.len());
+        let slots = room
+            .min(chunks.len())
+            .min(i.max_in_flight.unwrap_or(usize::MAX).max(1));
+        if i.max_in_flight.is_some() && slots >= 1 {
+            return Plan {
+                chunks,
+                slots,
+                over_cap: None,
+            };
+        }
         // Overlap needs two chunks in flight; one is enough for a single chunk.
         if slots >= 2.min(chunks.len()) && slots >= 1 {
             return Plan {
@@ -181,6 +192,7 @@ mod tests {
             threads: 2,
             cap: 256 << 20,
             forced: None,
+            max_in_flight: None,
             separable: true,
             can_overlap: true,
         }
@@ -257,6 +269,22 @@ mod tests {
             covers(&p, 8);
             assert_eq!(sizes(&p), want, "{k}");
         }
+    }
+
+    #[test]
+    fn in_flight_can_be_limited() {
+        let p = plan(&PlanInput {
+            forced: Some(8),
+            max_in_flight: Some(3),
+            ..resnet_layer()
+        });
+        assert_eq!((p.chunks.len(), p.slots), (8, 3));
+        let p = plan(&PlanInput {
+            forced: Some(8),
+            max_in_flight: Some(1),
+            ..resnet_layer()
+        });
+        assert_eq!((p.chunks.len(), p.slots), (8, 1));
     }
 
     #[test]

@@ -86,8 +86,12 @@ pub enum Unsupported {
 pub enum Chunks {
     /// As the chunk plan's cost model decides.
     Auto,
-    /// At most this many chunks for every call that can be cut (tests, tuning).
-    Fixed(usize),
+    /// At most `chunks` chunks for every call that can be cut, and at most `in_flight`
+    /// of them staged at once when given (tests, tuning).
+    Fixed {
+        chunks: usize,
+        in_flight: Option<usize>,
+    },
 }
 
 /// The per-call host memory cap in bytes (see [`Config::call_memory_mib`]), readable by
@@ -202,15 +206,29 @@ impl Config {
         {
             None => Chunks::Auto,
             Some(v) if v.is_empty() || v == "auto" => Chunks::Auto,
-            Some(v) => match v.parse::<usize>() {
-                Ok(n) if n >= 1 => Chunks::Fixed(n),
-                _ => {
-                    warnings.push(format!(
-                        "RDNA1SHIM_CHUNKS={v:?} not understood (use auto or a positive integer); using auto"
-                    ));
-                    Chunks::Auto
+            Some(v) => {
+                let (count, flight) = match v.split_once('/') {
+                    Some((c, f)) => (c, Some(f)),
+                    None => (v.as_str(), None),
+                };
+                let positive = |t: &str| t.trim().parse::<usize>().ok().filter(|n| *n >= 1);
+                match (positive(count), flight.map(positive)) {
+                    (Some(chunks), None) => Chunks::Fixed {
+                        chunks,
+                        in_flight: None,
+                    },
+                    (Some(chunks), Some(Some(f))) => Chunks::Fixed {
+                        chunks,
+                        in_flight: Some(f),
+                    },
+                    _ => {
+                        warnings.push(format!(
+                            "RDNA1SHIM_CHUNKS={v:?} not understood (use auto, N or N/M with positive integers); using auto"
+                        ));
+                        Chunks::Auto
+                    }
                 }
-            },
+            }
         };
         let nonempty = |k: &str| get(k).filter(|v| !v.trim().is_empty());
         Config {
@@ -261,7 +279,14 @@ impl Config {
             self.call_memory_mib,
             match self.chunks {
                 Chunks::Auto => "auto".to_string(),
-                Chunks::Fixed(n) => n.to_string(),
+                Chunks::Fixed {
+                    chunks,
+                    in_flight: None,
+                } => chunks.to_string(),
+                Chunks::Fixed {
+                    chunks,
+                    in_flight: Some(f),
+                } => format!("{chunks}/{f}"),
             },
             match self.unsupported {
                 Unsupported::Error => "error",
@@ -370,8 +395,31 @@ mod tests {
             ("RDNA1SHIM_HOST_MEMORY_MIB", "64"),
             ("RDNA1SHIM_CHUNKS", "3"),
         ]);
-        assert_eq!((c.call_memory_mib, c.chunks), (64, Chunks::Fixed(3)));
+        assert_eq!(
+            (c.call_memory_mib, c.chunks),
+            (
+                64,
+                Chunks::Fixed {
+                    chunks: 3,
+                    in_flight: None
+                }
+            )
+        );
         assert!(c.warnings.is_empty());
+        let c = cfg(&[("RDNA1SHIM_CHUNKS", "8/2")]);
+        assert_eq!(
+            c.chunks,
+            Chunks::Fixed {
+                chunks: 8,
+                in_flight: Some(2)
+            }
+        );
+        assert!(c.summary().contains("chunks=8/2"));
+        for bad in ["8/", "/2", "8/0", "x/2", "8/2/1"] {
+            let c = cfg(&[("RDNA1SHIM_CHUNKS", bad)]);
+            assert_eq!(c.chunks, Chunks::Auto, "{bad}");
+            assert_eq!(c.warnings.len(), 1, "{bad}");
+        }
         let c = cfg(&[
             ("RDNA1SHIM_HOST_MEMORY_MIB", "8"),
             ("RDNA1SHIM_CHUNKS", "0"),

@@ -484,7 +484,11 @@ fn call_plan(
         cap: rt.config.call_memory_mib << 20,
         forced: match rt.config.chunks {
             Chunks::Auto => None,
-            Chunks::Fixed(k) => Some(k),
+            Chunks::Fixed { chunks, .. } => Some(chunks),
+        },
+        max_in_flight: match rt.config.chunks {
+            Chunks::Auto => None,
+            Chunks::Fixed { in_flight, .. } => in_flight,
         },
         separable: ops.iter().all(|o| !o.batched || separable(&o.layout)),
         can_overlap,

@@ -4,7 +4,7 @@
 //! transposed convolutions (PyTorch's way and MIOpen's transpose mode).
 
 use rdna1shim::describe::{conv_problem, ConvDesc, Direction, TensorDesc};
-use rdna1shim::execute::compute_on_host;
+use rdna1shim::execute::compute_on_host_chunked;
 use rdna1shim::ffi::miopen::{miopenConvolution, miopenTranspose};
 use rdna1shim::layout::{gather, DType};
 use serde_json::Value;
@@ -32,6 +32,11 @@ impl Tensor {
     }
 }
 
+thread_local! {
+    /// Pieces of the batch each call is cut into, as the pipelined call path cuts them.
+    static CHUNKS: std::cell::Cell<usize> = const { std::cell::Cell::new(1) };
+}
+
 /// Runs one call through the host path. `x`, `w`, `y` in the call's roles (see
 /// `conv_problem`); returns the values of the written tensor.
 fn call(
@@ -57,7 +62,9 @@ fn call(
         rdna1shim::describe::Pass::BackwardWeights => (&xr.bytes, &yr.bytes, &mut w.bytes),
     };
     let (a, b) = (a.clone(), b.clone());
-    compute_on_host(&p, &a, &b, out, alpha, beta, &|_| {});
+    let chunks = CHUNKS.with(|c| c.get());
+    compute_on_host_chunked(&p, &a, &b, out, alpha, beta, None, chunks)
+        .unwrap_or_else(|e| panic!("{e}"));
     match p.pass {
         rdna1shim::describe::Pass::Forward => yr.values(),
         rdna1shim::describe::Pass::BackwardData => xr.values(),
@@ -292,6 +299,16 @@ fn golden_channels_last() {
 fn golden_alpha_beta() {
     run_all(false, 0.5, 0.25);
     run_all(true, -1.5, 1.0);
+}
+
+/// The same vectors with every call cut into chunks of the batch (one sample each
+/// where the batch is small): forward and input gradients chunk by chunk, the weight
+/// gradient summed over the chunks.
+#[test]
+fn golden_in_chunks() {
+    CHUNKS.with(|c| c.set(3));
+    run_all(false, 1.0, 0.0);
+    run_all(true, 0.5, 0.25);
 }
 
 #[test]

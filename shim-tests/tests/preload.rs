@@ -24,12 +24,13 @@ fn assert_no_panic(out: &std::process::Output) {
 }
 
 fn shim_answers(program: &str, mode: &str) {
-    let out = run(
-        program,
-        &["--mode", mode],
-        &[("RDNA1SHIM_LOG", "debug")],
-        true,
-    );
+    shim_answers_with(program, mode, &[]);
+}
+
+fn shim_answers_with(program: &str, mode: &str, extra: &[(&str, &str)]) {
+    let mut envs = vec![("RDNA1SHIM_LOG", "debug")];
+    envs.extend_from_slice(extra);
+    let out = run(program, &["--mode", mode], &envs, true);
     let err = stderr(&out);
     assert!(
         !err.contains(CRASH_MARKER),
@@ -74,6 +75,39 @@ fn shim_passes_compile_mode() {
 #[test]
 fn shim_passes_every_mode_when_miopen_is_dlopened_locally() {
     shim_answers("harness_dlopen", "all");
+}
+
+/// Every case cut into as many chunks as its batch allows (one sample each), with all
+/// of them, two or one staged at once, and a long stream latency: chunk order,
+/// offsets, the weight-gradient sum and the reuse of staging must all be right, in
+/// both loading scenarios.
+#[test]
+fn shim_passes_every_mode_with_every_call_cut_into_chunks() {
+    for (program, chunks) in [
+        ("harness_direct", "64"),
+        ("harness_dlopen", "64/2"),
+        ("harness_direct", "64/1"),
+    ] {
+        let out = run(
+            program,
+            &["--mode", "all"],
+            &[
+                ("RDNA1SHIM_LOG", "debug"),
+                ("RDNA1SHIM_CHUNKS", chunks),
+                ("FAKE_HIP_DELAY_US", "300"),
+            ],
+            true,
+        );
+        let n = assert_harness_passed(&out);
+        assert!(n >= 100, "only {n} checks ran");
+        assert_no_panic(&out);
+        let err = stderr(&out);
+        let cut = err
+            .lines()
+            .filter(|l| l.contains(": cpu ") && !l.contains("chunks=1 "))
+            .count();
+        assert!(cut >= 50, "{program}: only {cut} calls were cut into chunks");
+    }
 }
 
 /// With a long stream latency, any read that is not ordered after the
