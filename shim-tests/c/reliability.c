@@ -24,6 +24,9 @@
  *                            a child that never calls, calls in the parent
  *   panic --export NAME      calls NAME (RDNA1SHIM_TEST_PANIC set by the caller)
  *                            then another export
+ *   soak --calls N           N calls cycling through every op and problem (each
+ *                            checked every so often); prints the resident set
+ *                            size after the first tenth and at the end
  *
  * Every check prints "ok <what>" or "FAIL <what>: why" on stdout and the run
  * ends with "N passed, M failed" (exit status 0 iff M == 0). Lines starting
@@ -1330,6 +1333,64 @@ static int mode_panic(const char* name)
 }
 
 /* ------------------------------------------------------------------ */
+/* soak                                                                 */
+/* ------------------------------------------------------------------ */
+
+static long rss_kb(void)
+{
+    FILE* f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kb;
+}
+
+static int mode_soak(long calls)
+{
+    hipStream_t s;
+    HIP_OR_DIE(hipStreamCreateWithFlags(&s, hipStreamNonBlocking));
+    prob_t p[NUM_SPECS];
+    for (int i = 0; i < NUM_SPECS; i++)
+        prob_make(&p[i], g_specs[i], s, 41 + (unsigned)i);
+    unsigned char* want[NUM_SPECS][OP_COUNT];
+    for (int i = 0; i < NUM_SPECS; i++)
+        for (int op = 0; op < OP_COUNT; op++)
+            want[i][op] = op_expected(&p[i], op, g_ab[op][0], g_ab[op][1]);
+    long warm = -1, bad = 0;
+    for (long c = 0; c < calls; c++) {
+        int i = (int)(c % NUM_SPECS), op = (int)((c / NUM_SPECS) % OP_COUNT);
+        miopenStatus_t st = op_call(&p[i], op, g_ab[op][0], g_ab[op][1]);
+        if (st != miopenStatusSuccess)
+            bad++;
+        if (c % 997 == 0) {
+            HIP_OR_DIE(hipStreamSynchronize(s));
+            ten_t* o = op_output(&p[i], op);
+            unsigned char* now = ten_read(o);
+            if (!matches(&o->t, now, want[i][op]))
+                bad++;
+            free(now);
+        }
+        /* ops write each other's inputs (and blend with their old output): restore */
+        HIP_OR_DIE(hipStreamSynchronize(s));
+        ten_upload(op_output(&p[i], op));
+        if (c + 1 == calls / 10)
+            warm = rss_kb();
+    }
+    HIP_OR_DIE(hipStreamSynchronize(s));
+    long end = rss_kb();
+    printf("@@soak calls=%ld rss_warm_kb=%ld rss_end_kb=%ld\n", calls, warm, end);
+    check(bad == 0, "soak: %ld of %ld calls failed or were wrong", bad, calls);
+    for (int i = 0; i < NUM_SPECS; i++)
+        for (int op = 0; op < OP_COUNT; op++)
+            free(want[i][op]);
+    return finish();
+}
+
+/* ------------------------------------------------------------------ */
 
 static const char* opt(int argc, char** argv, const char* name, const char* dflt)
 {
@@ -1350,7 +1411,7 @@ static int flag(int argc, char** argv, const char* name)
 int main(int argc, char** argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s badinput|fault|oom|threads|fork|panic [options]\n", argv[0]);
+        fprintf(stderr, "usage: %s badinput|fault|oom|threads|fork|panic|soak [options]\n", argv[0]);
         return 2;
     }
     const char* mode = argv[1];
@@ -1367,6 +1428,8 @@ int main(int argc, char** argv)
         return mode_fork();
     if (strcmp(mode, "panic") == 0)
         return mode_panic(opt(argc, argv, "--export", "miopenConvolutionForward"));
+    if (strcmp(mode, "soak") == 0)
+        return mode_soak(atol(opt(argc, argv, "--calls", "10000")));
     fprintf(stderr, "unknown mode %s\n", mode);
     return 2;
 }

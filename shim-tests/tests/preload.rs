@@ -106,7 +106,10 @@ fn shim_passes_every_mode_with_every_call_cut_into_chunks() {
             .lines()
             .filter(|l| l.contains(": cpu ") && !l.contains("chunks=1 "))
             .count();
-        assert!(cut >= 50, "{program}: only {cut} calls were cut into chunks");
+        assert!(
+            cut >= 50,
+            "{program}: only {cut} calls were cut into chunks"
+        );
     }
 }
 

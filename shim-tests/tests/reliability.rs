@@ -345,6 +345,34 @@ fn a_fault_inside_a_pipelined_call_says_which_samples_were_written() {
     println!("{injected} HIP faults injected into pipelined calls");
 }
 
+/// Host memory stays flat over many calls: staging, events and work buffers are
+/// reused, not accumulated. Every op and problem in turn, pipelined in chunks and not.
+#[test]
+fn resident_memory_stays_flat_over_ten_thousand_calls() {
+    for chunks in ["auto", "2/1"] {
+        let out = run(
+            DRIVER,
+            &["soak", "--calls", "10000"],
+            &[("FAKE_HIP_DELAY_US", "0"), ("RDNA1SHIM_CHUNKS", chunks)],
+            true,
+        );
+        assert_harness_passed(&out);
+        let o = stdout(&out);
+        let (warm, end) = (
+            num(&o, "soak", "rss_warm_kb"),
+            num(&o, "soak", "rss_end_kb"),
+        );
+        assert!(warm > 0 && end > 0, "{o}");
+        // After the first thousand calls nothing more may pile up (1 MiB of slack for
+        // the allocator's own bookkeeping).
+        assert!(
+            end - warm <= 1024,
+            "{chunks}: resident set grew from {warm} kB to {end} kB over 9000 calls"
+        );
+        println!("{chunks}: resident set {warm} kB after 1000 calls, {end} kB after 10000");
+    }
+}
+
 #[test]
 fn out_of_host_memory_is_alloc_failed_and_the_next_call_works() {
     let out = run(DRIVER, &["oom"], &[], true);
