@@ -238,6 +238,13 @@ pub fn gather(bytes: &[u8], dt: DType, l: &Layout5, out: &mut [f32]) {
     });
 }
 
+/// [`gather`] into a new vector.
+pub fn gathered(bytes: &[u8], dt: DType, l: &Layout5) -> Vec<f32> {
+    let mut v = vec![0f32; l.numel()];
+    gather(bytes, dt, l, &mut v);
+    v
+}
+
 /// Stores the packed canonical f32 result `res` into the tensor `l` of type `dt` inside
 /// `bytes`, blended: `alpha · res + beta · old` (the old value is read from `bytes` only
 /// when `beta != 0`), rounded to nearest even for fp16/bf16. Bytes outside the tensor's

@@ -9,12 +9,13 @@
 use std::ffi::c_void;
 use std::time::Instant;
 
+use crate::convert::{self, Blend};
 use crate::cpu::batchnorm as engine;
 use crate::describe::BnProblem;
 use crate::error::{ShimError, ShimResult};
 use crate::execute::stream_of;
 use crate::ffi::miopen::miopenHandle_t;
-use crate::layout::{self, DType, Layout5};
+use crate::layout::{DType, Layout5};
 use crate::runtime::Runtime;
 use crate::stats::CallRecord;
 use crate::transfer::Transfers;
@@ -63,7 +64,7 @@ pub struct BwdResult {
 }
 
 fn param(p: &BnProblem, bytes: &[u8]) -> Vec<f32> {
-    layout::gather(bytes, p.param_dtype, &p.param)
+    convert::gathered(bytes, p.param_dtype, &p.param)
 }
 
 fn to_f32(v: &[f64]) -> Vec<f32> {
@@ -82,7 +83,7 @@ pub fn train_on_host(
     running: Option<(&[u8], &[u8])>,
     s: FwdScalars,
 ) -> TrainResult {
-    let xv = layout::gather(x, p.dtype, &p.x);
+    let xv = convert::gathered(x, p.dtype, &p.x);
     let mut y = vec![0f32; p.shape.numel()];
     let m = engine::forward_training(
         &p.shape,
@@ -119,7 +120,7 @@ pub fn infer_on_host(
     y_old: Option<&[u8]>,
     s: FwdScalars,
 ) -> Vec<f32> {
-    let xv = layout::gather(x, p.dtype, &p.x);
+    let xv = convert::gathered(x, p.dtype, &p.x);
     let (scale, bias) = (param(p, scale), param(p, bias));
     let mut y = vec![0f32; p.shape.numel()];
     match estimated {
@@ -161,8 +162,8 @@ pub fn backward_on_host(
     old: BwdOld,
     s: BwdScalars,
 ) -> BwdResult {
-    let xv = layout::gather(x, p.dtype, &p.x);
-    let dyv = layout::gather(dy, p.dtype, &p.y);
+    let xv = convert::gathered(x, p.dtype, &p.x);
+    let dyv = convert::gathered(dy, p.dtype, &p.y);
     let (mean, inv) = match saved {
         Some((m, iv)) => {
             let f64s = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<_>>();
@@ -185,13 +186,21 @@ pub fn backward_on_host(
     BwdResult { dx, dscale, dbias }
 }
 
+/// Stores `vals` into `bytes` on the shim's pool (never on rayon's global one).
+fn store(pool: &rayon::ThreadPool, vals: &[f32], dt: DType, l: &Layout5, bytes: &mut [u8]) {
+    pool.install(|| convert::store(vals, Blend::PLAIN, dt, l, bytes));
+}
+
 /// `out = alpha * out + beta * old`; `old` is read only when `beta != 0`.
 fn blend(out: &mut [f32], alpha: f32, beta: f32, old: Option<&[u8]>, dt: DType, l: &Layout5) {
-    let old = match old {
-        Some(bytes) if beta != 0.0 => Some(layout::gather(bytes, dt, l)),
-        _ => None,
-    };
-    layout::blend(out, alpha, beta, old.as_deref());
+    match old {
+        Some(bytes) if beta != 0.0 => {
+            let mut o = convert::gathered(bytes, dt, l);
+            convert::blend_into(&mut o, out, Blend { alpha, beta });
+            out.copy_from_slice(&o);
+        }
+        _ => convert::scale(out, alpha),
+    }
 }
 
 /// Device pointers of a forward-training call (null where the caller passed null).
@@ -310,14 +319,14 @@ pub fn run_training(
         let running = br.map(|(m, v)| (tr.bytes(m), tr.bytes(v)));
         pool.install(|| train_on_host(p, x, scale, bias, Some(y), running, s))
     };
-    layout::scatter(&res.y, dt, &p.y, tr.bytes_mut(by));
+    store(&pool, &res.y, dt, &p.y, tr.bytes_mut(by));
     if let (Some((m, v)), Some((rm, rv))) = (br, &res.running) {
-        layout::scatter(rm, pdt, &p.param, tr.bytes_mut(m));
-        layout::scatter(rv, pdt, &p.param, tr.bytes_mut(v));
+        store(&pool, rm, pdt, &p.param, tr.bytes_mut(m));
+        store(&pool, rv, pdt, &p.param, tr.bytes_mut(v));
     }
     if let Some((m, v)) = bsv {
-        layout::scatter(&res.saved_mean, pdt, &p.param, tr.bytes_mut(m));
-        layout::scatter(&res.saved_inv_var, pdt, &p.param, tr.bytes_mut(v));
+        store(&pool, &res.saved_mean, pdt, &p.param, tr.bytes_mut(m));
+        store(&pool, &res.saved_inv_var, pdt, &p.param, tr.bytes_mut(v));
     }
     let compute = t.elapsed();
 
@@ -368,7 +377,7 @@ pub fn run_inference(
         let estimated = be.map(|(m, v)| (tr.bytes(m), tr.bytes(v)));
         pool.install(|| infer_on_host(p, x, scale, bias, estimated, Some(y), s))
     };
-    layout::scatter(&y, dt, &p.y, tr.bytes_mut(by));
+    store(&pool, &y, dt, &p.y, tr.bytes_mut(by));
     let compute = t.elapsed();
 
     tr.upload(b.y, by)?;
@@ -421,9 +430,9 @@ pub fn run_backward(
         };
         pool.install(|| backward_on_host(p, x, dy, scale, saved, old, s))
     };
-    layout::scatter(&res.dx, dt, ldx, tr.bytes_mut(bdx));
-    layout::scatter(&res.dscale, pdt, &p.param, tr.bytes_mut(bds));
-    layout::scatter(&res.dbias, pdt, &p.param, tr.bytes_mut(bdb));
+    store(&pool, &res.dx, dt, ldx, tr.bytes_mut(bdx));
+    store(&pool, &res.dscale, pdt, &p.param, tr.bytes_mut(bds));
+    store(&pool, &res.dbias, pdt, &p.param, tr.bytes_mut(bdb));
     let compute = t.elapsed();
 
     tr.upload(b.dx, bdx)?;

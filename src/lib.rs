@@ -2,10 +2,11 @@
 //!
 //! Loaded with `LD_PRELOAD`, the library exports MIOpen's convolution entry points; every
 //! other MIOpen function resolves to the real `libMIOpen.so`. Layers, top to bottom:
-//! `intercept` (exports) -> `describe` (descriptors to problems) and `execute` (copies +
-//! engine) -> `transfer` (staging, stream-ordered copies) -> `real` (resolved functions)
-//! -> `ffi` (C types); `cpu` is the engine and depends on nothing else of the crate;
-//! `layout` converts strided fp16/bf16/fp32 tensors to the engine's packed f32.
+//! `intercept` (exports) -> `describe` (descriptors to problems) and `execute` (the
+//! pipelined call: `chunking` plans it, `convert` and `host_mem` feed the engine) ->
+//! `transfer` (staging, stream-ordered copies, events) -> `real` (resolved functions) ->
+//! `ffi` (C types); `cpu` is the engine and depends on nothing else of the crate;
+//! `layout` describes strided fp16/bf16/fp32 tensors.
 
 pub mod activation;
 pub mod chunking;

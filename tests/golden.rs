@@ -6,7 +6,7 @@
 use rdna1shim::describe::{conv_problem, ConvDesc, Direction, TensorDesc};
 use rdna1shim::execute::compute_on_host_chunked;
 use rdna1shim::ffi::miopen::{miopenConvolution, miopenTranspose};
-use rdna1shim::layout::{gather, DType};
+use rdna1shim::layout::DType;
 use serde_json::Value;
 
 mod common;
@@ -28,7 +28,7 @@ impl Tensor {
         Tensor { desc, bytes }
     }
     fn values(&self) -> Vec<f32> {
-        gather(&self.bytes, self.desc.dtype, &self.desc.layout5())
+        decode(&self.bytes, self.desc.dtype, &self.desc.layout5())
     }
 }
 

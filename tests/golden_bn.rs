@@ -13,7 +13,7 @@ use rdna1shim::describe::{bn_problem, BnProblem};
 use rdna1shim::execute_bn::{
     backward_on_host, infer_on_host, train_on_host, BwdOld, BwdScalars, FwdScalars,
 };
-use rdna1shim::layout::{gather, DType};
+use rdna1shim::layout::DType;
 use serde_json::Value;
 
 mod common;
@@ -209,8 +209,8 @@ fn run_case_alpha_beta(c: &Value, alpha: f32, beta: f32) -> Result<(), String> {
     let feats = p.shape.features();
     let old_y = bytes(&values(n, 7, 1.0, 0.0), dt, &p.y);
     let old_p = bytes(&values(feats, 8, 1.0, 0.0), DType::F32, &p.param);
-    let old_y_vals = gather(&old_y, dt, &p.y);
-    let old_p_vals = gather(&old_p, DType::F32, &p.param);
+    let old_y_vals = decode(&old_y, dt, &p.y);
+    let old_p_vals = decode(&old_p, DType::F32, &p.param);
     let blend = |want: Vec<f32>, old: &[f32]| -> Vec<f32> {
         want.iter()
             .zip(old)

@@ -410,7 +410,7 @@ fn compute_small(rng: &mut Rng, p: &ConvProblem) {
             strides: [0, 0, 0, 0, 1],
         };
         let mut b = vec![0u8; l.span() * size];
-        crate::layout::scatter(&vals, p.dtype, &dense, &mut b);
+        crate::convert::store(&vals, crate::convert::Blend::PLAIN, p.dtype, &dense, &mut b);
         b
     };
     let a = bytes(la);

@@ -2,8 +2,9 @@
 //! readers, tensor layouts and dtype round trips, and the tolerance comparison.
 #![allow(dead_code)]
 
+use half::{bf16, f16};
 use rdna1shim::describe::TensorDesc;
-use rdna1shim::layout::{gather, scatter, DType, Layout5};
+use rdna1shim::layout::{DType, Layout5};
 use serde_json::Value;
 
 /// The generators' `values`: `scale * fill + offset`, rounded to f32 (scripts/gen_golden*.py).
@@ -60,16 +61,54 @@ pub fn desc(dtype: DType, dims: &[usize], channels_last: bool) -> TensorDesc {
     }
 }
 
+/// Element offset of the value at packed canonical index `i` of `l` (a naive walk, kept
+/// apart from the shim's own converters so that the tests check them).
+fn offset(l: &Layout5, i: usize) -> usize {
+    let mut rem = i;
+    let mut off = 0;
+    for a in (0..5).rev() {
+        off += (rem % l.dims[a]) * l.strides[a];
+        rem /= l.dims[a];
+    }
+    off
+}
+
 /// Bytes of a tensor in `l` holding `vals` (packed canonical order) stored as `dt`.
 pub fn bytes(vals: &[f32], dt: DType, l: &Layout5) -> Vec<u8> {
-    let mut b = vec![0u8; l.span() * dt.size()];
-    scatter(vals, dt, l, &mut b);
+    assert_eq!(vals.len(), l.numel());
+    let es = dt.size();
+    let mut b = vec![0u8; l.span() * es];
+    for (i, v) in vals.iter().enumerate() {
+        let at = offset(l, i) * es;
+        let e = &mut b[at..at + es];
+        match dt {
+            DType::F32 => e.copy_from_slice(&v.to_ne_bytes()),
+            DType::F16 => e.copy_from_slice(&f16::from_f32(*v).to_bits().to_ne_bytes()),
+            DType::BF16 => e.copy_from_slice(&bf16::from_f32(*v).to_bits().to_ne_bytes()),
+        }
+    }
     b
+}
+
+/// The values of the tensor `l` of type `dt` in `b`, in packed canonical order.
+pub fn decode(b: &[u8], dt: DType, l: &Layout5) -> Vec<f32> {
+    let es = dt.size();
+    (0..l.numel())
+        .map(|i| {
+            let at = offset(l, i) * es;
+            let e = &b[at..at + es];
+            match dt {
+                DType::F32 => f32::from_ne_bytes(e.try_into().unwrap()),
+                DType::F16 => f16::from_bits(u16::from_ne_bytes(e.try_into().unwrap())).to_f32(),
+                DType::BF16 => bf16::from_bits(u16::from_ne_bytes(e.try_into().unwrap())).to_f32(),
+            }
+        })
+        .collect()
 }
 
 /// `vals` after a trip through device memory of type `dt` (the rounding a caller sees).
 pub fn stored(vals: &[f32], dt: DType, l: &Layout5) -> Vec<f32> {
-    gather(&bytes(vals, dt, l), dt, l)
+    decode(&bytes(vals, dt, l), dt, l)
 }
 
 pub fn tolerance(dt: DType) -> f32 {
