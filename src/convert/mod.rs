@@ -14,6 +14,19 @@ use rayon::prelude::*;
 
 use crate::layout::{DType, Layout5};
 
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+/// Whether rows convert with the vector kernels (x86-64 with AVX2 and F16C).
+fn simd_rows() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        x86::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// Side of the square tiles channels-last rows are transposed in.
 const TILE: usize = 16;
 
@@ -168,6 +181,11 @@ impl Blend {
 /// Reads the tensor `l` of type `dt` out of its byte span `bytes` into the packed
 /// canonical f32 buffer `out` (`l.numel()` values).
 pub fn gather(bytes: &[u8], dt: DType, l: &Layout5, out: &mut [f32]) {
+    gather_with(bytes, dt, l, out, simd_rows());
+}
+
+/// [`gather`] with the vector kernels (where the CPU has them) or without.
+fn gather_with(bytes: &[u8], dt: DType, l: &Layout5, out: &mut [f32], vector: bool) {
     let es = dt.size();
     assert!(
         bytes.len() >= l.span() * es,
@@ -186,6 +204,7 @@ pub fn gather(bytes: &[u8], dt: DType, l: &Layout5, out: &mut [f32]) {
     }
     // Misaligned bytes (never staging, which is aligned) take the element-wise path.
     let aligned = (bytes.as_ptr() as usize).is_multiple_of(es);
+    let simd = aligned && vector && simd_rows();
     let [_, c, d, h, w] = l.dims;
     let [sn, sc, sd, sh, sw] = l.strides;
     let (nrows, per_task) = rows(l);
@@ -203,6 +222,18 @@ pub fn gather(bytes: &[u8], dt: DType, l: &Layout5, out: &mut [f32]) {
             // SAFETY: every (c, x) of the row is inside the span (checked above) and
             // aligned; rows write disjoint elements of `out`.
             unsafe {
+                #[cfg(target_arch = "x86_64")]
+                if simd && (sw == 1 || w == 1 || sc == 1) {
+                    x86::gather_row(
+                        dt,
+                        base as *const u8,
+                        (c, w),
+                        (sc, sw),
+                        dst.0.add(row0),
+                        plane,
+                    );
+                    continue;
+                }
                 if aligned && (sw == 1 || w == 1) {
                     for ch in 0..c {
                         let o = std::slice::from_raw_parts_mut(dst.0.add(row0 + ch * plane), w);
@@ -250,6 +281,11 @@ pub fn gathered(bytes: &[u8], dt: DType, l: &Layout5) -> Vec<f32> {
 /// when `beta != 0`), rounded to nearest even for fp16/bf16. Bytes outside the tensor's
 /// elements are left as they are.
 pub fn store(res: &[f32], blend: Blend, dt: DType, l: &Layout5, bytes: &mut [u8]) {
+    store_with(res, blend, dt, l, bytes, simd_rows());
+}
+
+/// [`store`] with the vector kernels (where the CPU has them) or without.
+fn store_with(res: &[f32], blend: Blend, dt: DType, l: &Layout5, bytes: &mut [u8], vector: bool) {
     let es = dt.size();
     assert_eq!(res.len(), l.numel(), "store: value count");
     assert!(
@@ -274,6 +310,7 @@ pub fn store(res: &[f32], blend: Blend, dt: DType, l: &Layout5, bytes: &mut [u8]
         return;
     }
     let aligned = (bytes.as_ptr() as usize).is_multiple_of(es);
+    let simd = aligned && vector && simd_rows();
     let [_, c, d, h, w] = l.dims;
     let [sn, sc, sd, sh, sw] = l.strides;
     let (nrows, per_task) = rows(l);
@@ -290,6 +327,19 @@ pub fn store(res: &[f32], blend: Blend, dt: DType, l: &Layout5, bytes: &mut [u8]
             // SAFETY: as in gather; the tensor is non-overlapping, so rows (and the
             // elements within one) are written by one task each.
             unsafe {
+                #[cfg(target_arch = "x86_64")]
+                if simd && (sw == 1 || w == 1 || sc == 1) {
+                    x86::store_row(
+                        blend,
+                        dt,
+                        res.as_ptr().add(row0),
+                        plane,
+                        (c, w),
+                        (sc, sw),
+                        base as *mut u8,
+                    );
+                    continue;
+                }
                 if aligned && (sw == 1 || w == 1) {
                     for ch in 0..c {
                         let vals = &mut run[..w];
@@ -382,11 +432,13 @@ mod tests {
         Layout5 { dims, strides }
     }
 
-    /// Layouts that take every path: packed, channels-last (several tiles and ragged
-    /// edges), padded rows, channels-last 3-D, a transposed spatial order (elementwise).
+    /// Layouts that take every path: packed (short rows and rows of whole vectors and a
+    /// tail), channels-last (several tiles and ragged edges), padded rows, channels-last
+    /// 3-D with fewer channels than a vector, a transposed spatial order (element-wise).
     fn layouts() -> Vec<Layout5> {
         vec![
             packed([2, 3, 1, 4, 5]),
+            packed([2, 3, 1, 4, 21]),
             nhwc(2, 37, 3, 19),
             nhwc(1, 3, 2, 40),
             Layout5 {
@@ -446,9 +498,15 @@ mod tests {
         unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, n) }
     }
 
+    /// The vector kernels where the CPU has them, and the portable code.
+    const PATHS: [bool; 2] = [true, false];
+
     #[test]
     fn gather_matches_a_naive_walk_in_every_dtype_and_layout() {
-        for dt in [DType::F32, DType::F16, DType::BF16] {
+        for (dt, vector) in [DType::F32, DType::F16, DType::BF16]
+            .into_iter()
+            .flat_map(|d| PATHS.map(|v| (d, v)))
+        {
             for l in layouts() {
                 let mut store = aligned(l.span() * dt.size(), 0);
                 let bytes = bytes_of(&mut store);
@@ -457,15 +515,18 @@ mod tests {
                     write_elem(dt, bytes, offset(&l, i), *v);
                 }
                 let mut got = vec![f32::NAN; l.numel()];
-                gather(bytes, dt, &l, &mut got);
-                assert_eq!(got, want, "{dt:?} {l:?}");
+                gather_with(bytes, dt, &l, &mut got, vector);
+                assert_eq!(got, want, "{dt:?} {l:?} vector={vector}");
             }
         }
     }
 
     #[test]
     fn store_blends_converts_and_leaves_gaps_alone() {
-        for dt in [DType::F32, DType::F16, DType::BF16] {
+        for (dt, vector) in [DType::F32, DType::F16, DType::BF16]
+            .into_iter()
+            .flat_map(|d| PATHS.map(|v| (d, v)))
+        {
             for l in layouts() {
                 for blend in [
                     Blend::PLAIN,
@@ -486,13 +547,17 @@ mod tests {
                     }
                     let snapshot = bytes.to_vec();
                     let res: Vec<f32> = (0..l.numel()).map(|i| (i % 13) as f32 - 6.0).collect();
-                    store(&res, blend, dt, &l, bytes);
+                    store_with(&res, blend, dt, &l, bytes, vector);
                     let mut touched = vec![false; l.span()];
                     for i in 0..l.numel() {
                         let at = offset(&l, i);
                         touched[at] = true;
                         let want = blend.alpha * res[i] + blend.beta * old[i];
-                        assert_eq!(read_elem(dt, bytes, at), want, "{dt:?} {l:?} {blend:?} {i}");
+                        assert_eq!(
+                            read_elem(dt, bytes, at),
+                            want,
+                            "{dt:?} {l:?} {blend:?} {i} vector={vector}"
+                        );
                     }
                     let es = dt.size();
                     for (e, t) in touched.iter().enumerate() {
