@@ -4,8 +4,9 @@ librdna1shim.so preloaded (the speed a training script gets), against PyTorch's 
 convolution on the same pass, measured in the same run.
 
     python3 scripts/bench_callpath.py [--threads N] [--layout nchw|nhwc]
-        [--dtype fp32|fp16|bf16] [--gbps G] [--step] [--layer SUBSTRING]
-        [--rounds R] [--min-ms MS] [--peer-dtype same|fp32] [--markdown]
+        [--dtype fp32|fp16|bf16] [--modes nchw-fp32,nhwc-fp32,nchw-fp16,nhwc-bf16]
+        [--gbps G] [--step] [--layer SUBSTRING] [--rounds R] [--min-ms MS]
+        [--peer-dtype same|fp32] [--markdown]
 
 Our side is `callpath_bench` (built by `cargo build --release -p shim-tests`), a client of
 the public HIP and MIOpen API running on the test doubles with LD_PRELOAD, exactly as
@@ -25,7 +26,8 @@ layout conversion, the engine, the store (alpha/beta, conversion back), waiting 
 last results, and the chunks the call was cut into; `model` is the PCIe time the bytes of
 the call need at --gbps, and `call/max` is the call's time over max(engine, model).
 
---step runs instead every convolution of one training step (forward, backward-data
+--modes runs several layout-dtype modes one after the other and ends with a table of
+their geomeans. --step runs instead every convolution of one training step (forward, backward-data
 except for the first layer, backward-weights) of ResNet-18 (224x224) and the MNIST CNN of
 PyTorch's examples, at --batch (32), and prints the totals.
 """
@@ -252,6 +254,7 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--layout", choices=("nchw", "nhwc"), default="nchw")
     ap.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
+    ap.add_argument("--modes", default="", help="comma-separated LAYOUT-DTYPE modes, e.g. nchw-fp32,nhwc-bf16")
     ap.add_argument("--peer-dtype", choices=("same", "fp32"), default="same",
                     help="PyTorch's dtype: the same as ours, or fp32")
     ap.add_argument("--gbps", type=float, default=0.0, help="FAKE_HIP_GBPS: modelled PCIe bandwidth (0: none)")
@@ -276,16 +279,36 @@ def main():
         peer = f"PyTorch {torch.__version__} CPU"
     except ImportError:
         torch, peer = None, None
-    peer_dtype = a.dtype if a.peer_dtype == "same" else "fp32"
     ours = Ours(driver, a.shim, a.threads, a.gbps, extra_env)
     if a.step:
-        run_step(a, ours, torch, peer_dtype)
+        run_step(a, ours, torch, a.dtype if a.peer_dtype == "same" else "fp32")
         ours.close()
         return
     if not os.path.exists(a.bench):
         sys.exit(f"{a.bench} not found: cargo build --release --bin conv_bench")
-    print(f"# call path: {a.layout} {a.dtype}, {a.threads} threads, FAKE_HIP_GBPS={a.gbps or 'unlimited'}; "
-          f"peer: {peer + ' ' + peer_dtype if peer else 'none (PyTorch not installed)'} {a.layout}; "
+    modes = [m.split("-") for m in a.modes.split(",")] if a.modes else [(a.layout, a.dtype)]
+    summary = []
+    for layout, dtype in modes:
+        peer_dtype = dtype if a.peer_dtype == "same" else "fp32"
+        summary.append((layout, dtype, peer_dtype) + run_layers(a, ours, torch, peer, layout, dtype, peer_dtype))
+    ours.close()
+    if len(summary) > 1:
+        print()
+        print(f"# summary: {a.threads} threads, FAKE_HIP_GBPS={a.gbps or 'unlimited'}")
+        print("| mode | PyTorch dtype | geomean ratio | forward | backward-data | backward-weights | call / max(engine, model) |")
+        print("|---|---|---:|---:|---:|---:|---:|")
+        for layout, dtype, pd, ratios, vs_max in summary:
+            g = lambda v: f"{geomean(v):.2f}x" if v else "-"
+            allr = [x for v in ratios.values() for x in v]
+            print(f"| {layout} {dtype} | {pd} | {g(allr)} | {g(ratios.get('forward'))} | "
+                  f"{g(ratios.get('backward_data'))} | {g(ratios.get('backward_weights'))} | "
+                  f"{geomean(vs_max):.2f} (worst {max(vs_max):.2f}) |" if vs_max else "")
+
+
+def run_layers(a, ours, torch, peer, layout, dtype, peer_dtype):
+    """One table of every layer-pass in one layout and dtype; returns (ratios, call/max)."""
+    print(f"# call path: {layout} {dtype}, {a.threads} threads, FAKE_HIP_GBPS={a.gbps or 'unlimited'}; "
+          f"peer: {peer + ' ' + peer_dtype if peer else 'none (PyTorch not installed)'} {layout}; "
           f"best of {a.rounds} alternating rounds; ratio = PyTorch time / ours")
     cols = ["layer", "pass", "ours ms", "PyTorch ms", "ratio", "GFLOP/s", "wait in", "convert", "engine", "store",
             "wait out", "chunks", "model ms", "call/max"]
@@ -298,9 +321,9 @@ def main():
     for geo in geos:
         s, p = geo["shape"], geo["pass"]
         if geo["layer"] not in layer_ids:
-            layer_ids[geo["layer"]] = ours.layer(s, spatial_dims(s), a.layout, a.dtype)
+            layer_ids[geo["layer"]] = ours.layer(s, spatial_dims(s), layout, dtype)
         lid = layer_ids[geo["layer"]]
-        fn = torch_runner(torch, s, p, a.layout, peer_dtype) if torch is not None else None
+        fn = torch_runner(torch, s, p, layout, peer_dtype) if torch is not None else None
 
         def torch_once():
             with torch.no_grad():
@@ -309,7 +332,7 @@ def main():
         mine, theirs = alternate(a.rounds, lambda: ours.time(lid, p, a.min_ms), torch_once if fn else None)
         ms = mine["best_ms"]
         pr = mine.get("profile", {})
-        model = pass_bytes(s, p, a.dtype) / (a.gbps * 1e9) * 1e3 if a.gbps else 0.0
+        model = pass_bytes(s, p, dtype) / (a.gbps * 1e9) * 1e3 if a.gbps else 0.0
         over = ms / max(pr.get("engine_ms", 0), model) if max(pr.get("engine_ms", 0), model) > 0 else None
         if over:
             vs_max.append(over)
@@ -325,7 +348,8 @@ def main():
         else:
             print("  ".join(cells))
         sys.stdout.flush()
-    ours.close()
+    for lid in layer_ids.values():
+        ours.free(lid)
     if ratios:
         allr = [x for v in ratios.values() for x in v]
         for p, v in ratios.items():
@@ -333,6 +357,8 @@ def main():
         print(f"geomean ratio all passes: {geomean(allr):.2f}x over {len(allr)} layer-passes")
     if vs_max:
         print(f"call / max(engine, model): geomean {geomean(vs_max):.2f}, worst {max(vs_max):.2f}")
+    print()
+    return ratios, vs_max
 
 
 if __name__ == "__main__":
