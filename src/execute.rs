@@ -509,8 +509,10 @@ fn call_plan(
 /// The batch is cut into chunks (see [`chunking`]): every chunk's inputs are queued for
 /// copying to the host up front, as far as the staging in flight allows; each chunk is
 /// computed as soon as its copies are done, and its result queued for copying back
-/// while the next one computes. Everything is ordered on the handle's stream, with one
-/// event per chunk. A weight gradient sums over the chunks and is copied back at the
+/// while the next one computes. Downloads are ordered on the handle's stream, one event
+/// per chunk; uploads go on a stream of the shim's own where the runtime allows (so
+/// both directions of the link are busy at once), one event per chunk, and a staging
+/// slot is reused only after its upload has left. A weight gradient sums over the chunks and is copied back at the
 /// end. When a failure stops the call after some chunks' results were queued, the
 /// error says which samples of the output may have been written.
 pub fn run_conv_fused(
@@ -592,7 +594,12 @@ pub fn run_conv_fused(
             }
             tr.record()
         };
+        // Results go back on a stream of their own while inputs still come in.
+        if k > 1 && out.batched {
+            tr.with_side();
+        }
         let mut events = Vec::with_capacity(k);
+        let mut uploaded = Vec::with_capacity(k);
         for i in 0..plan.slots.min(k) {
             events.push(enqueue(&mut tr, i)?);
         }
@@ -639,6 +646,12 @@ pub fn run_conv_fused(
             let r = plan.chunks[i].clone();
             let s = i % plan.slots;
             let a_len = chunk_span(&a.layout, &r, dt).1;
+            if let Some(left) = i.checked_sub(plan.slots).and_then(|j| uploaded[j]) {
+                // The slot's last result must have left before this one overwrites it.
+                let t = tr.wait_time;
+                tr.wait(left)?;
+                wait_in += tr.wait_time - t;
+            }
             if out.batched {
                 let (o_off, o_len) = chunk_span(&out.layout, &r, dt);
                 let b_idx = b_whole.unwrap_or_else(|| sb[s]);
@@ -655,7 +668,11 @@ pub fn run_conv_fused(
                 let dst = unsafe { (out.ptr as *mut u8).add(o_off) } as *mut c_void;
                 tr.upload_from(dst, so[s], o_len)?;
                 written = r.end;
+                // Uploads on their own stream: the slot is reused only after this one left.
+                let reused = tr.has_side() && i + plan.slots < k;
+                uploaded.push(reused.then(|| tr.record_upload()).transpose()?);
             } else {
+                uploaded.push(None);
                 let ob_idx = out_whole.expect("whole output staged");
                 let b_len = chunk_span(&b.layout, &r, dt).1;
                 if k == 1 {
@@ -680,6 +697,10 @@ pub fn run_conv_fused(
                 }
             }
             if i + plan.slots < k {
+                if let (Some(left), true) = (uploaded[i], read_out) {
+                    // The old output lands in the slot this chunk's result leaves from.
+                    tr.order_after(left)?;
+                }
                 events.push(enqueue(&mut tr, i + plan.slots)?);
             }
         }

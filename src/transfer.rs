@@ -1,9 +1,12 @@
 //! Host staging buffers and stream-ordered copies between device and host.
 //!
-//! Every copy is `hipMemcpyAsync` on the handle's stream, so it runs after the work the
-//! application queued before the call; `record` puts an event behind the copies queued
-//! so far and `wait` blocks until they are done, so a pipelined call can compute one
-//! chunk while the next one's copies are in flight; `sync` waits for the whole stream.
+//! Every download is `hipMemcpyAsync` on the handle's stream, so it runs after the work
+//! the application queued before the call; `record` puts an event behind the copies
+//! queued so far and `wait` blocks until they are done, so a pipelined call can compute
+//! one chunk while the next one's copies are in flight; `sync` waits for everything.
+//! A pipelined call may send its uploads on a second stream of its own (`with_side`),
+//! so that results go to the device while inputs still come from it (PCIe and the GPU's
+//! copy engines are full duplex); `record_upload` and `order_after` order the two.
 //! Staging buffers are pinned (`hipHostMalloc`) when the runtime allows it, kept in a
 //! cache bounded by the per-call memory cap for reuse across calls, and 64-byte aligned
 //! pageable memory otherwise. A device pointer is never read or written by the host.
@@ -161,6 +164,37 @@ pub struct Event(hipEvent_t);
 static EVENT_CACHE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 const EVENT_CACHE_MAX: usize = 256;
 
+/// The upload stream made for each handle stream (created once, kept for the process).
+static SIDE_STREAMS: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+const SIDE_STREAMS_MAX: usize = 64;
+
+/// The upload stream of `stream`, made on first use; `None` when the runtime cannot
+/// make one (the uploads then share the handle's stream).
+fn side_stream(hip: &Hip, stream: hipStream_t) -> Option<hipStream_t> {
+    let create = hip
+        .hipStreamCreateWithFlags
+        .filter(|_| hip.has_side_streams())?;
+    let mut streams = SIDE_STREAMS.lock().ok()?;
+    if let Some((_, side)) = streams.iter().find(|(s, _)| *s == stream as usize) {
+        return Some(*side as hipStream_t);
+    }
+    if streams.len() >= SIDE_STREAMS_MAX {
+        return None;
+    }
+    let mut side: hipStream_t = std::ptr::null_mut();
+    // SAFETY: out-pointer to a local.
+    let e = unsafe { create(&mut side, hipStreamNonBlocking) };
+    if e != hipSuccess || side.is_null() {
+        tracing::debug!(
+            "hipStreamCreateWithFlags failed ({}); uploads share the handle's stream",
+            hip.error_text(e)
+        );
+        return None;
+    }
+    streams.push((stream as usize, side as usize));
+    Some(side)
+}
+
 /// Copies of one call on one stream, with their byte counts and time.
 ///
 /// The staging buffers belong to the `Transfers`, so none is released while a copy
@@ -169,6 +203,8 @@ const EVENT_CACHE_MAX: usize = 256;
 pub struct Transfers {
     hip: &'static Hip,
     stream: hipStream_t,
+    /// The stream uploads go on: the handle's, or one of the shim's own.
+    up: hipStream_t,
     pending: bool,
     buffers: Vec<HostBuffer>,
     events: Vec<hipEvent_t>,
@@ -185,6 +221,7 @@ impl Transfers {
         Transfers {
             hip,
             stream,
+            up: stream,
             pending: false,
             buffers: Vec::new(),
             events: Vec::new(),
@@ -193,6 +230,18 @@ impl Transfers {
             enqueue_time: Duration::ZERO,
             wait_time: Duration::ZERO,
         }
+    }
+
+    /// Sends the uploads on a stream of their own from now on, where the runtime allows.
+    pub fn with_side(&mut self) {
+        if let Some(side) = side_stream(self.hip, self.stream) {
+            self.up = side;
+        }
+    }
+
+    /// Whether uploads have a stream of their own.
+    pub fn has_side(&self) -> bool {
+        self.up != self.stream
     }
 
     /// All time spent in HIP calls.
@@ -287,9 +336,8 @@ impl Transfers {
         assert!(len <= self.buffers[buf].len);
         let src = self.buffers[buf].base() as *const c_void;
         let t = Instant::now();
-        // SAFETY: src holds len bytes owned by self until the stream is synchronized.
-        let e =
-            unsafe { (self.hip.hipMemcpyAsync)(dst, src, len, hipMemcpyHostToDevice, self.stream) };
+        // SAFETY: src holds len bytes owned by self until the streams are synchronized.
+        let e = unsafe { (self.hip.hipMemcpyAsync)(dst, src, len, hipMemcpyHostToDevice, self.up) };
         self.pending = true;
         self.enqueue_time += t.elapsed();
         self.hip_call("hipMemcpyAsync (host to device)", e)?;
@@ -302,9 +350,34 @@ impl Transfers {
         self.hip.has_events()
     }
 
-    /// Records an event behind everything queued on the stream so far. Without events
-    /// in the runtime, waiting for the returned one waits for the whole stream.
+    /// Records an event behind everything queued on the handle's stream so far. Without
+    /// events in the runtime, waiting for the returned one waits for everything.
     pub fn record(&mut self) -> ShimResult<Event> {
+        self.record_on(self.stream)
+    }
+
+    /// Records an event behind the uploads queued so far.
+    pub fn record_upload(&mut self) -> ShimResult<Event> {
+        self.record_on(self.up)
+    }
+
+    /// Makes the handle's stream wait for `ev` (an upload event) before what is queued on
+    /// it next. Nothing to do when uploads share the stream.
+    pub fn order_after(&mut self, ev: Event) -> ShimResult<()> {
+        let Some(wait) = self.hip.hipStreamWaitEvent.filter(|_| self.has_side()) else {
+            return Ok(());
+        };
+        if ev.0.is_null() {
+            return Ok(());
+        }
+        let t = Instant::now();
+        // SAFETY: the handle's stream and an event these transfers recorded.
+        let e = unsafe { wait(self.stream, ev.0, 0) };
+        self.enqueue_time += t.elapsed();
+        self.hip_call("hipStreamWaitEvent", e)
+    }
+
+    fn record_on(&mut self, stream: hipStream_t) -> ShimResult<Event> {
         let (Some(create), Some(record)) =
             (self.hip.hipEventCreateWithFlags, self.hip.hipEventRecord)
         else {
@@ -324,8 +397,8 @@ impl Transfers {
             }
         };
         self.events.push(ev);
-        // SAFETY: a live event and the handle's stream.
-        let r = unsafe { record(ev, self.stream) };
+        // SAFETY: a live event and one of the call's streams.
+        let r = unsafe { record(ev, stream) };
         self.pending = true;
         self.enqueue_time += t.elapsed();
         self.hip_call("hipEventRecord", r)?;
@@ -344,12 +417,17 @@ impl Transfers {
         self.hip_call("hipEventSynchronize", e)
     }
 
-    /// Waits until everything queued on the stream, ours included, has finished. When
-    /// the wait fails, our copies count as still queued (see Drop).
+    /// Waits until everything queued on the handle's stream (and the uploads' stream),
+    /// ours included, has finished. When a wait fails, our copies count as still queued
+    /// (see Drop).
     pub fn sync(&mut self) -> ShimResult<()> {
         let t = Instant::now();
-        // SAFETY: stream is the handle's stream (null is the default stream).
-        let e = unsafe { (self.hip.hipStreamSynchronize)(self.stream) };
+        // SAFETY: the handle's stream (null is the default stream) and the uploads' one.
+        let mut e = unsafe { (self.hip.hipStreamSynchronize)(self.stream) };
+        if e == hipSuccess && self.has_side() {
+            // SAFETY: as above.
+            e = unsafe { (self.hip.hipStreamSynchronize)(self.up) };
+        }
         self.wait_time += t.elapsed();
         self.hip_call("hipStreamSynchronize", e)?;
         self.pending = false;
@@ -366,7 +444,11 @@ impl Drop for Transfers {
             // rather than hand memory that a copy may still write to back to the
             // allocator or the cache.
             // SAFETY: as in sync.
-            let e = unsafe { (self.hip.hipStreamSynchronize)(self.stream) };
+            let mut e = unsafe { (self.hip.hipStreamSynchronize)(self.stream) };
+            if e == hipSuccess && self.has_side() {
+                // SAFETY: as in sync.
+                e = unsafe { (self.hip.hipStreamSynchronize)(self.up) };
+            }
             if e != hipSuccess {
                 let bytes: usize = self.buffers.iter().map(|b| b.len).sum();
                 tracing::warn!(

@@ -14,6 +14,9 @@ pub const hipMemcpyDeviceToHost: hipMemcpyKind = 2;
 pub type hipStream_t = *mut c_void;
 pub type hipEvent_t = *mut c_void;
 
+/// `hipStreamNonBlocking`: the stream does not wait for the null stream.
+pub const hipStreamNonBlocking: u32 = 0x1;
+
 /// `hipEventDisableTiming`: the event only orders work.
 pub const hipEventDisableTiming: u32 = 0x2;
 

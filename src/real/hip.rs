@@ -18,10 +18,20 @@ fn_table! {
         optional hipEventRecord: fn(hipEvent_t, hipStream_t) -> hipError_t;
         optional hipEventSynchronize: fn(hipEvent_t) -> hipError_t;
         optional hipEventDestroy: fn(hipEvent_t) -> hipError_t;
+        optional hipStreamCreateWithFlags: fn(*mut hipStream_t, u32) -> hipError_t;
+        optional hipStreamWaitEvent: fn(hipStream_t, hipEvent_t, u32) -> hipError_t;
     }
 }
 
 impl Hip {
+    /// Whether the runtime can give uploads a stream of their own, ordered against the
+    /// handle's stream by events.
+    pub fn has_side_streams(&self) -> bool {
+        self.has_events()
+            && self.hipStreamCreateWithFlags.is_some()
+            && self.hipStreamWaitEvent.is_some()
+    }
+
     /// Whether the runtime has the events that pipelined calls order their chunks by.
     pub fn has_events(&self) -> bool {
         self.hipEventCreateWithFlags.is_some()
