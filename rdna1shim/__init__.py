@@ -43,7 +43,10 @@ def status():
 
 def active():
     """Whether the shim is loaded in this process (preloaded or by ``import rdna1shim``)."""
-    return any(is_shim(p) for p in loaded_objects())
+    try:
+        return any(is_shim(p) for p in loaded_objects())
+    except OSError:
+        return _handle is not None
 
 
 def activate():
@@ -53,7 +56,10 @@ def activate():
     (its callers are bound to it by then) or the library is missing.
     """
     global _handle, _status
-    objects = loaded_objects()
+    try:
+        objects = loaded_objects()
+    except OSError:  # no /proc: nothing to learn from it; load the shim
+        objects = []
     shim = next((p for p in objects if is_shim(p)), None)
     if shim is not None:
         if _handle is None:

@@ -248,6 +248,7 @@ class ImportActivation(unittest.TestCase):
                 self.assertRegex(r.stdout, r"GLOBAL rdna1shim \d")
                 # The shim's lazy start found the real (fake) MIOpen loaded RTLD_LOCAL.
                 self.assertIn("MIOpen from " + os.path.join(BIN, "libMIOpen.so"), r.stderr)
+                self.assertIn("HIP runtime from " + os.path.join(BIN, "libamdhip64.so"), r.stderr)
                 self.assertNotIn("Warning", r.stderr)
 
     def test_without_the_import_the_plugin_crashes(self):
