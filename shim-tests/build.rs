@@ -1,7 +1,12 @@
 //! Build script of shim-tests: owns compiling the C test doubles (fake
 //! libamdhip64.so, fake libMIOpen.so), the integration harness (executable and
-//! dlopen plugin), the reliability driver, the probes and the reference self-test into
-//! `$OUT_DIR/bin`, and exporting that directory as `SHIM_TESTS_BIN`.
+//! dlopen plugin, linked lazily and with `-z now`), the reliability driver, the probes
+//! and the reference self-test into `$OUT_DIR/bin`, and exporting that directory as
+//! `SHIM_TESTS_BIN`.
+//!
+//! Two programs are built against HIP's real header (`/usr/include/hip`, Debian's
+//! `libamdhip64-dev` 5.x) when it is installed: `hip_abi_check` and the MIOpen sample
+//! client `sample_conv`. `SHIM_TESTS_REAL_HIP` tells the tests whether they were.
 //!
 //! Plain `gcc` (or `$CC`) via `std::process::Command`; every binary gets
 //! `-Wl,-rpath,$ORIGIN` (as DT_RPATH, which outranks LD_LIBRARY_PATH) so it
@@ -20,6 +25,8 @@ const CFLAGS: &[&str] = &[
     "-pthread",
     "-std=gnu11",
 ];
+/// HIP's real runtime header, from Debian's libamdhip64-dev (HIP 5.x).
+const REAL_HIP_HEADER: &str = "/usr/include/hip/hip_runtime_api.h";
 const RPATH: &[&str] = &["-Wl,-rpath,$ORIGIN", "-Wl,--disable-new-dtags"];
 
 struct Unit {
@@ -126,12 +133,26 @@ fn main() {
                 sources: &["harness.c", "naive_conv.c", "naive_bn.c"],
                 extra: &["-DHARNESS_MAIN", "-lMIOpen", "-lamdhip64", "-lm"],
             },
+            // The plugin twice: binding MIOpen's symbols at their first call, and at load.
             Unit {
                 output: "libconvplugin.so",
                 sources: &["harness.c", "naive_conv.c", "naive_bn.c"],
                 extra: &[
                     "-shared",
                     "-Wl,-soname,libconvplugin.so",
+                    "-Wl,-z,lazy",
+                    "-lMIOpen",
+                    "-lamdhip64",
+                    "-lm",
+                ],
+            },
+            Unit {
+                output: "libconvplugin_now.so",
+                sources: &["harness.c", "naive_conv.c", "naive_bn.c"],
+                extra: &[
+                    "-shared",
+                    "-Wl,-soname,libconvplugin_now.so",
+                    "-Wl,-z,now",
                     "-lMIOpen",
                     "-lamdhip64",
                     "-lm",
@@ -160,5 +181,44 @@ fn main() {
         ],
     );
 
+    // Stage 4: clients built against HIP's real header, when it is installed.
+    let real_hip = Path::new(REAL_HIP_HEADER).is_file();
+    if real_hip {
+        println!("cargo:rerun-if-changed={REAL_HIP_HEADER}");
+        build_stage(
+            &cc,
+            &src,
+            &bin,
+            &[
+                Unit {
+                    output: "hip_abi_check",
+                    sources: &["hip_abi_check.c", "hip_abi_real.c", "hip_abi_ours.c"],
+                    extra: &["-D__HIP_PLATFORM_AMD__", "-lamdhip64"],
+                },
+                Unit {
+                    output: "sample_conv",
+                    sources: &["sample_conv.c", "naive_conv.c"],
+                    extra: &[
+                        "-D__HIP_PLATFORM_AMD__",
+                        "-DSHIM_TESTS_REAL_HIP_HEADERS",
+                        "-lMIOpen",
+                        "-lamdhip64",
+                        "-lm",
+                    ],
+                },
+            ],
+        );
+    } else {
+        // Until it is installed, look again on every build.
+        println!("cargo:rerun-if-changed=/usr/include/hip");
+        println!(
+            "cargo:warning={REAL_HIP_HEADER} is missing: hip_abi_check and sample_conv are not \
+             built and their tests fail (install it: apt-get install libamdhip64-dev)"
+        );
+    }
+    println!(
+        "cargo:rustc-env=SHIM_TESTS_REAL_HIP={}",
+        if real_hip { "1" } else { "0" }
+    );
     println!("cargo:rustc-env=SHIM_TESTS_BIN={}", bin.display());
 }

@@ -1,4 +1,4 @@
-//! Exports that let a process (and `scripts/doctor.py`) ask whether the shim is loaded and
+//! Exports that let a process (and `rdna1shim doctor`) ask whether the shim is loaded and
 //! how it is configured, without initialising it.
 
 use std::ffi::{c_char, CString};

@@ -33,6 +33,12 @@
  * in one direction never overlap; device-to-device and host-to-host copies
  * are not limited.
  *
+ * Device: one card, device 0, described as an RDNA1 RX 5700 XT (gfx1010:xnack-, 40 CUs,
+ * 8 GiB, wave32) by hipGetDeviceProperties (HIP 5.x's hipDeviceProp_t layout),
+ * hipDeviceGetAttribute, hipDeviceGetName and hipMemGetInfo; the runtime reports
+ * version 5.2 (HIP_VERSION 50221153), the version of that layout. Any other
+ * device id gives hipErrorInvalidDevice.
+ *
  * Validation: the device side of a copy (dst of H2D, src of D2H, both of D2D,
  * dst of memsets) must lie inside one live allocation, and the host side must
  * not touch the device reservation; otherwise hipErrorInvalidValue. Unknown
@@ -81,7 +87,8 @@
     X(hipGetDevice) X(hipSetDevice) X(hipGetDeviceCount) X(hipDeviceGetName)                    \
     X(hipRuntimeGetVersion) X(hipDriverGetVersion) X(hipEventCreate)                         \
     X(hipEventCreateWithFlags) X(hipEventRecord) X(hipEventSynchronize) X(hipEventQuery)        \
-    X(hipEventDestroy) X(hipEventElapsedTime) X(hipStreamWaitEvent)
+    X(hipEventDestroy) X(hipEventElapsedTime) X(hipStreamWaitEvent) X(hipGetDeviceProperties)   \
+    X(hipDeviceGetAttribute) X(hipMemGetInfo)
 
 #define FN_ENUM(n) F_##n,
 enum { FAKE_HIP_FUNCS(FN_ENUM) F_COUNT };
@@ -1063,6 +1070,7 @@ const char* hipGetErrorName(hipError_t error)
     case hipErrorNotInitialized: return "hipErrorNotInitialized";
     case hipErrorInvalidDevicePointer: return "hipErrorInvalidDevicePointer";
     case hipErrorInvalidMemcpyDirection: return "hipErrorInvalidMemcpyDirection";
+    case hipErrorNoDevice: return "hipErrorNoDevice";
     case hipErrorInvalidDevice: return "hipErrorInvalidDevice";
     case hipErrorInvalidHandle: return "hipErrorInvalidHandle";
     case hipErrorNotReady: return "hipErrorNotReady";
@@ -1081,6 +1089,7 @@ const char* hipGetErrorString(hipError_t error)
     case hipErrorNotInitialized: return "initialization error";
     case hipErrorInvalidDevicePointer: return "invalid device pointer";
     case hipErrorInvalidMemcpyDirection: return "invalid copy direction for memcpy";
+    case hipErrorNoDevice: return "no ROCm-capable device is detected";
     case hipErrorInvalidDevice: return "invalid device ordinal";
     case hipErrorInvalidHandle: return "invalid resource handle";
     case hipErrorNotReady: return "device not ready";
@@ -1100,6 +1109,211 @@ hipError_t hipPeekAtLastError(void)
 {
     (void)enter(F_hipPeekAtLastError);
     return t_last_error;
+}
+
+/* ------------------------------------------------------------------ */
+/* the device: an RDNA1 card                                            */
+/* ------------------------------------------------------------------ */
+
+#define FAKE_DEVICE_NAME "AMD Radeon RX 5700 XT"
+#define FAKE_HIP_VERSION 50221153 /* 5.2.x: major * 10^7 + minor * 10^5 + patch */
+#define FAKE_TOTAL_MEM (8ull << 30)
+
+/* What ROCm 5.x reports for a Navi 10 RX 5700 XT (gfx1010, wave32, no xnack). */
+static void fill_props(hipDeviceProp_t* p)
+{
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "%s", FAKE_DEVICE_NAME);
+    p->totalGlobalMem = FAKE_TOTAL_MEM;
+    p->sharedMemPerBlock = 64 * 1024;
+    p->regsPerBlock = 65536;
+    p->warpSize = 32;
+    p->maxThreadsPerBlock = 1024;
+    p->maxThreadsDim[0] = p->maxThreadsDim[1] = p->maxThreadsDim[2] = 1024;
+    p->maxGridSize[0] = p->maxGridSize[1] = p->maxGridSize[2] = 2147483647;
+    p->clockRate = 2100000;
+    p->memoryClockRate = 875000;
+    p->memoryBusWidth = 256;
+    p->totalConstMem = 2147483647;
+    p->major = 10;
+    p->minor = 1;
+    p->multiProcessorCount = 40;
+    p->l2CacheSize = 4 * 1024 * 1024;
+    p->maxThreadsPerMultiProcessor = 2560;
+    p->computeMode = 0;
+    p->clockInstructionRate = 100000;
+    p->arch.hasGlobalInt32Atomics = 1;
+    p->arch.hasGlobalFloatAtomicExch = 1;
+    p->arch.hasSharedInt32Atomics = 1;
+    p->arch.hasSharedFloatAtomicExch = 1;
+    p->arch.hasFloatAtomicAdd = 1;
+    p->arch.hasGlobalInt64Atomics = 1;
+    p->arch.hasSharedInt64Atomics = 1;
+    p->arch.hasDoubles = 1;
+    p->arch.hasWarpVote = 1;
+    p->arch.hasWarpBallot = 1;
+    p->arch.hasWarpShuffle = 1;
+    p->arch.hasFunnelShift = 0;
+    p->arch.hasThreadFenceSystem = 1;
+    p->arch.hasSyncThreadsExt = 0;
+    p->arch.hasSurfaceFuncs = 0;
+    p->arch.has3dGrid = 1;
+    p->arch.hasDynamicParallelism = 0;
+    p->concurrentKernels = 1;
+    p->pciDomainID = 0;
+    p->pciBusID = 3;
+    p->pciDeviceID = 0;
+    p->maxSharedMemoryPerMultiProcessor = 64 * 1024;
+    p->isMultiGpuBoard = 0;
+    p->canMapHostMemory = 1;
+    p->gcnArch = 1010;
+    snprintf(p->gcnArchName, sizeof p->gcnArchName, "%s", "gfx1010:xnack-");
+    p->integrated = 0;
+    p->cooperativeLaunch = 1;
+    p->cooperativeMultiDeviceLaunch = 1;
+    p->maxTexture1DLinear = 134217728;
+    p->maxTexture1D = 16384;
+    p->maxTexture2D[0] = p->maxTexture2D[1] = 16384;
+    p->maxTexture3D[0] = p->maxTexture3D[1] = p->maxTexture3D[2] = 2048;
+    p->hdpMemFlushCntl = NULL; /* register addresses: a fake has none */
+    p->hdpRegFlushCntl = NULL;
+    p->memPitch = 2147483647;
+    p->textureAlignment = 256;
+    p->texturePitchAlignment = 256;
+    p->kernelExecTimeoutEnabled = 0;
+    p->ECCEnabled = 0;
+    p->tccDriver = 0;
+    p->cooperativeMultiDeviceUnmatchedFunc = 1;
+    p->cooperativeMultiDeviceUnmatchedGridDim = 1;
+    p->cooperativeMultiDeviceUnmatchedBlockDim = 1;
+    p->cooperativeMultiDeviceUnmatchedSharedMem = 1;
+    p->isLargeBar = 0;
+    p->asicRevision = 2;
+    p->managedMemory = 1;
+    p->directManagedMemAccessFromHost = 0;
+    p->concurrentManagedAccess = 0; /* no xnack: managed memory migrates, not shared */
+    p->pageableMemoryAccess = 0;
+    p->pageableMemoryAccessUsesHostPageTables = 0;
+}
+
+hipError_t hipGetDeviceProperties(hipDeviceProp_t* prop, int deviceId)
+{
+    ENTER(hipGetDeviceProperties, hipErrorUnknown);
+    if (!prop)
+        return set_error(hipErrorInvalidValue);
+    if (deviceId != 0)
+        return set_error(hipErrorInvalidDevice);
+    fill_props(prop);
+    return hipSuccess;
+}
+
+hipError_t hipDeviceGetAttribute(int* pi, hipDeviceAttribute_t attr, int deviceId)
+{
+    ENTER(hipDeviceGetAttribute, hipErrorUnknown);
+    if (!pi)
+        return set_error(hipErrorInvalidValue);
+    if (deviceId != 0)
+        return set_error(hipErrorInvalidDevice);
+    hipDeviceProp_t p;
+    fill_props(&p);
+    int v;
+    switch (attr) {
+    case hipDeviceAttributeEccEnabled: v = p.ECCEnabled; break;
+    case hipDeviceAttributeCanMapHostMemory: v = p.canMapHostMemory; break;
+    case hipDeviceAttributeClockRate: v = p.clockRate; break;
+    case hipDeviceAttributeComputeMode: v = p.computeMode; break;
+    case hipDeviceAttributeConcurrentKernels: v = p.concurrentKernels; break;
+    case hipDeviceAttributeConcurrentManagedAccess: v = p.concurrentManagedAccess; break;
+    case hipDeviceAttributeCooperativeLaunch: v = p.cooperativeLaunch; break;
+    case hipDeviceAttributeCooperativeMultiDeviceLaunch: v = p.cooperativeMultiDeviceLaunch; break;
+    case hipDeviceAttributeDirectManagedMemAccessFromHost:
+        v = p.directManagedMemAccessFromHost;
+        break;
+    case hipDeviceAttributeIntegrated: v = p.integrated; break;
+    case hipDeviceAttributeIsMultiGpuBoard: v = p.isMultiGpuBoard; break;
+    case hipDeviceAttributeKernelExecTimeout: v = p.kernelExecTimeoutEnabled; break;
+    case hipDeviceAttributeL2CacheSize: v = p.l2CacheSize; break;
+    case hipDeviceAttributeComputeCapabilityMajor: v = p.major; break;
+    case hipDeviceAttributeComputeCapabilityMinor: v = p.minor; break;
+    case hipDeviceAttributeManagedMemory: v = p.managedMemory; break;
+    case hipDeviceAttributeMaxBlockDimX: v = p.maxThreadsDim[0]; break;
+    case hipDeviceAttributeMaxBlockDimY: v = p.maxThreadsDim[1]; break;
+    case hipDeviceAttributeMaxBlockDimZ: v = p.maxThreadsDim[2]; break;
+    case hipDeviceAttributeMaxGridDimX: v = p.maxGridSize[0]; break;
+    case hipDeviceAttributeMaxGridDimY: v = p.maxGridSize[1]; break;
+    case hipDeviceAttributeMaxGridDimZ: v = p.maxGridSize[2]; break;
+    case hipDeviceAttributeMaxTexture1DWidth: v = p.maxTexture1D; break;
+    case hipDeviceAttributeMaxTexture1DLinear: v = p.maxTexture1DLinear; break;
+    case hipDeviceAttributeMaxTexture2DWidth: v = p.maxTexture2D[0]; break;
+    case hipDeviceAttributeMaxTexture2DHeight: v = p.maxTexture2D[1]; break;
+    case hipDeviceAttributeMaxTexture3DWidth: v = p.maxTexture3D[0]; break;
+    case hipDeviceAttributeMaxTexture3DHeight: v = p.maxTexture3D[1]; break;
+    case hipDeviceAttributeMaxTexture3DDepth: v = p.maxTexture3D[2]; break;
+    case hipDeviceAttributeMaxThreadsPerBlock: v = p.maxThreadsPerBlock; break;
+    case hipDeviceAttributeMaxThreadsPerMultiProcessor: v = p.maxThreadsPerMultiProcessor; break;
+    case hipDeviceAttributeMaxPitch: v = (int)p.memPitch; break;
+    case hipDeviceAttributeMemoryBusWidth: v = p.memoryBusWidth; break;
+    case hipDeviceAttributeMemoryClockRate: v = p.memoryClockRate; break;
+    case hipDeviceAttributeMultiprocessorCount: v = p.multiProcessorCount; break;
+    case hipDeviceAttributePageableMemoryAccess: v = p.pageableMemoryAccess; break;
+    case hipDeviceAttributePageableMemoryAccessUsesHostPageTables:
+        v = p.pageableMemoryAccessUsesHostPageTables;
+        break;
+    case hipDeviceAttributePciBusId: v = p.pciBusID; break;
+    case hipDeviceAttributePciDeviceId: v = p.pciDeviceID; break;
+    case hipDeviceAttributePciDomainID: v = p.pciDomainID; break;
+    case hipDeviceAttributeMaxRegistersPerBlock: v = p.regsPerBlock; break;
+    case hipDeviceAttributeMaxSharedMemoryPerBlock: v = (int)p.sharedMemPerBlock; break;
+    case hipDeviceAttributeTccDriver: v = p.tccDriver; break;
+    case hipDeviceAttributeTextureAlignment: v = (int)p.textureAlignment; break;
+    case hipDeviceAttributeTexturePitchAlignment: v = (int)p.texturePitchAlignment; break;
+    case hipDeviceAttributeTotalConstantMemory: v = (int)p.totalConstMem; break;
+    case hipDeviceAttributeWarpSize: v = p.warpSize; break;
+    case hipDeviceAttributeClockInstructionRate: v = p.clockInstructionRate; break;
+    case hipDeviceAttributeMaxSharedMemoryPerMultiprocessor:
+        v = (int)p.maxSharedMemoryPerMultiProcessor;
+        break;
+    case hipDeviceAttributeGcnArch: v = p.gcnArch; break;
+    case hipDeviceAttributeCooperativeMultiDeviceUnmatchedFunc:
+        v = p.cooperativeMultiDeviceUnmatchedFunc;
+        break;
+    case hipDeviceAttributeCooperativeMultiDeviceUnmatchedGridDim:
+        v = p.cooperativeMultiDeviceUnmatchedGridDim;
+        break;
+    case hipDeviceAttributeCooperativeMultiDeviceUnmatchedBlockDim:
+        v = p.cooperativeMultiDeviceUnmatchedBlockDim;
+        break;
+    case hipDeviceAttributeCooperativeMultiDeviceUnmatchedSharedMem:
+        v = p.cooperativeMultiDeviceUnmatchedSharedMem;
+        break;
+    case hipDeviceAttributeIsLargeBar: v = p.isLargeBar; break;
+    case hipDeviceAttributeAsicRevision: v = p.asicRevision; break;
+    case hipDeviceAttributeImageSupport: v = 1; break;
+    case hipDeviceAttributePhysicalMultiProcessorCount: v = p.multiProcessorCount; break;
+    case hipDeviceAttributeFineGrainSupport: v = 1; break;
+    case hipDeviceAttributeCanUseStreamWaitValue: v = 0; break;
+    default:
+        /* CUDA-only attributes, and those that do not fit an int (name, UUID, total
+         * memory): HIP answers hipErrorInvalidValue. */
+        return set_error(hipErrorInvalidValue);
+    }
+    *pi = v;
+    return hipSuccess;
+}
+
+hipError_t hipMemGetInfo(size_t* free_bytes, size_t* total_bytes)
+{
+    ENTER(hipMemGetInfo, hipErrorUnknown);
+    if (!free_bytes || !total_bytes)
+        return set_error(hipErrorInvalidValue);
+    size_t used = 0;
+    pthread_mutex_lock(&g_lock);
+    for (size_t i = 0; i < g_nallocs; i++)
+        used += align_up(g_allocs[i].size, DEV_ALIGN);
+    pthread_mutex_unlock(&g_lock);
+    *total_bytes = FAKE_TOTAL_MEM;
+    *free_bytes = used < FAKE_TOTAL_MEM ? FAKE_TOTAL_MEM - used : 0;
+    return hipSuccess;
 }
 
 hipError_t hipGetDevice(int* deviceId)
@@ -1133,7 +1347,7 @@ hipError_t hipDeviceGetName(char* name, int len, int deviceId)
         return set_error(hipErrorInvalidValue);
     if (deviceId != 0)
         return set_error(hipErrorInvalidDevice);
-    snprintf(name, (size_t)len, "%s", "AMD Radeon RX 5700 XT (fake HIP, gfx1010)");
+    snprintf(name, (size_t)len, "%s", FAKE_DEVICE_NAME);
     return hipSuccess;
 }
 
@@ -1142,7 +1356,7 @@ hipError_t hipRuntimeGetVersion(int* runtimeVersion)
     ENTER(hipRuntimeGetVersion, hipErrorUnknown);
     if (!runtimeVersion)
         return set_error(hipErrorInvalidValue);
-    *runtimeVersion = 60000000;
+    *runtimeVersion = FAKE_HIP_VERSION;
     return hipSuccess;
 }
 
@@ -1151,7 +1365,7 @@ hipError_t hipDriverGetVersion(int* driverVersion)
     ENTER(hipDriverGetVersion, hipErrorUnknown);
     if (!driverVersion)
         return set_error(hipErrorInvalidValue);
-    *driverVersion = 60000000;
+    *driverVersion = FAKE_HIP_VERSION;
     return hipSuccess;
 }
 

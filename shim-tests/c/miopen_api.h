@@ -4,7 +4,8 @@
  * (convolution and batch norm) with MIOpen's exact values, the
  * miopenConvAlgoPerf_t / miopenConvSolution_t layouts, opaque handle/descriptor
  * types and the prototypes implemented by fake_miopen.c and called by the
- * harness.
+ * harness. With SHIM_TESTS_REAL_HIP_HEADERS defined it takes HIP's types from
+ * the real <hip/hip_runtime_api.h> instead of hip_api.h (sample_conv.c).
  */
 #ifndef SHIM_TESTS_MIOPEN_API_H
 #define SHIM_TESTS_MIOPEN_API_H
@@ -13,7 +14,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef SHIM_TESTS_REAL_HIP_HEADERS
+/* A client built against ROCm's own HIP header, as miopen.h includes it (hip_abi_check
+ * proves the two agree). */
+#include <hip/hip_runtime_api.h>
+#else
 #include "hip_api.h"
+#endif
 
 #ifdef __cplusplus
 extern "C" {

@@ -6,8 +6,10 @@
 //!
 //! The doubles (all in `bin_dir()`): `libamdhip64.so` (fake HIP),
 //! `libMIOpen.so` (fake MIOpen whose convolutions crash like RDNA1),
-//! `harness_direct`, `harness_dlopen` + `libconvplugin.so`, `doubles_probe`,
-//! `naive_selftest`, `quiet_main`.
+//! `harness_direct`, `harness_dlopen` + `libconvplugin.so` (also built with `-z now`
+//! as `libconvplugin_now.so`), `doubles_probe`, `naive_selftest`, `quiet_main`, and,
+//! built against HIP's real header, `hip_abi_check` and the sample client
+//! `sample_conv`.
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,5 +1,6 @@
-//! Tests of `scripts/doctor.py`: on this machine (no AMD GPU, no PyTorch) it must say
-//! true things both with the test doubles standing in for MIOpen and without them.
+//! Tests of `scripts/doctor.py` (`rdna1shim doctor` run from the source checkout): on this
+//! machine (no AMD GPU, no ROCm PyTorch) it must say true things both with the test
+//! doubles standing in for MIOpen and without them.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
