@@ -511,10 +511,10 @@ fn call_plan(
 /// computed as soon as its copies are done, and its result queued for copying back
 /// while the next one computes. Downloads are ordered on the handle's stream, one event
 /// per chunk; uploads go on a stream of the shim's own where the runtime allows (so
-/// both directions of the link are busy at once), one event per chunk, and a staging
-/// slot is reused only after its upload has left. A weight gradient sums over the chunks and is copied back at the
-/// end. When a failure stops the call after some chunks' results were queued, the
-/// error says which samples of the output may have been written.
+/// both directions of the link are busy at once), and a staging slot is reused only
+/// after its upload has left. A weight gradient sums over the chunks and is copied back
+/// at the end. When a failure stops the call after some chunks' results were queued,
+/// the error says which samples of the output may have been written.
 pub fn run_conv_fused(
     rt: &'static Runtime,
     handle: miopenHandle_t,
