@@ -9,6 +9,7 @@
 
 pub mod activation;
 pub mod config;
+pub mod conv_config;
 pub mod cpu;
 pub mod crash;
 pub mod describe;
@@ -18,10 +19,12 @@ pub mod execute_bn;
 pub mod ffi;
 pub mod identity;
 pub mod intercept;
+pub mod json;
 pub mod layout;
 pub mod log;
 pub mod real;
 pub mod repro;
+pub mod routes;
 pub mod runtime;
 pub mod stats;
 pub mod transfer;
