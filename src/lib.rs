@@ -9,6 +9,7 @@
 
 pub mod activation;
 pub mod config;
+pub mod config_stats;
 pub mod conv_config;
 pub mod cpu;
 pub mod crash;
@@ -23,6 +24,7 @@ pub mod json;
 pub mod layout;
 pub mod log;
 pub mod real;
+pub mod report;
 pub mod repro;
 pub mod routes;
 pub mod runtime;

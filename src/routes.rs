@@ -32,12 +32,12 @@ pub struct Routes {
 pub enum Rule {
     /// A line of the routes file.
     RoutesFile { line: usize },
-    /// The operation's switch (`RDNA1SHIM_CONV_*`); `listed` is false when a routes
-    /// file is in use and did not list the configuration.
+    /// The operation's switch (`RDNA1SHIM_CONV_*`); `unlisted` when a routes file is in
+    /// use and does not list the configuration.
     Switch {
         op: Op,
         target: Target,
-        listed: bool,
+        unlisted: bool,
     },
     /// `RDNA1SHIM_DISABLE=1`.
     Disabled,
@@ -49,9 +49,13 @@ impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Rule::RoutesFile { line } => write!(f, "routes file line {line}"),
-            Rule::Switch { op, target, listed } => {
+            Rule::Switch {
+                op,
+                target,
+                unlisted,
+            } => {
                 write!(f, "{}={target}", op.env_var())?;
-                if !listed {
+                if *unlisted {
                     f.write_str(", not in the routes file")?;
                 }
                 Ok(())

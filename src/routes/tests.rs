@@ -121,7 +121,7 @@ fn rules_say_where_a_call_went() {
     let s = Rule::Switch {
         op: Op::ConvBwdData,
         target: Target::Cpu,
-        listed: false,
+        unlisted: true,
     };
     assert_eq!(
         s.to_string(),
@@ -130,7 +130,7 @@ fn rules_say_where_a_call_went() {
     let s = Rule::Switch {
         op: Op::ConvFwd,
         target: Target::Gpu,
-        listed: true,
+        unlisted: false,
     };
     assert_eq!(s.to_string(), "RDNA1SHIM_CONV_FWD=gpu");
 }
