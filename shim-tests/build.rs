@@ -1,6 +1,6 @@
 //! Build script of shim-tests: owns compiling the C test doubles (fake
-//! libamdhip64.so, fake libMIOpen.so), the integration harness (executable and
-//! dlopen plugin), the reliability driver, the probes and the reference self-test into
+//! libamdhip64.so, fake libMIOpen.so), the integration harness and the training
+//! sequence (each as an executable and a dlopen plugin), the reliability driver, the probes and the reference self-test into
 //! `$OUT_DIR/bin`, and exporting that directory as `SHIM_TESTS_BIN`.
 //!
 //! Plain `gcc` (or `$CC`) via `std::process::Command`; every binary gets
@@ -146,6 +146,21 @@ fn main() {
                 output: "fusion_probe",
                 sources: &["fusion_probe.c", "naive_conv.c"],
                 extra: &["-lMIOpen", "-lamdhip64", "-lm"],
+            },
+            Unit {
+                output: "train_direct",
+                sources: &["train_seq.c"],
+                extra: &["-DTRAIN_MAIN", "-lMIOpen", "-lamdhip64"],
+            },
+            Unit {
+                output: "libtrainplugin.so",
+                sources: &["train_seq.c"],
+                extra: &[
+                    "-shared",
+                    "-Wl,-soname,libtrainplugin.so",
+                    "-lMIOpen",
+                    "-lamdhip64",
+                ],
             },
             Unit {
                 output: "reliability_driver",
