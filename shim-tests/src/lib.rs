@@ -2,11 +2,13 @@
 //! C test doubles built by `build.rs` (`bin_dir`), locating `librdna1shim.so`
 //! (`shim_so`), and running a double or the harness with or without
 //! `LD_PRELOAD` in a clean environment (`run`), plus parsing of the harness
-//! summary.
+//! summary, and running `scripts/probe.py` with the probe's child program
+//! (`run_probe`).
 //!
 //! The doubles (all in `bin_dir()`): `libamdhip64.so` (fake HIP),
 //! `libMIOpen.so` (fake MIOpen whose convolutions crash like RDNA1),
-//! `harness_direct`, `harness_dlopen` + `libconvplugin.so`, `doubles_probe`,
+//! `harness_direct`, `harness_dlopen` + `libconvplugin.so`, `train_direct` +
+//! `libtrainplugin.so` (a training run, see train_seq.c), `doubles_probe`,
 //! `naive_selftest`, `quiet_main`.
 
 use std::ffi::OsStr;
@@ -32,6 +34,59 @@ pub fn bin_dir() -> PathBuf {
 /// Path of one compiled double/program by name (e.g. `"harness_direct"`).
 pub fn bin(name: &str) -> PathBuf {
     bin_dir().join(name)
+}
+
+/// The repository's root (scripts/, target/ are below it).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("shim-tests lives in the repository")
+        .to_path_buf()
+}
+
+/// Path of the probe's child program `rdna1shim-probe`: next to the profile directory
+/// of the running test (`target/<profile>/`, which `cargo test --workspace` and
+/// `scripts/test.sh` build), or `SHIM_TESTS_PROBE`.
+pub fn probe_child() -> PathBuf {
+    if let Some(p) = std::env::var_os("SHIM_TESTS_PROBE") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().expect("executable has a directory");
+    let candidates = [
+        dir.join("rdna1shim-probe"),
+        dir.parent()
+            .map_or(dir.to_path_buf(), Path::to_path_buf)
+            .join("rdna1shim-probe"),
+    ];
+    candidates
+        .iter()
+        .find(|c| c.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "rdna1shim-probe not found at {:?}: build it with `cargo build --release --workspace` \
+                 (scripts/test.sh does), or point SHIM_TESTS_PROBE at it",
+                candidates
+            )
+        })
+}
+
+/// Runs `scripts/probe.py` with `args` and the probe child above, in a clean
+/// `RDNA1SHIM_*`/`FAKE_*`/`LD_PRELOAD` environment plus `envs`; output captured.
+pub fn run_probe(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> Output {
+    let mut cmd = Command::new("python3");
+    cmd.arg(repo_root().join("scripts").join("probe.py"));
+    cmd.args(args).arg("--child").arg(probe_child());
+    for (k, _) in std::env::vars_os() {
+        if is_scrubbed(&k) {
+            cmd.env_remove(&k);
+        }
+    }
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    run_command(cmd, false, timeout)
 }
 
 /// Candidate locations of `librdna1shim.so` for an executable living in `exe_dir`.
