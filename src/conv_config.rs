@@ -170,6 +170,29 @@ impl ConvConfig {
         (c, t(&self.x), t(&self.w), t(&self.y))
     }
 
+    /// Transpose mode's output padding: how much each spatial dim of `y` exceeds the
+    /// smallest output the input, kernel, stride, pad and dilation give (MIOpen has no
+    /// getter for it; a client sets it with `miopenSetTransposeConvNdOutputPadding`).
+    /// Zeros in convolution mode.
+    pub fn output_padding(&self) -> Vec<usize> {
+        (0..self.spatial_dims())
+            .map(|i| {
+                if !self.transposed {
+                    return 0;
+                }
+                let (x, y, k) = (
+                    self.x.dims[2 + i] as i64,
+                    self.y.dims[2 + i] as i64,
+                    self.w.dims[2 + i] as i64,
+                );
+                let min = (x - 1) * self.stride[i] as i64 - 2 * self.pad[i] as i64
+                    + self.dilation[i] as i64 * (k - 1)
+                    + 1;
+                (y - min).max(0) as usize
+            })
+            .collect()
+    }
+
     /// The problem the shim decodes from such a call.
     pub fn problem(&self) -> ShimResult<ConvProblem> {
         let (c, x, w, y) = self.descriptors();
@@ -437,6 +460,13 @@ mod tests {
         );
         assert_eq!(c.y.dims, vec![1, 2, 6, 6, 6]);
         assert_eq!(c.op(), Op::ConvFwd);
+        // y 6 = (3 - 1) * 2 - 2 + 3 + 1: one more than the smallest output, as
+        // MIOpenDriver's -% 1 -Y 1 -X 1 for this problem (repro.rs).
+        assert_eq!(c.output_padding(), vec![1, 1, 1]);
+        assert_eq!(
+            ConvConfig::of(&problems()[0], false).output_padding(),
+            vec![0, 0]
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod intercept;
 pub mod json;
 pub mod layout;
 pub mod log;
+pub mod probe;
 pub mod real;
 pub mod report;
 pub mod repro;

@@ -44,40 +44,13 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Path of the probe's child program `rdna1shim-probe`: next to the profile directory
-/// of the running test (`target/<profile>/`, which `cargo test --workspace` and
-/// `scripts/test.sh` build), or `SHIM_TESTS_PROBE`.
-pub fn probe_child() -> PathBuf {
-    if let Some(p) = std::env::var_os("SHIM_TESTS_PROBE") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().expect("executable has a directory");
-    let candidates = [
-        dir.join("rdna1shim-probe"),
-        dir.parent()
-            .map_or(dir.to_path_buf(), Path::to_path_buf)
-            .join("rdna1shim-probe"),
-    ];
-    candidates
-        .iter()
-        .find(|c| c.is_file())
-        .cloned()
-        .unwrap_or_else(|| {
-            panic!(
-                "rdna1shim-probe not found at {:?}: build it with `cargo build --release --workspace` \
-                 (scripts/test.sh does), or point SHIM_TESTS_PROBE at it",
-                candidates
-            )
-        })
-}
-
-/// Runs `scripts/probe.py` with `args` and the probe child above, in a clean
+/// Runs `scripts/probe.py` with `args` and the probe's child program `child` (the
+/// tests pass their `probe_child` binary, built from the current sources), in a clean
 /// `RDNA1SHIM_*`/`FAKE_*`/`LD_PRELOAD` environment plus `envs`; output captured.
-pub fn run_probe(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> Output {
+pub fn run_probe(child: &Path, args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> Output {
     let mut cmd = Command::new("python3");
     cmd.arg(repo_root().join("scripts").join("probe.py"));
-    cmd.args(args).arg("--child").arg(probe_child());
+    cmd.args(args).arg("--child").arg(child);
     for (k, _) in std::env::vars_os() {
         if is_scrubbed(&k) {
             cmd.env_remove(&k);

@@ -225,7 +225,12 @@ fn record_probe_rerun(loading: Loading) {
         "--table",
         p(&table),
     ];
-    let out = run_probe(&args, &[("FAKE_MIOPEN_FAULTS", FAULTS)], LIMIT);
+    let out = run_probe(
+        Path::new(env!("CARGO_BIN_EXE_probe_child")),
+        &args,
+        &[("FAKE_MIOPEN_FAULTS", FAULTS)],
+        LIMIT,
+    );
     assert!(out.status.success(), "the probe failed\n{}", describe(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     println!("{text}");
@@ -685,7 +690,12 @@ fn probe_rebuilds_every_harness_configuration() {
             "--miopen",
             p(&miopen),
         ];
-        let out = run_probe(&args, envs, LIMIT * 2);
+        let out = run_probe(
+            Path::new(env!("CARGO_BIN_EXE_probe_child")),
+            &args,
+            envs,
+            LIMIT * 2,
+        );
         assert!(out.status.success(), "{}", describe(&out));
         json_lines(&routes)
     };

@@ -7,10 +7,10 @@ use std::ffi::{c_void, CStr, CString};
 use std::io::Write;
 use std::os::raw::{c_char, c_int};
 
-use rdna1shim::conv_config::{ConvConfig, Tensor};
-use rdna1shim::describe::Direction;
-use rdna1shim::ffi::miopen::*;
-use rdna1shim::layout::DType;
+use crate::conv_config::{ConvConfig, Tensor};
+use crate::describe::Direction;
+use crate::ffi::miopen::*;
+use crate::layout::DType;
 
 type H = miopenHandle_t;
 type T = miopenTensorDescriptor_t;
@@ -340,20 +340,7 @@ impl<'a> Problem<'a> {
                 set_groups(conv, c.groups as c_int)
             )?;
             if c.transposed {
-                // Output padding: how much the transposed output exceeds the smallest one.
-                let adj: Vec<c_int> = (0..sd)
-                    .map(|i| {
-                        let (xi, yi, k) = (
-                            c.x.dims[2 + i] as i64,
-                            c.y.dims[2 + i] as i64,
-                            c.w.dims[2 + i] as i64,
-                        );
-                        let min = (xi - 1) * c.stride[i] as i64 - 2 * c.pad[i] as i64
-                            + c.dilation[i] as i64 * (k - 1)
-                            + 1;
-                        (yi - min).max(0) as c_int
-                    })
-                    .collect();
+                let adj: Vec<c_int> = c.output_padding().iter().map(|&a| a as c_int).collect();
                 if adj.iter().any(|&a| a > 0) {
                     let set_adj: unsafe extern "C" fn(C, c_int, *const c_int) -> S =
                         lib.get("miopenSetTransposeConvNdOutputPadding")?;

@@ -1,7 +1,8 @@
-//! rdna1shim-probe: runs ONE recorded convolution configuration on the GPU with a given
-//! libMIOpen and compares the result with the shim's CPU engine. `scripts/probe.py`
-//! starts one of these per configuration, so a memory fault, an abort or a hang ends
-//! only this process; never run it inside a training process.
+//! The probe's child program (`rdna1shim-probe`, a thin `main` around [`main`]): runs
+//! ONE recorded convolution configuration on the GPU with a given libMIOpen and compares
+//! the result with the shim's CPU engine. `scripts/probe.py` starts one child per
+//! configuration, so a memory fault, an abort or a hang ends only that process; never
+//! call this inside a training process.
 //!
 //! ```text
 //! rdna1shim-probe --miopen LIB [--hip LIB] --config JSON [--entry find|immediate]...
@@ -29,10 +30,10 @@ mod gpu;
 use std::io::Write;
 use std::time::Instant;
 
-use rdna1shim::conv_config::ConvConfig;
-use rdna1shim::describe::{ConvProblem, Pass, TensorDesc};
-use rdna1shim::json;
-use rdna1shim::layout::{self, Layout5};
+use crate::conv_config::ConvConfig;
+use crate::describe::{ConvProblem, Pass, TensorDesc};
+use crate::json;
+use crate::layout::{self, Layout5};
 
 struct Args {
     miopen: String,
@@ -125,9 +126,9 @@ fn random_values(n: usize, seed: &mut u64) -> Vec<f32> {
 fn host_images(c: &ConvConfig, seed: &mut u64) -> [Vec<u8>; 3] {
     let (_, x, w, y) = c.descriptors();
     let out = match c.direction {
-        rdna1shim::describe::Direction::Forward => 2,
-        rdna1shim::describe::Direction::BackwardData => 0,
-        rdna1shim::describe::Direction::BackwardWeights => 1,
+        crate::describe::Direction::Forward => 2,
+        crate::describe::Direction::BackwardData => 0,
+        crate::describe::Direction::BackwardWeights => 1,
     };
     let mut images: Vec<Vec<u8>> = Vec::new();
     for (i, t) in [x, w, y].iter().enumerate() {
@@ -154,7 +155,7 @@ fn reference(p: &ConvProblem, images: &[Vec<u8>; 3]) -> Vec<u8> {
         Pass::BackwardWeights => (rx, ry, w),
     };
     let mut result = out.clone();
-    rdna1shim::execute::compute_on_host(p, a, b, &mut result, 1.0, 0.0, &|_| {});
+    crate::execute::compute_on_host(p, a, b, &mut result, 1.0, 0.0, &|_| {});
     result
 }
 
@@ -193,9 +194,9 @@ fn run(a: &Args) -> Result<(), (i32, String)> {
     let out_desc: TensorDesc = {
         let (_, x, w, y) = c.descriptors();
         match c.direction {
-            rdna1shim::describe::Direction::Forward => y,
-            rdna1shim::describe::Direction::BackwardData => x,
-            rdna1shim::describe::Direction::BackwardWeights => w,
+            crate::describe::Direction::Forward => y,
+            crate::describe::Direction::BackwardData => x,
+            crate::describe::Direction::BackwardWeights => w,
         }
     };
     let out_layout = out_desc.layout5();
@@ -236,8 +237,10 @@ fn run(a: &Args) -> Result<(), (i32, String)> {
     Ok(())
 }
 
-fn main() {
-    let code = match parse_args(std::env::args().skip(1)) {
+/// Runs the child with its arguments (without the program name); returns its exit
+/// status.
+pub fn main(args: impl Iterator<Item = String>) -> i32 {
+    match parse_args(args) {
         Err(e) => {
             error(&e);
             eprintln!("rdna1shim-probe: {e}");
@@ -251,16 +254,15 @@ fn main() {
                 code
             }
         },
-    };
-    std::process::exit(code);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rdna1shim::describe::{conv_problem, ConvDesc, Direction};
-    use rdna1shim::ffi::miopen::{miopenConvolution, miopenTranspose};
-    use rdna1shim::layout::DType;
+    use crate::describe::{conv_problem, ConvDesc, Direction};
+    use crate::ffi::miopen::{miopenConvolution, miopenTranspose};
+    use crate::layout::DType;
 
     fn args(v: &[&str]) -> Result<Args, String> {
         parse_args(v.iter().map(|s| s.to_string()))
