@@ -61,7 +61,7 @@ def read_records(paths):
                 continue
             try:
                 obj = json.loads(line)
-                key = json.dumps({k: obj[k] for k in KEY}, sort_keys=True)
+                key = key_of(obj)
             except (ValueError, KeyError, TypeError) as e:
                 print(f"probe: {path} line {n} is not a configuration ({e}); skipped", file=sys.stderr)
                 continue
@@ -214,17 +214,37 @@ def probe_one(config, child, miopen, hip, timeout, env):
     return dict(result, verdict="wrong", max_err=err_v, detail=f"{detail} via {worst.get('entry')}")
 
 
-def write_routes(path, configs, results):
+def key_of(obj):
+    return json.dumps({k: obj[k] for k in KEY}, sort_keys=True)
+
+
+def write_routes(path, configs, results, keep_others):
+    """Writes the routes file; with keep_others, the lines of an existing file whose
+    configurations were not probed now are kept (re-probing a few with --only)."""
+    lines = []
+    for c, r in zip(configs, results):
+        obj = dict(c)
+        obj["route"] = "gpu" if r["verdict"] == "works" else "cpu"
+        obj["verdict"] = r["verdict"]
+        obj["probe"] = r["detail"]
+        obj["probe_gpu_s"] = round(r["gpu_s"], 3)
+        if "max_err" in r:
+            obj["max_err"] = r["max_err"]
+        lines.append(obj)
+    if keep_others and os.path.exists(path):
+        probed = {key_of(o) for o in lines}
+        kept = []
+        for line in open(path, encoding="utf-8"):
+            try:
+                old = json.loads(line)
+                if key_of(old) not in probed:
+                    kept.append(old)
+            except (ValueError, KeyError, TypeError):
+                pass
+        lines = kept + lines
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
-        for c, r in zip(configs, results):
-            obj = dict(c)
-            obj["route"] = "gpu" if r["verdict"] == "works" else "cpu"
-            obj["verdict"] = r["verdict"]
-            obj["probe"] = r["detail"]
-            obj["probe_gpu_s"] = round(r["gpu_s"], 3)
-            if "max_err" in r:
-                obj["max_err"] = r["max_err"]
+        for obj in lines:
             f.write(json.dumps(obj) + "\n")
     os.replace(tmp, path)
 
@@ -250,7 +270,8 @@ def main():
     ap.add_argument("--hip", help="HIP runtime (default: the one that libMIOpen links)")
     ap.add_argument("--child", help="rdna1shim-probe executable (default: target/release/ or PATH)")
     ap.add_argument("--python", default=sys.executable, help="the Python whose PyTorch to follow")
-    ap.add_argument("--only", help="comma-separated configuration ids to probe (others keep route cpu)")
+    ap.add_argument("--only", help="comma-separated configuration ids to probe; the other lines of an "
+                                   "existing --out file are kept")
     ap.add_argument("--table", help="also write the verdict table to this file")
     a = ap.parse_args()
 
@@ -278,7 +299,7 @@ def main():
         results.append(r)
         print(f"probe: [{i}/{len(configs)}] {c.get('id', '?')} {c.get('op', '?')}: {r['verdict']} ({r['detail']})",
               flush=True)
-    write_routes(a.out, configs, results)
+    write_routes(a.out, configs, results, keep_others=bool(a.only))
     text = table(configs, results)
     print(text)
     if a.table:

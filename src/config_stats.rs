@@ -279,7 +279,7 @@ impl ConfigTable {
 /// `entries` ordered by total time, longest first (first-seen order among equals).
 pub fn by_total_time(entries: &[ConfigEntry]) -> Vec<&ConfigEntry> {
     let mut v: Vec<&ConfigEntry> = entries.iter().collect();
-    v.sort_by(|a, b| b.total().cmp(&a.total()));
+    v.sort_by_key(|e| std::cmp::Reverse(e.total()));
     v
 }
 

@@ -325,6 +325,41 @@ fn record_probe_rerun(loading: Loading) {
         );
     }
     assert_same_training(&cpu_out, &routed_out);
+
+    // 4. Probing one configuration again (say, after a driver update fixed the hang)
+    //    updates its line and keeps the others.
+    let hung = probed.iter().find(|v| v["verdict"] == "hangs").unwrap();
+    let id = hung["id"].as_str().unwrap();
+    let args = [
+        "--record",
+        p(&rec),
+        "--out",
+        p(&routes),
+        "--miopen",
+        p(&miopen),
+        "--only",
+        id,
+    ];
+    let out = run_probe(
+        Path::new(env!("CARGO_BIN_EXE_probe_child")),
+        &args,
+        &[("FAKE_MIOPEN_FAULTS", "")],
+        LIMIT,
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let again = json_lines(&routes);
+    assert_eq!(again.len(), probed.len());
+    for v in &again {
+        let before = probed.iter().find(|b| b["id"] == v["id"]).unwrap();
+        if v["id"] == id {
+            assert_eq!(
+                (v["verdict"].as_str(), v["route"].as_str()),
+                (Some("works"), Some("gpu"))
+            );
+        } else {
+            assert_eq!(v, before);
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
