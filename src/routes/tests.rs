@@ -159,12 +159,8 @@ fn damaged_files_never_panic_20000_cases() {
             let at = (next() % (b.len() as u64 + 1)) as usize;
             match next() % 5 {
                 0 if at < b.len() => b[at] = next() as u8, // any byte, UTF-8 or not
-                1 if at < b.len() => {
-                    // a digit changed: another size, maybe still valid
-                    if b[at].is_ascii_digit() {
-                        b[at] = b'0' + (next() % 10) as u8;
-                    }
-                }
+                // a digit changed: another size, maybe still valid
+                1 if at < b.len() && b[at].is_ascii_digit() => b[at] = b'0' + (next() % 10) as u8,
                 2 => b.truncate(at),
                 3 => b.insert(at, b"{}[],:\"\n-0e"[(next() % 11) as usize]),
                 _ if at < b.len() => {
