@@ -6,6 +6,10 @@
 //! engine) -> `transfer` (staging, stream-ordered copies) -> `real` (resolved functions)
 //! -> `ffi` (C types); `cpu` is the engine and depends on nothing else of the crate;
 //! `layout` converts strided fp16/bf16/fp32 tensors to the engine's packed f32.
+//! `intercept` routes each convolution by its configuration (`conv_config`): the routes
+//! file (`routes`) or the operation's switch; `config_stats` counts per configuration and
+//! `report` writes the record, the JSON summary and the top configurations at exit.
+//! `probe` is the probe's child program (`rdna1shim-probe`), not part of the shim's calls.
 
 pub mod activation;
 pub mod config;
