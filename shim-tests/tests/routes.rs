@@ -753,3 +753,51 @@ fn probe_rebuilds_every_harness_configuration() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Without `--miopen`, the probe asks the Python it is given where PyTorch keeps its
+/// libraries (here a stand-in that answers with the doubles' folder) and probes that
+/// libMIOpen; with no PyTorch and no ROCm it stops with a sentence saying what to pass.
+#[test]
+fn probe_defaults_to_the_libmiopen_next_to_pytorch() {
+    let dir = scratch("default-lib");
+    let rec = record(&dir);
+    let id = rec[0]["id"].as_str().unwrap();
+    let python = dir.join("python");
+    let lib_dir = bin("libMIOpen.so").parent().unwrap().to_path_buf();
+    std::fs::write(&python, format!("#!/bin/sh\necho {}\n", lib_dir.display())).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let routes = dir.join("routes.jsonl");
+    let rec_path = dir.join("rec.jsonl");
+    let args = [
+        "--record",
+        p(&rec_path),
+        "--out",
+        p(&routes),
+        "--only",
+        id,
+        "--python",
+        p(&python),
+    ];
+    let child = Path::new(env!("CARGO_BIN_EXE_probe_child"));
+    let out = run_probe(child, &args, &[("FAKE_MIOPEN_FAULTS", "")], LIMIT);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let miopen = lib_dir.join("libMIOpen.so");
+    assert!(
+        stdout.contains(&format!("MIOpen {}", miopen.display())),
+        "{stdout}"
+    );
+    assert_eq!(json_lines(&routes)[0]["verdict"], "works");
+    if !Path::new("/opt/rocm").exists() {
+        std::fs::write(&python, "#!/bin/sh\nexit 1\n").unwrap();
+        let out = run_probe(child, &args, &[], LIMIT);
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        assert!(
+            stderr(&out).contains("pass --miopen PATH"),
+            "{}",
+            describe(&out)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
