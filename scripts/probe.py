@@ -33,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -149,21 +150,28 @@ def run_child(cmd, env, timeout, reference_limit):
                threading.Thread(target=pump, args=(proc.stderr, err, False), daemon=True)]
     for r in readers:
         r.start()
+    def kill():
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
     start, killed = time.monotonic(), None
-    while proc.poll() is None:
-        now = time.monotonic()
-        if gpu_start and now - gpu_start[0] > timeout:
-            killed = "hang"
-        elif not gpu_start and now - start > reference_limit:
-            killed = "reference"
-        if killed:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-            break
-        time.sleep(0.02)
+    try:
+        while proc.poll() is None:
+            now = time.monotonic()
+            if gpu_start and now - gpu_start[0] > timeout:
+                killed = "hang"
+            elif not gpu_start and now - start > reference_limit:
+                killed = "reference"
+            if killed:
+                kill()
+                break
+            time.sleep(0.02)
+    except BaseException:  # Ctrl-C: the child is in its own session and would live on
+        kill()
+        raise
     for r in readers:
         r.join(timeout=5)
     gpu_s = (time.monotonic() - gpu_start[0]) if gpu_start else 0.0
@@ -178,7 +186,7 @@ def last_message(err):
 def probe_one(config, child, miopen, hip, timeout, env):
     line = json.dumps({k: config[k] for k in KEY})
     seq, compile_ = entries_of(config)
-    cmd = [child, "--miopen", miopen, "--config", line, "--seed", str(int(config.get("id", "1"), 16) or 1)]
+    cmd = [child, "--miopen", miopen, "--config", line, "--seed", str(zlib.crc32(line.encode()) or 1)]
     if hip:
         cmd += ["--hip", hip]
     for e in seq:
@@ -294,11 +302,17 @@ def main():
           f"HIP {hip or '(the one MIOpen links)'}, timeout {a.timeout:g} s. A GPU memory fault can reset "
           f"the GPU: nothing else should use it now.", flush=True)
     results = []
-    for i, c in enumerate(configs, 1):
-        r = probe_one(c, child, miopen, hip, a.timeout, env)
-        results.append(r)
-        print(f"probe: [{i}/{len(configs)}] {c.get('id', '?')} {c.get('op', '?')}: {r['verdict']} ({r['detail']})",
-              flush=True)
+    try:
+        for i, c in enumerate(configs, 1):
+            r = probe_one(c, child, miopen, hip, a.timeout, env)
+            results.append(r)
+            print(f"probe: [{i}/{len(configs)}] {c.get('id', '?')} {c.get('op', '?')}: {r['verdict']} "
+                  f"({r['detail']})", flush=True)
+    except KeyboardInterrupt:
+        write_routes(a.out, configs[:len(results)], results, keep_others=True)
+        print(f"probe: interrupted; routes of the {len(results)} configurations probed so far written to "
+              f"{a.out} (the others follow the per-operation switches)", file=sys.stderr)
+        sys.exit(130)
     write_routes(a.out, configs, results, keep_others=bool(a.only))
     text = table(configs, results)
     print(text)
