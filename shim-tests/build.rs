@@ -1,8 +1,8 @@
 //! Build script of shim-tests: owns compiling the C test doubles (fake
 //! libamdhip64.so, fake libMIOpen.so), the integration harness (executable and
-//! dlopen plugin, linked lazily and with `-z now`), the reliability driver, the probes
-//! and the reference self-test into `$OUT_DIR/bin`, and exporting that directory as
-//! `SHIM_TESTS_BIN`.
+//! dlopen plugin, linked lazily and with `-z now`), the training sequence (executable
+//! and plugin), the reliability driver, the probes and the reference self-test into
+//! `$OUT_DIR/bin`, and exporting that directory as `SHIM_TESTS_BIN`.
 //!
 //! Two programs are built against HIP's real header (`/usr/include/hip`, Debian's
 //! `libamdhip64-dev` 5.x) when it is installed: `hip_abi_check` and the MIOpen sample
@@ -167,6 +167,21 @@ fn main() {
                 output: "fusion_probe",
                 sources: &["fusion_probe.c", "naive_conv.c"],
                 extra: &["-lMIOpen", "-lamdhip64", "-lm"],
+            },
+            Unit {
+                output: "train_direct",
+                sources: &["train_seq.c"],
+                extra: &["-DTRAIN_MAIN", "-lMIOpen", "-lamdhip64"],
+            },
+            Unit {
+                output: "libtrainplugin.so",
+                sources: &["train_seq.c"],
+                extra: &[
+                    "-shared",
+                    "-Wl,-soname,libtrainplugin.so",
+                    "-lMIOpen",
+                    "-lamdhip64",
+                ],
             },
             Unit {
                 output: "reliability_driver",

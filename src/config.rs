@@ -122,6 +122,12 @@ pub struct Config {
     pub log_file: Option<String>,
     pub miopen_lib: Option<String>,
     pub hip_lib: Option<String>,
+    /// `RDNA1SHIM_ROUTES`: per-configuration routes (docs/routes.md).
+    pub routes_file: Option<String>,
+    /// `RDNA1SHIM_RECORD`: where the configurations seen are written at exit.
+    pub record_file: Option<String>,
+    /// `RDNA1SHIM_SUMMARY_JSON`: where the exit summary is written as JSON.
+    pub summary_json: Option<String>,
     /// Problems found while reading the variables, logged once logging is up.
     pub warnings: Vec<String>,
 }
@@ -246,6 +252,9 @@ impl Config {
             log_file: nonempty("RDNA1SHIM_LOG_FILE"),
             miopen_lib: nonempty("RDNA1SHIM_MIOPEN_LIB"),
             hip_lib: nonempty("RDNA1SHIM_HIP_LIB"),
+            routes_file: nonempty("RDNA1SHIM_ROUTES"),
+            record_file: nonempty("RDNA1SHIM_RECORD"),
+            summary_json: nonempty("RDNA1SHIM_SUMMARY_JSON"),
             warnings,
         }
     }
@@ -358,6 +367,7 @@ mod tests {
         assert_eq!(c.unsupported, Unsupported::Error);
         assert!(c.threads >= 1);
         assert_eq!(c.log_filter, "info");
+        assert!(c.routes_file.is_none() && c.record_file.is_none() && c.summary_json.is_none());
         assert!(c.warnings.is_empty());
     }
 
@@ -370,6 +380,14 @@ mod tests {
         assert_eq!(c.target(Op::ConvBwdData), Target::Gpu);
         assert_eq!(c.target(Op::ConvFwd), Target::Cpu);
         assert_eq!(c.threads, 3);
+        let files = cfg(&[
+            ("RDNA1SHIM_ROUTES", "r.jsonl"),
+            ("RDNA1SHIM_RECORD", "rec.jsonl"),
+            ("RDNA1SHIM_SUMMARY_JSON", " "),
+        ]);
+        assert_eq!(files.routes_file.as_deref(), Some("r.jsonl"));
+        assert_eq!(files.record_file.as_deref(), Some("rec.jsonl"));
+        assert_eq!(files.summary_json, None, "blank means unset");
         let off = cfg(&[("RDNA1SHIM_DISABLE", "1")]);
         assert!(Op::ALL.iter().all(|o| off.target(*o) == Target::Gpu));
     }

@@ -249,6 +249,22 @@ pub fn read_conv(g: &Getters, desc: miopenConvolutionDescriptor_t) -> ShimResult
     })
 }
 
+/// The descriptor's deterministic attribute (`MIOPEN_CONVOLUTION_ATTRIB_DETERMINISTIC`);
+/// false when MIOpen has no attribute getter or cannot say. It is part of a
+/// configuration's identity (MIOpen picks other kernels for deterministic descriptors).
+pub fn read_deterministic(g: &Getters, desc: miopenConvolutionDescriptor_t) -> bool {
+    let Some(get) = g.miopenGetConvolutionAttribute else {
+        return false;
+    };
+    if desc.is_null() {
+        return false;
+    }
+    let mut v: c_int = 0;
+    // SAFETY: desc is non-null; out-pointer to a local.
+    let s = unsafe { get(desc, MIOPEN_CONVOLUTION_ATTRIB_DETERMINISTIC, &mut v) };
+    s == miopenStatusSuccess && v == 1
+}
+
 /// Largest tensor span the shim accepts, in bytes (far beyond any GPU's memory).
 pub const MAX_TENSOR_BYTES: usize = 1 << 47;
 

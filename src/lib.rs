@@ -7,10 +7,16 @@
 //! `transfer` (staging, stream-ordered copies, events) -> `real` (resolved functions) ->
 //! `ffi` (C types); `cpu` is the engine and depends on nothing else of the crate;
 //! `layout` describes strided fp16/bf16/fp32 tensors.
+//! `intercept` routes each convolution by its configuration (`conv_config`): the routes
+//! file (`routes`) or the operation's switch; `config_stats` counts per configuration and
+//! `report` writes the record, the JSON summary and the top configurations at exit.
+//! `probe` is the probe's child program (`rdna1shim-probe`), not part of the shim's calls.
 
 pub mod activation;
 pub mod chunking;
 pub mod config;
+pub mod config_stats;
+pub mod conv_config;
 pub mod convert;
 pub mod cpu;
 pub mod crash;
@@ -22,11 +28,15 @@ pub mod ffi;
 pub mod host_mem;
 pub mod identity;
 pub mod intercept;
+pub mod json;
 pub mod layout;
 pub mod log;
+pub mod probe;
 pub mod profile;
 pub mod real;
+pub mod report;
 pub mod repro;
+pub mod routes;
 pub mod runtime;
 pub mod stats;
 pub mod transfer;

@@ -12,9 +12,17 @@ use crate::error::{ShimError, ShimResult};
 use crate::real::hip::Hip;
 use crate::real::loader::Library;
 use crate::real::miopen::{Forwarded, Getters};
+use crate::report::RoutesStatus;
+use crate::routes::Routes;
 
 pub struct Runtime {
     pub config: Config,
+    /// The routes file in use (`RDNA1SHIM_ROUTES`), if it was valid.
+    pub routes: Option<Routes>,
+    /// What became of the routes file, for the summary.
+    pub routes_status: RoutesStatus,
+    /// The process that built the runtime (a forked child inherits it).
+    pub pid: u32,
     getters: Result<Getters, String>,
     pub forwarded: Forwarded,
     miopen: Library,
@@ -53,10 +61,14 @@ impl Runtime {
         if let Err(e) = &getters {
             tracing::error!("cannot read MIOpen descriptors: {e}; intercepted calls will fail");
         }
+        let (routes, routes_status) = load_routes(&config);
         // SAFETY: registering a plain extern "C" function.
         unsafe { libc::atexit(print_summary) };
         crate::crash::install(config.log_file.as_deref());
         Runtime {
+            routes,
+            routes_status,
+            pid: std::process::id(),
             hip_lib_override: config.hip_lib.clone(),
             config,
             getters,
@@ -126,14 +138,81 @@ impl Runtime {
     }
 }
 
+/// Reads `RDNA1SHIM_ROUTES`; a file that cannot be used is one error line, and every
+/// call then follows the per-operation switches.
+fn load_routes(config: &Config) -> (Option<Routes>, RoutesStatus) {
+    let Some(path) = config.routes_file.as_deref() else {
+        return (None, RoutesStatus::default());
+    };
+    let mut status = RoutesStatus {
+        file: Some(path.to_string()),
+        ..Default::default()
+    };
+    match Routes::load(path) {
+        Ok(r) => {
+            let (cpu, gpu) = r.counts();
+            tracing::info!(
+                "routes: {} convolution configurations from {path} ({gpu} to the GPU, {cpu} to the CPU); \
+                 configurations not in the file follow the per-operation switches",
+                r.len()
+            );
+            status.counts = Some((cpu, gpu));
+            (Some(r), status)
+        }
+        Err(e) => {
+            tracing::error!(
+                "RDNA1SHIM_ROUTES={path:?} is not used: {e}. Every convolution follows the \
+                 per-operation switches ({}); fix the file or make a new one with scripts/probe.py",
+                config.summary()
+            );
+            status.error = Some(e);
+            (None, status)
+        }
+    }
+}
+
+/// Writes the record and the JSON summary if asked for; returns the summary's lines on
+/// configurations and a line per file written (or not).
+fn exit_reports(rt: &Runtime) -> (Vec<String>, Vec<String>) {
+    use crate::report;
+    let Some((entries, dropped)) = crate::config_stats::CONFIGS.snapshot() else {
+        return (
+            Vec::new(),
+            vec!["per-configuration statistics are busy at exit; no record or JSON summary".into()],
+        );
+    };
+    let mut files = Vec::new();
+    let mut write = |what: &str, template: &Option<String>, contents: &dyn Fn() -> String| {
+        if let Some(t) = template.as_deref().filter(|t| report::owns(t, rt.pid)) {
+            files.push(match report::write_file(t, &contents()) {
+                Ok(path) => format!("{what} written to {path}"),
+                Err(e) => format!("{what} not written: {e}"),
+            });
+        }
+    };
+    write(
+        &format!("record of {} convolution configurations", entries.len()),
+        &rt.config.record_file,
+        &|| report::record_text(&entries),
+    );
+    write("JSON summary", &rt.config.summary_json, &|| {
+        report::summary_json(&entries, dropped, &rt.routes_status)
+    });
+    let lines = report::config_lines(&entries, dropped, rt.routes.is_some());
+    (lines, files)
+}
+
 extern "C" fn print_summary() {
     let _ = std::panic::catch_unwind(|| {
+        let (config_lines, files) = RUNTIME.get().map(exit_reports).unwrap_or_default();
         let lines = crate::stats::STATS.summary_lines();
         if lines.is_empty() {
+            crate::log::write_at_exit(&files);
             return;
         }
         let mut out = vec![format!("summary at exit (pid {}):", std::process::id())];
         out.extend(lines.into_iter().map(|l| format!("  {l}")));
+        out.extend(config_lines);
         let configs = crate::stats::STATS.config_lines();
         if !configs.is_empty() {
             out.push(format!(
@@ -142,6 +221,7 @@ extern "C" fn print_summary() {
             ));
             out.extend(configs.into_iter().map(|l| format!("  {l}")));
         }
+        out.extend(files);
         crate::log::write_at_exit(&out);
     });
 }

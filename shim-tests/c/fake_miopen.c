@@ -39,6 +39,23 @@
  *   bn_factor_flip batch norm: running statistics with factor 1 - f
  *   bn_saved_var   batch norm: save the variance, not 1 / sqrt(var + eps)
  * (nosync and clobber_gaps apply to batch norm too.)
+ *
+ * FAKE_MIOPEN_FAULTS=<rule>[;<rule>...] makes chosen convolution configurations
+ * fail the ways a real GPU can, while every other convolution computes the
+ * naive reference (as with FAKE_MIOPEN_HEALTHY=1). A rule is
+ *   <condition>[,<condition>...]:<action>
+ * a condition <key>=<value> with keys dir (fwd|bwd_data|bwd_weights), dtype
+ * (fp32|fp16|bf16), mode (conv|trans), n, c (channels of x or dx), k
+ * (channels of y or dy), g (group count), sd (spatial dims), ker (last kernel
+ * dim), stride (last stride); the first rule whose conditions all hold decides:
+ *   crash  the RDNA1 memory fault above (abort)
+ *   wrong  compute, then zero the second half of the output's bytes
+ *   hang   never return (the process must be killed)
+ *   error  return miopenStatusUnknownError
+ *   ok     compute the reference
+ * Faults apply to the kernel-running convolution calls (Find, the classic
+ * calls, Immediate) and CompileSolution (crash, hang and error only). A
+ * malformed map prints why and exits with status 97.
  */
 #define _GNU_SOURCE
 #include "miopen_api.h"
@@ -50,6 +67,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #define FAKE_WORKSPACE_BYTES ((size_t)1 << 20)
 #define MAX_DIMS 8
@@ -780,6 +798,130 @@ static void gpu_fault(const char* fn, const void* handle, const void* address)
     abort();
 }
 
+/* ---- selective faults (FAKE_MIOPEN_FAULTS) ---- */
+
+enum { FAULT_UNSET, FAULT_OK, FAULT_CRASH, FAULT_WRONG, FAULT_HANG, FAULT_ERROR };
+
+static void fault_map_error(const char* why, const char* rule)
+{
+    fprintf(stderr, "fake MIOpen: FAKE_MIOPEN_FAULTS: %s in rule \"%s\"\n", why, rule);
+    fflush(stderr);
+    _exit(97);
+}
+
+static const char* dtype_word(miopenDataType_t t)
+{
+    return t == miopenFloat ? "fp32" : t == miopenHalf ? "fp16" : t == miopenBFloat16 ? "bf16" : "?";
+}
+
+/* Whether one key=value condition holds for the call. */
+static int condition_holds(const char* rule, const char* key, const char* val, int dir,
+                           miopenConvolutionDescriptor_t cd, miopenTensorDescriptor_t x,
+                           miopenTensorDescriptor_t w, miopenTensorDescriptor_t y)
+{
+    static const char* const dirs[] = {"fwd", "bwd_data", "bwd_weights"};
+    if (strcmp(key, "dir") == 0)
+        return strcmp(val, dirs[dir]) == 0;
+    if (strcmp(key, "dtype") == 0)
+        return strcmp(val, dtype_word(x->type)) == 0;
+    if (strcmp(key, "mode") == 0)
+        return strcmp(val, cd->mode == miopenTranspose ? "trans" : "conv") == 0;
+    char* end;
+    long v = strtol(val, &end, 10);
+    if (!*val || *end)
+        fault_map_error("a number is expected after this key", rule);
+    const int sp = cd->spatial;
+    if (strcmp(key, "n") == 0)
+        return x->lens[0] == v;
+    if (strcmp(key, "c") == 0)
+        return x->lens[1] == v;
+    if (strcmp(key, "k") == 0)
+        return y->lens[1] == v;
+    if (strcmp(key, "g") == 0)
+        return cd->groups == v;
+    if (strcmp(key, "sd") == 0)
+        return sp == v;
+    if (strcmp(key, "ker") == 0)
+        return w->nd == sp + 2 && w->lens[sp + 1] == v;
+    if (strcmp(key, "stride") == 0)
+        return cd->stride[sp - 1] == v;
+    fault_map_error("unknown key", rule);
+    return 0;
+}
+
+/* The fault FAKE_MIOPEN_FAULTS assigns to a convolution call whose descriptors
+ * are (a, b, out) in MIOpen's argument order for direction dir. */
+static int fault_for(int dir, miopenConvolutionDescriptor_t cd, miopenTensorDescriptor_t a,
+                     miopenTensorDescriptor_t b, miopenTensorDescriptor_t out)
+{
+    const char* map = getenv("FAKE_MIOPEN_FAULTS");
+    if (!map)
+        return FAULT_UNSET;
+    /* the call's x|dx, w|dw and y|dy */
+    miopenTensorDescriptor_t x = dir == NC_FWD ? a : dir == NC_BWD_DATA ? out : b;
+    miopenTensorDescriptor_t w = dir == NC_BWD_WEIGHTS ? out : b;
+    miopenTensorDescriptor_t y = dir == NC_FWD ? out : a;
+    char buf[2048];
+    if (strlen(map) >= sizeof buf)
+        fault_map_error("the map is too long", map);
+    strcpy(buf, map);
+    char* save_rule;
+    for (char* rule = strtok_r(buf, ";", &save_rule); rule; rule = strtok_r(NULL, ";", &save_rule)) {
+        char whole[512];
+        snprintf(whole, sizeof whole, "%s", rule);
+        char* colon = strrchr(rule, ':');
+        if (!colon)
+            fault_map_error("no ':<action>'", whole);
+        *colon = 0;
+        const char* action = colon + 1;
+        int act = strcmp(action, "crash") == 0   ? FAULT_CRASH
+                  : strcmp(action, "wrong") == 0 ? FAULT_WRONG
+                  : strcmp(action, "hang") == 0  ? FAULT_HANG
+                  : strcmp(action, "error") == 0 ? FAULT_ERROR
+                  : strcmp(action, "ok") == 0    ? FAULT_OK
+                                                 : -1;
+        if (act < 0)
+            fault_map_error("unknown action (crash, wrong, hang, error or ok)", whole);
+        int all = 1;
+        char* save_cond;
+        for (char* cond = strtok_r(rule, ",", &save_cond); cond;
+             cond = strtok_r(NULL, ",", &save_cond)) {
+            char* eq = strchr(cond, '=');
+            if (!eq)
+                fault_map_error("a condition is not key=value", whole);
+            *eq = 0;
+            if (!condition_holds(whole, cond, eq + 1, dir, cd, x, w, y))
+                all = 0; /* keep checking the rest for syntax */
+        }
+        if (all)
+            return act;
+    }
+    return FAULT_OK;
+}
+
+static void hang_forever(const char* fn)
+{
+    fprintf(stderr, "fake MIOpen: %s: the kernel never finishes (FAKE_MIOPEN_FAULTS)\n", fn);
+    fflush(stderr);
+    for (;;)
+        pause();
+}
+
+/* Acts on a fault before a kernel runs; returns a status to return instead of
+ * running, or miopenStatusSuccess to go on. */
+static miopenStatus_t before_kernel(const char* fn, int fault, miopenHandle_t h, const void* addr)
+{
+    if (fault == FAULT_CRASH || (fault == FAULT_UNSET && !env_flag("FAKE_MIOPEN_HEALTHY")))
+        gpu_fault(fn, h, addr);
+    if (fault == FAULT_HANG)
+        hang_forever(fn);
+    if (fault == FAULT_ERROR) {
+        fprintf(stderr, "fake MIOpen: %s: kernel failed (FAKE_MIOPEN_FAULTS)\n", fn);
+        return miopenStatusUnknownError;
+    }
+    return miopenStatusSuccess;
+}
+
 static double scalar(const void* p, miopenDataType_t t, double dflt)
 {
     if (!p)
@@ -847,8 +989,9 @@ static miopenStatus_t run_conv(const char* fn, int dir, miopenHandle_t h,
         return st;
     if (!a || !b || !out || (needs_scalars && (!alpha || !beta)))
         return miopenStatusBadParm;
-    if (!env_flag("FAKE_MIOPEN_HEALTHY"))
-        gpu_fault(fn, h, out);
+    const int fault = fault_for(dir, cd, ad, bd, od);
+    if ((st = before_kernel(fn, fault, h, out)) != miopenStatusSuccess)
+        return st;
 
     hipError_t he = bug("nosync") ? hipSuccess : hipStreamSynchronize(h->stream);
     if (he != hipSuccess) {
@@ -884,7 +1027,12 @@ static miopenStatus_t run_conv(const char* fn, int dir, miopenHandle_t h,
             memset(ha, 0x3C, na);
             hipMemcpy((void*)a, ha, na, hipMemcpyHostToDevice);
         }
-        if (nc_conv_run(dir, &c, &ta, ha, &tb, hb, &to, ho, al, be, err, sizeof err)) {
+        int bad = nc_conv_run(dir, &c, &ta, ha, &tb, hb, &to, ho, al, be, err, sizeof err);
+        if (!bad && fault == FAULT_WRONG) {
+            memset((char*)ho + no / 2, 0, no - no / 2);
+            fprintf(stderr, "fake MIOpen: %s: wrong result (FAKE_MIOPEN_FAULTS)\n", fn);
+        }
+        if (bad) {
             fprintf(stderr, "fake MIOpen: %s: %s\n", fn, err);
             st = miopenStatusBadParm;
         } else if ((he = hipMemcpy(out, ho, no, hipMemcpyHostToDevice)) != hipSuccess) {
@@ -978,8 +1126,9 @@ static miopenStatus_t compile_solution(const char* fn, int dir, miopenHandle_t h
     miopenStatus_t st = validate_problem(fn, dir, h, cd, a, b, out);
     if (st != miopenStatusSuccess)
         return st;
-    if (!env_flag("FAKE_MIOPEN_HEALTHY"))
-        gpu_fault(fn, h, cd); /* some address; compilation touches no tensor */
+    /* some address; compilation touches no tensor */
+    if ((st = before_kernel(fn, fault_for(dir, cd, a, b, out), h, cd)) != miopenStatusSuccess)
+        return st;
     fprintf(stderr, "fake MIOpen: %s ran on the GPU\n", fn);
     return miopenStatusSuccess;
 }

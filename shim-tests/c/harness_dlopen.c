@@ -4,6 +4,10 @@
  * libconvplugin.so (next to itself) with RTLD_NOW | RTLD_LOCAL, so MIOpen and
  * HIP end up in a local scope that dlsym(RTLD_NEXT/RTLD_DEFAULT) from a
  * preloaded library cannot search, and calls its harness_main().
+ *
+ * "harness_dlopen --plugin NAME --entry SYMBOL ARGS..." loads another plugin
+ * next to itself (e.g. libtrainplugin.so) the same way and calls SYMBOL with
+ * ARGS (argv[0] kept).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -27,6 +31,14 @@ int main(int argc, char** argv)
         return 3;
     }
     const char* plugin = "libconvplugin.so";
+    const char* entry = "harness_main";
+    if (argc >= 5 && strcmp(argv[1], "--plugin") == 0 && strcmp(argv[3], "--entry") == 0) {
+        plugin = argv[2];
+        entry = argv[4];
+        argv[4] = argv[0];
+        argv += 4;
+        argc -= 4;
+    }
     if ((size_t)(slash + 1 - path) + strlen(plugin) + 1 > sizeof path) {
         fprintf(stderr, "harness_dlopen: path too long\n");
         return 3;
@@ -38,9 +50,9 @@ int main(int argc, char** argv)
         return 3;
     }
     int (*harness_main)(int, char**);
-    *(void**)(&harness_main) = dlsym(h, "harness_main");
+    *(void**)(&harness_main) = dlsym(h, entry);
     if (!harness_main) {
-        fprintf(stderr, "harness_dlopen: harness_main not found: %s\n", dlerror());
+        fprintf(stderr, "harness_dlopen: %s not found: %s\n", entry, dlerror());
         return 3;
     }
     return harness_main(argc, argv);

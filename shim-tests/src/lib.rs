@@ -2,14 +2,15 @@
 //! C test doubles built by `build.rs` (`bin_dir`), locating `librdna1shim.so`
 //! (`shim_so`), and running a double or the harness with or without
 //! `LD_PRELOAD` in a clean environment (`run`), plus parsing of the harness
-//! summary.
+//! summary, and running `scripts/probe.py` with the probe's child program
+//! (`run_probe`).
 //!
 //! The doubles (all in `bin_dir()`): `libamdhip64.so` (fake HIP),
 //! `libMIOpen.so` (fake MIOpen whose convolutions crash like RDNA1),
 //! `harness_direct`, `harness_dlopen` + `libconvplugin.so` (also built with `-z now`
-//! as `libconvplugin_now.so`), `doubles_probe`, `naive_selftest`, `quiet_main`, and,
-//! built against HIP's real header, `hip_abi_check` and the sample client
-//! `sample_conv`.
+//! as `libconvplugin_now.so`), `train_direct` + `libtrainplugin.so` (a training run,
+//! see train_seq.c), `doubles_probe`, `naive_selftest`, `quiet_main`, and, built
+//! against HIP's real header, `hip_abi_check` and the sample client `sample_conv`.
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -34,6 +35,32 @@ pub fn bin_dir() -> PathBuf {
 /// Path of one compiled double/program by name (e.g. `"harness_direct"`).
 pub fn bin(name: &str) -> PathBuf {
     bin_dir().join(name)
+}
+
+/// The repository's root (scripts/, target/ are below it).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("shim-tests lives in the repository")
+        .to_path_buf()
+}
+
+/// Runs `scripts/probe.py` with `args` and the probe's child program `child` (the
+/// tests pass their `probe_child` binary, built from the current sources), in a clean
+/// `RDNA1SHIM_*`/`FAKE_*`/`LD_PRELOAD` environment plus `envs`; output captured.
+pub fn run_probe(child: &Path, args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> Output {
+    let mut cmd = Command::new("python3");
+    cmd.arg(repo_root().join("scripts").join("probe.py"));
+    cmd.args(args).arg("--child").arg(child);
+    for (k, _) in std::env::vars_os() {
+        if is_scrubbed(&k) {
+            cmd.env_remove(&k);
+        }
+    }
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    run_command(cmd, false, timeout)
 }
 
 /// Candidate locations of `librdna1shim.so` for an executable living in `exe_dir`.

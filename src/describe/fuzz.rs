@@ -177,6 +177,7 @@ fn fake_getters() -> Getters {
         miopenGetConvolutionSpatialDim: conv_sd,
         miopenGetConvolutionNdDescriptor: conv_nd,
         miopenGetConvolutionGroupCount: conv_groups,
+        miopenGetConvolutionAttribute: None,
     }
 }
 

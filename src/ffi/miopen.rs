@@ -32,6 +32,10 @@ pub const miopenTranspose: miopenConvolutionMode_t = 1;
 pub const miopenGroupConv: miopenConvolutionMode_t = 2;
 pub const miopenDepthwise: miopenConvolutionMode_t = 3;
 
+/// `miopenConvolutionAttrib_t`.
+pub type miopenConvolutionAttrib_t = c_int;
+pub const MIOPEN_CONVOLUTION_ATTRIB_DETERMINISTIC: miopenConvolutionAttrib_t = 1;
+
 pub type miopenBatchNormMode_t = c_int;
 pub const miopenBNPerActivation: miopenBatchNormMode_t = 0;
 pub const miopenBNSpatial: miopenBatchNormMode_t = 1;

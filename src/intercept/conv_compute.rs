@@ -6,6 +6,7 @@ use std::os::raw::c_int;
 
 use super::{fail, guard, route_conv, to_gpu, Route};
 use crate::config::Op;
+use crate::config_stats::EntryPoint;
 use crate::describe::{describe, Direction};
 use crate::execute::{run_conv, scalars, ConvBuffers};
 use crate::ffi::miopen::*;
@@ -21,6 +22,7 @@ fn compute(
     name: &'static str,
     op: Op,
     direction: Direction,
+    entry: EntryPoint,
     handle: miopenHandle_t,
     conv: C,
     (xd, wd, yd): (T, T, T),
@@ -29,31 +31,42 @@ fn compute(
     gpu: impl FnOnce(&crate::real::miopen::Forwarded) -> Option<miopenStatus_t>,
 ) -> miopenStatus_t {
     let rt = runtime::get();
-    let p = match route_conv(rt, op, direction, conv, xd, wd, yd) {
-        Ok(Route::Cpu(p)) => p,
-        Ok(Route::Gpu(why)) => return to_gpu(name, op, why, gpu),
+    let (p, d) = match route_conv(rt, op, direction, entry, conv, xd, wd, yd) {
+        Ok(Route::Cpu(p, d)) => (p, d),
+        Ok(Route::Gpu(d)) => {
+            d.record(|t, s| t.record_gpu(s));
+            return to_gpu(name, op, &d.rule.to_string(), gpu);
+        }
         Err(e) => return fail(name, op, &e),
     };
     let (alpha, beta) = match alpha_beta.map(|(a, b)| scalars(a, b)).transpose() {
         Ok(ab) => ab.unwrap_or((1.0, 0.0)),
-        Err(e) => return fail(name, op, &e),
+        Err(e) => {
+            d.record(|t, s| t.record_failure(s));
+            return fail(name, op, &e);
+        }
     };
     match run_conv(rt, handle, &p, &bufs, alpha, beta) {
         Ok(rec) => {
             STATS.record_cpu(op, &rec);
+            d.record(|t, s| t.record_cpu(s, &rec));
             STATS.record_config(
                 crate::repro::driver_command(&p),
                 crate::repro::direction_flag(direction),
             );
             crate::profile::set_last(&rec);
             tracing::debug!(
-                "{name}: cpu {} alpha={alpha} beta={beta} {}",
+                "{name}: cpu (by {}) {} alpha={alpha} beta={beta} {}",
+                d.rule,
                 describe(&p),
                 crate::execute::timing_line(&p, &rec)
             );
             miopenStatusSuccess
         }
-        Err(e) => fail(name, op, &e.with_context(&describe(&p))),
+        Err(e) => {
+            d.record(|t, s| t.record_failure(s));
+            fail(name, op, &e.with_context(&describe(&p)))
+        }
     }
 }
 
@@ -86,6 +99,7 @@ pub unsafe extern "C" fn miopenConvolutionForward(
             NAME,
             Op::ConvFwd,
             Direction::Forward,
+            EntryPoint::Classic,
             handle,
             conv,
             (x_desc, w_desc, y_desc),
@@ -132,6 +146,7 @@ pub unsafe extern "C" fn miopenConvolutionBackwardData(
             NAME,
             Op::ConvBwdData,
             Direction::BackwardData,
+            EntryPoint::Classic,
             handle,
             conv,
             (dx_desc, w_desc, dy_desc),
@@ -178,6 +193,7 @@ pub unsafe extern "C" fn miopenConvolutionBackwardWeights(
             NAME,
             Op::ConvBwdWeights,
             Direction::BackwardWeights,
+            EntryPoint::Classic,
             handle,
             conv,
             (x_desc, dw_desc, dy_desc),
@@ -222,6 +238,7 @@ pub unsafe extern "C" fn miopenConvolutionForwardImmediate(
             NAME,
             Op::ConvFwd,
             Direction::Forward,
+            EntryPoint::Immediate,
             handle,
             conv,
             (x_desc, w_desc, y_desc),
@@ -275,6 +292,7 @@ pub unsafe extern "C" fn miopenConvolutionBackwardDataImmediate(
             NAME,
             Op::ConvBwdData,
             Direction::BackwardData,
+            EntryPoint::Immediate,
             handle,
             conv,
             (dx_desc, w_desc, dy_desc),
@@ -328,6 +346,7 @@ pub unsafe extern "C" fn miopenConvolutionBackwardWeightsImmediate(
             NAME,
             Op::ConvBwdWeights,
             Direction::BackwardWeights,
+            EntryPoint::Immediate,
             handle,
             conv,
             (x_desc, dw_desc, dy_desc),

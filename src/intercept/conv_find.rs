@@ -7,6 +7,7 @@ use std::os::raw::c_int;
 
 use super::{estimated_ms, fail, guard, route_conv, to_gpu, Route};
 use crate::config::Op;
+use crate::config_stats::EntryPoint;
 use crate::describe::{describe, Direction};
 use crate::error::ShimError;
 use crate::ffi::miopen::*;
@@ -29,9 +30,9 @@ fn find(
     gpu: impl FnOnce(&Forwarded) -> Option<miopenStatus_t>,
 ) -> miopenStatus_t {
     let rt = runtime::get();
-    let p = match route_conv(rt, op, direction, conv, xd, wd, yd) {
-        Ok(Route::Cpu(p)) => p,
-        Ok(Route::Gpu(why)) => return to_gpu(name, op, why, gpu),
+    let (p, d) = match route_conv(rt, op, direction, EntryPoint::Find, conv, xd, wd, yd) {
+        Ok(Route::Cpu(p, d)) => (p, d),
+        Ok(Route::Gpu(d)) => return to_gpu(name, op, &d.rule.to_string(), gpu),
         Err(e) => return fail(name, op, &e),
     };
     if returned.is_null() || perf.is_null() || request < 1 {
@@ -54,7 +55,8 @@ fn find(
         *returned = 1;
     }
     tracing::debug!(
-        "{name}: answered by the shim (algo GEMM, workspace 0, nothing run) for {}",
+        "{name}: answered by the shim (algo GEMM, workspace 0, nothing run; route cpu by {}) for {}",
+        d.rule,
         describe(&p)
     );
     miopenStatusSuccess

@@ -5,6 +5,7 @@
 
 use super::{estimated_ms, fail, guard, route_conv, to_gpu, Route, CPU_SOLUTION_ID};
 use crate::config::Op;
+use crate::config_stats::EntryPoint;
 use crate::describe::{describe, ConvProblem, Direction};
 use crate::error::{ShimError, ShimResult};
 use crate::ffi::miopen::*;
@@ -14,24 +15,30 @@ use crate::runtime;
 type T = miopenTensorDescriptor_t;
 type C = miopenConvolutionDescriptor_t;
 
+#[allow(clippy::too_many_arguments)]
 fn query(
     name: &'static str,
     op: Op,
     direction: Direction,
+    entry: EntryPoint,
     conv: C,
     (xd, wd, yd): (T, T, T),
     answer: impl FnOnce(&ConvProblem) -> ShimResult<String>,
     gpu: impl FnOnce(&Forwarded) -> Option<miopenStatus_t>,
 ) -> miopenStatus_t {
     let rt = runtime::get();
-    let p = match route_conv(rt, op, direction, conv, xd, wd, yd) {
-        Ok(Route::Cpu(p)) => p,
-        Ok(Route::Gpu(why)) => return to_gpu(name, op, why, gpu),
+    let (p, d) = match route_conv(rt, op, direction, entry, conv, xd, wd, yd) {
+        Ok(Route::Cpu(p, d)) => (p, d),
+        Ok(Route::Gpu(d)) => return to_gpu(name, op, &d.rule.to_string(), gpu),
         Err(e) => return fail(name, op, &e),
     };
     match answer(&p) {
         Ok(what) => {
-            tracing::debug!("{name}: answered by the shim ({what}) for {}", describe(&p));
+            tracing::debug!(
+                "{name}: answered by the shim ({what}; route cpu by {}) for {}",
+                d.rule,
+                describe(&p)
+            );
             miopenStatusSuccess
         }
         Err(e) => fail(name, op, &e),
@@ -51,7 +58,7 @@ fn put<V>(out: *mut V, v: V, what: &str) -> ShimResult<()> {
 /// One export of a query family. `roles` maps the C argument names to the regular
 /// convolution's (x, w, y) tensors.
 macro_rules! conv_query {
-    ($name:ident, $op:expr, $dir:expr, ($a:ident, $b:ident, $c:ident) => ($x:ident, $w:ident, $y:ident),
+    ($name:ident, $op:expr, $dir:expr, $entry:expr, ($a:ident, $b:ident, $c:ident) => ($x:ident, $w:ident, $y:ident),
      ($($p:ident: $t:ty),*), |$prob:ident| $answer:expr) => {
         /// # Safety
         /// MIOpen's contract: valid handle, descriptors and out-pointers.
@@ -59,7 +66,7 @@ macro_rules! conv_query {
         pub unsafe extern "C" fn $name(handle: miopenHandle_t, $a: T, $b: T, conv: C, $c: T, $($p: $t),*) -> miopenStatus_t {
             const NAME: &str = stringify!($name);
             guard(NAME, || {
-                query(NAME, $op, $dir, conv, ($x, $w, $y), |$prob: &ConvProblem| $answer, |f| {
+                query(NAME, $op, $dir, $entry, conv, ($x, $w, $y), |$prob: &ConvProblem| $answer, |f| {
                     f.$name.map(|r| r(handle, $a, $b, conv, $c, $($p),*))
                 })
             })
@@ -70,12 +77,12 @@ macro_rules! conv_query {
 /// The three directions of one query, with their MIOpen argument orders:
 /// forward (w, x, conv, y), backward-data (dy, w, conv, dx), backward-weights (dy, x, conv, dw).
 macro_rules! conv_query_family {
-    ([$fwd:ident, $bwd_data:ident, $bwd_weights:ident], ($($p:ident: $t:ty),*), |$prob:ident| $answer:expr) => {
-        conv_query!($fwd, Op::ConvFwd, Direction::Forward, (w_desc, x_desc, y_desc) => (x_desc, w_desc, y_desc),
+    ([$fwd:ident, $bwd_data:ident, $bwd_weights:ident], $entry:expr, ($($p:ident: $t:ty),*), |$prob:ident| $answer:expr) => {
+        conv_query!($fwd, Op::ConvFwd, Direction::Forward, $entry, (w_desc, x_desc, y_desc) => (x_desc, w_desc, y_desc),
             ($($p: $t),*), |$prob| $answer);
-        conv_query!($bwd_data, Op::ConvBwdData, Direction::BackwardData, (dy_desc, w_desc, dx_desc) => (dx_desc, w_desc, dy_desc),
+        conv_query!($bwd_data, Op::ConvBwdData, Direction::BackwardData, $entry, (dy_desc, w_desc, dx_desc) => (dx_desc, w_desc, dy_desc),
             ($($p: $t),*), |$prob| $answer);
-        conv_query!($bwd_weights, Op::ConvBwdWeights, Direction::BackwardWeights, (dy_desc, x_desc, dw_desc) => (x_desc, dw_desc, dy_desc),
+        conv_query!($bwd_weights, Op::ConvBwdWeights, Direction::BackwardWeights, $entry, (dy_desc, x_desc, dw_desc) => (x_desc, dw_desc, dy_desc),
             ($($p: $t),*), |$prob| $answer);
     };
 }
@@ -86,6 +93,7 @@ conv_query_family!(
         miopenConvolutionBackwardDataGetWorkSpaceSize,
         miopenConvolutionBackwardWeightsGetWorkSpaceSize
     ],
+    EntryPoint::Workspace,
     (size: *mut usize),
     |_p| put(size, 0, "workSpaceSize").map(|_| "workspace 0".to_string())
 );
@@ -96,6 +104,7 @@ conv_query_family!(
         miopenConvolutionBackwardDataGetSolutionCount,
         miopenConvolutionBackwardWeightsGetSolutionCount
     ],
+    EntryPoint::Solutions,
     (count: *mut usize),
     |_p| put(count, 1, "solutionCount").map(|_| "1 solution".to_string())
 );
@@ -106,6 +115,7 @@ conv_query_family!(
         miopenConvolutionBackwardDataGetSolution,
         miopenConvolutionBackwardWeightsGetSolution
     ],
+    EntryPoint::Solutions,
     (max: usize, count: *mut usize, solutions: *mut miopenConvSolution_t),
     |p| {
         if max < 1 {
@@ -131,6 +141,7 @@ conv_query_family!(
         miopenConvolutionBackwardDataGetSolutionWorkspaceSize,
         miopenConvolutionBackwardWeightsGetSolutionWorkspaceSize
     ],
+    EntryPoint::Solutions,
     (solution_id: u64, size: *mut usize),
     |_p| put(size, 0, "workSpaceSize").map(|_| format!("workspace 0 for solution {solution_id:#x}"))
 );
@@ -141,6 +152,7 @@ conv_query_family!(
         miopenConvolutionBackwardDataCompileSolution,
         miopenConvolutionBackwardWeightsCompileSolution
     ],
+    EntryPoint::Compile,
     (solution_id: u64),
     |_p| Ok(format!("nothing to compile for solution {solution_id:#x}"))
 );

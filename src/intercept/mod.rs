@@ -15,10 +15,13 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 use crate::config::{Op, Target, Unsupported};
+use crate::config_stats::{EntryPoint, Slot, CONFIGS};
+use crate::conv_config::ConvConfig;
 use crate::describe::{self, ConvProblem, Direction};
 use crate::error::{ShimError, ShimResult};
 use crate::ffi::miopen::*;
 use crate::real::miopen::Forwarded;
+use crate::routes::Rule;
 use crate::runtime::{self, Runtime};
 use crate::stats::STATS;
 
@@ -94,29 +97,47 @@ pub(crate) fn fail(name: &'static str, op: Op, e: &ShimError) -> miopenStatus_t 
     e.status
 }
 
-/// Where a call goes: `Ok(Some(problem))` for the CPU, `Ok(None)` for the GPU (with the
-/// reason), `Err` for a call to refuse.
+/// Where a call goes, and the rule that sent it there.
 pub(crate) enum Route {
-    Cpu(Box<ConvProblem>),
-    Gpu(&'static str),
+    Cpu(Box<ConvProblem>, Decision),
+    Gpu(Decision),
 }
 
-/// Decides the route of a convolution call and decodes its problem.
+/// The rule that routed a call, and its configuration's place in the per-configuration
+/// table (`None` when the call could not be decoded or the table is full).
+pub(crate) struct Decision {
+    pub slot: Option<Slot>,
+    pub rule: Rule,
+}
+
+impl Decision {
+    /// Records a computing call's outcome for its configuration.
+    pub fn record(&self, f: impl FnOnce(&crate::config_stats::ConfigTable, Slot)) {
+        if let Some(s) = self.slot {
+            f(&CONFIGS, s)
+        }
+    }
+}
+
+/// Decides the route of a convolution call, the same way for every entry point of a
+/// configuration (Find, workspace and solution queries, compile, compute), and decodes
+/// its problem. A configuration listed in the routes file goes where the file says;
+/// any other follows its operation's switch. `Err` is a call to refuse.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn route_conv(
     rt: &Runtime,
     op: Op,
     direction: Direction,
+    entry: EntryPoint,
     conv: miopenConvolutionDescriptor_t,
     x: miopenTensorDescriptor_t,
     w: miopenTensorDescriptor_t,
     y: miopenTensorDescriptor_t,
 ) -> ShimResult<Route> {
-    if rt.config.target(op) == Target::Gpu {
-        return Ok(Route::Gpu(if rt.config.disabled {
-            "RDNA1SHIM_DISABLE=1"
-        } else {
-            op.env_var()
+    if rt.config.disabled {
+        return Ok(Route::Gpu(Decision {
+            slot: None,
+            rule: Rule::Disabled,
         }));
     }
     let decoded = (|| {
@@ -130,17 +151,44 @@ pub(crate) fn route_conv(
         let tx = describe::read_tensor(g, descs[0], names[0])?;
         let tw = describe::read_tensor(g, descs[1], names[1])?;
         let ty = describe::read_tensor(g, descs[2], names[2])?;
-        describe::conv_problem(direction, &c, &tx, &tw, &ty)
+        let p = describe::conv_problem(direction, &c, &tx, &tw, &ty)?;
+        Ok::<_, ShimError>((p, describe::read_deterministic(g, conv)))
     })();
+    let switch = rt.config.target(op);
+    let by_switch = Rule::Switch {
+        op,
+        target: switch,
+        unlisted: rt.routes.is_some(),
+    };
     match decoded {
-        Ok(p) => Ok(Route::Cpu(Box::new(p))),
+        Ok((p, deterministic)) => {
+            let config = ConvConfig::of(&p, deterministic);
+            let (target, rule) = match rt.routes.as_ref().and_then(|r| r.get(&config)) {
+                Some((t, line)) => (t, Rule::RoutesFile { line }),
+                None => (switch, by_switch),
+            };
+            let slot = CONFIGS.note(&p, config, entry, target, &rule);
+            let d = Decision { slot, rule };
+            Ok(match target {
+                Target::Cpu => Route::Cpu(Box::new(p), d),
+                Target::Gpu => Route::Gpu(d),
+            })
+        }
+        // The switch sends the operation to MIOpen, which judges the call itself.
+        Err(_) if switch == Target::Gpu => Ok(Route::Gpu(Decision {
+            slot: None,
+            rule: by_switch,
+        })),
         Err(e) if e.is_unsupported() && rt.config.unsupported == Unsupported::Gpu => {
             tracing::warn!(
                 "{}: {}; passing it to MIOpen (RDNA1SHIM_UNSUPPORTED=gpu)",
                 op.name(),
                 e.message
             );
-            Ok(Route::Gpu("unsupported on the CPU"))
+            Ok(Route::Gpu(Decision {
+                slot: None,
+                rule: Rule::Unsupported,
+            }))
         }
         Err(e) => Err(e),
     }

@@ -24,6 +24,7 @@ fn_table! {
         required miopenGetConvolutionSpatialDim: fn(C, *mut c_int) -> S;
         required miopenGetConvolutionNdDescriptor: fn(C, c_int, *mut c_int, *mut c_int, *mut c_int, *mut c_int, *mut miopenConvolutionMode_t) -> S;
         required miopenGetConvolutionGroupCount: fn(C, *mut c_int) -> S;
+        optional miopenGetConvolutionAttribute: fn(C, miopenConvolutionAttrib_t, *mut c_int) -> S;
     }
 }
 
