@@ -111,6 +111,13 @@ fn ops_json() -> Vec<String> {
                 )
                 .uint("bytes_to_host", s.bytes_to_host.load(Relaxed))
                 .uint("bytes_to_device", s.bytes_to_device.load(Relaxed))
+                .float("call_s", s.call_ns.load(Relaxed) as f64 * 1e-9)
+                .float("engine_s", s.engine_ns.load(Relaxed) as f64 * 1e-9)
+                .float("conversions_s", s.convert_ns.load(Relaxed) as f64 * 1e-9)
+                .float(
+                    "waiting_for_copies_s",
+                    s.wait_ns.load(Relaxed) as f64 * 1e-9,
+                )
                 .finish(),
         );
     }

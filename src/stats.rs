@@ -19,6 +19,13 @@ pub struct OpStats {
     pub bytes_to_device: AtomicU64,
     /// Floating-point operations computed on the CPU (2 per multiply-add).
     pub flops: AtomicU64,
+    /// Where a convolution call's time went: the whole calls, the engine, conversions
+    /// (inputs in, results out, alpha/beta), and waiting for copies the engine did not
+    /// hide.
+    pub call_ns: AtomicU64,
+    pub engine_ns: AtomicU64,
+    pub convert_ns: AtomicU64,
+    pub wait_ns: AtomicU64,
 }
 
 /// Counters of one finished CPU call.
@@ -70,6 +77,10 @@ impl OpStats {
             bytes_to_host: AtomicU64::new(0),
             bytes_to_device: AtomicU64::new(0),
             flops: AtomicU64::new(0),
+            call_ns: AtomicU64::new(0),
+            engine_ns: AtomicU64::new(0),
+            convert_ns: AtomicU64::new(0),
+            wait_ns: AtomicU64::new(0),
         }
     }
 }
@@ -117,6 +128,11 @@ impl Stats {
         s.bytes_to_host.fetch_add(r.bytes_to_host, Relaxed);
         s.bytes_to_device.fetch_add(r.bytes_to_device, Relaxed);
         s.flops.fetch_add(r.flops as u64, Relaxed);
+        let ns = |d: Duration| d.as_nanos() as u64;
+        s.call_ns.fetch_add(ns(r.total), Relaxed);
+        s.engine_ns.fetch_add(ns(r.engine), Relaxed);
+        s.convert_ns.fetch_add(ns(r.convert + r.store), Relaxed);
+        s.wait_ns.fetch_add(ns(r.wait_in + r.wait_out), Relaxed);
     }
 
     pub fn record_gpu(&self, op: Op) {
@@ -147,13 +163,25 @@ impl Stats {
             } else {
                 0.0
             };
-            out.push(format!(
+            let mut line = format!(
                 "{:<17} cpu_calls={cpu} gpu_calls={gpu} failed={failed} compute={compute_s:.3}s ({gflops:.1} GFLOP/s) \
                  copies={copy_s:.3}s to_host={} to_device={}",
                 op.name(),
                 human_bytes(s.bytes_to_host.load(Relaxed)),
                 human_bytes(s.bytes_to_device.load(Relaxed)),
-            ));
+            );
+            let secs = |a: &AtomicU64| a.load(Relaxed) as f64 * 1e-9;
+            if s.call_ns.load(Relaxed) > 0 {
+                // Convolutions: where the calls' time went.
+                line += &format!(
+                    " | call_time={:.3}s engine={:.3}s conversions={:.3}s waiting_for_copies={:.3}s",
+                    secs(&s.call_ns),
+                    secs(&s.engine_ns),
+                    secs(&s.convert_ns),
+                    secs(&s.wait_ns)
+                );
+            }
+            out.push(line);
         }
         out
     }
@@ -195,6 +223,11 @@ mod tests {
         let lines = stats.summary_lines();
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert!(
+            !lines[0].contains("engine="),
+            "no phases recorded: {}",
+            lines[0]
+        );
+        assert!(
             lines[0].starts_with("conv_fwd")
                 && lines[0].contains("cpu_calls=1")
                 && lines[0].contains("(2.0 GFLOP/s)"),
@@ -206,6 +239,32 @@ mod tests {
             lines[1].starts_with("conv_bias") && lines[1].contains("gpu_calls=1"),
             "{}",
             lines[1]
+        );
+    }
+
+    #[test]
+    fn summary_says_where_a_convolution_call_spent_its_time() {
+        let stats = Stats::new();
+        let ms = Duration::from_millis;
+        stats.record_cpu(
+            Op::ConvBwdData,
+            &CallRecord {
+                total: ms(10),
+                engine: ms(7),
+                convert: ms(1),
+                store: ms(1),
+                wait_in: ms(500) / 1000,
+                wait_out: ms(500) / 1000,
+                compute: ms(9),
+                ..Default::default()
+            },
+        );
+        let line = &stats.summary_lines()[0];
+        assert!(
+            line.ends_with(
+                "| call_time=0.010s engine=0.007s conversions=0.002s waiting_for_copies=0.001s"
+            ),
+            "{line}"
         );
     }
 

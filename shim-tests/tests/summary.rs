@@ -74,6 +74,20 @@ fn json_summary_has_the_numbers_of_the_text_summary() {
         assert_eq!(f["failed"], o["failed_calls"].to_string(), "{l}");
         assert_eq!(f["compute"], secs(&o["compute_s"]), "{l}");
         assert_eq!(f["copies"], secs(&o["copy_s"]), "{l}");
+        // where the convolution calls' time went (ops that computed on the CPU)
+        if o["cpu_calls"].as_u64().unwrap() > 0 {
+            assert_eq!(f["call_time"], secs(&o["call_s"]), "{l}");
+            assert_eq!(f["engine"], secs(&o["engine_s"]), "{l}");
+            assert_eq!(f["conversions"], secs(&o["conversions_s"]), "{l}");
+            assert_eq!(
+                f["waiting_for_copies"],
+                secs(&o["waiting_for_copies_s"]),
+                "{l}"
+            );
+        } else {
+            assert!(!f.contains_key("call_time"), "{l}");
+            assert_eq!(o["call_s"].as_f64(), Some(0.0), "{l}");
+        }
         assert_eq!(
             gflops(l),
             format!("{:.1}", o["gflops"].as_f64().unwrap()),
@@ -81,6 +95,10 @@ fn json_summary_has_the_numbers_of_the_text_summary() {
         );
     }
     assert!(ops["conv_bwd_data"]["gpu_calls"].as_u64().unwrap() > 0);
+    assert!(
+        text.contains("call_time="),
+        "no operation says where its calls' time went\n{text}"
+    );
 
     // Per configuration: the text's top list is the JSON's first entries.
     let configs = s["configurations"].as_array().unwrap();
