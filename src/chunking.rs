@@ -10,6 +10,10 @@
 //! about 40 GFLOP/s per thread. The first chunk is half the size of the others, so
 //! compute starts early.
 //!
+//! The model is rough (the engine is less efficient on fewer samples for some layers,
+//! the link may be faster or slower), so `plan_tuner` tries a few counts around its
+//! choice on the first calls of each configuration and keeps the fastest.
+//!
 //! The staging of the chunks in flight, the whole tensors and the work buffers stay
 //! within the per-call host memory cap; a batch too large for it is cut into more,
 //! smaller chunks and fewer are in flight. Pure arithmetic, no FFI.
@@ -42,6 +46,9 @@ pub struct PlanInput {
     pub cap: usize,
     /// `RDNA1SHIM_CHUNKS=N`: cut into this many chunks where the batch allows.
     pub forced: Option<usize>,
+    /// A chunk count to try instead of the model's (see `plan_tuner`); the chunks are
+    /// shaped as the model's are.
+    pub trial: Option<usize>,
     /// `RDNA1SHIM_CHUNKS=N/M`: at most this many chunks staged at once.
     pub max_in_flight: Option<usize>,
     /// Every tensor cut along the batch keeps its samples apart in memory.
@@ -87,7 +94,7 @@ fn footprint(i: &PlanInput, chunk: usize, slots: usize) -> usize {
 }
 
 /// The number of chunks the cost model prefers.
-fn preferred_chunks(i: &PlanInput) -> usize {
+pub fn preferred_chunks(i: &PlanInput) -> usize {
     if !i.can_overlap || i.n <= 1 {
         return 1;
     }
@@ -134,9 +141,10 @@ pub fn plan(i: &PlanInput) -> Plan {
             over_cap: (need > i.cap).then_some(need),
         };
     }
-    let (mut size, small_first) = match i.forced {
-        Some(k) => (n.div_ceil(k.clamp(1, n)), false),
-        None => (n.div_ceil(preferred_chunks(i)), true),
+    let (mut size, small_first) = match (i.forced, i.trial) {
+        (Some(k), _) => (n.div_ceil(k.clamp(1, n)), false),
+        (None, Some(k)) => (n.div_ceil(k.clamp(1, n)), true),
+        (None, None) => (n.div_ceil(preferred_chunks(i)), true),
     };
     loop {
         let chunks = ranges(n, size, small_first);
@@ -192,6 +200,7 @@ mod tests {
             threads: 2,
             cap: 256 << 20,
             forced: None,
+            trial: None,
             max_in_flight: None,
             separable: true,
             can_overlap: true,
@@ -269,6 +278,21 @@ mod tests {
             covers(&p, 8);
             assert_eq!(sizes(&p), want, "{k}");
         }
+    }
+
+    #[test]
+    fn a_trial_count_is_shaped_like_the_models() {
+        let p = plan(&PlanInput {
+            trial: Some(2),
+            ..resnet_layer()
+        });
+        covers(&p, 8);
+        assert_eq!(sizes(&p), vec![2, 4, 2]);
+        let p = plan(&PlanInput {
+            trial: Some(1),
+            ..resnet_layer()
+        });
+        assert_eq!(sizes(&p), vec![8]);
     }
 
     #[test]

@@ -435,15 +435,28 @@ pub fn run_conv(
     run_conv_fused(rt, handle, p, bufs, alpha, beta, None)
 }
 
-/// The chunk plan of a call (see [`chunking`]).
+/// What identifies a call to the plan tuner: everything the plan depends on.
+fn plan_key(p: &ConvProblem, read_out: bool, fused: bool) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    format!(
+        "{:?} {:?} {:?} {:?} {:?} {:?} {read_out} {fused}",
+        p.pass, p.dtype, p.shape, p.x, p.w, p.y
+    )
+    .hash(&mut h);
+    h.finish()
+}
+
+/// The chunk plan of a call (see [`chunking`]), and the tuner's key and count when this
+/// call is one of its trials.
 fn call_plan(
     rt: &Runtime,
     p: &ConvProblem,
     ops: &[Operand; 3],
-    read_out: bool,
+    (read_out, fused): (bool, bool),
     extra_whole: usize,
     can_overlap: bool,
-) -> chunking::Plan {
+) -> (chunking::Plan, Option<(u64, usize)>) {
     let dt = p.dtype;
     let n = p.shape.n.max(1);
     let one = 0..1;
@@ -471,7 +484,7 @@ fn call_plan(
         .enumerate()
         .map(|(i, o)| bytes_of(&o.layout, dt) * if i == 2 && read_out { 2 } else { 1 })
         .sum();
-    let input = chunking::PlanInput {
+    let mut input = chunking::PlanInput {
         n,
         staged_per_sample: staged,
         work_per_sample: work,
@@ -492,7 +505,15 @@ fn call_plan(
         },
         separable: ops.iter().all(|o| !o.batched || separable(&o.layout)),
         can_overlap,
+        trial: None,
     };
+    let mut trial = None;
+    if input.forced.is_none() && input.separable {
+        let key = plan_key(p, read_out, fused);
+        let choice = crate::plan_tuner::TUNER.choose(key, chunking::preferred_chunks(&input));
+        input.trial = Some(choice.chunks);
+        trial = choice.trying.then_some((key, choice.chunks));
+    }
     let plan = chunking::plan(&input);
     if let Some(need) = plan.over_cap {
         tracing::warn!(
@@ -501,7 +522,7 @@ fn call_plan(
             rt.config.call_memory_mib
         );
     }
-    plan
+    (plan, trial)
 }
 
 /// Computes a convolution and, for a fused plan, its bias and activation.
@@ -540,7 +561,14 @@ pub fn run_conv_fused(
     let read_out = beta != 0.0 || !out.layout.is_dense();
     let fused_bias = fused.and_then(|f| f.bias.as_ref());
     let bias_bytes = fused_bias.map_or(0, |b| bytes_of(&b.layout, dt));
-    let plan = call_plan(rt, p, &ops, read_out, bias_bytes, tr.can_pipeline());
+    let (plan, trial) = call_plan(
+        rt,
+        p,
+        &ops,
+        (read_out, fused.is_some()),
+        bias_bytes,
+        tr.can_pipeline(),
+    );
     let k = plan.chunks.len();
     let mut written = 0usize;
     let result = (|| -> ShimResult<(Phases, Duration)> {
@@ -722,6 +750,21 @@ pub fn run_conv_fused(
     let t = tr.wait_time;
     tr.sync()?;
     let wait_out = tr.wait_time - t;
+    if let Some((key, chunks)) = trial {
+        let tuner = &crate::plan_tuner::TUNER;
+        if let Some(best) = tuner.report(key, chunks, start.elapsed()) {
+            let tried: Vec<String> = tuner
+                .trials(key)
+                .iter()
+                .map(|(c, t)| format!("{c}: {:.3} ms", t.map_or(0.0, |t| t.as_secs_f64() * 1e3)))
+                .collect();
+            tracing::debug!(
+                "chunk plan of {}: {best} chunks, the fastest of [{}]",
+                crate::describe::describe(p),
+                tried.join(", ")
+            );
+        }
+    }
     Ok(CallRecord {
         compute: ph.convert + ph.engine + ph.store,
         copy: tr.time(),
