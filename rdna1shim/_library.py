@@ -1,14 +1,18 @@
-"""Where the shim is and what a process has loaded.
+"""Where the shim and the probe's child program are, and what a process has loaded.
 
 Owns finding ``librdna1shim.so`` (``RDNA1SHIM_LIBRARY``, else the copy that ``pip install``
 put inside this package, else the cargo build of the source checkout this package sits
-in), reading a process's loaded objects from ``/proc/<pid>/maps``, and composing an
-``LD_PRELOAD`` value that puts the shim first.
+in) and the probe's child program ``rdna1shim-probe`` (``RDNA1SHIM_PROBE_CHILD``, else the
+packaged copy, else the checkout's build, else ``PATH``), reading a process's loaded
+objects from ``/proc/<pid>/maps``, and composing an ``LD_PRELOAD`` value that puts the
+shim first.
 """
 
 import os
+import shutil
 
 LIBRARY_NAME = "librdna1shim.so"
+PROBE_CHILD_NAME = "rdna1shim-probe"
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -23,6 +27,12 @@ def checkout_root():
     except OSError:
         pass
     return None
+
+
+def checkout_release_dir(root):
+    """``target/release`` of a checkout (``$CARGO_TARGET_DIR/release`` when that is set)."""
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(root, "target")
+    return os.path.abspath(os.path.join(root, target, "release"))
 
 
 def packaged_library():
@@ -46,8 +56,7 @@ def library_path():
         return packaged
     root = checkout_root()
     if root is not None:
-        target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(root, "target")
-        return os.path.abspath(os.path.join(root, target, "release", LIBRARY_NAME))
+        return os.path.join(checkout_release_dir(root), LIBRARY_NAME)
     return packaged
 
 
@@ -57,6 +66,46 @@ def how_to_get_it(path):
         return "RDNA1SHIM_LIBRARY names a file that does not exist: correct or unset it."
     if path == packaged_library() and checkout_root() is None:
         return "the package was installed without its library: reinstall it (pip install --force-reinstall rdna1shim)."
+    return "build it with `cargo build --release` in the source checkout, or install the package with `pip install .`."
+
+
+def packaged_probe_child():
+    """Where ``pip install`` puts the probe's child program: inside this package."""
+    return os.path.join(PACKAGE_DIR, PROBE_CHILD_NAME)
+
+
+def probe_child_path():
+    """Absolute path of ``rdna1shim-probe``, the program ``rdna1shim probe`` runs once per
+    configuration (it may not exist; callers say so).
+
+    1. ``RDNA1SHIM_PROBE_CHILD``, when set;
+    2. the program inside this package (``pip install``), next to the library;
+    3. in a source checkout, ``target/release/rdna1shim-probe`` (``cargo build --release``;
+       ``$CARGO_TARGET_DIR/release`` when that is set), when it exists;
+    4. ``rdna1shim-probe`` on ``PATH`` (``cargo install``).
+    """
+    override = os.environ.get("RDNA1SHIM_PROBE_CHILD")
+    if override:
+        return os.path.abspath(override)
+    packaged = packaged_probe_child()
+    if os.path.isfile(packaged):
+        return packaged
+    root = checkout_root()
+    built = os.path.join(checkout_release_dir(root), PROBE_CHILD_NAME) if root else None
+    if built and os.path.isfile(built):
+        return built
+    on_path = shutil.which(PROBE_CHILD_NAME)
+    if on_path:
+        return os.path.abspath(on_path)
+    return built or packaged
+
+
+def how_to_get_probe_child(path):
+    """One sentence telling the user how to obtain the probe's child program at ``path``."""
+    if os.environ.get("RDNA1SHIM_PROBE_CHILD"):
+        return "RDNA1SHIM_PROBE_CHILD names a file that does not exist: correct or unset it."
+    if path == packaged_probe_child() and checkout_root() is None:
+        return "the package was installed without it: reinstall it (pip install --force-reinstall rdna1shim)."
     return "build it with `cargo build --release` in the source checkout, or install the package with `pip install .`."
 
 

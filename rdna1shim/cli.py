@@ -3,6 +3,7 @@
     rdna1shim run COMMAND [ARGS...]     run COMMAND with the shim preloaded
     rdna1shim path                      print the path of librdna1shim.so
     rdna1shim doctor [OPTIONS]          check that the shim will work here
+    rdna1shim probe [OPTIONS]           find which recorded convolutions work on the GPU
     rdna1shim jupyter-kernel [OPTIONS]  write a Jupyter kernel that preloads the shim
 
 ``run`` puts the shim first in ``LD_PRELOAD`` (keeping what is there) and then *becomes*
@@ -25,6 +26,9 @@ commands:
   run COMMAND [ARGS...]     run COMMAND with the shim preloaded (LD_PRELOAD)
   path                      print the path of librdna1shim.so
   doctor [OPTIONS]          check that the shim will work here
+  probe --record FILE --out ROUTES [OPTIONS]
+                            run each recorded convolution configuration on the GPU in
+                            its own process; write the routes (RDNA1SHIM_ROUTES) file
   jupyter-kernel [OPTIONS]  write a Jupyter kernel that preloads the shim
 
 `import rdna1shim` before `import torch` activates the shim inside a Python program.
@@ -99,6 +103,10 @@ def main(argv=None):
         from . import doctor
 
         return doctor.main(rest)
+    if command == "probe":
+        from . import probe
+
+        return probe.main(rest)
     if command == "jupyter-kernel":
         from . import jupyter
 

@@ -8,7 +8,8 @@ checkout). It reports: the GPU architecture (from the kernel's KFD topology, or
 rocminfo), where the libMIOpen and HIP runtime that PyTorch loads are, whether the
 shim's symbols interpose (child processes load libMIOpen the way PyTorch does, one under
 LD_PRELOAD and one after ``import rdna1shim``, and ask which library defines
-miopenConvolutionForward), the effective RDNA1SHIM_* configuration, and combinations
+miopenConvolutionForward), the effective RDNA1SHIM_* configuration, the routes file
+(RDNA1SHIM_ROUTES) or, without one, where the probe that makes it is, and combinations
 known to fail. Exit status 0 when nothing blocks use, 1 otherwise.
 """
 import argparse
@@ -19,7 +20,7 @@ import shutil
 import subprocess
 import sys
 
-from ._library import PACKAGE_DIR, how_to_get_it, library_path
+from ._library import PACKAGE_DIR, how_to_get_it, how_to_get_probe_child, library_path, probe_child_path
 RDNA1 = {"gfx1010": "RX 5600/5700 (Navi 10)", "gfx1011": "Radeon Pro V520 (Navi 12)", "gfx1012": "RX 5500 (Navi 14)"}
 
 findings = []  # (level, sentence); level: ok | note | warn | fail
@@ -118,6 +119,50 @@ def run_probe(python, miopen, shim, how):
     return r, lines
 
 
+def routes_file(path):
+    """Reads the routes file ``path`` as the shim will: (cpu, gpu) counts, or why the shim
+    will not use it (the shim's own start-up log line has the last word)."""
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")
+    except OSError as e:
+        return None, f"cannot read it ({e.strerror})"
+    routes = []
+    for n, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except ValueError:
+            return None, f"line {n} is not a JSON object"
+        route = obj.get("route") if isinstance(obj, dict) else None
+        if route not in ("cpu", "gpu"):
+            why = "has no \"route\" (a record, not routes?)" if isinstance(obj, dict) and "route" not in obj \
+                else "has no \"route\" of \"cpu\" or \"gpu\""
+            return None, f"line {n} {why}"
+        routes.append(route)
+    return (routes.count("cpu"), routes.count("gpu")), None
+
+
+def check_routes():
+    """One line on the routes file, or, without one, on the probe that makes it."""
+    path = os.environ.get("RDNA1SHIM_ROUTES")
+    if path:
+        counts, why = routes_file(path)
+        if counts is None:
+            say("warn", f"RDNA1SHIM_ROUTES={path}: {why}; the shim will not use it, and every convolution follows the per-operation switches. Make one with `rdna1shim probe`.")
+        else:
+            gpu = f"{counts[1]} configuration{'' if counts[1] == 1 else 's'}"
+            say("ok", f"RDNA1SHIM_ROUTES={path}: {gpu} to the GPU, {counts[0]} to the CPU (configurations not in it follow the per-operation switches).")
+        return
+    child = probe_child_path()
+    if os.path.isfile(child):
+        probe = f"its child program is {child}"
+    else:
+        probe = f"its child program {child} is missing: {how_to_get_probe_child(child)}"
+    say("note", f"No routes file (RDNA1SHIM_ROUTES): convolutions follow the per-operation switches. To run on the GPU those that work there, record a run and probe it with `rdna1shim probe` ({probe}); see docs/routes.md.")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="rdna1shim doctor", description=__doc__.splitlines()[0])
     ap.add_argument("--shim", default=library_path(),
@@ -189,6 +234,7 @@ def main(argv=None):
             else:
                 why = r.stderr.strip()[-400:] if r.returncode != 0 else f"miopenConvolutionForward resolves to {definer}"
                 say("warn", f"`import rdna1shim` in {a.python} does not activate the shim ({why}): use `rdna1shim run` or LD_PRELOAD instead.")
+    check_routes()
     preload = os.environ.get("LD_PRELOAD", "")
     if "rdna1shim" not in preload:
         say("note", f"LD_PRELOAD does not name the shim in this shell; run training as `rdna1shim run python train.py`, as LD_PRELOAD={shim} python train.py, or with `import rdna1shim` as the script's first import.")

@@ -1,6 +1,6 @@
 //! The routes file (`RDNA1SHIM_ROUTES`): which convolution configurations run on the
 //! GPU and which on the CPU, one JSON object a line — a record line (see `conv_config`)
-//! plus `"route": "cpu" | "gpu"`, as `scripts/probe.py` writes it.
+//! plus `"route": "cpu" | "gpu"`, as `rdna1shim probe` writes it.
 //!
 //! The file is read once, strictly: any line that is not a valid configuration with a
 //! route, a configuration listed twice with different routes, a file that cannot be
@@ -131,7 +131,7 @@ impl Routes {
                     }
                     None => return Err(at(
                         "no \"route\" member (a record file lists configurations without routes: \
-                         run scripts/probe.py on it to make a routes file)"
+                         run `rdna1shim probe` on it to make a routes file)"
                             .into(),
                     )),
                 };

@@ -162,7 +162,7 @@ fn load_routes(config: &Config) -> (Option<Routes>, RoutesStatus) {
         Err(e) => {
             tracing::error!(
                 "RDNA1SHIM_ROUTES={path:?} is not used: {e}. Every convolution follows the \
-                 per-operation switches ({}); fix the file or make a new one with scripts/probe.py",
+                 per-operation switches ({}); fix the file or make a new one with `rdna1shim probe`",
                 config.summary()
             );
             status.error = Some(e);

@@ -1,13 +1,14 @@
-"""Tests of the rdna1shim Python package: the `rdna1shim` command (run, path, doctor,
+"""Tests of the rdna1shim Python package: the `rdna1shim` command (run, path, doctor, probe,
 jupyter-kernel), `python -m rdna1shim`, and `import rdna1shim` activating the shim in a
 process started without LD_PRELOAD -- all against the test doubles.
 
 Driven by shim-tests/tests/python_package.rs, in one of two modes:
 * source (default): the package of this checkout (PYTHONPATH), the command run as
-  `python -m rdna1shim`, the library named by RDNA1SHIM_LIBRARY;
+  `python -m rdna1shim`, the library named by RDNA1SHIM_LIBRARY, the probe's child
+  program named by RDNA1SHIM_PROBE_CHILD;
 * installed (SHIM_TESTS_INSTALLED=1): run by the Python of a virtual environment where
   `pip install .` put the package; the command is the `rdna1shim` console script, and the
-  package and its library must come from that environment.
+  package, its library and its probe child program must come from that environment.
 SHIM_TESTS_BIN names the directory of the compiled doubles; SHIM_TESTS_REAL_HIP=1 says
 sample_conv was built.
 """
@@ -44,10 +45,11 @@ def cli():
 
 def clean_env(**extra):
     """This environment without the shim's, the doubles' and the preload variables
-    (RDNA1SHIM_LIBRARY, which selects the library under test, is kept)."""
+    (RDNA1SHIM_LIBRARY and RDNA1SHIM_PROBE_CHILD, which select the library and the probe
+    child program under test, are kept)."""
     env = {k: v for k, v in os.environ.items()
            if not (k.startswith(("RDNA1SHIM_", "FAKE_HIP_", "FAKE_MIOPEN_")) or k == "LD_PRELOAD")
-           or k == "RDNA1SHIM_LIBRARY"}
+           or k in ("RDNA1SHIM_LIBRARY", "RDNA1SHIM_PROBE_CHILD")}
     env.update(extra)
     return env
 
@@ -67,6 +69,24 @@ def library():
     return r.stdout.strip()
 
 
+def package_dir():
+    """The folder of the rdna1shim package under test."""
+    return os.path.dirname(importlib.util.find_spec("rdna1shim").origin)
+
+
+def probe_child():
+    """The probe child program the package under test should run: the one inside the
+    installed package, or the one RDNA1SHIM_PROBE_CHILD names for the checkout."""
+    if INSTALLED:
+        return os.path.join(package_dir(), "rdna1shim-probe")
+    return os.path.abspath(os.environ["RDNA1SHIM_PROBE_CHILD"])
+
+
+def json_lines(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(l) for l in f if l.strip()]
+
+
 def harness_summary(stdout):
     m = re.search(r"^(\d+) passed, (\d+) failed$", stdout, re.M)
     return (int(m.group(1)), int(m.group(2))) if m else None
@@ -78,7 +98,7 @@ class PathCommand(unittest.TestCase):
         self.assertTrue(os.path.isfile(lib), lib)
         self.assertEqual(os.path.basename(lib), "librdna1shim.so")
         if INSTALLED:
-            package = os.path.dirname(importlib.util.find_spec("rdna1shim").origin)
+            package = package_dir()
             self.assertEqual(os.path.dirname(lib), package, "the library is not the packaged one")
             self.assertTrue(package.startswith(sys.prefix), f"{package} is not in {sys.prefix}")
         else:
@@ -98,7 +118,7 @@ class PathCommand(unittest.TestCase):
     def test_usage(self):
         r = run(cli() + ["--help"])
         self.assertEqual(r.returncode, 0, describe(r))
-        for word in ("run", "path", "doctor", "jupyter-kernel"):
+        for word in ("run", "path", "doctor", "probe", "jupyter-kernel"):
             self.assertIn(word, r.stdout)
         r = run(cli() + ["frobnicate"])
         self.assertEqual(r.returncode, 2, describe(r))
@@ -373,12 +393,165 @@ class Doctor(unittest.TestCase):
         self.assertIn("interposes: with libMIOpen loaded RTLD_LOCAL", r.stdout)
         self.assertIn("`import rdna1shim` before torch interposes too", r.stdout)
         self.assertIn("nothing blocks use of the shim", r.stdout)
+        # Without a routes file it points at the probe, and at the child program it would run.
+        self.assertIn("[note] No routes file (RDNA1SHIM_ROUTES)", r.stdout)
+        self.assertIn(f"`rdna1shim probe` (its child program is {probe_child()})", r.stdout)
+
+    def test_the_doctor_reads_the_routes_file(self):
+        tmp = tempfile.mkdtemp(prefix="rdna1shim-doctor-")
+        try:
+            routes = os.path.join(tmp, "routes.jsonl")
+            line = {"op": "conv_fwd", "dtype": "fp32", "id": "c1"}
+            with open(routes, "w", encoding="utf-8") as f:
+                for route in ("gpu", "cpu", "gpu", "cpu", "cpu"):
+                    f.write(json.dumps(dict(line, route=route)) + "\n")
+            doctor = cli() + ["doctor", "--miopen", os.path.join(BIN, "libMIOpen.so"), "--python", sys.executable]
+            r = run(doctor, env=clean_env(RDNA1SHIM_ROUTES=routes))
+            self.assertEqual(r.returncode, 0, describe(r))
+            self.assertIn(f"[  ok] RDNA1SHIM_ROUTES={routes}: 2 configurations to the GPU, 3 to the CPU", r.stdout)
+            self.assertNotIn("No routes file", r.stdout)
+            # A record is not a routes file: the shim would not use it.
+            with open(routes, "a", encoding="utf-8") as f:
+                f.write(json.dumps(line) + "\n")
+            r = run(doctor, env=clean_env(RDNA1SHIM_ROUTES=routes))
+            self.assertEqual(r.returncode, 0, describe(r))
+            self.assertIn(f"[warn] RDNA1SHIM_ROUTES={routes}: line 6 has no \"route\"", r.stdout)
+            self.assertIn("the shim will not use it", r.stdout)
+            r = run(doctor, env=clean_env(RDNA1SHIM_ROUTES=os.path.join(tmp, "missing.jsonl")))
+            self.assertIn("missing.jsonl: cannot read it", r.stdout)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def test_the_doctor_says_when_the_probe_child_is_missing(self):
+        r = run(cli() + ["doctor", "--miopen", os.path.join(BIN, "libMIOpen.so"), "--python", sys.executable],
+                env=clean_env(RDNA1SHIM_PROBE_CHILD="/nonexistent/rdna1shim-probe"))
+        self.assertEqual(r.returncode, 0, describe(r))
+        self.assertIn("its child program /nonexistent/rdna1shim-probe is missing: RDNA1SHIM_PROBE_CHILD", r.stdout)
 
     def test_the_doctor_fails_on_a_library_that_is_not_the_shim(self):
         r = run(cli() + ["doctor", "--shim", os.path.join(BIN, "libamdhip64.so"),
                          "--miopen", os.path.join(BIN, "libMIOpen.so"), "--python", sys.executable])
         self.assertEqual(r.returncode, 1, describe(r))
         self.assertIn("did not see the shim", r.stdout)
+
+
+# What the fake GPU does in the probe's children: forward crashes, backward-data computes a
+# wrong result, backward-weights works.
+PROBE_FAULTS = "dir=fwd:crash;dir=bwd_data:wrong"
+PROBE_VERDICTS = {"conv_fwd": "crashes", "conv_bwd_data": "wrong", "conv_bwd_weights": "works"}
+
+
+class ProbeCommand(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="rdna1shim-probe-")
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def record(self):
+        """Records the harness's three directions through `rdna1shim run` (all on the CPU)."""
+        rec = os.path.join(self.tmp, "record.jsonl")
+        r = run(cli() + ["run", os.path.join(BIN, "harness_direct"), "--mode", "default", "--case", CASE],
+                env=clean_env(RDNA1SHIM_RECORD=rec))
+        self.assertEqual(r.returncode, 0, describe(r))
+        record = json_lines(rec)
+        self.assertEqual(sorted(v["op"] for v in record), sorted(PROBE_VERDICTS), record)
+        return rec, record
+
+    def test_probe_writes_the_routes_of_a_recorded_run(self):
+        rec, record = self.record()
+        routes, table = os.path.join(self.tmp, "routes.jsonl"), os.path.join(self.tmp, "table.txt")
+        miopen = os.path.join(BIN, "libMIOpen.so")
+        r = run(cli() + ["probe", "--record", rec, "--out", routes, "--miopen", miopen, "--timeout", "10",
+                         "--table", table], env=clean_env(FAKE_MIOPEN_FAULTS=PROBE_FAULTS))
+        self.assertEqual(r.returncode, 0, describe(r))
+        # The child program is the packaged one (installed) or the one named (checkout).
+        self.assertIn(f"MIOpen {miopen}, HIP (the one MIOpen links), timeout 10 s, child {probe_child()}.", r.stdout)
+        self.assertIn("probe: 1 of 3 configurations run on the GPU (works); 1 wrong, 1 crashes", r.stdout)
+        self.assertIn(f"routes written to {routes}; train with RDNA1SHIM_ROUTES={routes}", r.stdout)
+        probed = json_lines(routes)
+        self.assertEqual([v["id"] for v in probed], [v["id"] for v in record])
+        for v in probed:
+            want = PROBE_VERDICTS[v["op"]]
+            self.assertEqual(v["verdict"], want, v)
+            self.assertEqual(v["route"], "gpu" if want == "works" else "cpu", v)
+        crashed = next(v for v in probed if v["verdict"] == "crashes")
+        self.assertTrue(crashed["probe"].startswith("SIGABRT") and CRASH_MARKER in crashed["probe"], crashed)
+        self.assertGreater(next(v for v in probed if v["verdict"] == "wrong")["max_err"], 0.1)
+        self.assertLess(next(v for v in probed if v["verdict"] == "works")["max_err"], 1e-5)
+        with open(table, encoding="utf-8") as f:
+            text = f.read()
+        for verdict in set(PROBE_VERDICTS.values()):
+            self.assertIn(f"  {verdict}  ", text)
+        # `python -m rdna1shim probe` re-probes the crashed configuration on a GPU that no
+        # longer crashes: its line changes, the others stay.
+        r = run([sys.executable, "-m", "rdna1shim", "probe", "--record", rec, "--out", routes, "--miopen", miopen,
+                 "--only", crashed["id"]], env=clean_env(FAKE_MIOPEN_FAULTS=""))
+        self.assertEqual(r.returncode, 0, describe(r))
+        self.assertIn(f"child {probe_child()}.", r.stdout)
+        again = {v["id"]: v for v in json_lines(routes)}
+        self.assertEqual(len(again), len(probed))
+        for v in probed:
+            if v["id"] == crashed["id"]:
+                self.assertEqual((again[v["id"]]["verdict"], again[v["id"]]["route"]), ("works", "gpu"))
+            else:
+                self.assertEqual(again[v["id"]], v)
+
+    def child_path(self, **env):
+        """probe_child_path() in a fresh process with `env` over the clean environment."""
+        base = {k: v for k, v in clean_env().items() if k not in ("RDNA1SHIM_PROBE_CHILD", "CARGO_TARGET_DIR")}
+        base.update(env)
+        r = run([sys.executable, "-c", "from rdna1shim._library import probe_child_path; print(probe_child_path())"],
+                env=base, cwd=tempfile.gettempdir())
+        self.assertEqual(r.returncode, 0, describe(r))
+        return r.stdout.strip()
+
+    def test_where_the_child_program_is_found(self):
+        # A checkout's build and a program on PATH, both of which the packaged one beats.
+        target = os.path.join(self.tmp, "target")
+        built = os.path.join(target, "release", "rdna1shim-probe")
+        on_path = os.path.join(self.tmp, "bin", "rdna1shim-probe")
+        for p in (built, on_path):
+            os.makedirs(os.path.dirname(p))
+            with open(p, "w") as f:
+                f.write("#!/bin/sh\n")
+            os.chmod(p, 0o755)
+        path = os.pathsep.join([os.path.dirname(on_path), os.environ.get("PATH", "")])
+        self.assertEqual(self.child_path(RDNA1SHIM_PROBE_CHILD="/some/where/probe"), "/some/where/probe")
+        found = self.child_path(CARGO_TARGET_DIR=target, PATH=path)
+        if INSTALLED:
+            packaged = os.path.join(package_dir(), "rdna1shim-probe")
+            self.assertEqual(found, packaged)
+            self.assertTrue(os.access(packaged, os.X_OK), packaged)
+            self.assertEqual(os.path.dirname(library()), package_dir(), "not next to the library")
+            # It is a build of this crate's probe: without arguments it says how it is used.
+            r = run([packaged])
+            self.assertEqual(r.returncode, 2, describe(r))
+            self.assertIn("usage: rdna1shim-probe --miopen LIB", r.stderr)
+        else:
+            self.assertEqual(found, built, "a checkout's build comes before PATH")
+            empty = os.path.join(self.tmp, "empty")
+            self.assertEqual(self.child_path(CARGO_TARGET_DIR=empty, PATH=path), on_path)
+
+    def test_a_missing_child_program_is_reported(self):
+        rec = os.path.join(self.tmp, "record.jsonl")
+        config = {k: 1 for k in ("op", "dtype", "mode", "x", "w", "y", "pad", "stride", "dilation", "groups",
+                                 "deterministic")}
+        with open(rec, "w", encoding="utf-8") as f:
+            f.write(json.dumps(config) + "\n")
+        out = os.path.join(self.tmp, "routes.jsonl")
+        args = cli() + ["probe", "--record", rec, "--out", out, "--miopen", os.path.join(BIN, "libMIOpen.so")]
+        r = run(args, env=clean_env(RDNA1SHIM_PROBE_CHILD="/nonexistent/rdna1shim-probe"))
+        self.assertEqual(r.returncode, 1, describe(r))
+        self.assertIn("the probe's child program /nonexistent/rdna1shim-probe does not exist: "
+                      "RDNA1SHIM_PROBE_CHILD names a file that does not exist", r.stderr)
+        r = run(args + ["--child", "/nowhere/probe"])
+        self.assertEqual(r.returncode, 1, describe(r))
+        self.assertIn("--child /nowhere/probe does not exist", r.stderr)
+        self.assertFalse(os.path.exists(out))
+        r = run(cli() + ["probe"])
+        self.assertEqual(r.returncode, 2, describe(r))
+        self.assertIn("--record", r.stderr)
 
 
 if __name__ == "__main__":

@@ -45,9 +45,10 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Runs `scripts/probe.py` with `args` and the probe's child program `child` (the
-/// tests pass their `probe_child` binary, built from the current sources), in a clean
-/// `RDNA1SHIM_*`/`FAKE_*`/`LD_PRELOAD` environment plus `envs`; output captured.
+/// Runs `scripts/probe.py` (the checkout's way to `rdna1shim probe`) with `args` and the
+/// probe's child program `child` (the tests pass their `probe_child` binary, built from
+/// the current sources), in a clean `RDNA1SHIM_*`/`FAKE_*`/`LD_PRELOAD` environment plus
+/// `envs`; output captured.
 pub fn run_probe(child: &Path, args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> Output {
     let mut cmd = Command::new("python3");
     cmd.arg(repo_root().join("scripts").join("probe.py"));

@@ -1,9 +1,11 @@
 //! Owns the tests of the Python package (`rdna1shim/` at the top of the repository):
 //! `shim-tests/python/test_package.py` run class by class against this checkout's package
-//! (`python3 -m rdna1shim`, the shim named by `RDNA1SHIM_LIBRARY`), and, in the ignored
-//! test that `scripts/test_pip_install.sh` runs, against the package `pip install .` put
-//! in a fresh virtual environment (`SHIM_TESTS_VENV`): the console script, the packaged
-//! library, `import rdna1shim` and `rdna1shim run` reaching the shim, the doctor, the
+//! (`python3 -m rdna1shim`, the shim named by `RDNA1SHIM_LIBRARY`, the probe's child
+//! program named by `RDNA1SHIM_PROBE_CHILD`: the tests' `probe_child`, built from the
+//! current sources), and, in the ignored test that `scripts/test_pip_install.sh` runs,
+//! against the package `pip install .` put in a fresh virtual environment
+//! (`SHIM_TESTS_VENV`): the console script, the packaged library and probe child program,
+//! `import rdna1shim` and `rdna1shim run` reaching the shim, the doctor, the probe, the
 //! Jupyter kernel spec.
 
 use std::path::{Path, PathBuf};
@@ -85,6 +87,10 @@ fn source_tests(class: &str, min_tests: usize, skipped: usize) {
         &[
             ("PYTHONPATH", repo_root().display().to_string()),
             ("RDNA1SHIM_LIBRARY", shim_so().display().to_string()),
+            (
+                "RDNA1SHIM_PROBE_CHILD",
+                env!("CARGO_BIN_EXE_probe_child").to_string(),
+            ),
         ],
     );
     assert_passed(&out, min_tests, skipped);
@@ -117,7 +123,12 @@ fn jupyter_kernel_spec() {
 
 #[test]
 fn doctor_command() {
-    source_tests("Doctor", 2, 0);
+    source_tests("Doctor", 4, 0);
+}
+
+#[test]
+fn probe_command_on_a_recorded_run() {
+    source_tests("ProbeCommand", 3, 0);
 }
 
 /// The package as `pip install .` installed it into the virtual environment named by
@@ -144,5 +155,5 @@ fn installed_package_in_a_virtual_environment() {
         ],
     );
     // Nothing is skipped here: test_sys_prefix runs, and so does the sample client.
-    assert_passed(&out, 25, real_hip_skips());
+    assert_passed(&out, 30, real_hip_skips());
 }

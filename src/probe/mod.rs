@@ -1,6 +1,6 @@
 //! The probe's child program (`rdna1shim-probe`, a thin `main` around [`main`]): runs
 //! ONE recorded convolution configuration on the GPU with a given libMIOpen and compares
-//! the result with the shim's CPU engine. `scripts/probe.py` starts one child per
+//! the result with the shim's CPU engine. `rdna1shim probe` starts one child per
 //! configuration, so a memory fault, an abort or a hang ends only that process; never
 //! call this inside a training process.
 //!
