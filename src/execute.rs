@@ -13,7 +13,7 @@ use crate::activation::Activation;
 use crate::chunking;
 use crate::config::Chunks;
 use crate::convert::{self, Blend};
-use crate::cpu::{conv, ConvShape};
+use crate::cpu::{channels_last, conv, ConvShape};
 use crate::describe::{ConvProblem, Pass, TensorDesc};
 use crate::error::{ShimError, ShimResult};
 use crate::ffi::hip::hipStream_t;
@@ -143,6 +143,31 @@ struct HostConv<'a> {
     p: &'a ConvProblem,
     blend: Blend,
     epilogue: Option<&'a (dyn Fn(&mut [f32]) + Sync)>,
+    /// x and y stay channels-last: the engine's [`channels_last`] kernels compute the
+    /// layer in that order.
+    channels_last: bool,
+}
+
+impl<'a> HostConv<'a> {
+    fn new(
+        p: &'a ConvProblem,
+        blend: Blend,
+        epilogue: Option<&'a (dyn Fn(&mut [f32]) + Sync)>,
+    ) -> Self {
+        // Pointwise and depthwise layers on packed channels-last x and y; a fused
+        // epilogue (per-channel bias in NCHW order) takes the general path.
+        let channels_last = epilogue.is_none()
+            && channels_last::kind(&p.shape).is_some()
+            && p.x.is_packed_channels_last()
+            && p.y.is_packed_channels_last()
+            && !(p.x.is_packed_canonical() && p.y.is_packed_canonical());
+        HostConv {
+            p,
+            blend,
+            epilogue,
+            channels_last,
+        }
+    }
 }
 
 /// An input in the engine's packed f32: the caller's own bytes, or a converted copy.
@@ -179,10 +204,13 @@ fn timed<T>(acc: &mut Duration, f: impl FnOnce() -> T) -> T {
 
 impl HostConv<'_> {
     fn engine(&self, s: &ConvShape, a: &[f32], b: &[f32], out: &mut [f32]) {
-        match self.p.pass {
-            Pass::Forward => conv::forward(s, a, b, out),
-            Pass::BackwardData => conv::backward_data(s, a, b, out),
-            Pass::BackwardWeights => conv::backward_weights(s, a, b, out),
+        match (self.p.pass, self.channels_last) {
+            (Pass::Forward, false) => conv::forward(s, a, b, out),
+            (Pass::BackwardData, false) => conv::backward_data(s, a, b, out),
+            (Pass::BackwardWeights, false) => conv::backward_weights(s, a, b, out),
+            (Pass::Forward, true) => channels_last::forward(s, a, b, out),
+            (Pass::BackwardData, true) => channels_last::backward_data(s, a, b, out),
+            (Pass::BackwardWeights, true) => channels_last::backward_weights(s, a, b, out),
         }
     }
 
@@ -194,12 +222,11 @@ impl HostConv<'_> {
             Pass::BackwardData => (p.y, p.w, p.x),
             Pass::BackwardWeights => (p.x, p.y, p.w),
         };
-        let cut = |l: Layout5, batched: bool| {
-            if batched {
-                chunk_layout(&l, r)
-            } else {
-                l
-            }
+        // Channels-last tensors are computed in their own order: as one packed row.
+        let cut = |l: Layout5, batched: bool| match (batched, self.channels_last) {
+            (true, false) => chunk_layout(&l, r),
+            (true, true) => chunk_layout(&l, r).flat(),
+            (false, _) => l,
         };
         let w = p.pass == Pass::BackwardWeights;
         [cut(la, true), cut(lb, w), cut(lo, !w)]
@@ -363,11 +390,7 @@ pub fn compute_on_host_chunked(
     epilogue: Option<&(dyn Fn(&mut [f32]) + Sync)>,
     chunks: usize,
 ) -> ShimResult<()> {
-    let host = HostConv {
-        p,
-        blend: Blend { alpha, beta },
-        epilogue,
-    };
+    let host = HostConv::new(p, Blend { alpha, beta }, epilogue);
     let [oa, ob, oo] = operands(
         p,
         &ConvBuffers {
@@ -666,11 +689,11 @@ pub fn run_conv_fused(
                     act.apply_all(res);
                 }
             };
-            let host = HostConv {
+            let host = HostConv::new(
                 p,
-                blend: Blend { alpha, beta },
-                epilogue: fused.map(|_| &epilogue as &(dyn Fn(&mut [f32]) + Sync)),
-            };
+                Blend { alpha, beta },
+                fused.map(|_| &epilogue as &(dyn Fn(&mut [f32]) + Sync)),
+            );
             let r = plan.chunks[i].clone();
             let s = i % plan.slots;
             let a_len = chunk_span(&a.layout, &r, dt).1;

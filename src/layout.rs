@@ -60,6 +60,28 @@ impl Layout5 {
         true
     }
 
+    /// Packed channels-last `[n, d, h, w, c]` (NHWC / NDHWC): channels adjacent, then the
+    /// spatial dims, then the batch. Dims of size 1 place no demand on their stride.
+    pub fn is_packed_channels_last(&self) -> bool {
+        let mut expect = 1;
+        for i in [1, 4, 3, 2, 0] {
+            if self.dims[i] != 1 && self.strides[i] != expect {
+                return false;
+            }
+            expect *= self.dims[i];
+        }
+        true
+    }
+
+    /// The same elements seen as one packed row (for tensors whose memory order is
+    /// already the order they are computed in).
+    pub fn flat(&self) -> Layout5 {
+        Layout5 {
+            dims: [1, 1, 1, 1, self.numel()],
+            strides: [1; 5],
+        }
+    }
+
     /// Every element has its own address and there are no gaps: writing all elements
     /// overwrites the whole span, so it need not be read first.
     pub fn is_dense(&self) -> bool {
@@ -110,6 +132,9 @@ mod tests {
         assert!(packed.is_packed_canonical() && packed.is_dense() && packed.is_non_overlapping());
         let cl = nhwc(2, 3, 4, 5);
         assert!(!cl.is_packed_canonical() && cl.is_dense() && cl.is_non_overlapping());
+        assert!(cl.is_packed_channels_last() && !packed.is_packed_channels_last());
+        assert_eq!(cl.flat().numel(), cl.numel());
+        assert!(cl.flat().is_packed_canonical());
         let padded = Layout5 {
             dims: [2, 3, 1, 4, 5],
             strides: [80, 24, 24, 6, 1],

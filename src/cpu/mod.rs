@@ -21,11 +21,13 @@
 //! - `geometry` (index arithmetic), `scratch` (bounded reusable buffers),
 //!   `par` (task splitting), `simd` (vector types and run-time dispatch).
 //!
-//! [`batchnorm`] is the batch-normalization engine; `peak` measures the
+//! [`channels_last`] computes pointwise and depthwise layers directly on channels-last
+//! tensors. [`batchnorm`] is the batch-normalization engine; `peak` measures the
 //! cores' FMA peak for the benchmark.
 
 mod avx512_gemm;
 pub mod batchnorm;
+pub mod channels_last;
 pub mod conv;
 mod depthwise;
 mod geometry;
