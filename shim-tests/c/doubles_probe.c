@@ -10,6 +10,8 @@
  *             time, cross-stream waits, destroy with a record still queued
  *   pcie      with FAKE_HIP_GBPS set: copies take bytes / bandwidth, the host
  *             is free meanwhile, each direction is one link; prints timings
+ *   affinity  prints every thread's allowed CPUs after two streams ran a copy each
+ *             (for FAKE_HIP_COPY_CPUS)
  *   fail      prints the result of a fixed call sequence, for FAKE_HIP_FAIL tests
  *   miopen    host-side MIOpen descriptor semantics of the fake library
  * Each prints "ok ..."/"FAIL ..." lines and exits 0 iff nothing failed.
@@ -22,6 +24,9 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <dirent.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 static int g_failed;
 
@@ -554,6 +559,40 @@ static int probe_pcie(void)
     return g_failed != 0;
 }
 
+static int probe_affinity(void)
+{
+    hipStream_t s[2];
+    void* d = NULL;
+    unsigned char h[64] = {0};
+    EXPECT(hipMalloc(&d, sizeof h) == hipSuccess, "hipMalloc");
+    for (int i = 0; i < 2; i++) {
+        EXPECT(hipStreamCreateWithFlags(&s[i], hipStreamNonBlocking) == hipSuccess, "stream");
+        EXPECT(hipMemcpyAsync(d, h, sizeof h, hipMemcpyHostToDevice, s[i]) == hipSuccess, "copy");
+        EXPECT(hipStreamSynchronize(s[i]) == hipSuccess, "sync");
+    }
+    DIR* dir = opendir("/proc/self/task");
+    struct dirent* e;
+    while (dir && (e = readdir(dir))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[300], line[256];
+        snprintf(path, sizeof path, "/proc/self/task/%s/status", e->d_name);
+        FILE* f = fopen(path, "r");
+        while (f && fgets(line, sizeof line, f))
+            if (strncmp(line, "Cpus_allowed_list:", 18) == 0)
+                printf("thread %s cpus %s", e->d_name, line + 18 + strspn(line + 18, " \t"));
+        if (f)
+            fclose(f);
+    }
+    if (dir)
+        closedir(dir);
+    printf("main %ld\n", (long)syscall(SYS_gettid));
+    for (int i = 0; i < 2; i++)
+        EXPECT(hipStreamDestroy(s[i]) == hipSuccess, "destroy");
+    EXPECT(hipFree(d) == hipSuccess, "free");
+    return g_failed != 0;
+}
+
 int main(int argc, char** argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -569,12 +608,14 @@ int main(int argc, char** argv)
         rc = probe_events();
     else if (strcmp(what, "pcie") == 0)
         rc = probe_pcie();
+    else if (strcmp(what, "affinity") == 0)
+        rc = probe_affinity();
     else if (strcmp(what, "fail") == 0)
         rc = probe_fail();
     else if (strcmp(what, "miopen") == 0)
         rc = probe_miopen();
     else {
-        fprintf(stderr, "usage: doubles_probe segv|stale|validate|events|pcie|fail|miopen\n");
+        fprintf(stderr, "usage: doubles_probe segv|stale|validate|events|pcie|affinity|fail|miopen\n");
         return 2;
     }
     if (strcmp(what, "fail") != 0)

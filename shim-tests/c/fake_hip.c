@@ -49,6 +49,9 @@
  *   FAKE_HIP_DELAY_US  per-operation latency of stream operations (default 2000).
  *   FAKE_HIP_GBPS      bandwidth of the modelled PCIe link in GB/s (10^9 bytes/s)
  *                      per direction; unset or 0: copies are plain memcpy.
+ *   FAKE_HIP_COPY_CPUS CPUs the stream workers run on, e.g. "2-15" or "4,5": a real
+ *                      GPU's copy engines take no CPU time, so a benchmark can keep
+ *                      the fake's memcpy off the cores it measures.
  *   FAKE_HIP_FAIL      comma-separated fault injections "function:N" (the Nth call
  *                      of that function, 1-based, counted per function from
  *                      process start) or "function:*" (every call), e.g.
@@ -67,6 +70,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -110,6 +114,7 @@ static struct fault g_faults[MAX_FAULTS];
 static int g_nfaults;
 static long g_delay_us = 2000;
 static double g_gbps; /* 0: copies are not rate limited */
+static cpu_set_t g_copy_cpus; /* where stream workers run; empty: anywhere */
 static size_t g_bytes_copied[5];
 
 static __thread hipError_t t_last_error = hipSuccess;
@@ -173,6 +178,25 @@ static void init_once(void)
             fprintf(stderr, "fake HIP: FAKE_HIP_GBPS '%s' is not a bandwidth in GB/s\n", g);
             abort();
         }
+    }
+    CPU_ZERO(&g_copy_cpus);
+    const char* cpus = getenv("FAKE_HIP_COPY_CPUS");
+    if (cpus && *cpus) {
+        char* copy = strdup(cpus);
+        char* save = NULL;
+        for (char* tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+            char* end = NULL;
+            long lo = strtol(tok, &end, 10), hi = lo;
+            if (end && *end == '-')
+                hi = strtol(end + 1, &end, 10);
+            if (!end || *end || lo < 0 || hi < lo || hi >= CPU_SETSIZE) {
+                fprintf(stderr, "fake HIP: FAKE_HIP_COPY_CPUS '%s' is not a CPU list\n", cpus);
+                abort();
+            }
+            for (long c = lo; c <= hi; c++)
+                CPU_SET((int)c, &g_copy_cpus);
+        }
+        free(copy);
     }
     const char* f = getenv("FAKE_HIP_FAIL");
     if (f && *f)
@@ -438,6 +462,8 @@ static void event_complete_locked(struct ihipEvent_t* e, long seq)
 static void* stream_worker(void* arg)
 {
     struct ihipStream_t* s = arg;
+    if (CPU_COUNT(&g_copy_cpus) > 0)
+        pthread_setaffinity_np(pthread_self(), sizeof g_copy_cpus, &g_copy_cpus);
     pthread_mutex_lock(&g_lock);
     for (;;) {
         while (!s->head && !s->stop)

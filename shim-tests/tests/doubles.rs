@@ -318,6 +318,44 @@ fn pcie_model_takes_bytes_over_bandwidth_like_a_dma_engine() {
 }
 
 #[test]
+fn stream_workers_run_on_the_copy_cpus() {
+    let out = run(
+        "doubles_probe",
+        &["affinity"],
+        &[("FAKE_HIP_COPY_CPUS", "0")],
+        false,
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let s = stdout(&out);
+    let main = s
+        .lines()
+        .find_map(|l| l.strip_prefix("main "))
+        .unwrap_or_else(|| panic!("{s}"));
+    let threads: Vec<(&str, &str)> = s
+        .lines()
+        .filter_map(|l| l.strip_prefix("thread "))
+        .filter_map(|l| l.split_once(" cpus "))
+        .collect();
+    let workers: Vec<_> = threads.iter().filter(|(t, _)| *t != main).collect();
+    assert_eq!(workers.len(), 2, "one worker per stream\n{s}");
+    for (t, cpus) in workers {
+        assert_eq!(*cpus, "0", "worker {t}\n{s}");
+    }
+    // Without the variable they run anywhere the process may.
+    let out = run("doubles_probe", &["affinity"], &[], false);
+    let s = stdout(&out);
+    let lists: Vec<&str> = s
+        .lines()
+        .filter_map(|l| l.strip_prefix("thread "))
+        .filter_map(|l| l.split_once(" cpus ").map(|(_, c)| c))
+        .collect();
+    assert!(
+        lists.len() == 3 && lists.iter().all(|c| *c == lists[0]),
+        "{s}"
+    );
+}
+
+#[test]
 fn fake_miopen_descriptor_semantics() {
     let out = run("doubles_probe", &["miopen"], &[], false);
     assert!(out.status.success(), "{}", describe(&out));
