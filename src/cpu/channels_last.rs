@@ -11,6 +11,8 @@
 //! kinds is also their channels-last order. Every pass overwrites its output; work runs
 //! on the current rayon pool.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::matmul::{matmul, Mat, MatMut};
@@ -89,7 +91,7 @@ pub fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32]) {
                 )
             }
         }
-        _ => depthwise_forward(s, x, w, y),
+        _ => depthwise_forward(s, x, w, y, vector_available()),
     }
 }
 
@@ -136,7 +138,7 @@ pub fn backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32]) {
                 )
             }
         }
-        _ => depthwise_backward_data(s, dy, w, dx),
+        _ => depthwise_backward_data(s, dy, w, dx, vector_available()),
     }
 }
 
@@ -156,7 +158,7 @@ pub fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     );
     match kind(s) {
         Some(Kind::Pointwise) => pointwise_backward_weights(s, x, dy, dw),
-        _ => depthwise_backward_weights(s, x, dy, dw),
+        _ => depthwise_backward_weights(s, x, dy, dw, vector_available()),
     }
 }
 
@@ -279,36 +281,120 @@ fn taps_by_channel(r: &Rows, w: &[f32]) -> Vec<f32> {
     t
 }
 
-/// `acc[i] += a[i] · b[i]`, vectorised where the CPU allows.
+/// Most kernel taps a position gathers (a 7×7 kernel has 49).
+const MAX_TAPS: usize = 64;
+
+/// `out[c] = Σ_j a_j[c] · b_j[c]` over the pairs, for `c < len`.
+///
+/// # Safety
+/// Every pointer is valid for `len` values; `out` overlaps none of them.
 #[inline]
-fn fma_into(acc: &mut [f32], a: &[f32], b: &[f32]) {
+unsafe fn dot_pairs(out: *mut f32, pairs: &[(*const f32, *const f32)], len: usize, vector: bool) {
     #[cfg(target_arch = "x86_64")]
-    if fma_available() {
-        // SAFETY: the CPU has AVX2 and FMA.
-        unsafe { fma_into_avx2(acc, a, b) };
-        return;
+    if vector {
+        return dot_pairs_avx2(out, pairs, len);
     }
-    fma_into_portable(acc, a, b);
+    let _ = vector;
+    for c in 0..len {
+        let mut acc = 0f32;
+        for (a, b) in pairs {
+            acc = (*a.add(c)).mul_add(*b.add(c), acc);
+        }
+        *out.add(c) = acc;
+    }
 }
 
-#[inline(always)]
-fn fma_into_portable(acc: &mut [f32], a: &[f32], b: &[f32]) {
-    for ((o, x), y) in acc.iter_mut().zip(a).zip(b) {
-        *o = x.mul_add(*y, *o);
+/// `acc_j[c] += a[c] · b_j[c]` for every pair `(acc_j, b_j)` and `c < len`.
+///
+/// # Safety
+/// As [`dot_pairs`]; the accumulators overlap nothing else.
+#[inline]
+unsafe fn axpy_pairs(a: *const f32, pairs: &[(*mut f32, *const f32)], len: usize, vector: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if vector {
+        return axpy_pairs_avx2(a, pairs, len);
+    }
+    let _ = vector;
+    for (acc, b) in pairs {
+        for c in 0..len {
+            *acc.add(c) = (*a.add(c)).mul_add(*b.add(c), *acc.add(c));
+        }
+    }
+}
+
+/// Whether the depthwise loops use AVX2 + FMA (asked once).
+fn vector_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_pairs_avx2(out: *mut f32, pairs: &[(*const f32, *const f32)], len: usize) {
+    use std::arch::x86_64::*;
+    let mut c = 0;
+    // Four vectors of channels at a time, the accumulators in registers.
+    while c + 32 <= len {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (a, b) in pairs {
+            for (v, r) in acc.iter_mut().enumerate() {
+                let o = c + 8 * v;
+                *r = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(o)), _mm256_loadu_ps(b.add(o)), *r);
+            }
+        }
+        for (v, r) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.add(c + 8 * v), *r);
+        }
+        c += 32;
+    }
+    while c + 8 <= len {
+        let mut r = _mm256_setzero_ps();
+        for (a, b) in pairs {
+            r = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(c)), _mm256_loadu_ps(b.add(c)), r);
+        }
+        _mm256_storeu_ps(out.add(c), r);
+        c += 8;
+    }
+    for c in c..len {
+        let mut acc = 0f32;
+        for (a, b) in pairs {
+            acc = (*a.add(c)).mul_add(*b.add(c), acc);
+        }
+        *out.add(c) = acc;
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn fma_into_avx2(acc: &mut [f32], a: &[f32], b: &[f32]) {
-    fma_into_portable(acc, a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-fn fma_available() -> bool {
-    use std::sync::OnceLock;
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+unsafe fn axpy_pairs_avx2(a: *const f32, pairs: &[(*mut f32, *const f32)], len: usize) {
+    use std::arch::x86_64::*;
+    let mut c = 0;
+    while c + 16 <= len {
+        let (a0, a1) = (_mm256_loadu_ps(a.add(c)), _mm256_loadu_ps(a.add(c + 8)));
+        for (acc, b) in pairs {
+            let (p0, p1) = (acc.add(c), acc.add(c + 8));
+            _mm256_storeu_ps(
+                p0,
+                _mm256_fmadd_ps(a0, _mm256_loadu_ps(b.add(c)), _mm256_loadu_ps(p0)),
+            );
+            _mm256_storeu_ps(
+                p1,
+                _mm256_fmadd_ps(a1, _mm256_loadu_ps(b.add(c + 8)), _mm256_loadu_ps(p1)),
+            );
+        }
+        c += 16;
+    }
+    for c in c..len {
+        for (acc, b) in pairs {
+            *acc.add(c) = (*a.add(c)).mul_add(*b.add(c), *acc.add(c));
+        }
+    }
 }
 
 /// Rows of output (or input) positions per task.
@@ -318,71 +404,83 @@ fn rows_per_task(row_elems: usize, rows: usize) -> usize {
         .clamp(1, rows.max(1))
 }
 
-fn depthwise_forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32]) {
-    let r = Rows::of(s);
-    let taps = taps_by_channel(&r, w);
-    let row = r.ow * r.c;
-    let per = rows_per_task(row, s.n * r.oh);
-    y.par_chunks_mut(row * per)
+/// Runs `row(g, values)` for every row `g` of `out` (rows of `row` values), in parallel.
+fn by_rows(out: &mut [f32], row: usize, rows: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let per = rows_per_task(row, rows);
+    out.par_chunks_mut(row * per)
         .enumerate()
-        .for_each(|(t, out)| {
-            for (j, orow) in out.chunks_mut(row).enumerate() {
-                let g = t * per + j;
-                let (n, oh) = (g / r.oh, g % r.oh);
-                orow.fill(0.0);
-                for kh in 0..r.kh {
-                    let Some(ih) = r.input_of(0, oh, kh) else {
-                        continue;
-                    };
-                    let xrow = &x[(n * r.ih + ih) * r.iw * r.c..][..r.iw * r.c];
-                    for ow in 0..r.ow {
-                        let acc = &mut orow[ow * r.c..][..r.c];
-                        for kw in 0..r.kw {
-                            if let Some(iw) = r.input_of(1, ow, kw) {
-                                let tap = &taps[(kh * r.kw + kw) * r.c..][..r.c];
-                                fma_into(acc, &xrow[iw * r.c..][..r.c], tap);
-                            }
-                        }
-                    }
-                }
+        .for_each(|(t, part)| {
+            for (j, r) in part.chunks_mut(row).enumerate() {
+                f(t * per + j, r);
             }
         });
 }
 
-fn depthwise_backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+fn depthwise_forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], vector: bool) {
     let r = Rows::of(s);
     let taps = taps_by_channel(&r, w);
-    let row = r.iw * r.c;
-    let per = rows_per_task(row, s.n * r.ih);
-    dx.par_chunks_mut(row * per)
-        .enumerate()
-        .for_each(|(t, out)| {
-            for (j, irow) in out.chunks_mut(row).enumerate() {
-                let g = t * per + j;
-                let (n, ih) = (g / r.ih, g % r.ih);
-                irow.fill(0.0);
-                for kh in 0..r.kh {
-                    let Some(oh) = r.output_of(0, ih, kh) else {
-                        continue;
-                    };
-                    let dyrow = &dy[(n * r.oh + oh) * r.ow * r.c..][..r.ow * r.c];
-                    for iw in 0..r.iw {
-                        let acc = &mut irow[iw * r.c..][..r.c];
-                        for kw in 0..r.kw {
-                            if let Some(ow) = r.output_of(1, iw, kw) {
-                                let tap = &taps[(kh * r.kw + kw) * r.c..][..r.c];
-                                fma_into(acc, &dyrow[ow * r.c..][..r.c], tap);
-                            }
-                        }
+    assert!(r.kh * r.kw <= MAX_TAPS, "depthwise kernel too large");
+    by_rows(y, r.ow * r.c, s.n * r.oh, |g, orow| {
+        let (n, oh) = (g / r.oh, g % r.oh);
+        let mut pairs = [(std::ptr::null(), std::ptr::null()); MAX_TAPS];
+        for ow in 0..r.ow {
+            let mut k = 0;
+            for kh in 0..r.kh {
+                let Some(ih) = r.input_of(0, oh, kh) else {
+                    continue;
+                };
+                for kw in 0..r.kw {
+                    if let Some(iw) = r.input_of(1, ow, kw) {
+                        pairs[k] = (
+                            x[((n * r.ih + ih) * r.iw + iw) * r.c..][..r.c].as_ptr(),
+                            taps[(kh * r.kw + kw) * r.c..][..r.c].as_ptr(),
+                        );
+                        k += 1;
                     }
                 }
             }
-        });
+            let out = &mut orow[ow * r.c..][..r.c];
+            // SAFETY: the pairs point at whole channel vectors of x and the taps (sliced
+            // above); out is this row's own.
+            unsafe { dot_pairs(out.as_mut_ptr(), &pairs[..k], r.c, vector) };
+        }
+    });
 }
 
-fn depthwise_backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+fn depthwise_backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32], vector: bool) {
+    let r = Rows::of(s);
+    let taps = taps_by_channel(&r, w);
+    assert!(r.kh * r.kw <= MAX_TAPS, "depthwise kernel too large");
+    by_rows(dx, r.iw * r.c, s.n * r.ih, |g, irow| {
+        let (n, ih) = (g / r.ih, g % r.ih);
+        let mut pairs = [(std::ptr::null(), std::ptr::null()); MAX_TAPS];
+        for iw in 0..r.iw {
+            let mut k = 0;
+            for kh in 0..r.kh {
+                let Some(oh) = r.output_of(0, ih, kh) else {
+                    continue;
+                };
+                for kw in 0..r.kw {
+                    if let Some(ow) = r.output_of(1, iw, kw) {
+                        pairs[k] = (
+                            dy[((n * r.oh + oh) * r.ow + ow) * r.c..][..r.c].as_ptr(),
+                            taps[(kh * r.kw + kw) * r.c..][..r.c].as_ptr(),
+                        );
+                        k += 1;
+                    }
+                }
+            }
+            let out = &mut irow[iw * r.c..][..r.c];
+            // SAFETY: as in depthwise_forward.
+            unsafe { dot_pairs(out.as_mut_ptr(), &pairs[..k], r.c, vector) };
+        }
+    });
+}
+
+fn depthwise_backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f32], vector: bool) {
     let r = Rows::of(s);
     let k = r.kh * r.kw;
+    assert!(k <= MAX_TAPS, "depthwise kernel too large");
     let rows = s.n * r.oh;
     let tasks = parts(rows * r.ow);
     // Per task, sums in [kh][kw][c] order.
@@ -390,24 +488,14 @@ fn depthwise_backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f3
         .into_par_iter()
         .map(|t| {
             let mut acc = vec![0f32; k * r.c];
-            for g in t * rows / tasks..(t + 1) * rows / tasks {
-                let (n, oh) = (g / r.oh, g % r.oh);
-                let dyrow = &dy[(n * r.oh + oh) * r.ow * r.c..][..r.ow * r.c];
-                for kh in 0..r.kh {
-                    let Some(ih) = r.input_of(0, oh, kh) else {
-                        continue;
-                    };
-                    let xrow = &x[(n * r.ih + ih) * r.iw * r.c..][..r.iw * r.c];
-                    for kw in 0..r.kw {
-                        let a = &mut acc[(kh * r.kw + kw) * r.c..][..r.c];
-                        for ow in 0..r.ow {
-                            if let Some(iw) = r.input_of(1, ow, kw) {
-                                fma_into(a, &dyrow[ow * r.c..][..r.c], &xrow[iw * r.c..][..r.c]);
-                            }
-                        }
-                    }
-                }
+            let mine = t * rows / tasks..(t + 1) * rows / tasks;
+            #[cfg(target_arch = "x86_64")]
+            if vector {
+                // SAFETY: the CPU has AVX2 and FMA (vector is only set when it does).
+                unsafe { weight_rows_avx2(&r, x, dy, mine, &mut acc) };
+                return acc;
             }
+            weight_rows(&r, (x, dy), mine, &mut acc, 0, vector);
             acc
         })
         .collect();
@@ -416,6 +504,89 @@ fn depthwise_backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f3
             dw[ch * k + tap] = sums.iter().map(|a| a[tap * r.c + ch]).sum();
         }
     }
+}
+
+/// Adds the weight gradient of output rows `rows` (`n · oh + oh`) over channels
+/// `from..` to `acc` (`[kh][kw][c]`), a position at a time.
+fn weight_rows(
+    r: &Rows,
+    (x, dy): (&[f32], &[f32]),
+    rows: Range<usize>,
+    acc: &mut [f32],
+    from: usize,
+    vector: bool,
+) {
+    let len = r.c - from;
+    let mut pairs = [(std::ptr::null_mut(), std::ptr::null()); MAX_TAPS];
+    for g in rows {
+        let (n, oh) = (g / r.oh, g % r.oh);
+        for ow in 0..r.ow {
+            let mut m = 0;
+            for kh in 0..r.kh {
+                let Some(ih) = r.input_of(0, oh, kh) else {
+                    continue;
+                };
+                for kw in 0..r.kw {
+                    if let Some(iw) = r.input_of(1, ow, kw) {
+                        pairs[m] = (
+                            acc[(kh * r.kw + kw) * r.c + from..][..len].as_mut_ptr(),
+                            x[((n * r.ih + ih) * r.iw + iw) * r.c + from..][..len].as_ptr(),
+                        );
+                        m += 1;
+                    }
+                }
+            }
+            let d = &dy[((n * r.oh + oh) * r.ow + ow) * r.c + from..][..len];
+            // SAFETY: the pairs are distinct taps' sums and channel vectors of x; d is a
+            // channel vector of dy.
+            unsafe { axpy_pairs(d.as_ptr(), &pairs[..m], len, vector) };
+        }
+    }
+}
+
+/// [`weight_rows`] with the sums in registers: for each kernel row and up to three
+/// taps of it, sixteen channels at a time, over all the positions of `rows`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weight_rows_avx2(r: &Rows, x: &[f32], dy: &[f32], rows: Range<usize>, acc: &mut [f32]) {
+    use std::arch::x86_64::*;
+    const GROUP: usize = 3;
+    let (xp, dyp, ap) = (x.as_ptr(), dy.as_ptr(), acc.as_mut_ptr());
+    let c16 = r.c - r.c % 16;
+    for kh in 0..r.kh {
+        for kw0 in (0..r.kw).step_by(GROUP) {
+            let nk = GROUP.min(r.kw - kw0);
+            for c in (0..c16).step_by(16) {
+                let mut a = [[_mm256_setzero_ps(); 2]; GROUP];
+                for g in rows.clone() {
+                    let (n, oh) = (g / r.oh, g % r.oh);
+                    let Some(ih) = r.input_of(0, oh, kh) else {
+                        continue;
+                    };
+                    let xrow = xp.add((n * r.ih + ih) * r.iw * r.c + c);
+                    let drow = dyp.add((n * r.oh + oh) * r.ow * r.c + c);
+                    for ow in 0..r.ow {
+                        let d0 = _mm256_loadu_ps(drow.add(ow * r.c));
+                        let d1 = _mm256_loadu_ps(drow.add(ow * r.c + 8));
+                        for (j, aj) in a.iter_mut().enumerate().take(nk) {
+                            if let Some(iw) = r.input_of(1, ow, kw0 + j) {
+                                let xi = xrow.add(iw * r.c);
+                                aj[0] = _mm256_fmadd_ps(d0, _mm256_loadu_ps(xi), aj[0]);
+                                aj[1] = _mm256_fmadd_ps(d1, _mm256_loadu_ps(xi.add(8)), aj[1]);
+                            }
+                        }
+                    }
+                }
+                for (j, aj) in a.iter().enumerate().take(nk) {
+                    let at = ap.add((kh * r.kw + kw0 + j) * r.c + c);
+                    _mm256_storeu_ps(at, _mm256_add_ps(_mm256_loadu_ps(at), aj[0]));
+                    _mm256_storeu_ps(at.add(8), _mm256_add_ps(_mm256_loadu_ps(at.add(8)), aj[1]));
+                }
+            }
+        }
+    }
+    // The channels past the last block of sixteen, a position at a time.
+    weight_rows(r, (x, dy), rows, acc, c16, true);
 }
 
 #[cfg(test)]
@@ -522,6 +693,19 @@ mod tests {
                 let mut dwl = vec![f32::NAN; s.weight_len()];
                 backward_weights(s, &xl, &dyl, &mut dwl);
                 close(&dwl, &dw, "backward_weights");
+
+                if kind(s) == Some(Kind::Depthwise) {
+                    // the portable loops too, where the vector ones ran above
+                    let mut o = vec![f32::NAN; s.output_len()];
+                    depthwise_forward(s, &xl, &w, &mut o, false);
+                    close(&o, &yl, "portable forward");
+                    let mut o = vec![f32::NAN; s.input_len()];
+                    depthwise_backward_data(s, &dyl, &w, &mut o, false);
+                    close(&o, &dxl, "portable backward_data");
+                    let mut o = vec![f32::NAN; s.weight_len()];
+                    depthwise_backward_weights(s, &xl, &dyl, &mut o, false);
+                    close(&o, &dwl, "portable backward_weights");
+                }
             });
         }
     }
