@@ -26,6 +26,9 @@
  * two completed records, and hipStreamWaitEvent makes a stream's later
  * operations wait for the event's last record. Markers carry no delay.
  *
+ * Copies of 8 MiB and more are split over four threads (a DMA engine outruns one
+ * core's memcpy), so that the fake keeps up with the link it models.
+ *
  * PCIe model: with FAKE_HIP_GBPS set, every host<->device copy also takes
  * bytes / bandwidth of wall time on the executing worker (or caller, for the
  * null stream), like a DMA engine: the host threads are free meanwhile. Each
@@ -433,6 +436,58 @@ static struct timespec link_reserve(int kind, size_t n)
     return end;
 }
 
+/* A DMA engine outruns one core's memcpy: large copies are split over helper threads
+ * (on FAKE_HIP_COPY_CPUS when set), so the fake can keep up with the modelled link. */
+#define COPY_SPLIT_MIN (8u << 20)
+#define COPY_PARTS 4
+
+struct copy_part {
+    char* dst;
+    const char* src;
+    size_t n;
+};
+
+static void* copy_part_run(void* arg)
+{
+    struct copy_part* p = arg;
+    memcpy(p->dst, p->src, p->n);
+    return NULL;
+}
+
+static void copy_bytes(void* dst, const void* src, size_t n)
+{
+    char *d = dst, *e = d + n;
+    const char* s = src;
+    /* overlapping ranges (device-to-device within one allocation) stay one memmove */
+    if (n < COPY_SPLIT_MIN || (s < e && d < s + n)) {
+        memmove(dst, src, n);
+        return;
+    }
+    struct copy_part parts[COPY_PARTS];
+    pthread_t threads[COPY_PARTS];
+    int started[COPY_PARTS] = {0};
+    size_t step = (n / COPY_PARTS + 63) & ~(size_t)63;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    if (CPU_COUNT(&g_copy_cpus) > 0)
+        pthread_attr_setaffinity_np(&attr, sizeof g_copy_cpus, &g_copy_cpus);
+    for (int i = 0; i < COPY_PARTS; i++) {
+        size_t at = step * (size_t)i < n ? step * (size_t)i : n;
+        size_t len = at + step < n ? step : n - at;
+        parts[i] = (struct copy_part){d + at, s + at, len};
+        if (i > 0 && len > 0)
+            started[i] = pthread_create(&threads[i], &attr, copy_part_run, &parts[i]) == 0;
+    }
+    pthread_attr_destroy(&attr);
+    copy_part_run(&parts[0]);
+    for (int i = 1; i < COPY_PARTS; i++) {
+        if (started[i])
+            pthread_join(threads[i], NULL);
+        else
+            copy_part_run(&parts[i]); /* no thread to be had: copy it here */
+    }
+}
+
 static void exec_op(const struct op* op)
 {
     if (op->type == OP_COPY) {
@@ -441,7 +496,7 @@ static void exec_op(const struct op* op)
         struct timespec end;
         if (timed)
             end = link_reserve(op->kind, op->n);
-        memmove(resolve(op->dst), resolve((void*)op->src), op->n);
+        copy_bytes(resolve(op->dst), resolve((void*)op->src), op->n);
         if (timed)
             sleep_until(&end);
         __atomic_add_fetch(&g_bytes_copied[op->kind], op->n, __ATOMIC_SEQ_CST);

@@ -30,7 +30,7 @@ fn simd_rows() -> bool {
 /// Side of the square tiles channels-last rows are transposed in.
 const TILE: usize = 16;
 
-/// Elements a parallel task converts at least (smaller tensors use fewer tasks).
+/// Elements a parallel task converts at most (unless one row is longer).
 const TASK_ELEMS: usize = 1 << 15;
 
 /// The bytes as the engine's packed f32, without a copy, when they are exactly that:
@@ -71,7 +71,11 @@ fn rows(l: &Layout5) -> (usize, usize) {
     let [n, c, d, h, w] = l.dims;
     let rows = n * d * h;
     let per_row = (c * w).max(1);
-    (rows, TASK_ELEMS.div_ceil(per_row).clamp(1, rows.max(1)))
+    // Tasks of at most TASK_ELEMS values, and at least four per thread where the rows
+    // allow (a chunk of a call is small next to the threads of a big machine).
+    let by_size = TASK_ELEMS.div_ceil(per_row);
+    let by_threads = rows.div_ceil(4 * rayon::current_num_threads());
+    (rows, by_size.min(by_threads).clamp(1, rows.max(1)))
 }
 
 /// Reads `n` contiguous elements of type `dt` at `src` into `dst` as f32.
