@@ -3,7 +3,8 @@
 (oneDNN), same machine, same thread count, measured in the same run.
 
     python3 scripts/bench_vs_torch.py [--threads N] [--layer SUBSTRING] [--bench PATH]
-                                      [--rounds R] [--min-ms MS] [--markdown]
+                                      [--isa avx512|avx2|portable] [--rounds R] [--min-ms MS]
+                                      [--markdown]
 
 The layer list comes from the engine's own benchmark (`conv_bench --list`, built with
 `cargo build --release --bin conv_bench`), which prints each layer's geometry. For each
@@ -14,6 +15,14 @@ that the machine's slow spells hit both sides alike. PyTorch runs:
   backward_data    aten.convolution_backward, grad-input only (= a transposed conv forward)
   backward_weights aten.convolution_backward, grad-weight only
 Without PyTorch installed it prints the engine's numbers only.
+
+--isa caps both sides at the same instruction set, so that e.g. the AVX2 engine can be
+measured like-for-like on an AVX-512 machine: the engine through `conv_bench --isa`
+(RDNA1SHIM_MAX_ISA), PyTorch through oneDNN's ONEDNN_MAX_CPU_ISA and ATen's
+ATEN_CPU_CAPABILITY, set before torch is imported (avx2 -> AVX2 / avx2, avx512 ->
+AVX512_CORE / avx512, portable -> SSE41 / default). Without --isa it follows
+RDNA1SHIM_MAX_ISA when that is set, else both sides use the best the CPU has. The FMA peak
+is measured at the engine's instruction set.
 """
 import argparse
 import json
@@ -25,13 +34,18 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# The engine's instruction-set cap -> (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY).
+PEER_ISA = {"avx512": ("AVX512_CORE", "avx512"), "avx2": ("AVX2", "avx2"), "portable": ("SSE41", "default")}
+
 
 class Ours:
     """The engine's benchmark in `--serve` mode: one timed layer-pass per request."""
 
-    def __init__(self, bench, threads, min_ms):
-        self.proc = subprocess.Popen([bench, "--serve", "--threads", str(threads), "--min-ms", str(min_ms)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    def __init__(self, bench, threads, min_ms, isa):
+        cmd = [bench, "--serve", "--threads", str(threads), "--min-ms", str(min_ms)]
+        if isa:
+            cmd += ["--isa", isa]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def time(self, layer, p):
         self.proc.stdin.write(f"{layer}\t{p}\n")
@@ -42,9 +56,11 @@ class Ours:
         return json.loads(line)
 
     def peak(self):
+        """The threads' FMA peak and the instruction set the engine runs at."""
         self.proc.stdin.write("peak\n")
         self.proc.stdin.flush()
-        return json.loads(self.proc.stdout.readline())["peak_gflops"]
+        res = json.loads(self.proc.stdout.readline())
+        return res["peak_gflops"], res.get("isa", "?")
 
     def close(self):
         self.proc.stdin.close()
@@ -107,20 +123,30 @@ def main():
                     help="alternating measurements of each side per layer-pass (best kept)")
     ap.add_argument("--min-ms", type=float, default=150, help="time spent per measurement")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    ap.add_argument("--isa", choices=sorted(PEER_ISA), default=os.environ.get("RDNA1SHIM_MAX_ISA", "").strip().lower() or None,
+                    help="cap both sides at this instruction set (default: RDNA1SHIM_MAX_ISA, else none)")
     a = ap.parse_args()
     if not os.path.exists(a.bench):
         sys.exit(f"{a.bench} not found: cargo build --release --bin conv_bench")
+    if a.isa and a.isa not in PEER_ISA:
+        sys.exit(f"unknown instruction set {a.isa!r} (use avx512, avx2 or portable)")
+    if a.isa:
+        # oneDNN and ATen read these once, when torch is imported.
+        os.environ["ONEDNN_MAX_CPU_ISA"], os.environ["ATEN_CPU_CAPABILITY"] = PEER_ISA[a.isa]
     try:
         import torch
         torch.set_num_threads(a.threads)
-        peer = f"PyTorch {torch.__version__} CPU (oneDNN {torch.backends.mkldnn.is_available()})"
+        peer = f"PyTorch {torch.__version__} CPU (oneDNN {torch.backends.mkldnn.is_available()}"
+        if a.isa:
+            peer += f", ONEDNN_MAX_CPU_ISA={os.environ['ONEDNN_MAX_CPU_ISA']}"
+        peer += f", ATen {torch.backends.cpu.get_cpu_capability()})"
     except ImportError:
         torch, peer = None, None
-    ours = Ours(a.bench, a.threads, a.min_ms)
-    peak = ours.peak()
+    ours = Ours(a.bench, a.threads, a.min_ms, a.isa)
+    peak, isa = ours.peak()
     pct = (lambda g: f"{100 * g / peak:.0f}%") if peak else (lambda g: "-")
-    print(f"# {a.threads} threads; peer: {peer or 'none (PyTorch not installed)'}; "
-          f"best of {a.rounds} alternating rounds each; FMA peak of the threads: "
+    print(f"# {a.threads} threads; engine instruction set: {isa}; peer: {peer or 'none (PyTorch not installed)'}; "
+          f"best of {a.rounds} alternating rounds each; FMA peak of the threads at {isa}: "
           f"{f'{peak:.0f} GFLOP/s' if peak else 'unknown'}")
     if a.markdown:
         print("| layer | pass | ours GFLOP/s | PyTorch GFLOP/s | ratio | ours % peak | PyTorch % peak | ours extra MiB |")

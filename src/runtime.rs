@@ -34,6 +34,7 @@ pub fn get() -> &'static Runtime {
 impl Runtime {
     fn init() -> Runtime {
         let config = Config::from_env();
+        crate::cpu::set_max_isa(config.isa());
         let log_problem = crate::log::init(&config);
         for w in config.warnings.iter().chain(log_problem.iter()) {
             tracing::warn!("{w}");

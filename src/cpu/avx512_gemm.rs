@@ -16,6 +16,8 @@
 //! eight values of `A`. Both packed buffers start on a cache line.
 
 use super::matmul::{Mat, MatMut};
+#[cfg(any(test, doc))]
+use super::simd::has_avx512;
 
 /// Rows of `C` per micro-tile (broadcast operand `A`).
 pub(crate) const MR: usize = 8;
@@ -41,20 +43,6 @@ pub(crate) const B_BLOCK_LEN: usize = KC_L1 * (NC + MC) + ALIGN_SLACK;
 /// Fewest floats [`gemm`] accepts as its buffer (depth blocks of one).
 pub(crate) const MIN_BUF_LEN: usize = NR + MR + ALIGN_SLACK;
 
-/// Whether this CPU can run the kernel (checked once).
-pub(crate) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static DETECTED: OnceLock<bool> = OnceLock::new();
-        *DETECTED.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// Supplies blocks of the `k × n` operand `B` in packed form.
 pub(crate) trait PackB: Sync {
     /// Writes rows `k0..k0 + kc` and columns `j0..j0 + nc` of `B` into `dst`
@@ -62,7 +50,7 @@ pub(crate) trait PackB: Sync {
     /// within a panel), zero past column `nc` in the last panel.
     ///
     /// # Safety
-    /// The CPU must support AVX-512F ([`available`]); `kc <= KC`.
+    /// The CPU must support AVX-512F ([`has_avx512`]); `kc <= KC`.
     unsafe fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]);
 }
 
@@ -72,7 +60,7 @@ pub(crate) trait PackB: Sync {
 /// [`B_BLOCK_LEN`] floats are used, and at least [`MIN_BUF_LEN`] are needed.
 ///
 /// # Safety
-/// [`available`] must hold; `a` and `c` must address valid memory for the
+/// [`has_avx512`] must hold; `a` and `c` must address valid memory for the
 /// given sizes, and no other thread may touch `c` meanwhile.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm(
@@ -423,7 +411,7 @@ mod tests {
     /// several depth blocks, tiny buffers) against a plain triple loop.
     #[test]
     fn matches_a_naive_product() {
-        if !available() {
+        if !has_avx512() {
             eprintln!("skipped: no AVX-512F on this CPU");
             return;
         }
@@ -471,7 +459,7 @@ mod tests {
                             rs: n,
                             cs: 1,
                         };
-                        // SAFETY: available() holds; the matrices match the sizes.
+                        // SAFETY: AVX-512F is available; the matrices match the sizes.
                         unsafe { gemm(m, n, k, am, &Dense { b: &b, n }, cm, accumulate, &mut buf) };
                         for i in 0..m {
                             for j in 0..n {

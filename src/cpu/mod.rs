@@ -46,3 +46,4 @@ mod tests;
 pub use peak::fma_peak_gflops;
 pub use scratch::MAX_SCRATCH_BYTES;
 pub use shape::ConvShape;
+pub use simd::{isa, set_max_isa, Isa};

@@ -20,7 +20,7 @@ use std::ops::Range;
 use super::geometry::{for_each_segment, valid_range};
 use super::im2col::{for_each_image_run, input_row, tap_of, tap_offsets, Chunk};
 use super::padded::{pad_rows, unpad_plane, Geom};
-use super::simd::Level;
+use super::simd::Isa;
 use super::ConvShape;
 
 /// Destination of one row of `B` in packed panels: column `c` of the block
@@ -306,7 +306,7 @@ impl<'a> PaddedChunk<'a> {
     /// into `buf` (of [`PaddedChunk::len`] floats).
     #[allow(clippy::too_many_arguments)]
     pub fn build(
-        level: Level,
+        level: Isa,
         buf: &'a mut [f32],
         s: &'a ConvShape,
         x: &[f32],
@@ -687,7 +687,7 @@ impl<'a> PaddedGrad<'a> {
 
     /// Writes the valid region of every plane to the matching `dx` plane
     /// (channel `c_first + c` of each image), zero where no tap reached.
-    pub fn unpad(&self, level: Level, dx: super::par::SendPtr, c_first: usize) {
+    pub fn unpad(&self, level: Isa, dx: super::par::SendPtr, c_first: usize) {
         let isp = self.s.input_spatial();
         let plane = self.g.padded_len();
         for i in 0..self.nimg {
@@ -882,7 +882,7 @@ mod tests {
 
     #[test]
     fn transpose_and_copies_are_exact() {
-        if !crate::cpu::avx512_gemm::available() {
+        if !crate::cpu::simd::has_avx512() {
             return; // nothing to check on this CPU: the kernels never run here
         }
         // SAFETY: AVX-512F is available.

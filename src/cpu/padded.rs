@@ -6,7 +6,7 @@
 use std::ops::Range;
 
 use super::geometry::valid_range;
-use super::simd::{dispatch_simd, Level, Simd};
+use super::simd::{dispatch_simd, Isa, Simd};
 use super::ConvShape;
 
 /// Widest vector of any [`Simd`] implementation: padded rows leave room for
@@ -214,7 +214,7 @@ fn pad_rows_impl<S: Simd>(
 dispatch_simd!(pub(crate) fn pad_rows(dst: &mut [f32], src: &[f32], dims: [usize; 3], g: &Geom, rows: Range<usize>) => pad_rows_impl);
 
 /// The whole padded copy of a plane (see [`pad_rows`]).
-pub(crate) fn pad_plane(level: Level, dst: &mut [f32], src: &[f32], dims: [usize; 3], g: &Geom) {
+pub(crate) fn pad_plane(level: Isa, dst: &mut [f32], src: &[f32], dims: [usize; 3], g: &Geom) {
     pad_rows(level, dst, src, dims, g, 0..g.dp * g.hp);
 }
 

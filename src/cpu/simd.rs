@@ -254,24 +254,92 @@ pub(crate) fn has_avx512() -> bool {
     }
 }
 
-/// The widest instruction set kernels may use (tests lower it to cover
-/// every variant on any machine).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Level {
-    #[cfg_attr(not(test), allow(dead_code))]
+/// An instruction-set level of the engine's kernels, narrowest first: each
+/// kernel is compiled for every level and the widest one allowed runs.
+/// [`Isa::Portable`] uses no SIMD intrinsics (its matrix products go through
+/// the `gemm` crate, which picks its own instruction set at run time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
     Portable,
+    /// AVX2 with FMA: 16 registers of 8 lanes.
     Avx2,
+    /// AVX-512F: 32 registers of 16 lanes.
     Avx512,
 }
 
+impl Isa {
+    /// Every level, narrowest first.
+    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2, Isa::Avx512];
+
+    /// The name `RDNA1SHIM_MAX_ISA` takes: `portable`, `avx2` or `avx512`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// Parses a level's name (case-insensitive, surrounding blanks ignored).
+    pub fn parse(name: &str) -> Option<Isa> {
+        let name = name.trim();
+        Isa::ALL
+            .into_iter()
+            .find(|i| i.name().eq_ignore_ascii_case(name))
+    }
+
+    /// The widest level this CPU supports (checked once).
+    pub fn detected() -> Isa {
+        if has_avx512() {
+            Isa::Avx512
+        } else if has_avx2_fma() {
+            Isa::Avx2
+        } else {
+            Isa::Portable
+        }
+    }
+
+    /// This level, lowered to what the CPU supports.
+    pub fn supported(self) -> Isa {
+        self.min(Isa::detected())
+    }
+}
+
+impl std::fmt::Display for Isa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The process-wide cap set by [`set_max_isa`] (an `Isa` as `u8`).
+static MAX_ISA: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(Isa::Avx512 as u8);
+
+/// Caps the instruction set of the engine's kernels for the calls that
+/// follow, like oneDNN's `ONEDNN_MAX_CPU_ISA` (the shim sets it from
+/// `RDNA1SHIM_MAX_ISA`). A cap above what the CPU has changes nothing.
+pub fn set_max_isa(cap: Isa) {
+    MAX_ISA.store(cap as u8, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The level the engine's kernels run at: the best the CPU has, within the
+/// cap of [`set_max_isa`].
+pub fn isa() -> Isa {
+    let cap = match MAX_ISA.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => Isa::Portable,
+        1 => Isa::Avx2,
+        _ => Isa::Avx512,
+    };
+    cap.supported()
+}
+
 /// Defines `$name(level, args)`, which runs the generic `$body::<S>(args)`
-/// compiled for the best instruction set the CPU has, up to `level`.
+/// compiled for the best instruction set the CPU has, up to `level` (an [`Isa`]).
 macro_rules! dispatch_simd {
     ($vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) => $body:ident) => {
-        $vis fn $name(level: $crate::cpu::simd::Level, $($arg: $ty),*) {
+        $vis fn $name(level: $crate::cpu::simd::Isa, $($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
-                use $crate::cpu::simd::{has_avx2_fma, has_avx512, Level};
+                use $crate::cpu::simd::{has_avx2_fma, has_avx512, Isa};
                 #[target_feature(enable = "avx512f,avx2,fma")]
                 unsafe fn wide($($arg: $ty),*) {
                     $body::<$crate::cpu::simd::Avx512>($($arg),*)
@@ -280,11 +348,11 @@ macro_rules! dispatch_simd {
                 unsafe fn narrow($($arg: $ty),*) {
                     $body::<$crate::cpu::simd::Avx2>($($arg),*)
                 }
-                if level >= Level::Avx512 && has_avx512() {
+                if level >= Isa::Avx512 && has_avx512() {
                     // SAFETY: the CPU supports the features `wide` was compiled for.
                     return unsafe { wide($($arg),*) };
                 }
-                if level >= Level::Avx2 && has_avx2_fma() {
+                if level >= Isa::Avx2 && has_avx2_fma() {
                     // SAFETY: the CPU supports the features `narrow` was compiled for.
                     return unsafe { narrow($($arg),*) };
                 }

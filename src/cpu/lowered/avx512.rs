@@ -159,7 +159,7 @@ pub(super) fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tu
                     };
                     run(mrows, cols, d.k, a, &b, c, false, bbuf);
                 } else if pad_len > 0 {
-                    let padded = PaddedChunk::build(t.simd, pbuf, s, x, g, ch, 0, d.cin_g);
+                    let padded = PaddedChunk::build(t.isa, pbuf, s, x, g, ch, 0, d.cin_g);
                     run(
                         mrows,
                         cols,
@@ -322,7 +322,7 @@ fn backward_data_task(
             }
         }
         if let Some(grad) = grad {
-            grad.unpad(t.simd, dx, c0);
+            grad.unpad(t.isa, dx, c0);
         }
     });
 }
@@ -460,7 +460,7 @@ fn weights_chunk(
                 };
                 run(d.m, rows.len(), cols, a, &b, c, accumulate, bbuf);
             } else if pad_len > 0 {
-                let padded = PaddedChunk::build(t.simd, pbuf, s, x, g, ch, ci0, ci1 - ci0);
+                let padded = PaddedChunk::build(t.isa, pbuf, s, x, g, ch, ci0, ci1 - ci0);
                 let b = Columns {
                     inner: Im2colTB { padded: &padded },
                     first: rows.start,

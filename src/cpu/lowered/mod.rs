@@ -92,7 +92,7 @@ pub(super) fn even_ranges(ranges: usize, groups: usize, threads: usize) -> usize
 }
 
 fn use_avx512(t: &Tuning) -> bool {
-    t.avx512 && super::avx512_gemm::available()
+    t.isa.supported() == super::simd::Isa::Avx512
 }
 
 pub(crate) fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tuning) {
