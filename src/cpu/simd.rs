@@ -1,10 +1,12 @@
 //! A minimal f32 vector abstraction with run-time instruction-set dispatch,
-//! for the engine's hand-written loops (the GEMM kernels have their own).
+//! and the engine's instruction-set levels ([`Isa`]) with their process-wide
+//! cap.
 //!
 //! Kernels are written once as `#[inline(always)]` functions generic over
 //! [`Simd`]; [`dispatch_simd!`] compiles them three times — AVX-512
 //! (16 lanes), AVX2 + FMA (8 lanes) and a portable 8-lane array type — and
-//! picks the best the CPU supports on each call.
+//! picks the best the CPU supports, up to the caller's level, on each call.
+//! The packed GEMM (`packed_gemm`) builds on the same vector types.
 
 /// A vector of `N` f32 lanes.
 pub(crate) trait Simd: Copy {
@@ -16,7 +18,7 @@ pub(crate) trait Simd: Copy {
     /// # Safety
     /// `p..p + N` must be readable.
     unsafe fn load(p: *const f32) -> Self;
-    /// Loads `n < N` floats, zero in the other lanes.
+    /// Loads `n <= N` floats, zero in the other lanes.
     ///
     /// # Safety
     /// `p..p + n` must be readable.
@@ -24,13 +26,14 @@ pub(crate) trait Simd: Copy {
     /// # Safety
     /// `p..p + N` must be writable.
     unsafe fn store(self, p: *mut f32);
-    /// Stores the first `n < N` lanes.
+    /// Stores the first `n <= N` lanes.
     ///
     /// # Safety
     /// `p..p + n` must be writable.
     unsafe fn store_part(self, p: *mut f32, n: usize);
     /// `a · b + c` (fused where the instruction set has it).
     fn mul_add(a: Self, b: Self, c: Self) -> Self;
+    fn add(a: Self, b: Self) -> Self;
     fn sum(self) -> f32;
     /// Writes `a[0], b[0], a[1], b[1], …` — the first `n <= 2N` of them.
     ///
@@ -88,13 +91,17 @@ impl Simd for Lanes8 {
         Lanes8(std::array::from_fn(|i| a.0[i] * b.0[i] + c.0[i]))
     }
     #[inline(always)]
+    fn add(a: Self, b: Self) -> Self {
+        Lanes8(std::array::from_fn(|i| a.0[i] + b.0[i]))
+    }
+    #[inline(always)]
     fn sum(self) -> f32 {
         self.0.iter().sum()
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{Avx2, Avx512};
+pub(crate) use x86::{mask8, Avx2, Avx512};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -105,7 +112,7 @@ mod x86 {
     /// Sixteen lanes in a zmm register. Only used inside functions compiled
     /// with `avx512f`.
     #[derive(Clone, Copy)]
-    pub(crate) struct Avx512(__m512);
+    pub(crate) struct Avx512(pub(crate) __m512);
 
     #[inline(always)]
     fn mask16(n: usize) -> __mmask16 {
@@ -143,6 +150,10 @@ mod x86 {
             unsafe { Avx512(_mm512_fmadd_ps(a.0, b.0, c.0)) }
         }
         #[inline(always)]
+        fn add(a: Self, b: Self) -> Self {
+            unsafe { Avx512(_mm512_add_ps(a.0, b.0)) }
+        }
+        #[inline(always)]
         fn sum(self) -> f32 {
             unsafe { _mm512_reduce_add_ps(self.0) }
         }
@@ -162,10 +173,10 @@ mod x86 {
     /// Eight lanes in a ymm register. Only used inside functions compiled
     /// with `avx2,fma`.
     #[derive(Clone, Copy)]
-    pub(crate) struct Avx2(__m256);
+    pub(crate) struct Avx2(pub(crate) __m256);
 
     #[inline(always)]
-    unsafe fn mask8(n: usize) -> __m256i {
+    pub(crate) unsafe fn mask8(n: usize) -> __m256i {
         let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), idx)
     }
@@ -199,6 +210,10 @@ mod x86 {
         #[inline(always)]
         fn mul_add(a: Self, b: Self, c: Self) -> Self {
             unsafe { Avx2(_mm256_fmadd_ps(a.0, b.0, c.0)) }
+        }
+        #[inline(always)]
+        fn add(a: Self, b: Self) -> Self {
+            unsafe { Avx2(_mm256_add_ps(a.0, b.0)) }
         }
         #[inline(always)]
         fn sum(self) -> f32 {

@@ -15,15 +15,32 @@
 //! Backward-data tasks own disjoint parts of `dx` (images × group × channel
 //! range), so `col2im` needs no synchronisation; backward-weights tasks either
 //! own disjoint blocks of `dW` or sum into per-worker partials reduced at the
-//! end. Two back ends share this plan: [`avx512`] (the packed AVX-512 GEMM,
-//! im2col fused into its packing) and [`portable`] (explicit im2col chunks
-//! and the `gemm` crate).
+//! end. Two back ends share this plan, chosen by the tuning's instruction
+//! set: `packed` (the packed GEMM, im2col fused into its packing, compiled
+//! for AVX-512 and for AVX2) and [`portable`] (explicit im2col chunks and
+//! the `gemm` crate).
 
-mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod packed;
 mod portable;
 
 use super::scratch::Tuning;
+use super::simd::Isa;
 use super::ConvShape;
+
+/// `packed::$pass::<S>(args)` for the tuning's instruction set `S`, or
+/// `portable::$pass(args)` where that is portable.
+macro_rules! by_isa {
+    ($t:expr, $pass:ident($($arg:expr),* $(,)?)) => {
+        match $t.isa.supported() {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => packed::$pass::<super::simd::Avx512>($($arg),*),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => packed::$pass::<super::simd::Avx2>($($arg),*),
+            _ => portable::$pass($($arg),*),
+        }
+    };
+}
 
 /// Matrix sizes of one group's products.
 #[derive(Clone, Copy)]
@@ -91,16 +108,8 @@ pub(super) fn even_ranges(ranges: usize, groups: usize, threads: usize) -> usize
         .unwrap_or(ranges)
 }
 
-fn use_avx512(t: &Tuning) -> bool {
-    t.isa.supported() == super::simd::Isa::Avx512
-}
-
 pub(crate) fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tuning) {
-    if use_avx512(t) {
-        avx512::forward(s, x, w, y, t);
-    } else {
-        portable::forward(s, x, w, y, t);
-    }
+    by_isa!(t, forward(s, x, w, y, t))
 }
 
 pub(crate) fn backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32], t: &Tuning) {
@@ -117,19 +126,11 @@ pub(crate) fn backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32]
         });
         return;
     }
-    if use_avx512(t) {
-        avx512::backward_data(s, dy, w, dx, t);
-    } else {
-        portable::backward_data(s, dy, w, dx, t);
-    }
+    by_isa!(t, backward_data(s, dy, w, dx, t))
 }
 
 pub(crate) fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f32], t: &Tuning) {
-    if use_avx512(t) {
-        avx512::backward_weights(s, x, dy, dw, t);
-    } else {
-        portable::backward_weights(s, x, dy, dw, t);
-    }
+    by_isa!(t, backward_weights(s, x, dy, dw, t))
 }
 
 /// Fewest input channels per group for [`data_as_forward`]: they are the

@@ -1,20 +1,22 @@
-//! AVX-512 back end of the lowered passes, on the packed GEMM of
-//! [`crate::cpu::avx512_gemm`]. The weights are read in place; the lowered
-//! input is packed straight from `x` block by block (no im2col buffer), so a
-//! task's scratch is one packed `B` block plus, where a chunk spans several
-//! images or feeds `col2im`, one matrix of its outputs.
+//! Packed back end of the lowered passes, on the packed GEMM of
+//! [`crate::cpu::packed_gemm`], written once over its instruction set `S`
+//! (AVX-512 or AVX2): chunks are cut at whole `S::NR`-column panels and
+//! row splits at `S::MR`-row tiles. The weights are read in place; the
+//! lowered input is packed straight from `x` block by block (no im2col
+//! buffer), so a task's scratch is one packed `B` block plus, where a chunk
+//! spans several images or feeds `col2im`, one matrix of its outputs.
 
 use std::ops::Range;
 
 use rayon::prelude::*;
 
 use super::{balanced_cols, even_ranges, partial_workers, sum_over_workers, Dims};
-use crate::cpu::avx512_gemm::{gemm, PackB, B_BLOCK_LEN, MIN_BUF_LEN, MR, NR};
 use crate::cpu::im2col::{col2im, gather_rows, scatter_rows, Chunk};
 use crate::cpu::matmul::{Mat, MatMut};
 use crate::cpu::pack::{
     DirectIm2colB, DirectIm2colTB, Im2colB, Im2colTB, ImagesB, ImagesTB, PaddedChunk, PaddedGrad,
 };
+use crate::cpu::packed_gemm::{gemm, PackB, Packed};
 use crate::cpu::par::{split_range, SendPtr};
 use crate::cpu::scratch::{Slot, Tuning};
 use crate::cpu::ConvShape;
@@ -31,16 +33,16 @@ const DATA_COL_BYTES: usize = 768 << 10;
 /// Weights larger than this (bytes per group) are not kept in L2 across a
 /// forward task's columns.
 const WIDE_WEIGHTS_BYTES: usize = 1 << 20;
-/// Fewest columns of a forward chunk over such weights.
-const WIDE_MIN_COLS: usize = 4 * NR;
+/// Fewest columns of a forward chunk over such weights, in panels.
+const WIDE_MIN_PANELS: usize = 4;
 /// Fewest rows of W a forward task over such weights computes.
 const MIN_TASK_ROWS: usize = 64;
 /// Fewest dW columns a backward-weights task owns in column-split mode.
 const MIN_TASK_COLS: usize = 96;
 
 /// Size of the packed-B buffer within a per-worker budget of `budget` floats.
-fn b_block(budget: usize) -> usize {
-    B_BLOCK_LEN.min(budget / 2).max(MIN_BUF_LEN)
+fn b_block<S: Packed>(budget: usize) -> usize {
+    S::B_BLOCK_LEN.min(budget / 2).max(S::MIN_BUF_LEN)
 }
 
 /// Chunk width for whole-image chunks limited by a staging matrix of `rows`
@@ -60,18 +62,24 @@ fn image_cols(cols: usize, p: usize, rows: usize, cap: usize) -> usize {
 /// The forward pass's column chunks and how many parts the rows of W are
 /// split into (tasks: groups × chunks × row parts), for `threads` workers
 /// with `cap` scratch floats each for staging.
-fn forward_plan(s: &ConvShape, d: &Dims, threads: usize, cap: usize) -> (Vec<Chunk>, usize) {
+fn forward_plan<S: Packed>(
+    s: &ConvShape,
+    d: &Dims,
+    threads: usize,
+    cap: usize,
+) -> (Vec<Chunk>, usize) {
     let want = if threads > 1 { 4 * threads } else { 1 };
     let cols = balanced_cols(FORWARD_COLS, s.n * d.p, s.groups, want);
-    let cover = |cols: usize| Chunk::cover(0..s.n, d.p, image_cols(cols, d.p, d.m, cap), NR);
+    let cover = |cols: usize| Chunk::cover(0..s.n, d.p, image_cols(cols, d.p, d.m, cap), S::NR);
+    let wide_min_cols = WIDE_MIN_PANELS * S::NR;
     let chunks = cover(cols);
     // Weights too large for L2: narrow chunks re-read them for little work
-    // and leave partial B panels, so chunks are made WIDE_MIN_COLS wide, or
+    // and leave partial B panels, so chunks are made WIDE_MIN_PANELS wide, or
     // else as wide as still gives every thread two tasks, where either is
     // wider than the balanced width; where even the narrow chunks cannot
     // occupy the threads, the rows of W are split across tasks too.
-    if threads > 1 && d.m * d.k * 4 > WIDE_WEIGHTS_BYTES && cols < WIDE_MIN_COLS {
-        let wide = cover(WIDE_MIN_COLS);
+    if threads > 1 && d.m * d.k * 4 > WIDE_WEIGHTS_BYTES && cols < wide_min_cols {
+        let wide = cover(wide_min_cols);
         let units = s.groups * wide.len();
         if units >= 2 * threads {
             return (wide, 1);
@@ -91,18 +99,18 @@ fn forward_plan(s: &ConvShape, d: &Dims, threads: usize, cap: usize) -> (Vec<Chu
     (chunks, 1)
 }
 
-pub(super) fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tuning) {
+pub(super) fn forward<S: Packed>(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tuning) {
     let d = Dims::of(s);
     let threads = rayon::current_num_threads();
     let budget = t.floats_per_worker(threads);
-    let bblock = b_block(budget);
-    let (chunks, row_parts) = forward_plan(s, &d, threads, budget - bblock);
+    let bblock = b_block::<S>(budget);
+    let (chunks, row_parts) = forward_plan::<S>(s, &d, threads, budget - bblock);
     let tasks: Vec<(usize, Chunk, Range<usize>)> = (0..s.groups)
         .flat_map(|g| {
             chunks.iter().flat_map(move |c| {
                 (0..row_parts).map(move |r| {
-                    let rows = split_range(d.m.div_ceil(MR), row_parts, r);
-                    (g, *c, rows.start * MR..(rows.end * MR).min(d.m))
+                    let rows = split_range(d.m.div_ceil(S::MR), row_parts, r);
+                    (g, *c, rows.start * S::MR..(rows.end * S::MR).min(d.m))
                 })
             })
         })
@@ -157,10 +165,10 @@ pub(super) fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tu
                         plane: d.p,
                         ch,
                     };
-                    run(mrows, cols, d.k, a, &b, c, false, bbuf);
+                    run::<S>(mrows, cols, d.k, a, &b, c, false, bbuf);
                 } else if pad_len > 0 {
                     let padded = PaddedChunk::build(t.isa, pbuf, s, x, g, ch, 0, d.cin_g);
-                    run(
+                    run::<S>(
                         mrows,
                         cols,
                         d.k,
@@ -172,7 +180,7 @@ pub(super) fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tu
                     );
                 } else {
                     let b = DirectIm2colB { s, x, g, ch };
-                    run(mrows, cols, d.k, a, &b, c, false, bbuf);
+                    run::<S>(mrows, cols, d.k, a, &b, c, false, bbuf);
                 }
                 if ch.nimg > 1 {
                     scatter_rows(tmp, s.c_out, g * d.m + mr.start, mrows, ch, yp);
@@ -188,7 +196,7 @@ pub(super) fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tu
 /// # Safety
 /// As [`gemm`].
 #[allow(clippy::too_many_arguments)]
-unsafe fn run(
+unsafe fn run<S: Packed>(
     m: usize,
     n: usize,
     k: usize,
@@ -198,20 +206,26 @@ unsafe fn run(
     acc: bool,
     bbuf: &mut [f32],
 ) {
-    gemm(m, n, k, a, b, c, acc, bbuf);
+    gemm::<S>(m, n, k, a, b, c, acc, bbuf);
 }
 
-pub(super) fn backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32], t: &Tuning) {
+pub(super) fn backward_data<S: Packed>(
+    s: &ConvShape,
+    dy: &[f32],
+    w: &[f32],
+    dx: &mut [f32],
+    t: &Tuning,
+) {
     let d = Dims::of(s);
     let threads = rayon::current_num_threads();
     let budget = t.floats_per_worker(threads);
-    let bblock = b_block(budget);
+    let bblock = b_block::<S>(budget);
     // Tasks own disjoint parts of dx: (block of images, group, channel range).
     let ci_parts = d.cin_g.div_ceil((DATA_ROWS / d.ks).max(1));
     let kr = d.cin_g.div_ceil(ci_parts) * d.ks;
     let cap = (budget - bblock) / kr;
     let cols = (DATA_COL_BYTES / 4 / kr)
-        .clamp(2 * NR, 20 * NR)
+        .clamp(2 * S::NR, 20 * S::NR)
         .min(cap)
         .max(1);
     let want = if threads > 1 { 2 * threads } else { 1 };
@@ -230,13 +244,13 @@ pub(super) fn backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32]
     }
     let dxp = SendPtr(dx.as_mut_ptr());
     tasks.into_par_iter().for_each(|(images, g, ci)| {
-        backward_data_task(s, t, &d, dy, w, dxp, images, g, ci, cols, bblock, budget)
+        backward_data_task::<S>(s, t, &d, dy, w, dxp, images, g, ci, cols, bblock, budget)
     });
 }
 
 /// Computes dx for `images`, group `g`, channels `ci` of the group.
 #[allow(clippy::too_many_arguments)]
-fn backward_data_task(
+fn backward_data_task<S: Packed>(
     s: &ConvShape,
     t: &Tuning,
     d: &Dims,
@@ -253,7 +267,7 @@ fn backward_data_task(
     let isp = s.input_spatial();
     let c0 = g * d.cin_g + ci.start;
     let kr = ci.len() * d.ks;
-    let chunks = Chunk::cover(images.clone(), d.p, cols, NR);
+    let chunks = Chunk::cover(images.clone(), d.p, cols, S::NR);
     let max_cols = chunks.iter().map(Chunk::cols).max().unwrap_or(0);
     // Accumulate into padded gradient planes when they fit; otherwise zero dx
     // and scatter straight into it.
@@ -302,7 +316,7 @@ fn backward_data_task(
                         rs: d.p,
                         cs: 1,
                     };
-                    run(kr, cols, d.m, a, &b, dst, false, bbuf);
+                    run::<S>(kr, cols, d.m, a, &b, dst, false, bbuf);
                     continue;
                 }
                 let colbuf = &mut colbuf[..kr * cols];
@@ -311,11 +325,11 @@ fn backward_data_task(
                     rs: cols,
                     cs: 1,
                 };
-                run(kr, cols, d.m, a, &b, dst, false, bbuf);
+                run::<S>(kr, cols, d.m, a, &b, dst, false, bbuf);
                 if d.pointwise {
                     scatter_rows(colbuf, s.c_in, c0, kr, ch, dx);
                 } else if let Some(grad) = grad.as_mut() {
-                    grad.add_lowered(ch, colbuf);
+                    grad.add_lowered::<S>(ch, colbuf);
                 } else {
                     col2im(s, colbuf, g, ch, ci.clone(), dx);
                 }
@@ -327,16 +341,22 @@ fn backward_data_task(
     });
 }
 
-pub(super) fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f32], t: &Tuning) {
+pub(super) fn backward_weights<S: Packed>(
+    s: &ConvShape,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    t: &Tuning,
+) {
     let d = Dims::of(s);
     let threads = rayon::current_num_threads();
     let budget = t.floats_per_worker(threads);
-    let bblock = b_block(budget);
+    let bblock = b_block::<S>(budget);
     // Column split: each task owns a block of dW columns (lowered rows) of one
     // group and sweeps every position; no partial sums.
     let col_tasks = (2 * threads).div_ceil(s.groups);
     let ranges =
-        d.k.div_ceil(NR * 10)
+        d.k.div_ceil(S::NR * 10)
             .max(col_tasks)
             .min(d.k.div_ceil(MIN_TASK_COLS))
             .max(1);
@@ -356,7 +376,7 @@ pub(super) fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f
                     rs: d.k,
                     cs: 1,
                 };
-                weights_chunk(
+                weights_chunk::<S>(
                     s,
                     t,
                     &d,
@@ -379,7 +399,7 @@ pub(super) fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f
     let workers = partial_workers(t, dw.len(), threads);
     let total = t.scratch_bytes / 4;
     let budget = (total - (workers - 1) * dw.len()) / workers;
-    let bblock = b_block(budget);
+    let bblock = b_block::<S>(budget);
     let want = 4 * workers;
     let cols = balanced_cols(WEIGHTS_COLS, s.n * d.p, s.groups, want);
     let cols = image_cols(cols, d.p, d.m, budget - bblock);
@@ -394,7 +414,7 @@ pub(super) fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f
                 rs: d.k,
                 cs: 1,
             };
-            weights_chunk(s, t, &d, x, dy, c, g, ch, 0..d.k, true, bblock, budget);
+            weights_chunk::<S>(s, t, &d, x, dy, c, g, ch, 0..d.k, true, bblock, budget);
         }
     });
 }
@@ -402,7 +422,7 @@ pub(super) fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f
 /// `C (+)= dy_chunk · colᵀ` for group `g`, restricted to lowered rows `rows`
 /// (the columns of `C`, which points at dW column `rows.start`).
 #[allow(clippy::too_many_arguments)]
-fn weights_chunk(
+fn weights_chunk<S: Packed>(
     s: &ConvShape,
     t: &Tuning,
     d: &Dims,
@@ -458,20 +478,20 @@ fn weights_chunk(
                     plane: d.p,
                     ch,
                 };
-                run(d.m, rows.len(), cols, a, &b, c, accumulate, bbuf);
+                run::<S>(d.m, rows.len(), cols, a, &b, c, accumulate, bbuf);
             } else if pad_len > 0 {
                 let padded = PaddedChunk::build(t.isa, pbuf, s, x, g, ch, ci0, ci1 - ci0);
                 let b = Columns {
                     inner: Im2colTB { padded: &padded },
                     first: rows.start,
                 };
-                run(d.m, rows.len(), cols, a, &b, c, accumulate, bbuf);
+                run::<S>(d.m, rows.len(), cols, a, &b, c, accumulate, bbuf);
             } else {
                 let b = Columns {
                     inner: DirectIm2colTB { s, x, g, ch },
                     first: rows.start,
                 };
-                run(d.m, rows.len(), cols, a, &b, c, accumulate, bbuf);
+                run::<S>(d.m, rows.len(), cols, a, &b, c, accumulate, bbuf);
             }
         }
     });
@@ -485,24 +505,25 @@ struct Columns<B> {
 
 impl<B: PackB> PackB for Columns<B> {
     #[inline(always)]
-    unsafe fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
-        self.inner.pack(k0, kc, self.first + j0, nc, dst);
+    unsafe fn pack<S: Packed>(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        self.inner.pack::<S>(k0, kc, self.first + j0, nc, dst);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::simd::Avx512;
 
     #[test]
     fn large_weights_over_few_positions_split_rows() {
         // One chunk holds every position, so four threads need row parts.
         let s = crate::cpu::tests::wide_weights_few_positions();
         let d = Dims::of(&s);
-        let (chunks, parts) = forward_plan(&s, &d, 4, 1 << 20);
+        let (chunks, parts) = forward_plan::<Avx512>(&s, &d, 4, 1 << 20);
         assert_eq!(chunks.len(), 1);
         assert_eq!(parts, 2);
-        let (_, parts) = forward_plan(&s, &d, 1, 1 << 20);
+        let (_, parts) = forward_plan::<Avx512>(&s, &d, 1, 1 << 20);
         assert_eq!(parts, 1);
     }
 
@@ -523,7 +544,7 @@ mod tests {
             [1, 1, 1],
         );
         let d = Dims::of(&s);
-        let (chunks, parts) = forward_plan(&s, &d, 2, 1 << 22);
+        let (chunks, parts) = forward_plan::<Avx512>(&s, &d, 2, 1 << 22);
         assert_eq!(parts, 1);
         assert_eq!(chunks.len(), 4);
         assert!(chunks.iter().all(|c| c.nimg == 2 && c.np == 49));
