@@ -396,21 +396,25 @@ impl Tile {
                 }
             }
         } else {
+            // A partial tile goes through a buffer: stores of the whole tile
+            // (constant indices, so `acc` stays in registers in the loop
+            // above), then plain copies of the part that exists (no masked
+            // stores, which are slow on some AVX2 CPUs).
+            let mut tmp = [0.0f32; MAX_MR * MAX_LANES * 3];
             for (i, acc_row) in acc.iter().enumerate() {
-                if i < self.rows {
-                    for (v, x) in acc_row.iter().enumerate() {
-                        // Masked whatever the width: a branch here would
-                        // stop the loops from unrolling and keep `acc` in
-                        // memory.
-                        let rem = self.cols.saturating_sub(S::N * v).min(S::N);
-                        let p = c.add(i * ldc + S::N * v);
-                        let r = if load {
-                            S::add(*x, S::load_part(p, rem))
-                        } else {
-                            *x
-                        };
-                        r.store_part(p, rem);
+                for (v, x) in acc_row.iter().enumerate() {
+                    x.store(tmp.as_mut_ptr().add(i * S::N * NV + S::N * v));
+                }
+            }
+            for i in 0..self.rows {
+                let src = &tmp[i * S::N * NV..][..self.cols];
+                let dst = std::slice::from_raw_parts_mut(c.add(i * ldc), self.cols);
+                if load {
+                    for (d, v) in dst.iter_mut().zip(src) {
+                        *d += *v;
                     }
+                } else {
+                    dst.copy_from_slice(src);
                 }
             }
         }
@@ -551,7 +555,11 @@ mod x86 {
             match mr {
                 8 => _mm256_storeu_ps(out, *v),
                 4 => _mm_storeu_ps(out, _mm256_castps256_ps128(*v)),
-                _ => _mm256_maskstore_ps(out, crate::cpu::simd::mask8(mr), *v),
+                // Lines are written in order, so a whole vector's extra
+                // lanes land where the next line goes; the last line must
+                // not pass the block.
+                _ if q < 7 => _mm256_storeu_ps(out, *v),
+                _ => Avx2(*v).store_part(out, mr),
             }
         }
     }

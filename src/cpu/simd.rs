@@ -101,7 +101,7 @@ impl Simd for Lanes8 {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{mask8, Avx2, Avx512};
+pub(crate) use x86::{Avx2, Avx512};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -176,7 +176,7 @@ mod x86 {
     pub(crate) struct Avx2(pub(crate) __m256);
 
     #[inline(always)]
-    pub(crate) unsafe fn mask8(n: usize) -> __m256i {
+    unsafe fn mask8(n: usize) -> __m256i {
         let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), idx)
     }
@@ -203,9 +203,30 @@ mod x86 {
         unsafe fn store(self, p: *mut f32) {
             _mm256_storeu_ps(p, self.0)
         }
+        /// Plain 4-, 2- and 1-lane stores rather than `vmaskmovps`, whose
+        /// store form is microcoded and slow on AMD CPUs.
         #[inline(always)]
         unsafe fn store_part(self, p: *mut f32, n: usize) {
-            _mm256_maskstore_ps(p, mask8(n), self.0)
+            if n >= 8 {
+                return _mm256_storeu_ps(p, self.0);
+            }
+            let (mut p, mut n) = (p, n);
+            let mut v = _mm256_castps256_ps128(self.0);
+            if n >= 4 {
+                _mm_storeu_ps(p, v);
+                v = _mm256_extractf128_ps::<1>(self.0);
+                p = p.add(4);
+                n -= 4;
+            }
+            if n >= 2 {
+                _mm_storel_pd(p as *mut f64, _mm_castps_pd(v));
+                v = _mm_movehl_ps(v, v);
+                p = p.add(2);
+                n -= 2;
+            }
+            if n == 1 {
+                _mm_store_ss(p, v);
+            }
         }
         #[inline(always)]
         fn mul_add(a: Self, b: Self, c: Self) -> Self {

@@ -27,18 +27,23 @@ const FORWARD_COLS: usize = 960;
 const WEIGHTS_COLS: usize = 2048;
 /// Lowered rows one backward-data task produces per chunk.
 const DATA_ROWS: usize = 1024;
+/// Fewest and most columns of a backward-data chunk.
+const DATA_MIN_COLS: usize = 96;
+const DATA_MAX_COLS: usize = 960;
 /// Preferred size of the backward-data output matrix, kept cache-resident
 /// between the product and `col2im`.
 const DATA_COL_BYTES: usize = 768 << 10;
 /// Weights larger than this (bytes per group) are not kept in L2 across a
 /// forward task's columns.
 const WIDE_WEIGHTS_BYTES: usize = 1 << 20;
-/// Fewest columns of a forward chunk over such weights, in panels.
-const WIDE_MIN_PANELS: usize = 4;
+/// Fewest columns of a forward chunk over such weights.
+const WIDE_MIN_COLS: usize = 192;
 /// Fewest rows of W a forward task over such weights computes.
 const MIN_TASK_ROWS: usize = 64;
 /// Fewest dW columns a backward-weights task owns in column-split mode.
 const MIN_TASK_COLS: usize = 96;
+/// Preferred most dW columns of a backward-weights task in column-split mode.
+const WEIGHTS_RANGE_COLS: usize = 480;
 
 /// Size of the packed-B buffer within a per-worker budget of `budget` floats.
 fn b_block<S: Packed>(budget: usize) -> usize {
@@ -71,15 +76,14 @@ fn forward_plan<S: Packed>(
     let want = if threads > 1 { 4 * threads } else { 1 };
     let cols = balanced_cols(FORWARD_COLS, s.n * d.p, s.groups, want);
     let cover = |cols: usize| Chunk::cover(0..s.n, d.p, image_cols(cols, d.p, d.m, cap), S::NR);
-    let wide_min_cols = WIDE_MIN_PANELS * S::NR;
     let chunks = cover(cols);
     // Weights too large for L2: narrow chunks re-read them for little work
-    // and leave partial B panels, so chunks are made WIDE_MIN_PANELS wide, or
+    // and leave partial B panels, so chunks are made WIDE_MIN_COLS wide, or
     // else as wide as still gives every thread two tasks, where either is
     // wider than the balanced width; where even the narrow chunks cannot
     // occupy the threads, the rows of W are split across tasks too.
-    if threads > 1 && d.m * d.k * 4 > WIDE_WEIGHTS_BYTES && cols < wide_min_cols {
-        let wide = cover(wide_min_cols);
+    if threads > 1 && d.m * d.k * 4 > WIDE_WEIGHTS_BYTES && cols < WIDE_MIN_COLS {
+        let wide = cover(WIDE_MIN_COLS);
         let units = s.groups * wide.len();
         if units >= 2 * threads {
             return (wide, 1);
@@ -225,7 +229,7 @@ pub(super) fn backward_data<S: Packed>(
     let kr = d.cin_g.div_ceil(ci_parts) * d.ks;
     let cap = (budget - bblock) / kr;
     let cols = (DATA_COL_BYTES / 4 / kr)
-        .clamp(2 * S::NR, 20 * S::NR)
+        .clamp(DATA_MIN_COLS, DATA_MAX_COLS)
         .min(cap)
         .max(1);
     let want = if threads > 1 { 2 * threads } else { 1 };
@@ -356,7 +360,7 @@ pub(super) fn backward_weights<S: Packed>(
     // group and sweeps every position; no partial sums.
     let col_tasks = (2 * threads).div_ceil(s.groups);
     let ranges =
-        d.k.div_ceil(S::NR * 10)
+        d.k.div_ceil(WEIGHTS_RANGE_COLS)
             .max(col_tasks)
             .min(d.k.div_ceil(MIN_TASK_COLS))
             .max(1);
