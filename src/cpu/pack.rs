@@ -14,7 +14,7 @@
 
 use std::ops::Range;
 
-use super::packed_gemm::{PackB, Packed, WithPacked, KC, MAX_LANES};
+use super::packed_gemm::{PackB, Packed, ShiftedB, WithPacked, KC, MAX_LANES};
 use super::simd::Simd;
 
 use super::geometry::{segments, valid_range, RowSegment};
@@ -376,6 +376,139 @@ impl<'a> PaddedChunk<'a> {
     #[inline(always)]
     fn runs(&self, c0: usize, len: usize, split: usize, out: &mut [Run; MAX_RUNS]) -> usize {
         chunk_runs(self.s, &self.g, self.ch, self.row0, c0, len, split, out)
+    }
+}
+
+/// The geometry of a stride-1 convolution's lowered input read in place
+/// from zero-padded planes ([`ShiftedB`]): output row `(od, oh)` of an image
+/// is padded row `R = od·hp + oh`, and the flat column `q = R·row_len + ow`
+/// of the lowered matrix reads, for tap `(kd, kh, kw)`, padded position
+/// `q + (kd·d₀·hp + kh·d₁)·row_len + kw·d₂` — so every lowered row is a
+/// shifted window of the planes. Rows are `W + (kw − 1)·d₂` wide (no
+/// alignment slack), so the only wasted columns are the `(kw − 1)·d₂` past
+/// each output row and the `(kh − 1)·d₁` rows past each output slice.
+pub(crate) struct Shifted {
+    g: Geom,
+    /// Output rows per slice and positions per output row.
+    h_out: usize,
+    w_out: usize,
+    /// Padded rows a chunk of `rows` output rows reads at most, and the
+    /// floats per padded plane of a chunk.
+    band_rows: usize,
+    plane_len: usize,
+    /// Offset of each lowered row (channel, tap) from the chunk's first
+    /// column.
+    pub offs: Vec<usize>,
+}
+
+impl Shifted {
+    /// The geometry for chunks of at most `rows` output rows (flattened
+    /// `od·H + oh`), where the shape is a stride-1 convolution.
+    pub fn new(s: &ConvShape, rows: usize) -> Shifted {
+        assert!(s.stride == [1; 3] && rows >= 1);
+        let mut g = Geom::forward(s);
+        g.wq = s.output[2] + (s.kernel[2] - 1) * s.dilation[2];
+        let [_, h_out, w_out] = s.output;
+        let tap_rows = (s.kernel[0] - 1) * s.dilation[0] * g.hp + (s.kernel[1] - 1) * s.dilation[1];
+        // `rows` output rows span at most this many padded rows (a chunk
+        // that crosses slices also holds the rows between them).
+        let span = (rows - 1) / h_out * g.hp + (rows - 1) % h_out + 1 + g.hp - h_out;
+        let band_rows = span.min(g.dp * g.hp) + tap_rows;
+        let plane_len = band_rows * g.wq;
+        let ks = s.kernel_spatial();
+        let offs = (0..s.c_in_per_group() * ks)
+            .map(|r| {
+                let [kd, kh, kw] = tap_of(s, r % ks);
+                (r / ks) * plane_len
+                    + (kd * s.dilation[0] * g.hp + kh * s.dilation[1]) * g.wq
+                    + kw * s.dilation[2]
+            })
+            .collect();
+        Shifted {
+            g,
+            h_out,
+            w_out,
+            band_rows,
+            plane_len,
+            offs,
+        }
+    }
+
+    /// Padded row of output row `v` (flattened `od·H + oh`).
+    #[inline(always)]
+    fn padded_row(&self, v: usize) -> usize {
+        (v / self.h_out) * self.g.hp + v % self.h_out
+    }
+
+    /// Floats of a chunk's planes for `cin` channels, with the slack the
+    /// kernel's reads past the last column need.
+    pub fn len(&self, cin: usize) -> usize {
+        cin * self.plane_len + self.g.wq + 3 * MAX_LANES
+    }
+
+    /// Flat columns of the chunk of output rows `rows`.
+    pub fn cols(&self, rows: &Range<usize>) -> usize {
+        (self.padded_row(rows.end - 1) + 1 - self.padded_row(rows.start)) * self.g.wq
+    }
+
+    /// Pads output rows `rows` of image `n`, group `group`'s channels, into
+    /// `buf` (of [`Shifted::len`] floats) and returns the lowered input of
+    /// the chunk as a [`ShiftedB`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn build<'b>(
+        &'b self,
+        level: Isa,
+        buf: &'b mut [f32],
+        s: &ConvShape,
+        x: &[f32],
+        group: usize,
+        n: usize,
+        rows: Range<usize>,
+    ) -> ShiftedB<'b> {
+        let cin = s.c_in_per_group();
+        assert!(buf.len() >= self.len(cin) && rows.end <= s.output[0] * self.h_out);
+        let first = self.padded_row(rows.start);
+        let band = first..(first + self.band_rows).min(self.g.dp * self.g.hp);
+        let isp = s.input_spatial();
+        for c in 0..cin {
+            let at = (n * s.c_in + group * cin + c) * isp;
+            let dst = &mut buf[c * self.plane_len..][..band.len() * self.g.wq];
+            pad_rows(level, dst, &x[at..at + isp], s.input, &self.g, band.clone());
+        }
+        ShiftedB {
+            base: buf.as_ptr(),
+            offs: &self.offs,
+        }
+    }
+
+    /// Copies the valid columns of the chunk's product `c` (`m` rows of
+    /// [`Shifted::cols`] columns) to output rows `rows` of `y`'s channels
+    /// `co0..co0 + m` of image `n`.
+    ///
+    /// # Safety
+    /// No other thread may write those positions of `y` meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn store(
+        &self,
+        c: &[f32],
+        m: usize,
+        s: &ConvShape,
+        y: super::par::SendPtr,
+        n: usize,
+        co0: usize,
+        rows: Range<usize>,
+    ) {
+        let cols = self.cols(&rows);
+        let first = self.padded_row(rows.start);
+        let osp = s.output_spatial();
+        assert!(c.len() >= m * cols);
+        for co in 0..m {
+            let plane = y.at((n * s.c_out + co0 + co) * osp);
+            for v in rows.clone() {
+                let src = &c[co * cols + (self.padded_row(v) - first) * self.g.wq..][..self.w_out];
+                std::ptr::copy_nonoverlapping(src.as_ptr(), plane.add(v * self.w_out), self.w_out);
+            }
+        }
     }
 }
 

@@ -60,11 +60,11 @@ pub(crate) trait Packed: Simd {
     const MIN_BUF_LEN: usize = Self::NR + Self::MR + ALIGN_SLACK;
 
     /// Runs `t` with the micro-kernel of `nv` (`1..=NV`) vectors per row,
-    /// for a row-major `A` panel or not.
+    /// for a row-major `A` panel or not, and a packed or shifted `B`.
     ///
     /// # Safety
     /// As [`Tile::run`]; only inside code compiled for this instruction set.
-    unsafe fn tile(t: &Tile, nv: usize, row_major: bool);
+    unsafe fn tile(t: &Tile, nv: usize, row_major: bool, shifted: bool);
 
     /// Transposes the `N × N` block whose row `l` is `load(l)`, handing
     /// column `j` of it to `store(j, ·)`.
@@ -171,6 +171,127 @@ impl<B: PackB> WithPacked for Gemm<'_, B> {
     }
 }
 
+/// A `B` operand read in place rather than packed: row `p` of `B`, from
+/// column `j` on, is at `base + offs[p] + j` — the lowered input of a
+/// stride-1 convolution on zero-padded planes, whose rows are the planes
+/// shifted by each kernel tap. Reads may run up to `NR` floats past column
+/// `n`, so the buffer must have that much slack.
+#[derive(Clone, Copy)]
+pub(crate) struct ShiftedB<'a> {
+    pub base: *const f32,
+    pub offs: &'a [usize],
+}
+
+/// `C = A · B` for `A` of `m × k` (row- or column-major, packed per block),
+/// `B` a [`ShiftedB`] of `k × n` and `C` of `m × n` with unit column stride.
+/// `buf` holds the packed blocks of `A`: at least `S::MR · min(k, S::KC_L1)`
+/// floats, up to `S::MC · S::KC_L1`.
+///
+/// # Safety
+/// The CPU must support `S`; `a`, `c` and every `B` element (with the
+/// slack above) must address valid memory for the given sizes, and no other
+/// thread may touch `c` meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_shifted<S: Packed>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: ShiftedB,
+    c: MatMut,
+    buf: &mut [f32],
+) {
+    assert!(c.cs == 1 && (a.cs == 1 || a.rs == 1) && b.offs.len() >= k);
+    assert!(buf.len() >= S::MR * k.min(S::KC_L1) + ALIGN_SLACK);
+    S::enter(GemmShifted {
+        m,
+        n,
+        k,
+        a,
+        b,
+        c,
+        buf,
+    })
+}
+
+/// The arguments of [`gemm_shifted`].
+struct GemmShifted<'a> {
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: ShiftedB<'a>,
+    c: MatMut,
+    buf: &'a mut [f32],
+}
+
+impl WithPacked for GemmShifted<'_> {
+    type Output = ();
+    #[inline(always)]
+    unsafe fn run<S: Packed>(self) {
+        let GemmShifted {
+            m,
+            n,
+            k,
+            a,
+            b,
+            c,
+            buf,
+        } = self;
+        if m == 0 || n == 0 {
+            return;
+        }
+        let (mr, nr) = (S::MR, S::NR);
+        let skip = buf.as_ptr().align_offset(64).min(ALIGN_SLACK);
+        let abuf = &mut buf[skip..];
+        let kc0 = k.div_ceil(k.div_ceil(S::KC_L1));
+        let mc_max = S::MC
+            .min(m.div_ceil(mr) * mr)
+            .min(abuf.len() / kc0 / mr * mr)
+            .max(mr);
+        // Columns outermost so a block of C stays in cache across depth
+        // blocks; each B panel (spread over the planes) stays in L1 while
+        // the kernel walks down the packed A block.
+        let mut j0 = 0;
+        while j0 < n {
+            let nc = S::NC.min(n - j0);
+            let mut k0 = 0;
+            while k0 < k {
+                let kc = kc0.min(k - k0);
+                let mut i0 = 0;
+                while i0 < m {
+                    let mc = mc_max.min(m - i0);
+                    let mpan = mc.div_ceil(mr);
+                    pack_a::<S>(a, i0, mc, k0, kc, abuf);
+                    for jp in 0..nc.div_ceil(nr) {
+                        let col = j0 + jp * nr;
+                        let cols = nr.min(n - col);
+                        for ip in 0..mpan {
+                            let row = i0 + ip * mr;
+                            let t = Tile {
+                                kc,
+                                a: abuf.as_ptr().add(ip * kc * mr),
+                                lda: mr,
+                                b: b.base.add(col),
+                                offs: b.offs.as_ptr().add(k0),
+                                c: c.ptr.add(row * c.rs + col),
+                                ldc: c.rs,
+                                load: k0 > 0,
+                                rows: mr.min(m - row),
+                                cols,
+                            };
+                            S::tile(&t, cols.div_ceil(S::N), false, true);
+                        }
+                    }
+                    i0 += mc;
+                }
+                k0 += kc;
+            }
+            j0 += nc;
+        }
+    }
+}
+
 /// Block sizes `(kc, nc, mc)` for a product of `m × n` over depth `k` within
 /// `avail` floats of packed buffers: `kc` near `KC_L1` (even blocks),
 /// `nc` and `mc` as large as fit, at least one panel each.
@@ -272,13 +393,14 @@ unsafe fn gemm_in<S: Packed>(
                         a: ap,
                         lda,
                         b: bp,
+                        offs: std::ptr::null(),
                         c: c.ptr.add(row * c.rs + col),
                         ldc: c.rs,
                         load,
                         rows,
                         cols,
                     };
-                    S::tile(&t, cols.div_ceil(S::N), rm);
+                    S::tile(&t, cols.div_ceil(S::N), rm, false);
                 }
                 i0 += mc;
             }
@@ -338,14 +460,16 @@ unsafe fn pack_a<S: Packed>(a: Mat, i0: usize, mc: usize, k0: usize, kc: usize, 
 }
 
 /// One `MR × N·NV` micro-tile: `C (+)= A-panel · B-panel` over depth `kc`
-/// (`B[p][j]` at `b + p·NR + j`), storing `rows × cols` of it. The A
-/// panel is row-major (`A[i][p]` at `a + i·lda + p`) or column-major
-/// (`a + p·lda + i`; a packed panel has `lda = MR`).
+/// (`B[p][j]` at `b + p·NR + j`, or at `b + offs[p] + j` when shifted),
+/// storing `rows × cols` of it. The A panel is row-major (`A[i][p]` at
+/// `a + i·lda + p`) or column-major (`a + p·lda + i`; a packed panel has
+/// `lda = MR`).
 pub(crate) struct Tile {
     kc: usize,
     a: *const f32,
     lda: usize,
     b: *const f32,
+    offs: *const usize,
     c: *mut f32,
     ldc: usize,
     load: bool,
@@ -358,7 +482,13 @@ impl Tile {
     /// The panels and `C` must hold the sizes given; only inside code
     /// compiled for `S`.
     #[inline(always)]
-    pub(crate) unsafe fn run<S: Packed, const MR: usize, const NV: usize, const ROW_MAJOR: bool>(
+    pub(crate) unsafe fn run<
+        S: Packed,
+        const MR: usize,
+        const NV: usize,
+        const ROW_MAJOR: bool,
+        const SHIFTED: bool,
+    >(
         &self,
     ) {
         let mut acc = [[S::zero(); NV]; MR];
@@ -366,9 +496,14 @@ impl Tile {
         let rows: [*const f32; MR] = std::array::from_fn(|i| self.a.add(i * self.lda));
         let mut a = self.a;
         for p in 0..self.kc {
+            let bp = if SHIFTED {
+                self.b.add(*self.offs.add(p))
+            } else {
+                b
+            };
             let mut bv = [S::zero(); NV];
             for (v, x) in bv.iter_mut().enumerate() {
-                *x = S::load(b.add(S::N * v));
+                *x = S::load(bp.add(S::N * v));
             }
             for (i, acc_row) in acc.iter_mut().enumerate() {
                 let ai = if ROW_MAJOR {
@@ -424,14 +559,17 @@ impl Tile {
 /// `S::tile` for an instruction set whose tiles have `$mr` rows and up to
 /// three vectors per row.
 macro_rules! tiles {
-    ($s:ty, $mr:literal, $t:expr, $nv:expr, $rm:expr) => {
-        match ($nv, $rm) {
-            (3, true) => $t.run::<$s, $mr, 3, true>(),
-            (2, true) => $t.run::<$s, $mr, 2, true>(),
-            (_, true) => $t.run::<$s, $mr, 1, true>(),
-            (3, false) => $t.run::<$s, $mr, 3, false>(),
-            (2, false) => $t.run::<$s, $mr, 2, false>(),
-            (_, false) => $t.run::<$s, $mr, 1, false>(),
+    ($s:ty, $mr:literal, $t:expr, $nv:expr, $rm:expr, $sh:expr) => {
+        match ($nv, $rm, $sh) {
+            (3, true, _) => $t.run::<$s, $mr, 3, true, false>(),
+            (2, true, _) => $t.run::<$s, $mr, 2, true, false>(),
+            (_, true, _) => $t.run::<$s, $mr, 1, true, false>(),
+            (3, false, false) => $t.run::<$s, $mr, 3, false, false>(),
+            (2, false, false) => $t.run::<$s, $mr, 2, false, false>(),
+            (_, false, false) => $t.run::<$s, $mr, 1, false, false>(),
+            (3, false, true) => $t.run::<$s, $mr, 3, false, true>(),
+            (2, false, true) => $t.run::<$s, $mr, 2, false, true>(),
+            (_, false, true) => $t.run::<$s, $mr, 1, false, true>(),
         }
     };
 }
@@ -450,8 +588,8 @@ mod x86 {
         const MC: usize = 512;
 
         #[inline(always)]
-        unsafe fn tile(t: &Tile, nv: usize, row_major: bool) {
-            tiles!(Avx512, 8, t, nv, row_major)
+        unsafe fn tile(t: &Tile, nv: usize, row_major: bool, shifted: bool) {
+            tiles!(Avx512, 8, t, nv, row_major, shifted)
         }
 
         #[inline(always)]
@@ -495,8 +633,8 @@ mod x86 {
         const MC: usize = 252;
 
         #[inline(always)]
-        unsafe fn tile(t: &Tile, nv: usize, row_major: bool) {
-            tiles!(Avx2, 6, t, nv, row_major)
+        unsafe fn tile(t: &Tile, nv: usize, row_major: bool, shifted: bool) {
+            tiles!(Avx2, 6, t, nv, row_major, shifted)
         }
 
         #[inline(always)]

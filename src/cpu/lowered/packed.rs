@@ -15,8 +15,9 @@ use crate::cpu::im2col::{col2im, gather_rows, scatter_rows, Chunk};
 use crate::cpu::matmul::{Mat, MatMut};
 use crate::cpu::pack::{
     DirectIm2colB, DirectIm2colTB, Im2colB, Im2colTB, ImagesB, ImagesTB, PaddedChunk, PaddedGrad,
+    Shifted,
 };
-use crate::cpu::packed_gemm::{gemm, PackB, Packed};
+use crate::cpu::packed_gemm::{gemm, gemm_shifted, PackB, Packed};
 use crate::cpu::par::{split_range, SendPtr};
 use crate::cpu::scratch::{Slot, Tuning};
 use crate::cpu::ConvShape;
@@ -103,10 +104,103 @@ fn forward_plan<S: Packed>(
     (chunks, 1)
 }
 
+/// Fewest output positions per row for [`shifted_forward`]: each output row
+/// carries `(kw − 1)·dilation` wasted columns.
+const SHIFTED_MIN_WIDTH: usize = 20;
+
+/// Output rows (flattened `od·H + oh`) per task of [`shifted_forward`], if
+/// it applies: stride 1, a kernel wider than 1×1, output rows of at least
+/// [`SHIFTED_MIN_WIDTH`] and at most [`FORWARD_COLS`] positions, and a chunk
+/// of one row fits in the budget.
+fn shifted_rows<S: Packed>(
+    s: &ConvShape,
+    d: &Dims,
+    threads: usize,
+    budget: usize,
+) -> Option<usize> {
+    let w_out = s.output[2];
+    if s.stride != [1; 3] || d.pointwise || w_out < SHIFTED_MIN_WIDTH || w_out > FORWARD_COLS {
+        return None;
+    }
+    let want = if threads > 1 { 4 * threads } else { 1 };
+    let cols = balanced_cols(FORWARD_COLS, s.n * d.p, s.groups, want);
+    let all_rows = s.output[0] * s.output[1];
+    let fits = |rows: usize| {
+        let sh = Shifted::new(s, rows);
+        let cols = sh.cols(&(0..rows.min(all_rows)));
+        d.m * cols + sh.len(d.cin_g) + shifted_a_len::<S>(d.k) <= budget
+    };
+    let mut rows = (cols / w_out).clamp(1, all_rows);
+    while rows > 1 && !fits(rows) {
+        rows /= 2;
+    }
+    fits(rows).then_some(rows)
+}
+
+/// Floats of the packed-A buffer of [`shifted_forward`]'s products.
+fn shifted_a_len<S: Packed>(k: usize) -> usize {
+    S::MC * k.min(S::KC_L1) + 16
+}
+
+/// The forward pass with the lowered input read in place from padded planes
+/// ([`Shifted`]): tasks are bands of `rows` output rows of one image and
+/// group, each padding its planes once and multiplying W by their shifted
+/// windows, with no packing of `B` at all.
+fn shifted_forward<S: Packed>(
+    s: &ConvShape,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    t: &Tuning,
+    rows: usize,
+) {
+    let d = Dims::of(s);
+    let sh = Shifted::new(s, rows);
+    let all_rows = s.output[0] * s.output[1];
+    let tasks: Vec<(usize, usize, Range<usize>)> = (0..s.n)
+        .flat_map(|n| {
+            (0..s.groups).flat_map(move |g| {
+                (0..all_rows.div_ceil(rows))
+                    .map(move |b| (n, g, b * rows..((b + 1) * rows).min(all_rows)))
+            })
+        })
+        .collect();
+    let yp = SendPtr(y.as_mut_ptr());
+    let (pad_len, a_len) = (sh.len(d.cin_g), shifted_a_len::<S>(d.k));
+    tasks.into_par_iter().for_each(|(n, g, band)| {
+        let cols = sh.cols(&band);
+        t.scratch(Slot::Task, d.m * cols + pad_len + a_len, |buf| {
+            let (cbuf, rest) = buf.split_at_mut(d.m * cols);
+            let (pbuf, abuf) = rest.split_at_mut(pad_len);
+            let b = sh.build(t.isa, pbuf, s, x, g, n, band.clone());
+            let a = Mat {
+                ptr: w[g * d.m * d.k..].as_ptr(),
+                rs: d.k,
+                cs: 1,
+            };
+            let c = MatMut {
+                ptr: cbuf.as_mut_ptr(),
+                rs: cols,
+                cs: 1,
+            };
+            // SAFETY: the instruction set is available (checked by the
+            // caller); the planes carry the slack the shifted reads need;
+            // this task alone writes these rows of image n, group g.
+            unsafe {
+                gemm_shifted::<S>(d.m, cols, d.k, a, b, c, abuf);
+                sh.store(cbuf, d.m, s, yp, n, g * d.m, band);
+            }
+        });
+    });
+}
+
 pub(super) fn forward<S: Packed>(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tuning) {
     let d = Dims::of(s);
     let threads = rayon::current_num_threads();
     let budget = t.floats_per_worker(threads);
+    if let Some(rows) = shifted_rows::<S>(s, &d, threads, budget) {
+        return shifted_forward::<S>(s, x, w, y, t, rows);
+    }
     let bblock = b_block::<S>(budget);
     let (chunks, row_parts) = forward_plan::<S>(s, &d, threads, budget - bblock);
     let tasks: Vec<(usize, Chunk, Range<usize>)> = (0..s.groups)
@@ -517,7 +611,102 @@ impl<B: PackB> PackB for Columns<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::simd::Avx512;
+    use crate::cpu::simd::{Avx2, Avx512};
+    use crate::cpu::tests::{check_against_reference, shape, Variant};
+
+    /// Stride-1 shapes with output rows of at least SHIFTED_MIN_WIDTH: 2-D
+    /// with padding, 1-D dilated, 3-D over several slices with two groups,
+    /// a 2-D one whose rows are cut into several bands, and an input
+    /// gradient computed as such a forward pass (64 channels, 2048
+    /// positions).
+    fn shifted_shapes() -> [ConvShape; 5] {
+        [
+            shape(2, 5, 7, 1, [1, 9, 23], [1, 3, 3], [0, 1, 1], [1; 3], [1; 3]),
+            shape(
+                3,
+                4,
+                6,
+                1,
+                [1, 1, 40],
+                [1, 1, 5],
+                [0, 0, 3],
+                [1; 3],
+                [1, 1, 2],
+            ),
+            shape(2, 6, 4, 2, [5, 4, 22], [2, 3, 3], [1, 0, 1], [1; 3], [1; 3]),
+            shape(
+                1,
+                3,
+                13,
+                1,
+                [1, 70, 24],
+                [1, 2, 4],
+                [0, 1, 2],
+                [1; 3],
+                [1, 2, 1],
+            ),
+            shape(
+                1,
+                64,
+                8,
+                1,
+                [1, 32, 64],
+                [1, 3, 3],
+                [0, 1, 1],
+                [1; 3],
+                [1; 3],
+            ),
+        ]
+    }
+
+    #[test]
+    fn shifted_forward_matches_reference() {
+        for s in shifted_shapes() {
+            let d = Dims::of(&s);
+            for threads in [1, 3] {
+                let budget = Tuning::default().floats_per_worker(threads);
+                assert!(
+                    shifted_rows::<Avx2>(&s, &d, threads, budget).is_some(),
+                    "{s:?}"
+                );
+                assert!(
+                    shifted_rows::<Avx512>(&s, &d, threads, budget).is_some(),
+                    "{s:?}"
+                );
+            }
+            for v in Variant::all() {
+                check_against_reference(&s, &v, 17).unwrap();
+            }
+        }
+        // The wide input gradient goes through it as a forward pass.
+        let [.., wide] = shifted_shapes();
+        let f = super::super::data_as_forward(&wide, &Tuning::default()).expect("eligible");
+        assert!(shifted_rows::<Avx2>(&f, &Dims::of(&f), 2, 1 << 20).is_some());
+    }
+
+    #[test]
+    fn shifted_forward_only_where_it_applies() {
+        let [s, ..] = shifted_shapes();
+        let d = Dims::of(&s);
+        let narrow = shape(2, 5, 7, 1, [1, 9, 19], [1, 3, 3], [0, 1, 1], [1; 3], [1; 3]);
+        let strided = shape(
+            2,
+            5,
+            7,
+            1,
+            [1, 9, 45],
+            [1, 3, 3],
+            [0, 1, 1],
+            [1, 1, 2],
+            [1; 3],
+        );
+        let pointwise = shape(2, 5, 7, 1, [1, 9, 23], [1; 3], [0; 3], [1; 3], [1; 3]);
+        for other in [narrow, strided, pointwise] {
+            assert!(shifted_rows::<Avx2>(&other, &Dims::of(&other), 2, 1 << 20).is_none());
+        }
+        // Without room for one output row's planes and product.
+        assert!(shifted_rows::<Avx2>(&s, &d, 2, 1000).is_none());
+    }
 
     #[test]
     fn large_weights_over_few_positions_split_rows() {
