@@ -104,6 +104,14 @@ fn forward_plan<S: Packed>(
     (chunks, 1)
 }
 
+/// Whether every tap reads inside the input (a 1×1 kernel without padding,
+/// e.g. a strided 1×1 downsample): the lowered input is then gathered
+/// straight from `x` (strided runs), since a padded copy would only add a
+/// pass over the whole input.
+fn unpadded_taps(s: &ConvShape) -> bool {
+    s.kernel == [1; 3] && s.pad == [0; 3]
+}
+
 /// Fewest output positions per row for [`shifted_forward`]: each output row
 /// carries `(kw − 1)·dilation` wasted columns.
 const SHIFTED_MIN_WIDTH: usize = 20;
@@ -232,7 +240,7 @@ pub(super) fn forward<S: Packed>(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f
         let mrows = mr.len();
         let tmp_len = if ch.nimg == 1 { 0 } else { mrows * cols };
         // Padded input planes when they fit, else gather from x directly.
-        let pad_len = if d.pointwise {
+        let pad_len = if d.pointwise || unpadded_taps(s) {
             0
         } else {
             PaddedChunk::len(s, ch, d.cin_g)
@@ -551,7 +559,7 @@ fn weights_chunk<S: Packed>(
     let tmp_len = if ch.nimg == 1 { 0 } else { d.m * cols };
     // Channels the lowered rows `rows` come from, padded when they fit.
     let (ci0, ci1) = (rows.start / d.ks, rows.end.div_ceil(d.ks));
-    let pad_len = if d.pointwise {
+    let pad_len = if d.pointwise || unpadded_taps(s) {
         0
     } else {
         PaddedChunk::len(s, ch, ci1 - ci0)
