@@ -379,23 +379,38 @@ impl<'a> PaddedChunk<'a> {
     }
 }
 
-/// The geometry of a stride-1 convolution's lowered input read in place
-/// from zero-padded planes ([`ShiftedB`]): output row `(od, oh)` of an image
-/// is padded row `R = od·hp + oh`, and the flat column `q = R·row_len + ow`
-/// of the lowered matrix reads, for tap `(kd, kh, kw)`, padded position
-/// `q + (kd·d₀·hp + kh·d₁)·row_len + kw·d₂` — so every lowered row is a
-/// shifted window of the planes. Rows are `W + (kw − 1)·d₂` wide (no
-/// alignment slack), so the only wasted columns are the `(kw − 1)·d₂` past
-/// each output row and the `(kh − 1)·d₁` rows past each output slice.
+/// The geometry of a convolution's lowered input read in place from
+/// zero-padded planes ([`ShiftedB`]), for kernels without depth taps and
+/// unit depth stride. Each padded input plane is split into `s₁ · s₂` phase
+/// planes (row phase × column phase, as many as the strides); phase plane
+/// `(ph, pw)` holds padded positions `(i·s₁ + ph, j·s₂ + pw)`. Then tap
+/// `(kh, kw)` of output `(oh, ow)` reads phase plane `(kh·d₁ mod s₁,
+/// kw·d₂ mod s₂)` at `(oh + ⌊kh·d₁/s₁⌋, ow + ⌊kw·d₂/s₂⌋)`: with output row
+/// `(od, oh)` at phase row `R = od·HP + oh` and flat column
+/// `q = R·wq + ow`, every lowered row is a window of the phase planes
+/// shifted by a per-tap offset. Phase rows are `wq = W + ⌊(kw − 1)·d₂/s₂⌋`
+/// wide (no alignment slack), so the only wasted columns are the few past
+/// each output row (and the rows between slices of a 3-D chunk). Rows wider
+/// than a chunk are cut into column windows of `seg` outputs.
 pub(crate) struct Shifted {
+    /// Padding geometry of the window starting at output column 0.
     g: Geom,
-    /// Output rows per slice and positions per output row.
+    /// Row and column strides.
+    s1: usize,
+    s2: usize,
     h_out: usize,
     w_out: usize,
-    /// Padded rows a chunk of `rows` output rows reads at most, and the
-    /// floats per padded plane of a chunk.
+    /// Phase rows per output slice, and floats per phase row.
+    hp: usize,
+    wq: usize,
+    /// Output columns per window.
+    seg: usize,
+    /// Phase rows a chunk holds, and floats per phase plane and channel.
     band_rows: usize,
     plane_len: usize,
+    chan_len: usize,
+    /// Whether some tap reads phase plane `ph·s₂ + pw`.
+    used: Vec<bool>,
     /// Offset of each lowered row (channel, tap) from the chunk's first
     /// column.
     pub offs: Vec<usize>,
@@ -403,57 +418,75 @@ pub(crate) struct Shifted {
 
 impl Shifted {
     /// The geometry for chunks of at most `rows` output rows (flattened
-    /// `od·H + oh`), where the shape is a stride-1 convolution.
-    pub fn new(s: &ConvShape, rows: usize) -> Shifted {
-        assert!(s.stride == [1; 3] && rows >= 1);
-        let mut g = Geom::forward(s);
-        g.wq = s.output[2] + (s.kernel[2] - 1) * s.dilation[2];
+    /// `od·H + oh`), or of column windows of `seg < W` outputs of one row.
+    pub fn new(s: &ConvShape, rows: usize, seg: usize) -> Shifted {
+        assert!(s.kernel[0] == 1 && s.stride[0] == 1 && rows >= 1 && seg >= 1);
+        assert!(rows == 1 || seg >= s.output[2]);
         let [_, h_out, w_out] = s.output;
-        let tap_rows = (s.kernel[0] - 1) * s.dilation[0] * g.hp + (s.kernel[1] - 1) * s.dilation[1];
-        // `rows` output rows span at most this many padded rows (a chunk
+        let seg = seg.min(w_out);
+        let (s1, s2) = (s.stride[1], s.stride[2]);
+        let (d1, d2) = (s.dilation[1], s.dilation[2]);
+        let mut g = Geom::forward(s);
+        g.wq = seg + (s.kernel[2] - 1) * d2 / s2;
+        let (hp, wq) = (h_out + (s.kernel[1] - 1) * d1 / s1, g.wq);
+        // `rows` output rows span at most this many phase rows (a chunk
         // that crosses slices also holds the rows between them).
-        let span = (rows - 1) / h_out * g.hp + (rows - 1) % h_out + 1 + g.hp - h_out;
-        let band_rows = span.min(g.dp * g.hp) + tap_rows;
-        let plane_len = band_rows * g.wq;
+        let span = (rows - 1) / h_out * hp + (rows - 1) % h_out + 1 + hp - h_out;
+        let band_rows = span.min(s.output[0] * hp) + (s.kernel[1] - 1) * d1 / s1;
+        let plane_len = band_rows * wq;
+        let chan_len = s1 * s2 * plane_len;
         let ks = s.kernel_spatial();
+        let mut used = vec![false; s1 * s2];
         let offs = (0..s.c_in_per_group() * ks)
             .map(|r| {
-                let [kd, kh, kw] = tap_of(s, r % ks);
-                (r / ks) * plane_len
-                    + (kd * s.dilation[0] * g.hp + kh * s.dilation[1]) * g.wq
-                    + kw * s.dilation[2]
+                let [_, kh, kw] = tap_of(s, r % ks);
+                let phase = (kh * d1 % s1) * s2 + kw * d2 % s2;
+                used[phase] = true;
+                (r / ks) * chan_len + phase * plane_len + (kh * d1 / s1) * wq + kw * d2 / s2
             })
             .collect();
         Shifted {
             g,
+            s1,
+            s2,
             h_out,
             w_out,
+            hp,
+            wq,
+            seg,
             band_rows,
             plane_len,
+            chan_len,
+            used,
             offs,
         }
     }
 
-    /// Padded row of output row `v` (flattened `od·H + oh`).
+    /// Phase row of output row `v` (flattened `od·H + oh`).
     #[inline(always)]
-    fn padded_row(&self, v: usize) -> usize {
-        (v / self.h_out) * self.g.hp + v % self.h_out
+    fn phase_row(&self, v: usize) -> usize {
+        (v / self.h_out) * self.hp + v % self.h_out
     }
 
     /// Floats of a chunk's planes for `cin` channels, with the slack the
     /// kernel's reads past the last column need.
     pub fn len(&self, cin: usize) -> usize {
-        cin * self.plane_len + self.g.wq + 3 * MAX_LANES
+        cin * self.chan_len + self.wq + 3 * MAX_LANES
     }
 
     /// Flat columns of the chunk of output rows `rows`.
     pub fn cols(&self, rows: &Range<usize>) -> usize {
-        (self.padded_row(rows.end - 1) + 1 - self.padded_row(rows.start)) * self.g.wq
+        (self.phase_row(rows.end - 1) + 1 - self.phase_row(rows.start)) * self.wq
     }
 
-    /// Pads output rows `rows` of image `n`, group `group`'s channels, into
-    /// `buf` (of [`Shifted::len`] floats) and returns the lowered input of
-    /// the chunk as a [`ShiftedB`].
+    /// Column windows per output row.
+    pub fn windows(&self) -> usize {
+        self.w_out.div_ceil(self.seg)
+    }
+
+    /// Pads output rows `rows` (column window `win`) of image `n`, group
+    /// `group`'s channels, into `buf` (of [`Shifted::len`] floats) and
+    /// returns the lowered input of the chunk as a [`ShiftedB`].
     #[allow(clippy::too_many_arguments)]
     pub fn build<'b>(
         &'b self,
@@ -464,16 +497,58 @@ impl Shifted {
         group: usize,
         n: usize,
         rows: Range<usize>,
+        win: usize,
     ) -> ShiftedB<'b> {
         let cin = s.c_in_per_group();
         assert!(buf.len() >= self.len(cin) && rows.end <= s.output[0] * self.h_out);
-        let first = self.padded_row(rows.start);
-        let band = first..(first + self.band_rows).min(self.g.dp * self.g.hp);
+        assert!(win < self.windows() && (win == 0 || rows.len() == 1));
+        let mut g = self.g;
+        g.lo[2] -= (win * self.seg * self.s2) as isize;
+        let first = self.phase_row(rows.start);
+        let last = (first + self.band_rows).min(s.output[0] * self.hp);
         let isp = s.input_spatial();
+        let padded_rows = g.dp * g.hp;
+        // One padded row, all its column phases (when they go to several planes).
+        let mut tmp = vec![
+            0.0f32;
+            if self.s1 * self.s2 > 1 {
+                g.row_len()
+            } else {
+                0
+            }
+        ];
         for c in 0..cin {
             let at = (n * s.c_in + group * cin + c) * isp;
-            let dst = &mut buf[c * self.plane_len..][..band.len() * self.g.wq];
-            pad_rows(level, dst, &x[at..at + isp], s.input, &self.g, band.clone());
+            let src = &x[at..at + isp];
+            let chan = &mut buf[c * self.chan_len..][..self.chan_len];
+            if self.s1 * self.s2 == 1 {
+                // The phase plane is the padded volume itself.
+                let dst = &mut chan[..(last - first) * self.wq];
+                pad_rows(level, dst, src, s.input, &g, first..last);
+                continue;
+            }
+            for r in first..last {
+                let (od, i) = (r / self.hp, r % self.hp);
+                for ph in 0..self.s1 {
+                    if !(0..self.s2).any(|pw| self.used[ph * self.s2 + pw]) {
+                        continue;
+                    }
+                    let row = i * self.s1 + ph;
+                    if row < g.hp && od * g.hp + row < padded_rows {
+                        let idx = od * g.hp + row;
+                        pad_rows(level, &mut tmp, src, s.input, &g, idx..idx + 1);
+                    } else {
+                        tmp.fill(0.0);
+                    }
+                    for pw in 0..self.s2 {
+                        if self.used[ph * self.s2 + pw] {
+                            let plane = (ph * self.s2 + pw) * self.plane_len;
+                            chan[plane + (r - first) * self.wq..][..self.wq]
+                                .copy_from_slice(&tmp[pw * self.wq..][..self.wq]);
+                        }
+                    }
+                }
+            }
         }
         ShiftedB {
             base: buf.as_ptr(),
@@ -482,8 +557,8 @@ impl Shifted {
     }
 
     /// Copies the valid columns of the chunk's product `c` (`m` rows of
-    /// [`Shifted::cols`] columns) to output rows `rows` of `y`'s channels
-    /// `co0..co0 + m` of image `n`.
+    /// [`Shifted::cols`] columns) to output rows `rows` (column window
+    /// `win`) of `y`'s channels `co0..co0 + m` of image `n`.
     ///
     /// # Safety
     /// No other thread may write those positions of `y` meanwhile.
@@ -497,16 +572,19 @@ impl Shifted {
         n: usize,
         co0: usize,
         rows: Range<usize>,
+        win: usize,
     ) {
         let cols = self.cols(&rows);
-        let first = self.padded_row(rows.start);
+        let first = self.phase_row(rows.start);
+        let ow0 = win * self.seg;
+        let len = self.seg.min(self.w_out - ow0);
         let osp = s.output_spatial();
         assert!(c.len() >= m * cols);
         for co in 0..m {
-            let plane = y.at((n * s.c_out + co0 + co) * osp);
+            let plane = y.at((n * s.c_out + co0 + co) * osp + ow0);
             for v in rows.clone() {
-                let src = &c[co * cols + (self.padded_row(v) - first) * self.g.wq..][..self.w_out];
-                std::ptr::copy_nonoverlapping(src.as_ptr(), plane.add(v * self.w_out), self.w_out);
+                let src = &c[co * cols + (self.phase_row(v) - first) * self.wq..][..len];
+                std::ptr::copy_nonoverlapping(src.as_ptr(), plane.add(v * self.w_out), len);
             }
         }
     }

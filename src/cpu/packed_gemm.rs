@@ -73,14 +73,6 @@ pub(crate) trait Packed: Simd {
     /// Only inside code compiled for this instruction set.
     unsafe fn transpose(load: impl FnMut(usize) -> Self, store: impl FnMut(usize, Self));
 
-    /// Lane `i` = `p[2i]` where `2i < avail`, zero elsewhere; reads nothing
-    /// at or past `p + avail`.
-    ///
-    /// # Safety
-    /// `p..p + avail` must be readable; only inside code compiled for this
-    /// instruction set.
-    unsafe fn load_even(p: *const f32, avail: usize) -> Self;
-
     /// Runs `op` compiled for this instruction set.
     ///
     /// # Safety
@@ -607,14 +599,6 @@ mod x86 {
         }
 
         #[inline(always)]
-        unsafe fn load_even(p: *const f32, avail: usize) -> Self {
-            let even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-            let lo = Avx512::load_part(p, avail.min(16)).0;
-            let hi = Avx512::load_part(p.add(16), avail.saturating_sub(16).min(16)).0;
-            Avx512(_mm512_permutex2var_ps(lo, even, hi))
-        }
-
-        #[inline(always)]
         unsafe fn enter<W: WithPacked>(op: W) -> W::Output {
             enter_avx512(op)
         }
@@ -649,17 +633,6 @@ mod x86 {
             for (j, v) in transpose8(rows).into_iter().enumerate() {
                 store(j, Avx2(v));
             }
-        }
-
-        #[inline(always)]
-        unsafe fn load_even(p: *const f32, avail: usize) -> Self {
-            let lo = Avx2::load_part(p, avail.min(8)).0;
-            let hi = Avx2::load_part(p.add(8), avail.saturating_sub(8).min(8)).0;
-            // Even lanes of each 128-bit half: lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6.
-            let v = _mm256_shuffle_ps::<0b10_00_10_00>(lo, hi);
-            Avx2(_mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(
-                _mm256_castps_pd(v),
-            )))
         }
 
         #[inline(always)]

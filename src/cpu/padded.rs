@@ -200,6 +200,20 @@ fn pad_rows_impl<S: Simd>(
                 if b > a {
                     if phases == 1 {
                         copy_vec::<S>(part.as_mut_ptr().add(a), src_row.as_ptr().add(start), b - a);
+                    } else if phases == 2 {
+                        // Every other source column, a vector at a time.
+                        let (out, from) = (part.as_mut_ptr().add(a), src_row.as_ptr().add(start));
+                        let avail = w_n - start;
+                        let mut j = 0;
+                        while j < b - a {
+                            let v = S::load_even(from.add(2 * j), avail - 2 * j);
+                            if b - a - j >= S::N {
+                                v.store(out.add(j));
+                            } else {
+                                v.store_part(out.add(j), b - a - j);
+                            }
+                            j += S::N;
+                        }
                     } else {
                         for (j, o) in part[a..b].iter_mut().enumerate() {
                             *o = *src_row.get_unchecked(start + j * phases);

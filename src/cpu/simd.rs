@@ -35,6 +35,23 @@ pub(crate) trait Simd: Copy {
     fn mul_add(a: Self, b: Self, c: Self) -> Self;
     fn add(a: Self, b: Self) -> Self;
     fn sum(self) -> f32;
+    /// Lane `i` = `p[2i]` where `2i < avail`, zero elsewhere; reads nothing
+    /// at or past `p + avail`.
+    ///
+    /// # Safety
+    /// `p..p + avail` must be readable.
+    #[inline(always)]
+    unsafe fn load_even(p: *const f32, avail: usize) -> Self {
+        let mut v = [0.0f32; 64];
+        for (i, x) in v
+            .iter_mut()
+            .enumerate()
+            .take(avail.div_ceil(2).min(Self::N))
+        {
+            *x = *p.add(2 * i);
+        }
+        Self::load(v.as_ptr())
+    }
     /// Writes `a[0], b[0], a[1], b[1], …` — the first `n <= 2N` of them.
     ///
     /// # Safety
@@ -158,6 +175,13 @@ mod x86 {
             unsafe { _mm512_reduce_add_ps(self.0) }
         }
         #[inline(always)]
+        unsafe fn load_even(p: *const f32, avail: usize) -> Self {
+            let even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+            let lo = Avx512::load_part(p, avail.min(16)).0;
+            let hi = Avx512::load_part(p.add(16), avail.saturating_sub(16).min(16)).0;
+            Avx512(_mm512_permutex2var_ps(lo, even, hi))
+        }
+        #[inline(always)]
         unsafe fn store_interleaved(a: Self, b: Self, p: *mut f32, n: usize) {
             let lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
             let hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
@@ -241,6 +265,22 @@ mod x86 {
             let mut v = [0.0f32; 8];
             unsafe { _mm256_storeu_ps(v.as_mut_ptr(), self.0) };
             v.iter().sum()
+        }
+        #[inline(always)]
+        unsafe fn load_even(p: *const f32, avail: usize) -> Self {
+            let (lo, hi) = if avail >= 16 {
+                (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+            } else {
+                (
+                    Avx2::load_part(p, avail.min(8)).0,
+                    Avx2::load_part(p.add(8), avail.saturating_sub(8)).0,
+                )
+            };
+            // Even lanes of each 128-bit half: lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6.
+            let v = _mm256_shuffle_ps::<0b10_00_10_00>(lo, hi);
+            Avx2(_mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(
+                _mm256_castps_pd(v),
+            )))
         }
         #[inline(always)]
         unsafe fn store_interleaved(a: Self, b: Self, p: *mut f32, n: usize) {

@@ -112,50 +112,82 @@ fn unpadded_taps(s: &ConvShape) -> bool {
     s.kernel == [1; 3] && s.pad == [0; 3]
 }
 
-/// Fewest output positions per row for [`shifted_forward`]: each output row
-/// carries `(kw − 1)·dilation` wasted columns.
-const SHIFTED_MIN_WIDTH: usize = 20;
 /// Most output channels per group for [`shifted_forward`]: packing a
 /// lowered column costs about as much as `M` multiply-adds with it, so with
 /// more rows of W packing is cheaper than the wasted columns (ResNet's and
 /// MNIST's 64- and 128-channel layers gain 6-15 %, DeepLab's 256 loses 5 %).
 const SHIFTED_MAX_ROWS: usize = 128;
+/// Largest share of wasted columns per phase row for [`shifted_forward`]
+/// (`⌊(kw − 1)·d₂/s₂⌋` past each output row): 1/8.
+const SHIFTED_MAX_WASTE: usize = 8;
+/// Fewest kernel taps per plane for [`shifted_forward`] at a stride above
+/// 1: measured side by side at AVX2, the phase planes gain 8 % on the 7×7/2
+/// stem but lose 4-7 % on 3×3/2 layers (MNIST conv3, ResNet's downsample)
+/// and 30 % on the 1×1/2 downsample (which gathers straight from `x`).
+const SHIFTED_STRIDED_MIN_TAPS: usize = 16;
 
-/// Output rows (flattened `od·H + oh`) per task of [`shifted_forward`], if
-/// it applies: stride 1, a 1-D or 2-D kernel wider than 1×1 (a kernel over
-/// depth would pad many slices per band of rows), at most
-/// [`SHIFTED_MAX_ROWS`] output channels per group, output rows of at least
-/// [`SHIFTED_MIN_WIDTH`] and at most [`FORWARD_COLS`] positions, and a chunk
-/// of one row fits in the budget.
-fn shifted_rows<S: Packed>(
+/// How [`shifted_forward`] cuts the outputs into tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ShiftedPlan {
+    /// Output rows (flattened `od·H + oh`) per task, and output columns per
+    /// task (all of a row, unless `rows` is 1).
+    rows: usize,
+    seg: usize,
+}
+
+/// The plan of [`shifted_forward`], if it applies: no kernel taps over depth
+/// nor depth stride (a kernel over depth would pad many slices per band of
+/// rows), not pointwise, at most [`SHIFTED_MAX_ROWS`] output channels per
+/// group, at most 1/[`SHIFTED_MAX_WASTE`] wasted columns, stride 1 unless
+/// the kernel has [`SHIFTED_STRIDED_MIN_TAPS`] taps, and a chunk of one row
+/// (window) fits in the budget.
+fn shifted_plan<S: Packed>(
     s: &ConvShape,
     d: &Dims,
     threads: usize,
     budget: usize,
-) -> Option<usize> {
+) -> Option<ShiftedPlan> {
     let w_out = s.output[2];
-    if s.stride != [1; 3]
-        || d.pointwise
+    let shift = (s.kernel[2] - 1) * s.dilation[2] / s.stride[2];
+    if d.pointwise
         || s.kernel[0] > 1
+        || s.stride[0] > 1
+        || (s.stride != [1; 3] && d.ks < SHIFTED_STRIDED_MIN_TAPS)
         || d.m > SHIFTED_MAX_ROWS
-        || w_out < SHIFTED_MIN_WIDTH
-        || w_out > FORWARD_COLS
+        || SHIFTED_MAX_WASTE * shift > w_out + shift
     {
         return None;
     }
     let want = if threads > 1 { 4 * threads } else { 1 };
     let cols = balanced_cols(FORWARD_COLS, s.n * d.p, s.groups, want);
     let all_rows = s.output[0] * s.output[1];
-    let fits = |rows: usize| {
-        let sh = Shifted::new(s, rows);
-        let cols = sh.cols(&(0..rows.min(all_rows)));
+    let fits = |p: ShiftedPlan| {
+        let sh = Shifted::new(s, p.rows, p.seg);
+        let cols = sh.cols(&(0..p.rows.min(all_rows)));
         d.m * cols + sh.len(d.cin_g) + shifted_a_len::<S>(d.k) <= budget
     };
-    let mut rows = (cols / w_out).clamp(1, all_rows);
-    while rows > 1 && !fits(rows) {
-        rows /= 2;
+    let mut plan = if w_out > cols {
+        // Rows wider than a chunk: column windows of one row.
+        ShiftedPlan {
+            rows: 1,
+            seg: w_out.div_ceil(w_out.div_ceil(cols)),
+        }
+    } else {
+        ShiftedPlan {
+            rows: (cols / w_out).clamp(1, all_rows),
+            seg: w_out,
+        }
+    };
+    while !fits(plan) {
+        if plan.rows > 1 {
+            plan.rows /= 2;
+        } else if plan.seg > 4 * S::NR {
+            plan.seg = plan.seg.div_ceil(2);
+        } else {
+            return None;
+        }
     }
-    fits(rows).then_some(rows)
+    Some(plan)
 }
 
 /// Floats of the packed-A buffer of [`shifted_forward`]'s products.
@@ -163,37 +195,39 @@ fn shifted_a_len<S: Packed>(k: usize) -> usize {
     S::MC * k.min(S::KC_L1) + 16
 }
 
-/// The forward pass with the lowered input read in place from padded planes
-/// ([`Shifted`]): tasks are bands of `rows` output rows of one image and
-/// group, each padding its planes once and multiplying W by their shifted
-/// windows, with no packing of `B` at all.
+/// The forward pass with the lowered input read in place from padded phase
+/// planes ([`Shifted`]): tasks are bands of output rows (or column windows
+/// of one row) of one image and group, each padding its planes once and
+/// multiplying W by their shifted windows, with no packing of `B` at all.
 fn shifted_forward<S: Packed>(
     s: &ConvShape,
     x: &[f32],
     w: &[f32],
     y: &mut [f32],
     t: &Tuning,
-    rows: usize,
+    plan: ShiftedPlan,
 ) {
     let d = Dims::of(s);
-    let sh = Shifted::new(s, rows);
-    let all_rows = s.output[0] * s.output[1];
-    let tasks: Vec<(usize, usize, Range<usize>)> = (0..s.n)
+    let sh = Shifted::new(s, plan.rows, plan.seg);
+    let (all_rows, rows, wins) = (s.output[0] * s.output[1], plan.rows, sh.windows());
+    let tasks: Vec<(usize, usize, Range<usize>, usize)> = (0..s.n)
         .flat_map(|n| {
             (0..s.groups).flat_map(move |g| {
-                (0..all_rows.div_ceil(rows))
-                    .map(move |b| (n, g, b * rows..((b + 1) * rows).min(all_rows)))
+                (0..all_rows.div_ceil(rows)).flat_map(move |b| {
+                    let band = b * rows..((b + 1) * rows).min(all_rows);
+                    (0..wins).map(move |win| (n, g, band.clone(), win))
+                })
             })
         })
         .collect();
     let yp = SendPtr(y.as_mut_ptr());
     let (pad_len, a_len) = (sh.len(d.cin_g), shifted_a_len::<S>(d.k));
-    tasks.into_par_iter().for_each(|(n, g, band)| {
+    tasks.into_par_iter().for_each(|(n, g, band, win)| {
         let cols = sh.cols(&band);
         t.scratch(Slot::Task, d.m * cols + pad_len + a_len, |buf| {
             let (cbuf, rest) = buf.split_at_mut(d.m * cols);
             let (pbuf, abuf) = rest.split_at_mut(pad_len);
-            let b = sh.build(t.isa, pbuf, s, x, g, n, band.clone());
+            let b = sh.build(t.isa, pbuf, s, x, g, n, band.clone(), win);
             let a = Mat {
                 ptr: w[g * d.m * d.k..].as_ptr(),
                 rs: d.k,
@@ -206,10 +240,10 @@ fn shifted_forward<S: Packed>(
             };
             // SAFETY: the instruction set is available (checked by the
             // caller); the planes carry the slack the shifted reads need;
-            // this task alone writes these rows of image n, group g.
+            // this task alone writes these outputs of image n, group g.
             unsafe {
                 gemm_shifted::<S>(d.m, cols, d.k, a, b, c, abuf);
-                sh.store(cbuf, d.m, s, yp, n, g * d.m, band);
+                sh.store(cbuf, d.m, s, yp, n, g * d.m, band, win);
             }
         });
     });
@@ -219,8 +253,8 @@ pub(super) fn forward<S: Packed>(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f
     let d = Dims::of(s);
     let threads = rayon::current_num_threads();
     let budget = t.floats_per_worker(threads);
-    if let Some(rows) = shifted_rows::<S>(s, &d, threads, budget) {
-        return shifted_forward::<S>(s, x, w, y, t, rows);
+    if let Some(plan) = shifted_plan::<S>(s, &d, threads, budget) {
+        return shifted_forward::<S>(s, x, w, y, t, plan);
     }
     let bblock = b_block::<S>(budget);
     let (chunks, row_parts) = forward_plan::<S>(s, &d, threads, budget - bblock);
@@ -635,49 +669,44 @@ mod tests {
     use crate::cpu::simd::{Avx2, Avx512};
     use crate::cpu::tests::{check_against_reference, shape, Variant};
 
-    /// Stride-1 shapes with output rows of at least SHIFTED_MIN_WIDTH: 2-D
-    /// with padding, 1-D dilated, 3-D (a 2-D kernel over several slices,
-    /// with chunks across them) with two groups,
-    /// a 2-D one whose rows are cut into several bands, and an input
+    /// Shapes [`shifted_forward`] takes: 2-D with padding; 1-D dilated; 3-D
+    /// (a 2-D kernel over several slices, chunks across them) with two
+    /// groups; 2-D with rows cut into several bands; stride 2 in both
+    /// dimensions (four phase planes) with dilation; stride 3 along rows
+    /// only; 1-D rows longer than a chunk (column windows); and an input
     /// gradient computed as such a forward pass (64 channels, 2048
     /// positions).
-    fn shifted_shapes() -> [ConvShape; 5] {
-        [
-            shape(2, 5, 7, 1, [1, 9, 23], [1, 3, 3], [0, 1, 1], [1; 3], [1; 3]),
+    fn shifted_shapes() -> Vec<ConvShape> {
+        let c2 = |n,
+                  ci,
+                  co,
+                  g,
+                  hw: [usize; 2],
+                  k: [usize; 2],
+                  p: [usize; 2],
+                  st: [usize; 2],
+                  dl: [usize; 2]| {
             shape(
-                3,
-                4,
-                6,
-                1,
-                [1, 1, 40],
-                [1, 1, 5],
-                [0, 0, 3],
-                [1; 3],
-                [1, 1, 2],
-            ),
+                n,
+                ci,
+                co,
+                g,
+                [1, hw[0], hw[1]],
+                [1, k[0], k[1]],
+                [0, p[0], p[1]],
+                [1, st[0], st[1]],
+                [1, dl[0], dl[1]],
+            )
+        };
+        vec![
+            c2(2, 5, 7, 1, [9, 23], [3, 3], [1, 1], [1, 1], [1, 1]),
+            c2(3, 4, 6, 1, [1, 80], [1, 5], [0, 3], [1, 1], [1, 2]),
             shape(2, 6, 4, 2, [5, 4, 22], [1, 3, 3], [1, 0, 1], [1; 3], [1; 3]),
-            shape(
-                1,
-                3,
-                13,
-                1,
-                [1, 70, 24],
-                [1, 2, 4],
-                [0, 1, 2],
-                [1; 3],
-                [1, 2, 1],
-            ),
-            shape(
-                1,
-                64,
-                8,
-                1,
-                [1, 32, 64],
-                [1, 3, 3],
-                [0, 1, 1],
-                [1; 3],
-                [1; 3],
-            ),
+            c2(1, 3, 13, 1, [70, 24], [2, 4], [1, 2], [1, 1], [2, 1]),
+            c2(2, 5, 6, 1, [17, 80], [4, 5], [1, 1], [2, 2], [1, 2]),
+            c2(1, 3, 5, 1, [31, 30], [5, 4], [2, 1], [3, 1], [1, 1]),
+            c2(2, 3, 4, 1, [1, 2100], [1, 3], [0, 1], [1, 1], [1, 1]),
+            c2(1, 64, 8, 1, [32, 64], [3, 3], [1, 1], [1, 1], [1, 1]),
         ]
     }
 
@@ -688,11 +717,11 @@ mod tests {
             for threads in [1, 3] {
                 let budget = Tuning::default().floats_per_worker(threads);
                 assert!(
-                    shifted_rows::<Avx2>(&s, &d, threads, budget).is_some(),
+                    shifted_plan::<Avx2>(&s, &d, threads, budget).is_some(),
                     "{s:?}"
                 );
                 assert!(
-                    shifted_rows::<Avx512>(&s, &d, threads, budget).is_some(),
+                    shifted_plan::<Avx512>(&s, &d, threads, budget).is_some(),
                     "{s:?}"
                 );
             }
@@ -700,18 +729,36 @@ mod tests {
                 check_against_reference(&s, &v, 17).unwrap();
             }
         }
+        // Long rows are cut into windows.
+        let long = shifted_shapes()[6];
+        let plan = shifted_plan::<Avx2>(&long, &Dims::of(&long), 2, 1 << 22).unwrap();
+        assert!(plan.rows == 1 && plan.seg < 2100, "{plan:?}");
         // The wide input gradient goes through it as a forward pass.
-        let [.., wide] = shifted_shapes();
+        let wide = *shifted_shapes().last().unwrap();
         let f = super::super::data_as_forward(&wide, &Tuning::default()).expect("eligible");
-        assert!(shifted_rows::<Avx2>(&f, &Dims::of(&f), 2, 1 << 20).is_some());
+        assert!(shifted_plan::<Avx2>(&f, &Dims::of(&f), 2, 1 << 20).is_some());
     }
 
     #[test]
     fn shifted_forward_only_where_it_applies() {
-        let [s, ..] = shifted_shapes();
+        let s = shifted_shapes()[0];
         let d = Dims::of(&s);
-        let narrow = shape(2, 5, 7, 1, [1, 9, 19], [1, 3, 3], [0, 1, 1], [1; 3], [1; 3]);
-        let strided = shape(
+        // Output rows of 12 with two wasted columns each (more than 1/8).
+        let narrow = shape(2, 5, 7, 1, [1, 9, 12], [1, 3, 3], [0, 1, 1], [1; 3], [1; 3]);
+        let strided_depth = shape(
+            2,
+            5,
+            7,
+            1,
+            [6, 9, 45],
+            [1, 3, 3],
+            [0, 1, 1],
+            [2, 1, 1],
+            [1; 3],
+        );
+        let pointwise = shape(2, 5, 7, 1, [1, 9, 23], [1; 3], [0; 3], [1; 3], [1; 3]);
+        let deep = shape(2, 5, 7, 1, [4, 9, 23], [2, 3, 3], [0, 1, 1], [1; 3], [1; 3]);
+        let strided_3x3 = shape(
             2,
             5,
             7,
@@ -719,11 +766,9 @@ mod tests {
             [1, 9, 45],
             [1, 3, 3],
             [0, 1, 1],
-            [1, 1, 2],
+            [1, 2, 2],
             [1; 3],
         );
-        let pointwise = shape(2, 5, 7, 1, [1, 9, 23], [1; 3], [0; 3], [1; 3], [1; 3]);
-        let deep = shape(2, 5, 7, 1, [4, 9, 23], [2, 3, 3], [0, 1, 1], [1; 3], [1; 3]);
         let wide = shape(
             2,
             5,
@@ -735,11 +780,14 @@ mod tests {
             [1; 3],
             [1; 3],
         );
-        for other in [narrow, strided, pointwise, deep, wide] {
-            assert!(shifted_rows::<Avx2>(&other, &Dims::of(&other), 2, 1 << 20).is_none());
+        for other in [narrow, strided_depth, pointwise, deep, wide, strided_3x3] {
+            assert!(
+                shifted_plan::<Avx2>(&other, &Dims::of(&other), 2, 1 << 20).is_none(),
+                "{other:?}"
+            );
         }
         // Without room for one output row's planes and product.
-        assert!(shifted_rows::<Avx2>(&s, &d, 2, 1000).is_none());
+        assert!(shifted_plan::<Avx2>(&s, &d, 2, 1000).is_none());
     }
 
     #[test]
