@@ -106,8 +106,9 @@ fn forward_plan<S: Packed>(
 
 /// Whether every tap reads inside the input (a 1×1 kernel without padding,
 /// e.g. a strided 1×1 downsample): the lowered input is then gathered
-/// straight from `x` (strided runs), since a padded copy would only add a
-/// pass over the whole input.
+/// straight from `x` (strided runs) and the input gradient scattered
+/// straight into `dx`, since padded copies would only add passes over the
+/// whole tensor.
 fn unpadded_taps(s: &ConvShape) -> bool {
     s.kernel == [1; 3] && s.pad == [0; 3]
 }
@@ -424,7 +425,7 @@ fn backward_data_task<S: Packed>(
     let max_cols = chunks.iter().map(Chunk::cols).max().unwrap_or(0);
     // Accumulate into padded gradient planes when they fit; otherwise zero dx
     // and scatter straight into it.
-    let grad_len = if d.pointwise {
+    let grad_len = if d.pointwise || unpadded_taps(s) {
         0
     } else {
         PaddedGrad::len(s, images.len(), ci.len())
