@@ -28,11 +28,21 @@ use super::scratch::Tuning;
 use super::simd::Isa;
 use super::ConvShape;
 
-/// `packed::$pass::<S>(args)` for the tuning's instruction set `S`, or
-/// `portable::$pass(args)` where that is portable.
+/// The back end of the lowered passes of `s`: the packed GEMM at the
+/// tuning's instruction set, or the portable one (the `gemm` crate) where
+/// that is portable or, at AVX2, for 1×1 kernels (`Tuning::gemm_crate_1x1`).
+fn back_end(s: &ConvShape, t: &Tuning) -> Isa {
+    match t.isa.supported() {
+        Isa::Avx2 if t.gemm_crate_1x1 && s.kernel_spatial() == 1 => Isa::Portable,
+        isa => isa,
+    }
+}
+
+/// `packed::$pass::<S>(args)` for the back end's instruction set `S`, or
+/// `portable::$pass(args)`.
 macro_rules! by_isa {
-    ($t:expr, $pass:ident($($arg:expr),* $(,)?)) => {
-        match $t.isa.supported() {
+    ($s:expr, $t:expr, $pass:ident($($arg:expr),* $(,)?)) => {
+        match back_end($s, $t) {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => packed::$pass::<super::simd::Avx512>($($arg),*),
             #[cfg(target_arch = "x86_64")]
@@ -109,7 +119,7 @@ pub(super) fn even_ranges(ranges: usize, groups: usize, threads: usize) -> usize
 }
 
 pub(crate) fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tuning) {
-    by_isa!(t, forward(s, x, w, y, t))
+    by_isa!(s, t, forward(s, x, w, y, t))
 }
 
 pub(crate) fn backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32], t: &Tuning) {
@@ -126,11 +136,11 @@ pub(crate) fn backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32]
         });
         return;
     }
-    by_isa!(t, backward_data(s, dy, w, dx, t))
+    by_isa!(s, t, backward_data(s, dy, w, dx, t))
 }
 
 pub(crate) fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f32], t: &Tuning) {
-    by_isa!(t, backward_weights(s, x, dy, dw, t))
+    by_isa!(s, t, backward_weights(s, x, dy, dw, t))
 }
 
 /// Fewest input channels per group for [`data_as_forward`]: they are the
@@ -314,6 +324,28 @@ mod tests {
                 check_against_reference(&s, &v, 11).unwrap();
             }
         }
+    }
+
+    #[test]
+    fn one_by_one_kernels_take_the_gemm_crate_at_avx2_only() {
+        let [s3, ..] = eligible();
+        let s1 = shape(2, 8, 8, 1, [1, 9, 9], [1; 3], [0; 3], [1; 3], [1; 3]);
+        let at = |isa, gemm_crate_1x1| Tuning {
+            isa,
+            gemm_crate_1x1,
+            ..Tuning::default()
+        };
+        let avx2 = Isa::Avx2.supported();
+        assert_eq!(back_end(&s3, &at(Isa::Avx2, true)), avx2);
+        assert_eq!(back_end(&s1, &at(Isa::Avx2, true)), Isa::Portable);
+        assert_eq!(back_end(&s1, &at(Isa::Avx2, false)), avx2);
+        // AVX-512 keeps its packed GEMM; a CPU without it falls to AVX2's rule.
+        let want = if Isa::Avx512.supported() == Isa::Avx512 {
+            Isa::Avx512
+        } else {
+            Isa::Portable
+        };
+        assert_eq!(back_end(&s1, &at(Isa::Avx512, true)), want);
     }
 
     #[test]

@@ -195,11 +195,14 @@ impl Variant {
             threads: 3,
         }
     }
-    /// [`Variant::tight`] at AVX2.
+    /// [`Variant::tight`] at AVX2, 1×1 kernels on the packed GEMM too.
     pub fn avx2_tight() -> Variant {
         Variant {
-            name: "avx2, tight scratch, gemm only, 2 threads",
-            tuning: tight(at(Isa::Avx2)),
+            name: "avx2, tight scratch, gemm only, packed 1x1, 2 threads",
+            tuning: Tuning {
+                gemm_crate_1x1: false,
+                ..tight(at(Isa::Avx2))
+            },
             threads: 2,
         }
     }
