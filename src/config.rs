@@ -4,6 +4,8 @@
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
+use crate::cpu::Isa;
+
 /// Where an operation family runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -116,6 +118,9 @@ pub struct Config {
     pub call_memory_mib: usize,
     /// `RDNA1SHIM_CHUNKS`: `auto` or the most chunks a call is cut into.
     pub chunks: Chunks,
+    /// `RDNA1SHIM_MAX_ISA`: the widest instruction set the CPU engine may
+    /// use (`None`: the best the CPU has).
+    pub max_isa: Option<Isa>,
     pub log_filter: String,
     /// `RDNA1SHIM_TRACE_ALL=1`: log every MIOpen call before it is made.
     pub trace_all: bool,
@@ -236,6 +241,16 @@ impl Config {
                 }
             }
         };
+        let max_isa = match get("RDNA1SHIM_MAX_ISA").as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(v) => Isa::parse(v).or_else(|| {
+                warnings.push(format!(
+                    "RDNA1SHIM_MAX_ISA={v:?} not understood (use avx512, avx2 or portable); using the best the CPU has ({})",
+                    Isa::detected()
+                ));
+                None
+            }),
+        };
         let nonempty = |k: &str| get(k).filter(|v| !v.trim().is_empty());
         Config {
             disabled,
@@ -244,6 +259,7 @@ impl Config {
             threads,
             call_memory_mib,
             chunks,
+            max_isa,
             log_filter: nonempty("RDNA1SHIM_LOG").unwrap_or_else(|| "info".to_string()),
             trace_all: matches!(
                 get("RDNA1SHIM_TRACE_ALL").as_deref().map(str::trim),
@@ -282,9 +298,10 @@ impl Config {
             .map(|o| format!("{}={}", o.name(), self.target(*o)))
             .collect();
         format!(
-            "{} threads={} host_memory={}MiB chunks={} unsupported={}",
+            "{} threads={} isa={} host_memory={}MiB chunks={} unsupported={}",
             ops.join(" "),
             self.threads,
+            self.isa_summary(),
             self.call_memory_mib,
             match self.chunks {
                 Chunks::Auto => "auto".to_string(),
@@ -302,6 +319,26 @@ impl Config {
                 Unsupported::Gpu => "gpu",
             }
         )
+    }
+
+    /// The instruction set the CPU engine runs at.
+    pub fn isa(&self) -> Isa {
+        self.max_isa.unwrap_or(Isa::Avx512).supported()
+    }
+
+    /// [`Config::isa`], and why when `RDNA1SHIM_MAX_ISA` is set.
+    fn isa_summary(&self) -> String {
+        let detected = Isa::detected();
+        match self.max_isa {
+            None => detected.to_string(),
+            Some(cap) if cap < detected => {
+                format!("{cap} (RDNA1SHIM_MAX_ISA={cap}; the CPU has {detected})")
+            }
+            Some(cap) if cap > detected => {
+                format!("{detected} (RDNA1SHIM_MAX_ISA={cap}, but the CPU has only {detected})")
+            }
+            Some(cap) => format!("{cap} (RDNA1SHIM_MAX_ISA={cap})"),
+        }
     }
 }
 
@@ -445,6 +482,31 @@ mod tests {
         assert_eq!((c.call_memory_mib, c.chunks), (256, Chunks::Auto));
         assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
         assert!(c.summary().contains("host_memory=256MiB chunks=auto"));
+    }
+
+    #[test]
+    fn max_isa_caps_the_engine() {
+        let best = Isa::detected();
+        assert_eq!(cfg(&[]).max_isa, None);
+        assert_eq!(cfg(&[]).isa(), best);
+        assert!(cfg(&[]).summary().contains(&format!("isa={best} ")));
+        let c = cfg(&[("RDNA1SHIM_MAX_ISA", " AVX2 ")]);
+        assert_eq!(c.max_isa, Some(Isa::Avx2));
+        assert_eq!(c.isa(), Isa::Avx2.min(best));
+        assert!(
+            c.summary().contains("RDNA1SHIM_MAX_ISA=avx2"),
+            "{}",
+            c.summary()
+        );
+        let p = cfg(&[("RDNA1SHIM_MAX_ISA", "portable")]);
+        assert_eq!(p.isa(), Isa::Portable);
+        assert!(p.summary().contains("isa=portable "), "{}", p.summary());
+        // A cap above the CPU is what the CPU has.
+        assert_eq!(cfg(&[("RDNA1SHIM_MAX_ISA", "avx512")]).isa(), best);
+        let bad = cfg(&[("RDNA1SHIM_MAX_ISA", "sse9")]);
+        assert_eq!(bad.max_isa, None);
+        assert_eq!(bad.warnings.len(), 1);
+        assert!(bad.warnings[0].contains("RDNA1SHIM_MAX_ISA"));
     }
 
     #[test]

@@ -43,6 +43,7 @@ impl Runtime {
     fn init() -> Runtime {
         let config = Config::from_env();
         config.publish_call_memory();
+        crate::cpu::set_max_isa(config.isa());
         let log_problem = crate::log::init(&config);
         for w in config.warnings.iter().chain(log_problem.iter()) {
             tracing::warn!("{w}");

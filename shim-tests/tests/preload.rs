@@ -47,6 +47,37 @@ fn shim_answers_with(program: &str, mode: &str, extra: &[(&str, &str)]) {
     assert_no_panic(&out);
 }
 
+/// `RDNA1SHIM_MAX_ISA` lowers the engine's instruction set: the start-up line
+/// names it and every convolution is still right.
+#[test]
+fn shim_passes_with_the_instruction_set_capped() {
+    for isa in ["avx2", "portable"] {
+        let out = run(
+            "harness_direct",
+            &["--mode", "default"],
+            &[("RDNA1SHIM_LOG", "info"), ("RDNA1SHIM_MAX_ISA", isa)],
+            true,
+        );
+        let err = stderr(&out);
+        let line = err
+            .lines()
+            .find(|l| l.contains("rdna1shim") && l.contains(" active "))
+            .unwrap_or_else(|| panic!("no start-up line\n{}", describe(&out)));
+        // A CPU without AVX2 runs portable code and says so.
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx2 = false;
+        let runs = if avx2 { isa } else { "portable" };
+        assert!(
+            line.contains(&format!("isa={runs} (RDNA1SHIM_MAX_ISA={isa}")),
+            "{line}"
+        );
+        assert!(assert_harness_passed(&out) >= 100);
+        assert_no_panic(&out);
+    }
+}
+
 #[test]
 fn shim_passes_default_mode() {
     shim_answers("harness_direct", "default");

@@ -2,9 +2,13 @@
 //!
 //! ```text
 //! cargo run --release --bin conv_bench -- [--threads N] [--layer SUBSTRING]
-//!     [--pass forward|backward_data|backward_weights] [--json] [--min-ms MS]
-//!     [--retries N] [--list] [--serve]
+//!     [--pass forward|backward_data|backward_weights] [--isa avx512|avx2|portable]
+//!     [--json] [--min-ms MS] [--retries N] [--list] [--serve]
 //! ```
+//! `--isa` caps the engine's instruction set like the shim's `RDNA1SHIM_MAX_ISA`
+//! (which it reads when the flag is absent); the FMA peak is then measured at
+//! that instruction set, so an AVX2-capped run on an AVX-512 CPU reports its
+//! share of the AVX2 peak.
 //! For each layer and pass: one warm-up call, then the best of several timed
 //! calls (at least 3, more for fast layers). Prints GFLOP/s (2 · multiply-adds
 //! per second, the same count for all three passes), its share of the FMA
@@ -27,7 +31,7 @@
 use std::time::Instant;
 
 use rdna1shim::cpu::conv;
-use rdna1shim::cpu::ConvShape;
+use rdna1shim::cpu::{ConvShape, Isa};
 
 struct Layer {
     name: &'static str,
@@ -190,6 +194,7 @@ struct Args {
     serve: bool,
     min_ms: f64,
     retries: usize,
+    isa: Option<Isa>,
 }
 
 fn parse_args() -> Args {
@@ -202,6 +207,7 @@ fn parse_args() -> Args {
         serve: false,
         min_ms: 300.0,
         retries: 4,
+        isa: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -229,16 +235,33 @@ fn parse_args() -> Args {
                     .parse()
                     .unwrap_or_else(|_| die("bad --retries"))
             }
+            "--isa" => {
+                let v = value("--isa");
+                a.isa = Some(Isa::parse(&v).unwrap_or_else(|| {
+                    die(&format!("bad --isa {v:?} (use avx512, avx2 or portable)"))
+                }))
+            }
             "--json" => a.json = true,
             "--list" => a.list = true,
             "--serve" => a.serve = true,
             "-h" | "--help" => {
                 println!(
-                    "usage: conv_bench [--threads N] [--layer SUBSTRING] [--pass NAME] [--json] [--list] [--serve] [--min-ms MS] [--retries N]"
+                    "usage: conv_bench [--threads N] [--layer SUBSTRING] [--pass NAME] [--isa avx512|avx2|portable] [--json] [--list] [--serve] [--min-ms MS] [--retries N]"
                 );
                 std::process::exit(0);
             }
             other => die(&format!("unknown argument {other}")),
+        }
+    }
+    if a.isa.is_none() {
+        if let Ok(v) = std::env::var("RDNA1SHIM_MAX_ISA") {
+            if !v.trim().is_empty() {
+                a.isa = Some(Isa::parse(&v).unwrap_or_else(|| {
+                    die(&format!(
+                        "bad RDNA1SHIM_MAX_ISA={v:?} (use avx512, avx2 or portable)"
+                    ))
+                }));
+            }
         }
     }
     a
@@ -411,10 +434,11 @@ fn json_line(layer: &Layer, pass: &str, threads: usize, t: Option<&Timing>) -> S
         )
     });
     format!(
-        "{{\"layer\":\"{}\",\"pass\":\"{}\",{timing}\"threads\":{},\"flops\":{},\"shape\":{{\"n\":{},\"c_in\":{},\"c_out\":{},\"groups\":{},\"input\":{:?},\"kernel\":{:?},\"output\":{:?},\"pad\":{:?},\"stride\":{:?},\"dilation\":{:?}}}}}",
+        "{{\"layer\":\"{}\",\"pass\":\"{}\",{timing}\"threads\":{},\"isa\":\"{}\",\"flops\":{},\"shape\":{{\"n\":{},\"c_in\":{},\"c_out\":{},\"groups\":{},\"input\":{:?},\"kernel\":{:?},\"output\":{:?},\"pad\":{:?},\"stride\":{:?},\"dilation\":{:?}}}}}",
         layer.name,
         pass,
         threads,
+        rdna1shim::cpu::isa(),
         s.flops(),
         s.n,
         s.c_in,
@@ -442,7 +466,8 @@ fn serve(pool: &rayon::ThreadPool, layers: &[Layer], threads: usize, args: &Args
         if line == "peak" {
             let peak = pool.install(rdna1shim::cpu::fma_peak_gflops);
             let peak = peak.map_or("null".to_string(), |p| format!("{p:.1}"));
-            let _ = writeln!(out, "{{\"peak_gflops\":{peak}}}");
+            let isa = rdna1shim::cpu::isa();
+            let _ = writeln!(out, "{{\"peak_gflops\":{peak},\"isa\":\"{isa}\"}}");
             let _ = out.flush();
             continue;
         }
@@ -467,6 +492,9 @@ fn serve(pool: &rayon::ThreadPool, layers: &[Layer], threads: usize, args: &Args
 
 fn main() {
     let args = parse_args();
+    if let Some(cap) = args.isa {
+        rdna1shim::cpu::set_max_isa(cap);
+    }
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -514,7 +542,8 @@ fn main() {
     };
     if !args.json {
         println!(
-            "conv_bench: {threads} threads, best of >= 3 runs after a warm-up; FMA peak of the threads: {}",
+            "conv_bench: {threads} threads, instruction set {}, best of >= 3 runs after a warm-up; FMA peak of the threads: {}",
+            rdna1shim::cpu::isa(),
             peak.map_or("unknown".to_string(), |p| format!("{p:.1} GFLOP/s"))
         );
         println!(

@@ -17,11 +17,12 @@ use crate::layout::{DType, Layout5};
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-/// Whether rows convert with the vector kernels (x86-64 with AVX2 and F16C).
+/// Whether rows convert with the vector kernels: x86-64 with AVX2 and F16C, within
+/// the engine's instruction-set cap (`RDNA1SHIM_MAX_ISA=portable` turns them off too).
 fn simd_rows() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        x86::available()
+        crate::cpu::isa() >= crate::cpu::Isa::Avx2 && x86::available()
     }
     #[cfg(not(target_arch = "x86_64"))]
     false

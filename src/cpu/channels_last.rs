@@ -322,16 +322,10 @@ unsafe fn axpy_pairs(a: *const f32, pairs: &[(*mut f32, *const f32)], len: usize
     }
 }
 
-/// Whether the depthwise loops use AVX2 + FMA (asked once).
+/// Whether the depthwise loops use AVX2 + FMA: where the CPU has them and the
+/// engine's instruction-set cap (`RDNA1SHIM_MAX_ISA`) allows.
 fn vector_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static HAS: OnceLock<bool> = OnceLock::new();
-        *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    super::isa() >= super::Isa::Avx2
 }
 
 #[cfg(target_arch = "x86_64")]

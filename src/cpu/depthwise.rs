@@ -40,25 +40,19 @@ pub(crate) fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tu
         .for_each(|(q, outs)| {
             let (n, ci) = (q / s.c_in, q % s.c_in);
             t.scratch(Slot::Task, g.padded_len(), |xp| {
-                pad_plane(
-                    t.simd,
-                    xp,
-                    &x[(n * s.c_in + ci) * isp..][..isp],
-                    s.input,
-                    &g,
-                );
+                pad_plane(t.isa, xp, &x[(n * s.c_in + ci) * isp..][..isp], s.input, &g);
                 let mut m = 0;
                 // Output channels CB at a time: each input vector loaded
                 // feeds CB of them.
                 while mult >= CB && m + CB <= mult {
                     let co = ci * mult + m;
                     let outs = &mut outs[m * osp..(m + CB) * osp];
-                    corr_planes(t.simd, outs, xp, &w[co * ks..(co + CB) * ks], &g);
+                    corr_planes(t.isa, outs, xp, &w[co * ks..(co + CB) * ks], &g);
                     m += CB;
                 }
                 for (k, out) in outs[m * osp..].chunks_exact_mut(osp).enumerate() {
                     let co = ci * mult + m + k;
-                    corr_plane(t.simd, out, xp, &w[co * ks..][..ks], &g, false);
+                    corr_plane(t.isa, out, xp, &w[co * ks..][..ks], &g, false);
                 }
             });
         });
@@ -87,11 +81,11 @@ pub(crate) fn backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32]
                         *f = *v;
                     }
                     t.scratch(Slot::Task, g.padded_len(), |yp| {
-                        pad_plane(t.simd, yp, dyp, s.output, &g);
-                        corr_plane(t.simd, grad, yp, &flipped, &g, m > 0);
+                        pad_plane(t.isa, yp, dyp, s.output, &g);
+                        corr_plane(t.isa, grad, yp, &flipped, &g, m > 0);
                     });
                 } else {
-                    scatter_plane(t.simd, grad, dyp, wk, s, m > 0);
+                    scatter_plane(t.isa, grad, dyp, wk, s, m > 0);
                 }
             }
         });
@@ -118,16 +112,10 @@ pub(crate) fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f
             let images = s.n.div_ceil(blocks);
             t.scratch(Slot::Task, g.padded_len(), |xp| {
                 for n in b * images..((b + 1) * images).min(s.n) {
-                    pad_plane(
-                        t.simd,
-                        xp,
-                        &x[(n * s.c_in + ci) * isp..][..isp],
-                        s.input,
-                        &g,
-                    );
+                    pad_plane(t.isa, xp, &x[(n * s.c_in + ci) * isp..][..isp], s.input, &g);
                     for (m, a) in acc.chunks_exact_mut(ks).enumerate() {
                         let co = ci * mult + m;
-                        weights_plane(t.simd, a, &dy[(n * s.c_out + co) * osp..][..osp], xp, &g);
+                        weights_plane(t.isa, a, &dy[(n * s.c_out + co) * osp..][..osp], xp, &g);
                     }
                 }
             });

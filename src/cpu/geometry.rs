@@ -38,24 +38,55 @@ pub(crate) fn for_each_segment(
     len: usize,
     mut f: impl FnMut(RowSegment),
 ) {
-    let ow_n = out[2];
-    let plane = out[1] * ow_n;
-    let mut p = p0;
-    let end = p0 + len;
-    while p < end {
-        let od = p / plane;
-        let rem = p - od * plane;
-        let oh = rem / ow_n;
-        let ow0 = rem - oh * ow_n;
-        let ow1 = (ow0 + (end - p)).min(ow_n);
-        f(RowSegment {
+    for seg in segments(out, p0, len) {
+        f(seg);
+    }
+}
+
+/// The row segments of [`for_each_segment`] as an iterator (a loop over it
+/// keeps its body in the caller, which matters for code compiled for an
+/// instruction set the iterator itself is not).
+#[inline(always)]
+pub(crate) fn segments(out: [usize; 3], p0: usize, len: usize) -> Segments {
+    Segments {
+        ow_n: out[2],
+        plane: out[1] * out[2],
+        p0,
+        p: p0,
+        end: p0 + len,
+    }
+}
+
+/// Iterator of [`segments`].
+pub(crate) struct Segments {
+    ow_n: usize,
+    plane: usize,
+    p0: usize,
+    p: usize,
+    end: usize,
+}
+
+impl Iterator for Segments {
+    type Item = RowSegment;
+    #[inline]
+    fn next(&mut self) -> Option<RowSegment> {
+        let p = self.p;
+        if p >= self.end {
+            return None;
+        }
+        let od = p / self.plane;
+        let rem = p - od * self.plane;
+        let oh = rem / self.ow_n;
+        let ow0 = rem - oh * self.ow_n;
+        let ow1 = (ow0 + (self.end - p)).min(self.ow_n);
+        self.p += ow1 - ow0;
+        Some(RowSegment {
             od,
             oh,
             ow0,
             ow1,
-            offset: p - p0,
-        });
-        p += ow1 - ow0;
+            offset: p - self.p0,
+        })
     }
 }
 

@@ -277,12 +277,42 @@ pub(crate) fn for_each_image_run(
     len: usize,
     mut f: impl FnMut(usize, usize, usize, usize),
 ) {
-    let mut c = c0;
-    let end = c0 + len;
-    while c < end {
-        let (i, q) = (c / ch.np, c % ch.np);
-        let run = (ch.np - q).min(end - c);
-        f(i, ch.p0 + q, c - c0, run);
-        c += run;
+    for (i, p, c, n) in image_runs(ch, c0, len) {
+        f(i, p, c, n);
+    }
+}
+
+/// The runs of [`for_each_image_run`] as an iterator of `(image index in
+/// chunk, position, offset from c0, run length)`.
+#[inline(always)]
+pub(crate) fn image_runs(ch: Chunk, c0: usize, len: usize) -> ImageRuns {
+    ImageRuns {
+        ch,
+        c0,
+        c: c0,
+        end: c0 + len,
+    }
+}
+
+/// Iterator of [`image_runs`].
+pub(crate) struct ImageRuns {
+    ch: Chunk,
+    c0: usize,
+    c: usize,
+    end: usize,
+}
+
+impl Iterator for ImageRuns {
+    type Item = (usize, usize, usize, usize);
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        let c = self.c;
+        if c >= self.end {
+            return None;
+        }
+        let (i, q) = (c / self.ch.np, c % self.ch.np);
+        let run = (self.ch.np - q).min(self.end - c);
+        self.c += run;
+        Some((i, self.ch.p0 + q, c - self.c0, run))
     }
 }

@@ -13,19 +13,20 @@
 //! - [`conv`]: the entry points (`forward`, `backward_data`,
 //!   `backward_weights`), argument checks and the choice of algorithm;
 //! - `lowered`: the passes as matrix products over chunks of positions, with
-//!   an AVX-512 back end (`avx512_gemm` kernel, `pack` providers of the packed
-//!   operand) and a portable one (`im2col` buffers, `matmul` over the `gemm`
-//!   crate);
+//!   a packed back end written once over the vector instruction set and
+//!   compiled for AVX-512 and AVX2 (`packed_gemm` kernel, `pack` providers of
+//!   the packed operand; x86-64 only) and a portable one (`im2col` buffers,
+//!   `matmul` over the `gemm` crate);
 //! - `depthwise`: direct loops for one input channel per group;
 //! - `padded`: zero-padded, phase-split input planes used by both;
 //! - `geometry` (index arithmetic), `scratch` (bounded reusable buffers),
-//!   `par` (task splitting), `simd` (vector types and run-time dispatch).
+//!   `par` (task splitting), `simd` (vector types, the instruction-set
+//!   levels [`Isa`] with their process-wide cap, run-time dispatch).
 //!
 //! [`channels_last`] computes pointwise and depthwise layers directly on channels-last
 //! tensors. [`batchnorm`] is the batch-normalization engine; `peak` measures the
 //! cores' FMA peak for the benchmark.
 
-mod avx512_gemm;
 pub mod batchnorm;
 pub mod channels_last;
 pub mod conv;
@@ -34,7 +35,10 @@ mod geometry;
 mod im2col;
 mod lowered;
 mod matmul;
+#[cfg(target_arch = "x86_64")]
 mod pack;
+#[cfg(target_arch = "x86_64")]
+mod packed_gemm;
 mod padded;
 mod par;
 mod peak;
@@ -48,3 +52,4 @@ mod tests;
 pub use peak::fma_peak_gflops;
 pub use scratch::MAX_SCRATCH_BYTES;
 pub use shape::ConvShape;
+pub use simd::{isa, set_max_isa, Isa};

@@ -1,26 +1,26 @@
-//! Packing of the `B` operand of the AVX-512 GEMM straight from the tensors:
+//! Packing of the `B` operand of the packed GEMM straight from the tensors:
 //! the lowered input (im2col) for the forward pass, its transpose for the
 //! weight gradient, and plain channel rows (`dy`, or `x` of a pointwise
-//! convolution).
+//! convolution). Written once over the GEMM's instruction set ([`Packed`]).
 //!
 //! The lowered input is read from a [`PaddedChunk`] — the chunk's input planes
 //! copied once with zero padding and stride phases split out — so each run of
 //! a lowered row is a plain contiguous copy; the run layout of a block is
 //! computed once and replayed for every lowered row. When the padded planes do
 //! not fit in the budget, the `Direct*` providers gather from `x` itself.
-//! Copies use AVX-512 loads and stores (stride 2 via a two-register permute);
-//! transposes go through 16×16 register transposes.
+//! Copies use full-width vector loads and stores (stride 2 via a
+//! two-register permute); transposes go through lanes × lanes register
+//! transposes (16×16 with AVX-512, 8×8 with AVX2).
 
-#[cfg(target_arch = "x86_64")]
-use std::arch::x86_64::*;
-
-use super::avx512_gemm::{PackB, KC, NR};
 use std::ops::Range;
 
-use super::geometry::{for_each_segment, valid_range};
-use super::im2col::{for_each_image_run, input_row, tap_of, tap_offsets, Chunk};
+use super::packed_gemm::{PackB, Packed, ShiftedB, WithPacked, KC, MAX_LANES};
+use super::simd::Simd;
+
+use super::geometry::{segments, valid_range, RowSegment};
+use super::im2col::{for_each_image_run, image_runs, input_row, tap_of, tap_offsets, Chunk};
 use super::padded::{pad_rows, unpad_plane, Geom};
-use super::simd::Level;
+use super::simd::Isa;
 use super::ConvShape;
 
 /// Destination of one row of `B` in packed panels: column `c` of the block
@@ -33,24 +33,30 @@ struct PanelRow {
 
 impl PanelRow {
     /// `B[row][c..c + len] = 0`, split at panel boundaries.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn zeros(&self, mut c: usize, mut len: usize) {
+    #[inline(always)]
+    unsafe fn zeros<S: Packed>(&self, mut c: usize, mut len: usize) {
+        let nr = S::NR;
         while len > 0 {
-            let n = (NR - c % NR).min(len);
-            store_zeros(self.base.add((c / NR) * self.stride + c % NR), n);
+            let n = (nr - c % nr).min(len);
+            store_zeros::<S>(self.base.add((c / nr) * self.stride + c % nr), n);
             c += n;
             len -= n;
         }
     }
 
     /// `B[row][c + j] = src[j · step]` for `j < len`, split at panel boundaries.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn copy(&self, mut c: usize, mut src: *const f32, mut len: usize, step: usize) {
+    #[inline(always)]
+    unsafe fn copy<S: Packed>(
+        &self,
+        mut c: usize,
+        mut src: *const f32,
+        mut len: usize,
+        step: usize,
+    ) {
+        let nr = S::NR;
         while len > 0 {
-            let n = (NR - c % NR).min(len);
-            copy_run(self.base.add((c / NR) * self.stride + c % NR), src, n, step);
+            let n = (nr - c % nr).min(len);
+            copy_run::<S>(self.base.add((c / nr) * self.stride + c % nr), src, n, step);
             c += n;
             src = src.add(n * step);
             len -= n;
@@ -58,53 +64,44 @@ impl PanelRow {
     }
 }
 
-/// Mask of the first `n` (at most 16) lanes.
+/// `dst[j] = 0` for `j < n`.
 #[inline(always)]
-fn lanes(n: usize) -> u16 {
-    ((1u32 << n.min(16)) - 1) as u16
-}
-
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn store_zeros(dst: *mut f32, n: usize) {
-    let z = _mm512_setzero_ps();
+unsafe fn store_zeros<S: Simd>(dst: *mut f32, n: usize) {
+    let z = S::zero();
     let mut i = 0;
-    while i + 16 <= n {
-        _mm512_storeu_ps(dst.add(i), z);
-        i += 16;
+    while i + S::N <= n {
+        z.store(dst.add(i));
+        i += S::N;
     }
     if i < n {
-        _mm512_mask_storeu_ps(dst.add(i), lanes(n - i), z);
+        z.store_part(dst.add(i), n - i);
     }
 }
 
 /// `dst[j] = src[j · step]` for `j < n`, reading nothing past `src[(n-1)·step]`.
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn copy_run(dst: *mut f32, src: *const f32, n: usize, step: usize) {
+#[inline(always)]
+unsafe fn copy_run<S: Packed>(dst: *mut f32, src: *const f32, n: usize, step: usize) {
     let mut i = 0;
     match step {
         1 => {
-            while i + 16 <= n {
-                _mm512_storeu_ps(dst.add(i), _mm512_loadu_ps(src.add(i)));
-                i += 16;
+            while i + S::N <= n {
+                S::load(src.add(i)).store(dst.add(i));
+                i += S::N;
             }
             if i < n {
-                let m = lanes(n - i);
-                _mm512_mask_storeu_ps(dst.add(i), m, _mm512_maskz_loadu_ps(m, src.add(i)));
+                S::load_part(src.add(i), n - i).store_part(dst.add(i), n - i);
             }
         }
         2 => {
-            let even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
             while i < n {
-                // Elements src[2i ..= 2(i+15)], of which 2(n-i) - 1 exist.
-                let avail = 2 * (n - i) - 1;
-                let s = src.add(2 * i);
-                let lo = _mm512_maskz_loadu_ps(lanes(avail), s);
-                let hi = _mm512_maskz_loadu_ps(lanes(avail.saturating_sub(16)), s.add(16));
-                let v = _mm512_permutex2var_ps(lo, even, hi);
-                _mm512_mask_storeu_ps(dst.add(i), lanes(n - i), v);
-                i += 16;
+                // Elements src[2i ..= 2(i + N - 1)], of which 2(n-i) - 1 exist.
+                let v = S::load_even(src.add(2 * i), 2 * (n - i) - 1);
+                if n - i >= S::N {
+                    v.store(dst.add(i));
+                } else {
+                    v.store_part(dst.add(i), n - i);
+                }
+                i += S::N;
             }
         }
         _ => {
@@ -117,47 +114,67 @@ unsafe fn copy_run(dst: *mut f32, src: *const f32, n: usize, step: usize) {
 
 /// A piece of one lowered row: `n` zeros (padding) or `n` input values
 /// starting at `src`, `stride` apart.
+#[derive(Clone, Copy)]
 enum Piece {
     Zeros(usize),
     Run(*const f32, usize),
 }
 
-/// Walks the values tap `tap` reads from the input plane at `plane` for the
-/// output positions `p..p + len`, calling `f(offset from p, piece)` in order.
-#[inline(always)]
-unsafe fn walk_tap(
-    s: &ConvShape,
-    plane: *const f32,
-    tap: [usize; 3],
-    p: usize,
-    len: usize,
-    mut f: impl FnMut(usize, Piece),
-) {
-    let off = tap_offsets(s, tap);
-    let sw = s.stride[2];
-    let (lo_w, hi_w) = valid_range(s.output[2], sw, off[2], s.input[2]);
-    for_each_segment(s.output, p, len, |seg| {
-        let n = seg.ow1 - seg.ow0;
-        let Some(row_at) = input_row(s, off, seg.od, seg.oh) else {
-            f(seg.offset, Piece::Zeros(n));
-            return;
+/// The values one kernel tap reads from an input plane, by output row
+/// segment. (Iterators rather than callbacks, so that the copies stay in the
+/// caller's code, compiled for its instruction set.)
+struct TapWalk<'a> {
+    s: &'a ConvShape,
+    off: [isize; 3],
+    /// Output columns whose input column is inside the plane.
+    lo_w: usize,
+    hi_w: usize,
+}
+
+impl<'a> TapWalk<'a> {
+    #[inline(always)]
+    fn new(s: &'a ConvShape, tap: [usize; 3]) -> Self {
+        let off = tap_offsets(s, tap);
+        let (lo_w, hi_w) = valid_range(s.output[2], s.stride[2], off[2], s.input[2]);
+        TapWalk { s, off, lo_w, hi_w }
+    }
+
+    /// The pieces (offset from the range's start, piece) the tap reads from
+    /// the plane at `plane` for the output positions of `seg`, in order.
+    #[inline(always)]
+    unsafe fn pieces(
+        &self,
+        plane: *const f32,
+        seg: RowSegment,
+    ) -> impl Iterator<Item = (usize, Piece)> {
+        let mut out = [(0, Piece::Zeros(0)); 3];
+        let mut n = 0;
+        let mut push = |o: usize, piece: Piece| {
+            out[n] = (o, piece);
+            n += 1;
         };
-        let lo = lo_w.clamp(seg.ow0, seg.ow1);
-        let hi = hi_w.clamp(lo, seg.ow1);
-        if lo > seg.ow0 {
-            f(seg.offset, Piece::Zeros(lo - seg.ow0));
+        match input_row(self.s, self.off, seg.od, seg.oh) {
+            None => push(seg.offset, Piece::Zeros(seg.ow1 - seg.ow0)),
+            Some(row_at) => {
+                let lo = self.lo_w.clamp(seg.ow0, seg.ow1);
+                let hi = self.hi_w.clamp(lo, seg.ow1);
+                if lo > seg.ow0 {
+                    push(seg.offset, Piece::Zeros(lo - seg.ow0));
+                }
+                if hi > lo {
+                    let start = ((lo * self.s.stride[2]) as isize + self.off[2]) as usize;
+                    push(
+                        seg.offset + lo - seg.ow0,
+                        Piece::Run(plane.add(row_at + start), hi - lo),
+                    );
+                }
+                if seg.ow1 > hi {
+                    push(seg.offset + hi - seg.ow0, Piece::Zeros(seg.ow1 - hi));
+                }
+            }
         }
-        if hi > lo {
-            let start = ((lo * sw) as isize + off[2]) as usize;
-            f(
-                seg.offset + lo - seg.ow0,
-                Piece::Run(plane.add(row_at + start), hi - lo),
-            );
-        }
-        if seg.ow1 > hi {
-            f(seg.offset + hi - seg.ow0, Piece::Zeros(seg.ow1 - hi));
-        }
-    });
+        out.into_iter().take(n)
+    }
 }
 
 /// Start of the input plane of chunk image `i`, channel `ci` of group `g`.
@@ -179,33 +196,32 @@ pub(crate) struct DirectIm2colB<'a> {
 
 impl PackB for DirectIm2colB<'_> {
     #[inline(always)]
-    unsafe fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
-        self.pack_avx512(k0, kc, j0, nc, dst);
-    }
-}
-
-impl DirectIm2colB<'_> {
-    #[target_feature(enable = "avx512f")]
-    unsafe fn pack_avx512(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+    unsafe fn pack<S: Packed>(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        let nr = S::NR;
         let s = self.s;
         let ks = s.kernel_spatial();
         let sw = s.stride[2];
-        assert!(dst.len() >= nc.div_ceil(NR) * kc * NR);
+        assert!(dst.len() >= nc.div_ceil(nr) * kc * nr);
         assert!(k0 + kc <= s.c_in_per_group() * ks && j0 + nc <= self.ch.cols());
         for r in k0..k0 + kc {
             let (ci, tap) = (r / ks, tap_of(s, r % ks));
             let row = PanelRow {
-                base: dst.as_mut_ptr().add((r - k0) * NR),
-                stride: kc * NR,
+                base: dst.as_mut_ptr().add((r - k0) * nr),
+                stride: kc * nr,
             };
-            for_each_image_run(self.ch, j0, nc, |i, p, c, len| {
+            let walk = TapWalk::new(s, tap);
+            for (i, p, c, len) in image_runs(self.ch, j0, nc) {
                 let plane = self.x.as_ptr().add(plane_at(s, self.ch, self.g, i, ci));
-                walk_tap(s, plane, tap, p, len, |o, piece| match piece {
-                    Piece::Zeros(n) => row.zeros(c + o, n),
-                    Piece::Run(src, n) => row.copy(c + o, src, n, sw),
-                });
-            });
-            row.zeros(nc, nc.div_ceil(NR) * NR - nc);
+                for seg in segments(s.output, p, len) {
+                    for (o, piece) in walk.pieces(plane, seg) {
+                        match piece {
+                            Piece::Zeros(n) => row.zeros::<S>(c + o, n),
+                            Piece::Run(src, n) => row.copy::<S>(c + o, src, n, sw),
+                        }
+                    }
+                }
+            }
+            row.zeros::<S>(nc, nc.div_ceil(nr) * nr - nc);
         }
     }
 }
@@ -221,44 +237,43 @@ pub(crate) struct DirectIm2colTB<'a> {
 
 impl PackB for DirectIm2colTB<'_> {
     #[inline(always)]
-    unsafe fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
-        self.pack_avx512(k0, kc, j0, nc, dst);
-    }
-}
-
-impl DirectIm2colTB<'_> {
-    #[target_feature(enable = "avx512f")]
-    unsafe fn pack_avx512(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
-        const L: usize = 16;
+    unsafe fn pack<S: Packed>(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        let (l_n, nr) = (S::N, S::NR);
         let s = self.s;
         let ks = s.kernel_spatial();
         let sw = s.stride[2];
-        assert!(kc <= KC && dst.len() >= nc.div_ceil(NR) * kc * NR);
+        assert!(kc <= KC && dst.len() >= nc.div_ceil(nr) * kc * nr);
         assert!(k0 + kc <= self.ch.cols() && j0 + nc <= s.c_in_per_group() * ks);
-        // L lowered rows over the block's positions, one row after another.
-        let mut rows = [0.0f32; L * KC];
+        // One vector's worth of lowered rows over the block's positions, one
+        // row after another.
+        let mut rows = [0.0f32; MAX_LANES * KC];
         let rp = rows.as_mut_ptr();
-        for jp in 0..nc.div_ceil(NR) {
-            for q in 0..NR / L {
-                let r0 = j0 + jp * NR + q * L;
-                let live = (j0 + nc).saturating_sub(r0).min(L);
-                for l in 0..L {
+        for jp in 0..nc.div_ceil(nr) {
+            for q in 0..nr / l_n {
+                let r0 = j0 + jp * nr + q * l_n;
+                let live = (j0 + nc).saturating_sub(r0).min(l_n);
+                for l in 0..l_n {
                     let out = rp.add(l * kc);
                     if l >= live {
-                        store_zeros(out, kc);
+                        store_zeros::<S>(out, kc);
                         continue;
                     }
                     let r = r0 + l;
                     let (ci, tap) = (r / ks, tap_of(s, r % ks));
-                    for_each_image_run(self.ch, k0, kc, |i, p, c, len| {
+                    let walk = TapWalk::new(s, tap);
+                    for (i, p, c, len) in image_runs(self.ch, k0, kc) {
                         let plane = self.x.as_ptr().add(plane_at(s, self.ch, self.g, i, ci));
-                        walk_tap(s, plane, tap, p, len, |o, piece| match piece {
-                            Piece::Zeros(n) => store_zeros(out.add(c + o), n),
-                            Piece::Run(src, n) => copy_run(out.add(c + o), src, n, sw),
-                        });
-                    });
+                        for seg in segments(s.output, p, len) {
+                            for (o, piece) in walk.pieces(plane, seg) {
+                                match piece {
+                                    Piece::Zeros(n) => store_zeros::<S>(out.add(c + o), n),
+                                    Piece::Run(src, n) => copy_run::<S>(out.add(c + o), src, n, sw),
+                                }
+                            }
+                        }
+                    }
                 }
-                transpose_out(rp, kc, dst.as_mut_ptr().add(jp * kc * NR + q * L));
+                transpose_out::<S>(rp, kc, dst.as_mut_ptr().add(jp * kc * nr + q * l_n));
             }
         }
     }
@@ -306,7 +321,7 @@ impl<'a> PaddedChunk<'a> {
     /// into `buf` (of [`PaddedChunk::len`] floats).
     #[allow(clippy::too_many_arguments)]
     pub fn build(
-        level: Level,
+        level: Isa,
         buf: &'a mut [f32],
         s: &'a ConvShape,
         x: &[f32],
@@ -361,6 +376,217 @@ impl<'a> PaddedChunk<'a> {
     #[inline(always)]
     fn runs(&self, c0: usize, len: usize, split: usize, out: &mut [Run; MAX_RUNS]) -> usize {
         chunk_runs(self.s, &self.g, self.ch, self.row0, c0, len, split, out)
+    }
+}
+
+/// The geometry of a convolution's lowered input read in place from
+/// zero-padded planes ([`ShiftedB`]), for kernels without depth taps and
+/// unit depth stride. Each padded input plane is split into `s₁ · s₂` phase
+/// planes (row phase × column phase, as many as the strides); phase plane
+/// `(ph, pw)` holds padded positions `(i·s₁ + ph, j·s₂ + pw)`. Then tap
+/// `(kh, kw)` of output `(oh, ow)` reads phase plane `(kh·d₁ mod s₁,
+/// kw·d₂ mod s₂)` at `(oh + ⌊kh·d₁/s₁⌋, ow + ⌊kw·d₂/s₂⌋)`: with output row
+/// `(od, oh)` at phase row `R = od·HP + oh` and flat column
+/// `q = R·wq + ow`, every lowered row is a window of the phase planes
+/// shifted by a per-tap offset. Phase rows are `wq = W + ⌊(kw − 1)·d₂/s₂⌋`
+/// wide (no alignment slack), so the only wasted columns are the few past
+/// each output row (and the rows between slices of a 3-D chunk). Rows wider
+/// than a chunk are cut into column windows of `seg` outputs.
+pub(crate) struct Shifted {
+    /// Padding geometry of the window starting at output column 0.
+    g: Geom,
+    /// Row and column strides.
+    s1: usize,
+    s2: usize,
+    h_out: usize,
+    w_out: usize,
+    /// Phase rows per output slice, and floats per phase row.
+    hp: usize,
+    wq: usize,
+    /// Output columns per window.
+    seg: usize,
+    /// Phase rows a chunk holds, and floats per phase plane and channel.
+    band_rows: usize,
+    plane_len: usize,
+    chan_len: usize,
+    /// Whether some tap reads phase plane `ph·s₂ + pw`.
+    used: Vec<bool>,
+    /// Offset of each lowered row (channel, tap) from the chunk's first
+    /// column.
+    pub offs: Vec<usize>,
+}
+
+impl Shifted {
+    /// The geometry for chunks of at most `rows` output rows (flattened
+    /// `od·H + oh`), or of column windows of `seg < W` outputs of one row.
+    pub fn new(s: &ConvShape, rows: usize, seg: usize) -> Shifted {
+        assert!(s.kernel[0] == 1 && s.stride[0] == 1 && rows >= 1 && seg >= 1);
+        assert!(rows == 1 || seg >= s.output[2]);
+        let [_, h_out, w_out] = s.output;
+        let seg = seg.min(w_out);
+        let (s1, s2) = (s.stride[1], s.stride[2]);
+        let (d1, d2) = (s.dilation[1], s.dilation[2]);
+        let mut g = Geom::forward(s);
+        g.wq = seg + (s.kernel[2] - 1) * d2 / s2;
+        let (hp, wq) = (h_out + (s.kernel[1] - 1) * d1 / s1, g.wq);
+        // `rows` output rows span at most this many phase rows (a chunk
+        // that crosses slices also holds the rows between them).
+        let span = (rows - 1) / h_out * hp + (rows - 1) % h_out + 1 + hp - h_out;
+        let band_rows = span.min(s.output[0] * hp) + (s.kernel[1] - 1) * d1 / s1;
+        let plane_len = band_rows * wq;
+        let chan_len = s1 * s2 * plane_len;
+        let ks = s.kernel_spatial();
+        let mut used = vec![false; s1 * s2];
+        let offs = (0..s.c_in_per_group() * ks)
+            .map(|r| {
+                let [_, kh, kw] = tap_of(s, r % ks);
+                let phase = (kh * d1 % s1) * s2 + kw * d2 % s2;
+                used[phase] = true;
+                (r / ks) * chan_len + phase * plane_len + (kh * d1 / s1) * wq + kw * d2 / s2
+            })
+            .collect();
+        Shifted {
+            g,
+            s1,
+            s2,
+            h_out,
+            w_out,
+            hp,
+            wq,
+            seg,
+            band_rows,
+            plane_len,
+            chan_len,
+            used,
+            offs,
+        }
+    }
+
+    /// Phase row of output row `v` (flattened `od·H + oh`).
+    #[inline(always)]
+    fn phase_row(&self, v: usize) -> usize {
+        (v / self.h_out) * self.hp + v % self.h_out
+    }
+
+    /// Floats of a chunk's planes for `cin` channels, with the slack the
+    /// kernel's reads past the last column need.
+    pub fn len(&self, cin: usize) -> usize {
+        cin * self.chan_len + self.wq + 3 * MAX_LANES
+    }
+
+    /// Flat columns of the chunk of output rows `rows`.
+    pub fn cols(&self, rows: &Range<usize>) -> usize {
+        (self.phase_row(rows.end - 1) + 1 - self.phase_row(rows.start)) * self.wq
+    }
+
+    /// Column windows per output row.
+    pub fn windows(&self) -> usize {
+        self.w_out.div_ceil(self.seg)
+    }
+
+    /// Pads output rows `rows` (column window `win`) of image `n`, group
+    /// `group`'s channels, into `buf` (of [`Shifted::len`] floats) and
+    /// returns the lowered input of the chunk as a [`ShiftedB`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn build<'b>(
+        &'b self,
+        level: Isa,
+        buf: &'b mut [f32],
+        s: &ConvShape,
+        x: &[f32],
+        group: usize,
+        n: usize,
+        rows: Range<usize>,
+        win: usize,
+    ) -> ShiftedB<'b> {
+        let cin = s.c_in_per_group();
+        assert!(buf.len() >= self.len(cin) && rows.end <= s.output[0] * self.h_out);
+        assert!(win < self.windows() && (win == 0 || rows.len() == 1));
+        let mut g = self.g;
+        g.lo[2] -= (win * self.seg * self.s2) as isize;
+        let first = self.phase_row(rows.start);
+        let last = (first + self.band_rows).min(s.output[0] * self.hp);
+        let isp = s.input_spatial();
+        let padded_rows = g.dp * g.hp;
+        // One padded row, all its column phases (when they go to several planes).
+        let mut tmp = vec![
+            0.0f32;
+            if self.s1 * self.s2 > 1 {
+                g.row_len()
+            } else {
+                0
+            }
+        ];
+        for c in 0..cin {
+            let at = (n * s.c_in + group * cin + c) * isp;
+            let src = &x[at..at + isp];
+            let chan = &mut buf[c * self.chan_len..][..self.chan_len];
+            if self.s1 * self.s2 == 1 {
+                // The phase plane is the padded volume itself.
+                let dst = &mut chan[..(last - first) * self.wq];
+                pad_rows(level, dst, src, s.input, &g, first..last);
+                continue;
+            }
+            for r in first..last {
+                let (od, i) = (r / self.hp, r % self.hp);
+                for ph in 0..self.s1 {
+                    if !(0..self.s2).any(|pw| self.used[ph * self.s2 + pw]) {
+                        continue;
+                    }
+                    let row = i * self.s1 + ph;
+                    if row < g.hp && od * g.hp + row < padded_rows {
+                        let idx = od * g.hp + row;
+                        pad_rows(level, &mut tmp, src, s.input, &g, idx..idx + 1);
+                    } else {
+                        tmp.fill(0.0);
+                    }
+                    for pw in 0..self.s2 {
+                        if self.used[ph * self.s2 + pw] {
+                            let plane = (ph * self.s2 + pw) * self.plane_len;
+                            chan[plane + (r - first) * self.wq..][..self.wq]
+                                .copy_from_slice(&tmp[pw * self.wq..][..self.wq]);
+                        }
+                    }
+                }
+            }
+        }
+        ShiftedB {
+            base: buf.as_ptr(),
+            offs: &self.offs,
+        }
+    }
+
+    /// Copies the valid columns of the chunk's product `c` (`m` rows of
+    /// [`Shifted::cols`] columns) to output rows `rows` (column window
+    /// `win`) of `y`'s channels `co0..co0 + m` of image `n`.
+    ///
+    /// # Safety
+    /// No other thread may write those positions of `y` meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn store(
+        &self,
+        c: &[f32],
+        m: usize,
+        s: &ConvShape,
+        y: super::par::SendPtr,
+        n: usize,
+        co0: usize,
+        rows: Range<usize>,
+        win: usize,
+    ) {
+        let cols = self.cols(&rows);
+        let first = self.phase_row(rows.start);
+        let ow0 = win * self.seg;
+        let len = self.seg.min(self.w_out - ow0);
+        let osp = s.output_spatial();
+        assert!(c.len() >= m * cols);
+        for co in 0..m {
+            let plane = y.at((n * s.c_out + co0 + co) * osp + ow0);
+            for v in rows.clone() {
+                let src = &c[co * cols + (self.phase_row(v) - first) * self.wq..][..len];
+                std::ptr::copy_nonoverlapping(src.as_ptr(), plane.add(v * self.w_out), len);
+            }
+        }
     }
 }
 
@@ -437,37 +663,31 @@ pub(crate) struct Im2colB<'a> {
 
 impl PackB for Im2colB<'_> {
     #[inline(always)]
-    unsafe fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
-        self.pack_avx512(k0, kc, j0, nc, dst);
-    }
-}
-
-impl Im2colB<'_> {
-    #[target_feature(enable = "avx512f")]
-    unsafe fn pack_avx512(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+    unsafe fn pack<S: Packed>(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        let nr = S::NR;
         let pc = self.padded;
         let ks = pc.s.kernel_spatial();
-        let npan = nc.div_ceil(NR);
-        assert!(nc <= NC_RUNS && dst.len() >= npan * kc * NR && j0 + nc <= pc.ch.cols());
+        let npan = nc.div_ceil(nr);
+        assert!(nc <= NC_RUNS && dst.len() >= npan * kc * nr && j0 + nc <= pc.ch.cols());
         assert!(k0 / ks >= pc.ci0 && (k0 + kc).div_ceil(ks) <= pc.ci0 + pc.cin);
         let mut runs = [Run::default(); MAX_RUNS];
-        let count = pc.runs(j0, nc, NR, &mut runs);
+        let count = pc.runs(j0, nc, nr, &mut runs);
         let d = dst.as_mut_ptr();
         for r in k0..k0 + kc {
             let (ci, t) = (r / ks, r % ks);
             let tap = pc.tap_offset(t);
-            let row = d.add((r - k0) * NR);
+            let row = d.add((r - k0) * nr);
             for run in &runs[..count] {
                 let src = pc.plane(run.img, ci).add(run.base + tap);
-                copy_run(
-                    row.add((run.c / NR) * kc * NR + run.c % NR),
+                copy_run::<S>(
+                    row.add((run.c / nr) * kc * nr + run.c % nr),
                     src,
                     run.len,
                     1,
                 );
             }
-            if nc % NR != 0 {
-                store_zeros(row.add((npan - 1) * kc * NR + nc % NR), NR - nc % NR);
+            if nc % nr != 0 {
+                store_zeros::<S>(row.add((npan - 1) * kc * nr + nc % nr), nr - nc % nr);
             }
         }
     }
@@ -481,45 +701,39 @@ pub(crate) struct Im2colTB<'a> {
 
 impl PackB for Im2colTB<'_> {
     #[inline(always)]
-    unsafe fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
-        self.pack_avx512(k0, kc, j0, nc, dst);
-    }
-}
-
-impl Im2colTB<'_> {
-    #[target_feature(enable = "avx512f")]
-    unsafe fn pack_avx512(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
-        const L: usize = 16;
+    unsafe fn pack<S: Packed>(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        let (l_n, nr) = (S::N, S::NR);
         let pc = self.padded;
         let ks = pc.s.kernel_spatial();
-        assert!(kc <= KC && dst.len() >= nc.div_ceil(NR) * kc * NR && k0 + kc <= pc.ch.cols());
+        assert!(kc <= KC && dst.len() >= nc.div_ceil(nr) * kc * nr && k0 + kc <= pc.ch.cols());
         assert!(j0 / ks >= pc.ci0 && (j0 + nc).div_ceil(ks) <= pc.ci0 + pc.cin);
         let mut runs = [Run::default(); MAX_RUNS];
         let count = pc.runs(k0, kc, usize::MAX, &mut runs);
         if kc >= DIRECT_MIN_RUN * count {
             // Long runs: transpose straight from the planes.
-            transpose_panels(j0, nc, kc, dst, pc.image_len(), &runs[..count], |r| {
+            transpose_panels::<S>(j0, nc, kc, dst, pc.image_len(), &runs[..count], |r| {
                 pc.plane(0, r / ks).add(pc.tap_offset(r % ks))
             });
             return;
         }
-        // L lowered rows over the block's positions, one row after another.
-        let mut rows = [0.0f32; L * KC];
+        // One vector's worth of lowered rows over the block's positions, one
+        // row after another.
+        let mut rows = [0.0f32; MAX_LANES * KC];
         let rp = rows.as_mut_ptr();
-        for jp in 0..nc.div_ceil(NR) {
-            for q in 0..NR / L {
-                let r0 = j0 + jp * NR + q * L;
-                let live = (j0 + nc).saturating_sub(r0).min(L);
-                for l in 0..L {
+        for jp in 0..nc.div_ceil(nr) {
+            for q in 0..nr / l_n {
+                let r0 = j0 + jp * nr + q * l_n;
+                let live = (j0 + nc).saturating_sub(r0).min(l_n);
+                for l in 0..l_n {
                     let out = rp.add(l * kc);
                     if l >= live {
-                        store_zeros(out, kc);
+                        store_zeros::<S>(out, kc);
                         continue;
                     }
                     let r = r0 + l;
                     let (ci, tap) = (r / ks, pc.tap_offset(r % ks));
                     for run in &runs[..count] {
-                        copy_run(
+                        copy_run::<S>(
                             out.add(run.c),
                             pc.plane(run.img, ci).add(run.base + tap),
                             run.len,
@@ -527,7 +741,7 @@ impl Im2colTB<'_> {
                         );
                     }
                 }
-                transpose_out(rp, kc, dst.as_mut_ptr().add(jp * kc * NR + q * L));
+                transpose_out::<S>(rp, kc, dst.as_mut_ptr().add(jp * kc * nr + q * l_n));
             }
         }
     }
@@ -535,15 +749,14 @@ impl Im2colTB<'_> {
 
 /// Shortest average run for which [`Im2colTB`] transposes straight from the
 /// padded planes rather than through a row buffer (a run's last partial
-/// 16-position block costs a whole transpose).
+/// block of lanes positions costs a whole transpose).
 const DIRECT_MIN_RUN: usize = 24;
 
 /// Packs columns `j0..j0 + nc` of a transposed B block of `kc` positions,
-/// 16 columns at a time with [`transpose_runs`]: column `r` is read at
-/// `row(r)` (image 0, run base 0); columns past `nc` are zero.
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn transpose_panels(
+/// a vector's width of columns at a time with [`transpose_runs`]: column
+/// `r` is read at `row(r)` (image 0, run base 0); columns past `nc` are zero.
+#[inline(always)]
+unsafe fn transpose_panels<S: Packed>(
     j0: usize,
     nc: usize,
     kc: usize,
@@ -552,69 +765,73 @@ unsafe fn transpose_panels(
     runs: &[Run],
     row: impl Fn(usize) -> *const f32,
 ) {
-    const L: usize = 16;
-    for jp in 0..nc.div_ceil(NR) {
-        for q in 0..NR / L {
-            let r0 = j0 + jp * NR + q * L;
-            let live = (j0 + nc).saturating_sub(r0).min(L);
+    let (l_n, nr) = (S::N, S::NR);
+    for jp in 0..nc.div_ceil(nr) {
+        for q in 0..nr / l_n {
+            let r0 = j0 + jp * nr + q * l_n;
+            let live = (j0 + nc).saturating_sub(r0).min(l_n);
             // Dead columns point at a live one; they are never read.
-            let rows: [*const f32; L] =
+            let rows: [*const f32; MAX_LANES] =
                 std::array::from_fn(|l| row(if live == 0 { j0 } else { r0 + l.min(live - 1) }));
-            let out = dst.as_mut_ptr().add(jp * kc * NR + q * L);
-            transpose_runs(&rows, live, image_len, runs, out);
+            let out = dst.as_mut_ptr().add(jp * kc * nr + q * l_n);
+            transpose_runs::<S>(&rows, live, image_len, runs, out);
         }
     }
 }
 
-/// For each run, writes the transpose of 16 rows read at `rows[l] + img ·
+/// For each run, writes the transpose of `S::N` rows read at `rows[l] + img ·
 /// image_len + base` (rows `l >= live` read as zeros): position `c + p` of
-/// the run becomes the 16-float line at `dst + (c + p) · NR`.
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn transpose_runs(
-    rows: &[*const f32; 16],
+/// the run becomes the `S::N`-float line at `dst + (c + p) · NR`.
+#[inline(always)]
+unsafe fn transpose_runs<S: Packed>(
+    rows: &[*const f32; MAX_LANES],
     live: usize,
     image_len: usize,
     runs: &[Run],
     dst: *mut f32,
 ) {
-    let zero = _mm512_setzero_ps();
     for run in runs {
         let off = run.img * image_len + run.base;
         let mut p = 0;
         while p < run.len {
-            let n = (run.len - p).min(16);
-            let m = lanes(n);
-            let block: [__m512; 16] = std::array::from_fn(|l| {
-                if l < live {
-                    _mm512_maskz_loadu_ps(m, rows[l].add(off + p))
-                } else {
-                    zero
-                }
-            });
-            let lines = transpose16(block);
-            let out = dst.add((run.c + p) * NR);
-            for (j, line) in lines.iter().enumerate().take(n) {
-                _mm512_storeu_ps(out.add(j * NR), *line);
-            }
-            p += 16;
+            let n = (run.len - p).min(S::N);
+            let out = dst.add((run.c + p) * S::NR);
+            S::transpose(
+                |l| {
+                    if l >= live {
+                        S::zero()
+                    } else if n == S::N {
+                        S::load(rows[l].add(off + p))
+                    } else {
+                        S::load_part(rows[l].add(off + p), n)
+                    }
+                },
+                |j, line| {
+                    if j < n {
+                        line.store(out.add(j * S::NR))
+                    }
+                },
+            );
+            p += S::N;
         }
     }
 }
 
-/// Writes 16 rows of `kc` floats at `rows` transposed: position `p` becomes
-/// the 16-float line at `dst + p · NR`.
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn transpose_out(rows: *const f32, kc: usize, dst: *mut f32) {
+/// Writes `S::N` rows of `kc` floats at `rows` transposed: position `p`
+/// becomes the `S::N`-float line at `dst + p · NR`.
+#[inline(always)]
+unsafe fn transpose_out<S: Packed>(rows: *const f32, kc: usize, dst: *mut f32) {
     let mut p0 = 0;
     while p0 < kc {
-        let block: [__m512; 16] = std::array::from_fn(|l| _mm512_loadu_ps(rows.add(l * kc + p0)));
-        let lines = transpose16(block);
-        for (j, line) in lines.iter().enumerate().take(kc - p0) {
-            _mm512_storeu_ps(dst.add((p0 + j) * NR), *line);
-        }
-        p0 += 16;
+        S::transpose(
+            |l| S::load(rows.add(l * kc + p0)),
+            |j, line| {
+                if p0 + j < kc {
+                    line.store(dst.add((p0 + j) * S::NR))
+                }
+            },
+        );
+        p0 += S::N;
     }
 }
 
@@ -657,9 +874,17 @@ impl<'a> PaddedGrad<'a> {
     /// task's channels, `ch.cols()` columns — of chunk `ch` into the planes.
     ///
     /// # Safety
-    /// The CPU must support AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn add_lowered(&mut self, ch: Chunk, col: &[f32]) {
+    /// The CPU must support `S`.
+    pub unsafe fn add_lowered<S: Packed>(&mut self, ch: Chunk, col: &[f32]) {
+        S::enter(AddLowered {
+            grad: self,
+            ch,
+            col,
+        })
+    }
+
+    #[inline(always)]
+    unsafe fn add_lowered_in<S: Packed>(&mut self, ch: Chunk, col: &[f32]) {
         let ks = self.s.kernel_spatial();
         let cols = ch.cols();
         assert!(col.len() >= self.cin * ks * cols);
@@ -678,7 +903,7 @@ impl<'a> PaddedGrad<'a> {
                 for run in &runs[..count] {
                     let img = ch.n0 + run.img - self.n0;
                     let dst = data.add((img * self.cin + c) * plane + run.base + tap);
-                    add_run(dst, src.add(run.c), run.len);
+                    add_run::<S>(dst, src.add(run.c), run.len);
                 }
             }
             c0 += len;
@@ -687,7 +912,7 @@ impl<'a> PaddedGrad<'a> {
 
     /// Writes the valid region of every plane to the matching `dx` plane
     /// (channel `c_first + c` of each image), zero where no tap reached.
-    pub fn unpad(&self, level: Level, dx: super::par::SendPtr, c_first: usize) {
+    pub fn unpad(&self, level: Isa, dx: super::par::SendPtr, c_first: usize) {
         let isp = self.s.input_spatial();
         let plane = self.g.padded_len();
         for i in 0..self.nimg {
@@ -702,23 +927,35 @@ impl<'a> PaddedGrad<'a> {
     }
 }
 
+/// The arguments of [`PaddedGrad::add_lowered`].
+struct AddLowered<'g, 'a, 'c> {
+    grad: &'g mut PaddedGrad<'a>,
+    ch: Chunk,
+    col: &'c [f32],
+}
+
+impl WithPacked for AddLowered<'_, '_, '_> {
+    type Output = ();
+    #[inline(always)]
+    unsafe fn run<S: Packed>(self) {
+        self.grad.add_lowered_in::<S>(self.ch, self.col)
+    }
+}
+
 /// `dst[j] += src[j]` for `j < n`.
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn add_run(dst: *mut f32, src: *const f32, n: usize) {
+#[inline(always)]
+unsafe fn add_run<S: Simd>(dst: *mut f32, src: *const f32, n: usize) {
     let mut i = 0;
-    while i + 16 <= n {
-        let v = _mm512_add_ps(_mm512_loadu_ps(dst.add(i)), _mm512_loadu_ps(src.add(i)));
-        _mm512_storeu_ps(dst.add(i), v);
-        i += 16;
+    while i + S::N <= n {
+        S::add(S::load(dst.add(i)), S::load(src.add(i))).store(dst.add(i));
+        i += S::N;
     }
     if i < n {
-        let m = lanes(n - i);
-        let v = _mm512_add_ps(
-            _mm512_maskz_loadu_ps(m, dst.add(i)),
-            _mm512_maskz_loadu_ps(m, src.add(i)),
+        let v = S::add(
+            S::load_part(dst.add(i), n - i),
+            S::load_part(src.add(i), n - i),
         );
-        _mm512_mask_storeu_ps(dst.add(i), m, v);
+        v.store_part(dst.add(i), n - i);
     }
 }
 
@@ -734,28 +971,22 @@ pub(crate) struct ImagesB<'a> {
 
 impl PackB for ImagesB<'_> {
     #[inline(always)]
-    unsafe fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
-        self.pack_avx512(k0, kc, j0, nc, dst);
-    }
-}
-
-impl ImagesB<'_> {
-    #[target_feature(enable = "avx512f")]
-    unsafe fn pack_avx512(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
-        assert!(dst.len() >= nc.div_ceil(NR) * kc * NR);
+    unsafe fn pack<S: Packed>(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        let nr = S::NR;
+        assert!(dst.len() >= nc.div_ceil(nr) * kc * nr);
         let last =
             ((self.ch.n0 + self.ch.nimg - 1) * self.channels + self.c0 + k0 + kc) * self.plane;
         assert!(kc == 0 || last <= self.src.len());
         for r in k0..k0 + kc {
             let row = PanelRow {
-                base: dst.as_mut_ptr().add((r - k0) * NR),
-                stride: kc * NR,
+                base: dst.as_mut_ptr().add((r - k0) * nr),
+                stride: kc * nr,
             };
-            for_each_image_run(self.ch, j0, nc, |i, p, c, len| {
+            for (i, p, c, len) in image_runs(self.ch, j0, nc) {
                 let at = ((self.ch.n0 + i) * self.channels + self.c0 + r) * self.plane + p;
-                row.copy(c, self.src.as_ptr().add(at), len, 1);
-            });
-            row.zeros(nc, nc.div_ceil(NR) * NR - nc);
+                row.copy::<S>(c, self.src.as_ptr().add(at), len, 1);
+            }
+            row.zeros::<S>(nc, nc.div_ceil(nr) * nr - nc);
         }
     }
 }
@@ -773,15 +1004,9 @@ pub(crate) struct ImagesTB<'a> {
 
 impl PackB for ImagesTB<'_> {
     #[inline(always)]
-    unsafe fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
-        self.pack_avx512(k0, kc, j0, nc, dst);
-    }
-}
-
-impl ImagesTB<'_> {
-    #[target_feature(enable = "avx512f")]
-    unsafe fn pack_avx512(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
-        assert!(kc <= KC && dst.len() >= nc.div_ceil(NR) * kc * NR && k0 + kc <= self.ch.cols());
+    unsafe fn pack<S: Packed>(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        let nr = S::NR;
+        assert!(kc <= KC && dst.len() >= nc.div_ceil(nr) * kc * nr && k0 + kc <= self.ch.cols());
         let last =
             ((self.ch.n0 + self.ch.nimg - 1) * self.channels + self.c0 + j0 + nc) * self.plane;
         assert!(nc == 0 || (last <= self.src.len() && self.ch.p0 + self.ch.np <= self.plane));
@@ -798,81 +1023,60 @@ impl ImagesTB<'_> {
         });
         let image_len = self.channels * self.plane;
         let first = self.src.as_ptr().add(self.ch.n0 * image_len);
-        transpose_panels(j0, nc, kc, dst, image_len, &runs[..count], |r| {
+        transpose_panels::<S>(j0, nc, kc, dst, image_len, &runs[..count], |r| {
             first.add((self.c0 + r) * self.plane)
         });
     }
-}
-
-/// Transposes a 16×16 block: `out[j][l] = rows[l][j]`.
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
-    // Within 128-bit lanes: pairs of rows, then quadruples.
-    let t: [__m512; 16] = std::array::from_fn(|i| {
-        let (a, b) = (r[i & !1], r[i | 1]);
-        if i % 2 == 0 {
-            _mm512_unpacklo_ps(a, b)
-        } else {
-            _mm512_unpackhi_ps(a, b)
-        }
-    });
-    // u[4q + j] holds column 4·lane + j of rows 4q..4q+4 in each 128-bit lane.
-    let u: [__m512; 16] = std::array::from_fn(|i| {
-        let (q, j) = (i / 4, i % 4);
-        let (a, b) = (t[4 * q + (j / 2)], t[4 * q + 2 + (j / 2)]);
-        if j % 2 == 0 {
-            _mm512_shuffle_ps::<0x44>(a, b)
-        } else {
-            _mm512_shuffle_ps::<0xEE>(a, b)
-        }
-    });
-    let mut out = [_mm512_setzero_ps(); 16];
-    for j in 0..4 {
-        let v0 = _mm512_shuffle_f32x4::<0x88>(u[j], u[4 + j]);
-        let v1 = _mm512_shuffle_f32x4::<0xDD>(u[j], u[4 + j]);
-        let v2 = _mm512_shuffle_f32x4::<0x88>(u[8 + j], u[12 + j]);
-        let v3 = _mm512_shuffle_f32x4::<0xDD>(u[8 + j], u[12 + j]);
-        out[j] = _mm512_shuffle_f32x4::<0x88>(v0, v2);
-        out[8 + j] = _mm512_shuffle_f32x4::<0xDD>(v0, v2);
-        out[4 + j] = _mm512_shuffle_f32x4::<0x88>(v1, v3);
-        out[12 + j] = _mm512_shuffle_f32x4::<0xDD>(v1, v3);
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[target_feature(enable = "avx512f")]
-    unsafe fn transpose_ok() -> bool {
-        let src: Vec<f32> = (0..256).map(|v| v as f32).collect();
-        let rows: [__m512; 16] = std::array::from_fn(|l| _mm512_loadu_ps(src.as_ptr().add(16 * l)));
-        let out = transpose16(rows);
-        let mut got = [0.0f32; 256];
-        for (j, v) in out.iter().enumerate() {
-            _mm512_storeu_ps(got.as_mut_ptr().add(16 * j), *v);
+    /// [`transpose_and_copies_ok`] compiled for an instruction set.
+    struct Check;
+
+    impl WithPacked for Check {
+        type Output = bool;
+        #[inline(always)]
+        unsafe fn run<S: Packed>(self) -> bool {
+            transpose_and_copies_ok::<S>()
         }
-        (0..16).all(|j| (0..16).all(|l| got[16 * j + l] == src[16 * l + j]))
     }
 
-    #[target_feature(enable = "avx512f")]
-    unsafe fn strided_copies_ok() -> bool {
+    /// Transposes of a lanes × lanes block, and the strided copies and zero
+    /// fills, against plain loops.
+    #[inline(always)]
+    fn transpose_and_copies_ok<S: Packed>() -> bool {
+        let n = S::N;
+        let src: Vec<f32> = (0..n * n).map(|v| v as f32).collect();
+        let mut got = vec![0.0f32; n * n];
+        // SAFETY: the caller checked the CPU; every access is in bounds.
+        unsafe {
+            S::transpose(
+                |l| S::load(src.as_ptr().add(n * l)),
+                |j, v| v.store(got.as_mut_ptr().add(n * j)),
+            )
+        };
+        if !(0..n).all(|j| (0..n).all(|l| got[n * j + l] == src[n * l + j])) {
+            return false;
+        }
         let src: Vec<f32> = (0..100).map(|v| v as f32 + 0.5).collect();
         for step in 1..4 {
-            for n in 0..=(99 / step + 1).min(40) {
-                if n > 0 && (n - 1) * step >= src.len() {
+            for len in 0..=(99 / step + 1).min(40) {
+                if len > 0 && (len - 1) * step >= src.len() {
                     continue;
                 }
                 let mut dst = vec![-1.0f32; 48];
-                copy_run(dst.as_mut_ptr(), src.as_ptr(), n, step);
-                let want: Vec<f32> = (0..n).map(|j| src[j * step]).collect();
-                if dst[..n] != want[..] || dst[n..].iter().any(|&v| v != -1.0) {
+                // SAFETY: as above (reads stop at src[(len-1)·step]).
+                unsafe { copy_run::<S>(dst.as_mut_ptr(), src.as_ptr(), len, step) };
+                let want: Vec<f32> = (0..len).map(|j| src[j * step]).collect();
+                if dst[..len] != want[..] || dst[len..].iter().any(|&v| v != -1.0) {
                     return false;
                 }
-                store_zeros(dst.as_mut_ptr(), n);
-                if dst[..n].iter().any(|&v| v != 0.0) || dst[n..].iter().any(|&v| v != -1.0) {
+                // SAFETY: as above.
+                unsafe { store_zeros::<S>(dst.as_mut_ptr(), len) };
+                if dst[..len].iter().any(|&v| v != 0.0) || dst[len..].iter().any(|&v| v != -1.0) {
                     return false;
                 }
             }
@@ -881,14 +1085,15 @@ mod tests {
     }
 
     #[test]
-    fn transpose_and_copies_are_exact() {
-        if !crate::cpu::avx512_gemm::available() {
-            return; // nothing to check on this CPU: the kernels never run here
+    fn transpose_and_copies_are_exact_at_every_instruction_set() {
+        use crate::cpu::simd::{Avx2, Avx512, Isa};
+        if Isa::Avx512.supported() == Isa::Avx512 {
+            // SAFETY: AVX-512F is available.
+            assert!(unsafe { Avx512::enter(Check) });
         }
-        // SAFETY: AVX-512F is available.
-        unsafe {
-            assert!(transpose_ok());
-            assert!(strided_copies_ok());
+        if Isa::Avx2.supported() == Isa::Avx2 {
+            // SAFETY: AVX2 and FMA are available.
+            assert!(unsafe { Avx2::enter(Check) });
         }
     }
 }

@@ -6,7 +6,7 @@
 use std::ops::Range;
 
 use super::geometry::valid_range;
-use super::simd::{dispatch_simd, Level, Simd};
+use super::simd::{dispatch_simd, Isa, Simd};
 use super::ConvShape;
 
 /// Widest vector of any [`Simd`] implementation: padded rows leave room for
@@ -200,6 +200,20 @@ fn pad_rows_impl<S: Simd>(
                 if b > a {
                     if phases == 1 {
                         copy_vec::<S>(part.as_mut_ptr().add(a), src_row.as_ptr().add(start), b - a);
+                    } else if phases == 2 {
+                        // Every other source column, a vector at a time.
+                        let (out, from) = (part.as_mut_ptr().add(a), src_row.as_ptr().add(start));
+                        let avail = w_n - start;
+                        let mut j = 0;
+                        while j < b - a {
+                            let v = S::load_even(from.add(2 * j), avail - 2 * j);
+                            if b - a - j >= S::N {
+                                v.store(out.add(j));
+                            } else {
+                                v.store_part(out.add(j), b - a - j);
+                            }
+                            j += S::N;
+                        }
                     } else {
                         for (j, o) in part[a..b].iter_mut().enumerate() {
                             *o = *src_row.get_unchecked(start + j * phases);
@@ -214,7 +228,7 @@ fn pad_rows_impl<S: Simd>(
 dispatch_simd!(pub(crate) fn pad_rows(dst: &mut [f32], src: &[f32], dims: [usize; 3], g: &Geom, rows: Range<usize>) => pad_rows_impl);
 
 /// The whole padded copy of a plane (see [`pad_rows`]).
-pub(crate) fn pad_plane(level: Level, dst: &mut [f32], src: &[f32], dims: [usize; 3], g: &Geom) {
+pub(crate) fn pad_plane(level: Isa, dst: &mut [f32], src: &[f32], dims: [usize; 3], g: &Geom) {
     pad_rows(level, dst, src, dims, g, 0..g.dp * g.hp);
 }
 

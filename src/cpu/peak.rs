@@ -1,14 +1,19 @@
 //! Measures the floating-point peak of the cores the engine runs on: a loop
-//! of independent fused multiply-adds on the widest vectors the CPU has
-//! (AVX-512F, else AVX2+FMA), timed on every thread of the current pool at
-//! once. The benchmark divides its GFLOP/s by this to report percent of peak.
+//! of independent fused multiply-adds on the widest vectors the engine's
+//! kernels use ([`super::isa`]: AVX-512F, or AVX2+FMA — also on an AVX-512
+//! CPU whose engine is capped at AVX2), timed on every thread of the current
+//! pool at once. The benchmark divides its GFLOP/s by this to report percent
+//! of peak.
 
 use std::time::Instant;
 
 use rayon::prelude::*;
 
+use super::Isa;
+
 /// Summed FMA peak, in GFLOP/s (2 flops per lane per FMA), of the threads of
-/// the current rayon pool running together; `None` on CPUs without AVX2+FMA.
+/// the current rayon pool running together, at the engine's instruction set;
+/// `None` when that is portable (no AVX2+FMA, or capped).
 pub fn fma_peak_gflops() -> Option<f64> {
     let threads = rayon::current_num_threads();
     let per: Vec<Option<f64>> = (0..threads).into_par_iter().map(|_| one_thread()).collect();
@@ -25,25 +30,27 @@ fn one_thread() -> Option<f64> {
     Some(best)
 }
 
-/// Flops done and seconds taken by `iters` steps of the widest kernel.
+/// Flops done and seconds taken by `iters` steps of the kernel of the
+/// engine's instruction set.
 #[allow(unreachable_code)]
 fn run(iters: usize) -> Option<(f64, f64)> {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+    match super::isa() {
+        Isa::Avx512 => {
             let t = Instant::now();
-            // SAFETY: the feature was detected.
+            // SAFETY: `isa()` never exceeds what the CPU has.
             let sink = unsafe { x86::fma512(iters) };
             std::hint::black_box(sink);
             return Some((iters as f64 * 24.0 * 32.0, t.elapsed().as_secs_f64()));
         }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        Isa::Avx2 => {
             let t = Instant::now();
-            // SAFETY: the features were detected.
+            // SAFETY: as above.
             let sink = unsafe { x86::fma256(iters) };
             std::hint::black_box(sink);
             return Some((iters as f64 * 12.0 * 16.0, t.elapsed().as_secs_f64()));
         }
+        Isa::Portable => {}
     }
     let _ = iters;
     None

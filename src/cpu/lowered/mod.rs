@@ -15,15 +15,42 @@
 //! Backward-data tasks own disjoint parts of `dx` (images × group × channel
 //! range), so `col2im` needs no synchronisation; backward-weights tasks either
 //! own disjoint blocks of `dW` or sum into per-worker partials reduced at the
-//! end. Two back ends share this plan: [`avx512`] (the packed AVX-512 GEMM,
-//! im2col fused into its packing) and [`portable`] (explicit im2col chunks
-//! and the `gemm` crate).
+//! end. Two back ends share this plan, chosen by the tuning's instruction
+//! set: `packed` (the packed GEMM, im2col fused into its packing, compiled
+//! for AVX-512 and for AVX2) and [`portable`] (explicit im2col chunks and
+//! the `gemm` crate).
 
-mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod packed;
 mod portable;
 
 use super::scratch::Tuning;
+use super::simd::Isa;
 use super::ConvShape;
+
+/// The back end of the lowered passes of `s`: the packed GEMM at the
+/// tuning's instruction set, or the portable one (the `gemm` crate) where
+/// that is portable or, at AVX2, for 1×1 kernels (`Tuning::gemm_crate_1x1`).
+fn back_end(s: &ConvShape, t: &Tuning) -> Isa {
+    match t.isa.supported() {
+        Isa::Avx2 if t.gemm_crate_1x1 && s.kernel_spatial() == 1 => Isa::Portable,
+        isa => isa,
+    }
+}
+
+/// `packed::$pass::<S>(args)` for the back end's instruction set `S`, or
+/// `portable::$pass(args)`.
+macro_rules! by_isa {
+    ($s:expr, $t:expr, $pass:ident($($arg:expr),* $(,)?)) => {
+        match back_end($s, $t) {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => packed::$pass::<super::simd::Avx512>($($arg),*),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => packed::$pass::<super::simd::Avx2>($($arg),*),
+            _ => portable::$pass($($arg),*),
+        }
+    };
+}
 
 /// Matrix sizes of one group's products.
 #[derive(Clone, Copy)]
@@ -91,16 +118,8 @@ pub(super) fn even_ranges(ranges: usize, groups: usize, threads: usize) -> usize
         .unwrap_or(ranges)
 }
 
-fn use_avx512(t: &Tuning) -> bool {
-    t.avx512 && super::avx512_gemm::available()
-}
-
 pub(crate) fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tuning) {
-    if use_avx512(t) {
-        avx512::forward(s, x, w, y, t);
-    } else {
-        portable::forward(s, x, w, y, t);
-    }
+    by_isa!(s, t, forward(s, x, w, y, t))
 }
 
 pub(crate) fn backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32], t: &Tuning) {
@@ -117,19 +136,11 @@ pub(crate) fn backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32]
         });
         return;
     }
-    if use_avx512(t) {
-        avx512::backward_data(s, dy, w, dx, t);
-    } else {
-        portable::backward_data(s, dy, w, dx, t);
-    }
+    by_isa!(s, t, backward_data(s, dy, w, dx, t))
 }
 
 pub(crate) fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f32], t: &Tuning) {
-    if use_avx512(t) {
-        avx512::backward_weights(s, x, dy, dw, t);
-    } else {
-        portable::backward_weights(s, x, dy, dw, t);
-    }
+    by_isa!(s, t, backward_weights(s, x, dy, dw, t))
 }
 
 /// Fewest input channels per group for [`data_as_forward`]: they are the
@@ -313,6 +324,28 @@ mod tests {
                 check_against_reference(&s, &v, 11).unwrap();
             }
         }
+    }
+
+    #[test]
+    fn one_by_one_kernels_take_the_gemm_crate_at_avx2_only() {
+        let [s3, ..] = eligible();
+        let s1 = shape(2, 8, 8, 1, [1, 9, 9], [1; 3], [0; 3], [1; 3], [1; 3]);
+        let at = |isa, gemm_crate_1x1| Tuning {
+            isa,
+            gemm_crate_1x1,
+            ..Tuning::default()
+        };
+        let avx2 = Isa::Avx2.supported();
+        assert_eq!(back_end(&s3, &at(Isa::Avx2, true)), avx2);
+        assert_eq!(back_end(&s1, &at(Isa::Avx2, true)), Isa::Portable);
+        assert_eq!(back_end(&s1, &at(Isa::Avx2, false)), avx2);
+        // AVX-512 keeps its packed GEMM; a CPU without it falls to AVX2's rule.
+        let want = if Isa::Avx512.supported() == Isa::Avx512 {
+            Isa::Avx512
+        } else {
+            Isa::Portable
+        };
+        assert_eq!(back_end(&s1, &at(Isa::Avx512, true)), want);
     }
 
     #[test]

@@ -1,25 +1,26 @@
 //! The bounded-memory paths: shrinking the scratch budget must force chunks
 //! smaller than one image, keep every request within the per-worker share,
-//! and leave results unchanged, on both GEMM back ends.
+//! and leave results unchanged, on every GEMM back end.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{check_against_reference, shape, Variant};
 use crate::cpu::im2col::Chunk;
 use crate::cpu::scratch::Tuning;
+use crate::cpu::simd::Isa;
 
 fn leak_probe() -> &'static AtomicUsize {
     Box::leak(Box::new(AtomicUsize::new(0)))
 }
 
-/// Tunings with a probe for each GEMM back end (the AVX-512 one falls back
-/// to the portable one on CPUs without AVX-512).
-fn backends(base: Tuning) -> [(Tuning, &'static AtomicUsize); 2] {
-    [true, false].map(|avx512| {
+/// Tunings with a probe for each GEMM back end (each instruction set; one
+/// the CPU lacks runs the next narrower one).
+fn backends(base: Tuning) -> [(Tuning, &'static AtomicUsize); 3] {
+    Isa::ALL.map(|isa| {
         let probe = leak_probe();
         (
             Tuning {
-                avx512,
+                isa,
                 direct_depthwise: false,
                 probe: Some(probe),
                 ..base
@@ -60,8 +61,8 @@ fn tiny_budget_chunks_below_one_image_and_stays_in_budget() {
             assert!(peak > 0, "no scratch used");
             assert!(
                 peak * 4 <= budget / threads,
-                "avx512 {}: request of {peak} floats exceeds the {threads}-thread share of {budget} bytes",
-                tuning.avx512
+                "{}: request of {peak} floats exceeds the {threads}-thread share of {budget} bytes",
+                tuning.isa
             );
             assert!(
                 peak < k * p,
@@ -139,7 +140,7 @@ fn whole_image_chunks_span_several_images() {
         };
         check_against_reference(&s, &v, 6).unwrap();
         let peak = probe.load(Ordering::Relaxed);
-        if tuning.avx512 && crate::cpu::avx512_gemm::available() {
+        if tuning.isa.supported() != Isa::Portable {
             assert!(
                 peak >= 5 * 7 * 20,
                 "peak {peak}: no chunk staged all 7 images"

@@ -13,7 +13,7 @@ use rayon::{ThreadPool, ThreadPoolBuilder};
 
 use super::conv::{backward_data_with, backward_weights_with, forward_with};
 use super::scratch::Tuning;
-use super::simd::Level;
+use super::simd::Isa;
 use super::ConvShape;
 
 /// xorshift64* — a small seeded generator, reproducible across platforms.
@@ -134,6 +134,25 @@ pub fn wide_weights_few_positions() -> ConvShape {
     )
 }
 
+/// The default tuning at instruction set `isa`.
+pub fn at(isa: Isa) -> Tuning {
+    Tuning {
+        isa,
+        ..Tuning::default()
+    }
+}
+
+/// `base` with scratch small enough that most shapes are chunked below one
+/// image, and every problem through the lowered (GEMM) path.
+pub fn tight(base: Tuning) -> Tuning {
+    Tuning {
+        scratch_bytes: 8 << 10,
+        chunk_bytes: 1 << 10,
+        direct_depthwise: false,
+        ..base
+    }
+}
+
 /// One way of running the engine: internal tuning and pool size.
 #[derive(Clone, Copy)]
 pub struct Variant {
@@ -159,47 +178,51 @@ impl Variant {
         }
     }
     /// Scratch small enough that most shapes are chunked below one image,
-    /// everything through the (AVX-512 when available) GEMM path.
+    /// everything through the GEMM path of the best instruction set.
     pub fn tight() -> Variant {
-        let tuning = Tuning {
-            scratch_bytes: 8 << 10,
-            chunk_bytes: 1 << 10,
-            direct_depthwise: false,
-            ..Tuning::default()
-        };
         Variant {
             name: "tight scratch, gemm only, 2 threads",
-            tuning,
+            tuning: tight(Tuning::default()),
+            threads: 2,
+        }
+    }
+    /// The AVX2 kernels (packed GEMM and direct loops), three threads; the
+    /// portable ones on CPUs without AVX2.
+    pub fn avx2_pool() -> Variant {
+        Variant {
+            name: "avx2, 3 threads",
+            tuning: at(Isa::Avx2),
+            threads: 3,
+        }
+    }
+    /// [`Variant::tight`] at AVX2, 1×1 kernels on the packed GEMM too.
+    pub fn avx2_tight() -> Variant {
+        Variant {
+            name: "avx2, tight scratch, gemm only, packed 1x1, 2 threads",
+            tuning: Tuning {
+                gemm_crate_1x1: false,
+                ..tight(at(Isa::Avx2))
+            },
             threads: 2,
         }
     }
     /// The portable back end with tight scratch: its chunks fall below one
-    /// image and backward weights often cannot afford per-worker partials;
-    /// direct loops limited to AVX2.
+    /// image and backward weights often cannot afford per-worker partials.
     pub fn portable_tight() -> Variant {
-        let tuning = Tuning {
-            scratch_bytes: 8 << 10,
-            chunk_bytes: 1 << 10,
-            avx512: false,
-            simd: Level::Avx2,
-            ..Tuning::default()
-        };
         Variant {
-            name: "portable, tight scratch, avx2 loops, 3 threads",
-            tuning,
+            name: "portable, tight scratch, 3 threads",
+            tuning: Tuning {
+                direct_depthwise: true,
+                ..tight(at(Isa::Portable))
+            },
             threads: 3,
         }
     }
     /// Direct loops in portable code (no SIMD intrinsics), one thread.
     pub fn portable_loops() -> Variant {
-        let tuning = Tuning {
-            avx512: false,
-            simd: Level::Portable,
-            ..Tuning::default()
-        };
         Variant {
             name: "portable gemm and loops, 1 thread",
-            tuning,
+            tuning: at(Isa::Portable),
             threads: 1,
         }
     }
@@ -207,8 +230,7 @@ impl Variant {
     pub fn portable_gemm_only() -> Variant {
         let tuning = Tuning {
             direct_depthwise: false,
-            avx512: false,
-            ..Tuning::default()
+            ..at(Isa::Portable)
         };
         Variant {
             name: "portable, gemm only, 1 thread",
@@ -229,12 +251,17 @@ impl Variant {
             threads: 2,
         }
     }
-    pub fn all() -> [Variant; 7] {
+    /// Every variant: each instruction set the CPU has (a wider one it
+    /// lacks runs as the next narrower one) with the default and tight
+    /// tunings, on one and several threads.
+    pub fn all() -> [Variant; 9] {
         [
             Variant::default_pool(),
             Variant::lowered_data(),
             Variant::single(),
             Variant::tight(),
+            Variant::avx2_pool(),
+            Variant::avx2_tight(),
             Variant::portable_tight(),
             Variant::portable_gemm_only(),
             Variant::portable_loops(),

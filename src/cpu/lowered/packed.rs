@@ -1,20 +1,23 @@
-//! AVX-512 back end of the lowered passes, on the packed GEMM of
-//! [`crate::cpu::avx512_gemm`]. The weights are read in place; the lowered
-//! input is packed straight from `x` block by block (no im2col buffer), so a
-//! task's scratch is one packed `B` block plus, where a chunk spans several
-//! images or feeds `col2im`, one matrix of its outputs.
+//! Packed back end of the lowered passes, on the packed GEMM of
+//! [`crate::cpu::packed_gemm`], written once over its instruction set `S`
+//! (AVX-512 or AVX2): chunks are cut at whole `S::NR`-column panels and
+//! row splits at `S::MR`-row tiles. The weights are read in place; the
+//! lowered input is packed straight from `x` block by block (no im2col
+//! buffer), so a task's scratch is one packed `B` block plus, where a chunk
+//! spans several images or feeds `col2im`, one matrix of its outputs.
 
 use std::ops::Range;
 
 use rayon::prelude::*;
 
 use super::{balanced_cols, even_ranges, partial_workers, sum_over_workers, Dims};
-use crate::cpu::avx512_gemm::{gemm, PackB, B_BLOCK_LEN, MIN_BUF_LEN, MR, NR};
 use crate::cpu::im2col::{col2im, gather_rows, scatter_rows, Chunk};
 use crate::cpu::matmul::{Mat, MatMut};
 use crate::cpu::pack::{
     DirectIm2colB, DirectIm2colTB, Im2colB, Im2colTB, ImagesB, ImagesTB, PaddedChunk, PaddedGrad,
+    Shifted,
 };
+use crate::cpu::packed_gemm::{gemm, gemm_shifted, PackB, Packed};
 use crate::cpu::par::{split_range, SendPtr};
 use crate::cpu::scratch::{Slot, Tuning};
 use crate::cpu::ConvShape;
@@ -25,6 +28,9 @@ const FORWARD_COLS: usize = 960;
 const WEIGHTS_COLS: usize = 2048;
 /// Lowered rows one backward-data task produces per chunk.
 const DATA_ROWS: usize = 1024;
+/// Fewest and most columns of a backward-data chunk.
+const DATA_MIN_COLS: usize = 96;
+const DATA_MAX_COLS: usize = 960;
 /// Preferred size of the backward-data output matrix, kept cache-resident
 /// between the product and `col2im`.
 const DATA_COL_BYTES: usize = 768 << 10;
@@ -32,15 +38,17 @@ const DATA_COL_BYTES: usize = 768 << 10;
 /// forward task's columns.
 const WIDE_WEIGHTS_BYTES: usize = 1 << 20;
 /// Fewest columns of a forward chunk over such weights.
-const WIDE_MIN_COLS: usize = 4 * NR;
+const WIDE_MIN_COLS: usize = 192;
 /// Fewest rows of W a forward task over such weights computes.
 const MIN_TASK_ROWS: usize = 64;
 /// Fewest dW columns a backward-weights task owns in column-split mode.
 const MIN_TASK_COLS: usize = 96;
+/// Preferred most dW columns of a backward-weights task in column-split mode.
+const WEIGHTS_RANGE_COLS: usize = 480;
 
 /// Size of the packed-B buffer within a per-worker budget of `budget` floats.
-fn b_block(budget: usize) -> usize {
-    B_BLOCK_LEN.min(budget / 2).max(MIN_BUF_LEN)
+fn b_block<S: Packed>(budget: usize) -> usize {
+    S::B_BLOCK_LEN.min(budget / 2).max(S::MIN_BUF_LEN)
 }
 
 /// Chunk width for whole-image chunks limited by a staging matrix of `rows`
@@ -60,10 +68,15 @@ fn image_cols(cols: usize, p: usize, rows: usize, cap: usize) -> usize {
 /// The forward pass's column chunks and how many parts the rows of W are
 /// split into (tasks: groups × chunks × row parts), for `threads` workers
 /// with `cap` scratch floats each for staging.
-fn forward_plan(s: &ConvShape, d: &Dims, threads: usize, cap: usize) -> (Vec<Chunk>, usize) {
+fn forward_plan<S: Packed>(
+    s: &ConvShape,
+    d: &Dims,
+    threads: usize,
+    cap: usize,
+) -> (Vec<Chunk>, usize) {
     let want = if threads > 1 { 4 * threads } else { 1 };
     let cols = balanced_cols(FORWARD_COLS, s.n * d.p, s.groups, want);
-    let cover = |cols: usize| Chunk::cover(0..s.n, d.p, image_cols(cols, d.p, d.m, cap), NR);
+    let cover = |cols: usize| Chunk::cover(0..s.n, d.p, image_cols(cols, d.p, d.m, cap), S::NR);
     let chunks = cover(cols);
     // Weights too large for L2: narrow chunks re-read them for little work
     // and leave partial B panels, so chunks are made WIDE_MIN_COLS wide, or
@@ -91,18 +104,167 @@ fn forward_plan(s: &ConvShape, d: &Dims, threads: usize, cap: usize) -> (Vec<Chu
     (chunks, 1)
 }
 
-pub(super) fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tuning) {
+/// Whether every tap reads inside the input (a 1×1 kernel without padding,
+/// e.g. a strided 1×1 downsample): the lowered input is then gathered
+/// straight from `x` (strided runs) and the input gradient scattered
+/// straight into `dx`, since padded copies would only add passes over the
+/// whole tensor.
+fn unpadded_taps(s: &ConvShape) -> bool {
+    s.kernel == [1; 3] && s.pad == [0; 3]
+}
+
+/// Most output channels per group for [`shifted_forward`]: packing a
+/// lowered column costs about as much as `M` multiply-adds with it, so with
+/// more rows of W packing is cheaper than the wasted columns (ResNet's and
+/// MNIST's 64- and 128-channel layers gain 6-15 %, DeepLab's 256 loses 5 %).
+const SHIFTED_MAX_ROWS: usize = 128;
+/// Largest share of wasted columns per phase row for [`shifted_forward`]
+/// (`⌊(kw − 1)·d₂/s₂⌋` past each output row): 1/8.
+const SHIFTED_MAX_WASTE: usize = 8;
+/// Fewest kernel taps per plane for [`shifted_forward`] at a stride above
+/// 1: measured side by side at AVX2, the phase planes gain 8 % on the 7×7/2
+/// stem but lose 4-7 % on 3×3/2 layers (MNIST conv3, ResNet's downsample)
+/// and 30 % on the 1×1/2 downsample (which gathers straight from `x`).
+const SHIFTED_STRIDED_MIN_TAPS: usize = 16;
+
+/// How [`shifted_forward`] cuts the outputs into tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ShiftedPlan {
+    /// Output rows (flattened `od·H + oh`) per task, and output columns per
+    /// task (all of a row, unless `rows` is 1).
+    rows: usize,
+    seg: usize,
+}
+
+/// The plan of [`shifted_forward`], if it applies: no kernel taps over depth
+/// nor depth stride (a kernel over depth would pad many slices per band of
+/// rows), not pointwise, at most [`SHIFTED_MAX_ROWS`] output channels per
+/// group, at most 1/[`SHIFTED_MAX_WASTE`] wasted columns, stride 1 unless
+/// the kernel has [`SHIFTED_STRIDED_MIN_TAPS`] taps, and a chunk of one row
+/// (window) fits in the budget.
+fn shifted_plan<S: Packed>(
+    s: &ConvShape,
+    d: &Dims,
+    threads: usize,
+    budget: usize,
+) -> Option<ShiftedPlan> {
+    let w_out = s.output[2];
+    let shift = (s.kernel[2] - 1) * s.dilation[2] / s.stride[2];
+    if d.pointwise
+        || s.kernel[0] > 1
+        || s.stride[0] > 1
+        || (s.stride != [1; 3] && d.ks < SHIFTED_STRIDED_MIN_TAPS)
+        || d.m > SHIFTED_MAX_ROWS
+        || SHIFTED_MAX_WASTE * shift > w_out + shift
+    {
+        return None;
+    }
+    let want = if threads > 1 { 4 * threads } else { 1 };
+    let cols = balanced_cols(FORWARD_COLS, s.n * d.p, s.groups, want);
+    let all_rows = s.output[0] * s.output[1];
+    let fits = |p: ShiftedPlan| {
+        let sh = Shifted::new(s, p.rows, p.seg);
+        let cols = sh.cols(&(0..p.rows.min(all_rows)));
+        d.m * cols + sh.len(d.cin_g) + shifted_a_len::<S>(d.k) <= budget
+    };
+    let mut plan = if w_out > cols {
+        // Rows wider than a chunk: column windows of one row.
+        ShiftedPlan {
+            rows: 1,
+            seg: w_out.div_ceil(w_out.div_ceil(cols)),
+        }
+    } else {
+        ShiftedPlan {
+            rows: (cols / w_out).clamp(1, all_rows),
+            seg: w_out,
+        }
+    };
+    while !fits(plan) {
+        if plan.rows > 1 {
+            plan.rows /= 2;
+        } else if plan.seg > 4 * S::NR {
+            plan.seg = plan.seg.div_ceil(2);
+        } else {
+            return None;
+        }
+    }
+    Some(plan)
+}
+
+/// Floats of the packed-A buffer of [`shifted_forward`]'s products.
+fn shifted_a_len<S: Packed>(k: usize) -> usize {
+    S::MC * k.min(S::KC_L1) + 16
+}
+
+/// The forward pass with the lowered input read in place from padded phase
+/// planes ([`Shifted`]): tasks are bands of output rows (or column windows
+/// of one row) of one image and group, each padding its planes once and
+/// multiplying W by their shifted windows, with no packing of `B` at all.
+fn shifted_forward<S: Packed>(
+    s: &ConvShape,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    t: &Tuning,
+    plan: ShiftedPlan,
+) {
+    let d = Dims::of(s);
+    let sh = Shifted::new(s, plan.rows, plan.seg);
+    let (all_rows, rows, wins) = (s.output[0] * s.output[1], plan.rows, sh.windows());
+    let tasks: Vec<(usize, usize, Range<usize>, usize)> = (0..s.n)
+        .flat_map(|n| {
+            (0..s.groups).flat_map(move |g| {
+                (0..all_rows.div_ceil(rows)).flat_map(move |b| {
+                    let band = b * rows..((b + 1) * rows).min(all_rows);
+                    (0..wins).map(move |win| (n, g, band.clone(), win))
+                })
+            })
+        })
+        .collect();
+    let yp = SendPtr(y.as_mut_ptr());
+    let (pad_len, a_len) = (sh.len(d.cin_g), shifted_a_len::<S>(d.k));
+    tasks.into_par_iter().for_each(|(n, g, band, win)| {
+        let cols = sh.cols(&band);
+        t.scratch(Slot::Task, d.m * cols + pad_len + a_len, |buf| {
+            let (cbuf, rest) = buf.split_at_mut(d.m * cols);
+            let (pbuf, abuf) = rest.split_at_mut(pad_len);
+            let b = sh.build(t.isa, pbuf, s, x, g, n, band.clone(), win);
+            let a = Mat {
+                ptr: w[g * d.m * d.k..].as_ptr(),
+                rs: d.k,
+                cs: 1,
+            };
+            let c = MatMut {
+                ptr: cbuf.as_mut_ptr(),
+                rs: cols,
+                cs: 1,
+            };
+            // SAFETY: the instruction set is available (checked by the
+            // caller); the planes carry the slack the shifted reads need;
+            // this task alone writes these outputs of image n, group g.
+            unsafe {
+                gemm_shifted::<S>(d.m, cols, d.k, a, b, c, abuf);
+                sh.store(cbuf, d.m, s, yp, n, g * d.m, band, win);
+            }
+        });
+    });
+}
+
+pub(super) fn forward<S: Packed>(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tuning) {
     let d = Dims::of(s);
     let threads = rayon::current_num_threads();
     let budget = t.floats_per_worker(threads);
-    let bblock = b_block(budget);
-    let (chunks, row_parts) = forward_plan(s, &d, threads, budget - bblock);
+    if let Some(plan) = shifted_plan::<S>(s, &d, threads, budget) {
+        return shifted_forward::<S>(s, x, w, y, t, plan);
+    }
+    let bblock = b_block::<S>(budget);
+    let (chunks, row_parts) = forward_plan::<S>(s, &d, threads, budget - bblock);
     let tasks: Vec<(usize, Chunk, Range<usize>)> = (0..s.groups)
         .flat_map(|g| {
             chunks.iter().flat_map(move |c| {
                 (0..row_parts).map(move |r| {
-                    let rows = split_range(d.m.div_ceil(MR), row_parts, r);
-                    (g, *c, rows.start * MR..(rows.end * MR).min(d.m))
+                    let rows = split_range(d.m.div_ceil(S::MR), row_parts, r);
+                    (g, *c, rows.start * S::MR..(rows.end * S::MR).min(d.m))
                 })
             })
         })
@@ -113,7 +275,7 @@ pub(super) fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tu
         let mrows = mr.len();
         let tmp_len = if ch.nimg == 1 { 0 } else { mrows * cols };
         // Padded input planes when they fit, else gather from x directly.
-        let pad_len = if d.pointwise {
+        let pad_len = if d.pointwise || unpadded_taps(s) {
             0
         } else {
             PaddedChunk::len(s, ch, d.cin_g)
@@ -157,10 +319,10 @@ pub(super) fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tu
                         plane: d.p,
                         ch,
                     };
-                    run(mrows, cols, d.k, a, &b, c, false, bbuf);
+                    run::<S>(mrows, cols, d.k, a, &b, c, false, bbuf);
                 } else if pad_len > 0 {
-                    let padded = PaddedChunk::build(t.simd, pbuf, s, x, g, ch, 0, d.cin_g);
-                    run(
+                    let padded = PaddedChunk::build(t.isa, pbuf, s, x, g, ch, 0, d.cin_g);
+                    run::<S>(
                         mrows,
                         cols,
                         d.k,
@@ -172,7 +334,7 @@ pub(super) fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tu
                     );
                 } else {
                     let b = DirectIm2colB { s, x, g, ch };
-                    run(mrows, cols, d.k, a, &b, c, false, bbuf);
+                    run::<S>(mrows, cols, d.k, a, &b, c, false, bbuf);
                 }
                 if ch.nimg > 1 {
                     scatter_rows(tmp, s.c_out, g * d.m + mr.start, mrows, ch, yp);
@@ -188,7 +350,7 @@ pub(super) fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tu
 /// # Safety
 /// As [`gemm`].
 #[allow(clippy::too_many_arguments)]
-unsafe fn run(
+unsafe fn run<S: Packed>(
     m: usize,
     n: usize,
     k: usize,
@@ -198,20 +360,26 @@ unsafe fn run(
     acc: bool,
     bbuf: &mut [f32],
 ) {
-    gemm(m, n, k, a, b, c, acc, bbuf);
+    gemm::<S>(m, n, k, a, b, c, acc, bbuf);
 }
 
-pub(super) fn backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32], t: &Tuning) {
+pub(super) fn backward_data<S: Packed>(
+    s: &ConvShape,
+    dy: &[f32],
+    w: &[f32],
+    dx: &mut [f32],
+    t: &Tuning,
+) {
     let d = Dims::of(s);
     let threads = rayon::current_num_threads();
     let budget = t.floats_per_worker(threads);
-    let bblock = b_block(budget);
+    let bblock = b_block::<S>(budget);
     // Tasks own disjoint parts of dx: (block of images, group, channel range).
     let ci_parts = d.cin_g.div_ceil((DATA_ROWS / d.ks).max(1));
     let kr = d.cin_g.div_ceil(ci_parts) * d.ks;
     let cap = (budget - bblock) / kr;
     let cols = (DATA_COL_BYTES / 4 / kr)
-        .clamp(2 * NR, 20 * NR)
+        .clamp(DATA_MIN_COLS, DATA_MAX_COLS)
         .min(cap)
         .max(1);
     let want = if threads > 1 { 2 * threads } else { 1 };
@@ -230,13 +398,13 @@ pub(super) fn backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32]
     }
     let dxp = SendPtr(dx.as_mut_ptr());
     tasks.into_par_iter().for_each(|(images, g, ci)| {
-        backward_data_task(s, t, &d, dy, w, dxp, images, g, ci, cols, bblock, budget)
+        backward_data_task::<S>(s, t, &d, dy, w, dxp, images, g, ci, cols, bblock, budget)
     });
 }
 
 /// Computes dx for `images`, group `g`, channels `ci` of the group.
 #[allow(clippy::too_many_arguments)]
-fn backward_data_task(
+fn backward_data_task<S: Packed>(
     s: &ConvShape,
     t: &Tuning,
     d: &Dims,
@@ -253,11 +421,11 @@ fn backward_data_task(
     let isp = s.input_spatial();
     let c0 = g * d.cin_g + ci.start;
     let kr = ci.len() * d.ks;
-    let chunks = Chunk::cover(images.clone(), d.p, cols, NR);
+    let chunks = Chunk::cover(images.clone(), d.p, cols, S::NR);
     let max_cols = chunks.iter().map(Chunk::cols).max().unwrap_or(0);
     // Accumulate into padded gradient planes when they fit; otherwise zero dx
     // and scatter straight into it.
-    let grad_len = if d.pointwise {
+    let grad_len = if d.pointwise || unpadded_taps(s) {
         0
     } else {
         PaddedGrad::len(s, images.len(), ci.len())
@@ -302,7 +470,7 @@ fn backward_data_task(
                         rs: d.p,
                         cs: 1,
                     };
-                    run(kr, cols, d.m, a, &b, dst, false, bbuf);
+                    run::<S>(kr, cols, d.m, a, &b, dst, false, bbuf);
                     continue;
                 }
                 let colbuf = &mut colbuf[..kr * cols];
@@ -311,32 +479,38 @@ fn backward_data_task(
                     rs: cols,
                     cs: 1,
                 };
-                run(kr, cols, d.m, a, &b, dst, false, bbuf);
+                run::<S>(kr, cols, d.m, a, &b, dst, false, bbuf);
                 if d.pointwise {
                     scatter_rows(colbuf, s.c_in, c0, kr, ch, dx);
                 } else if let Some(grad) = grad.as_mut() {
-                    grad.add_lowered(ch, colbuf);
+                    grad.add_lowered::<S>(ch, colbuf);
                 } else {
                     col2im(s, colbuf, g, ch, ci.clone(), dx);
                 }
             }
         }
         if let Some(grad) = grad {
-            grad.unpad(t.simd, dx, c0);
+            grad.unpad(t.isa, dx, c0);
         }
     });
 }
 
-pub(super) fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f32], t: &Tuning) {
+pub(super) fn backward_weights<S: Packed>(
+    s: &ConvShape,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    t: &Tuning,
+) {
     let d = Dims::of(s);
     let threads = rayon::current_num_threads();
     let budget = t.floats_per_worker(threads);
-    let bblock = b_block(budget);
+    let bblock = b_block::<S>(budget);
     // Column split: each task owns a block of dW columns (lowered rows) of one
     // group and sweeps every position; no partial sums.
     let col_tasks = (2 * threads).div_ceil(s.groups);
     let ranges =
-        d.k.div_ceil(NR * 10)
+        d.k.div_ceil(WEIGHTS_RANGE_COLS)
             .max(col_tasks)
             .min(d.k.div_ceil(MIN_TASK_COLS))
             .max(1);
@@ -356,7 +530,7 @@ pub(super) fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f
                     rs: d.k,
                     cs: 1,
                 };
-                weights_chunk(
+                weights_chunk::<S>(
                     s,
                     t,
                     &d,
@@ -379,7 +553,7 @@ pub(super) fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f
     let workers = partial_workers(t, dw.len(), threads);
     let total = t.scratch_bytes / 4;
     let budget = (total - (workers - 1) * dw.len()) / workers;
-    let bblock = b_block(budget);
+    let bblock = b_block::<S>(budget);
     let want = 4 * workers;
     let cols = balanced_cols(WEIGHTS_COLS, s.n * d.p, s.groups, want);
     let cols = image_cols(cols, d.p, d.m, budget - bblock);
@@ -394,7 +568,7 @@ pub(super) fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f
                 rs: d.k,
                 cs: 1,
             };
-            weights_chunk(s, t, &d, x, dy, c, g, ch, 0..d.k, true, bblock, budget);
+            weights_chunk::<S>(s, t, &d, x, dy, c, g, ch, 0..d.k, true, bblock, budget);
         }
     });
 }
@@ -402,7 +576,7 @@ pub(super) fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f
 /// `C (+)= dy_chunk · colᵀ` for group `g`, restricted to lowered rows `rows`
 /// (the columns of `C`, which points at dW column `rows.start`).
 #[allow(clippy::too_many_arguments)]
-fn weights_chunk(
+fn weights_chunk<S: Packed>(
     s: &ConvShape,
     t: &Tuning,
     d: &Dims,
@@ -420,7 +594,7 @@ fn weights_chunk(
     let tmp_len = if ch.nimg == 1 { 0 } else { d.m * cols };
     // Channels the lowered rows `rows` come from, padded when they fit.
     let (ci0, ci1) = (rows.start / d.ks, rows.end.div_ceil(d.ks));
-    let pad_len = if d.pointwise {
+    let pad_len = if d.pointwise || unpadded_taps(s) {
         0
     } else {
         PaddedChunk::len(s, ch, ci1 - ci0)
@@ -458,20 +632,20 @@ fn weights_chunk(
                     plane: d.p,
                     ch,
                 };
-                run(d.m, rows.len(), cols, a, &b, c, accumulate, bbuf);
+                run::<S>(d.m, rows.len(), cols, a, &b, c, accumulate, bbuf);
             } else if pad_len > 0 {
-                let padded = PaddedChunk::build(t.simd, pbuf, s, x, g, ch, ci0, ci1 - ci0);
+                let padded = PaddedChunk::build(t.isa, pbuf, s, x, g, ch, ci0, ci1 - ci0);
                 let b = Columns {
                     inner: Im2colTB { padded: &padded },
                     first: rows.start,
                 };
-                run(d.m, rows.len(), cols, a, &b, c, accumulate, bbuf);
+                run::<S>(d.m, rows.len(), cols, a, &b, c, accumulate, bbuf);
             } else {
                 let b = Columns {
                     inner: DirectIm2colTB { s, x, g, ch },
                     first: rows.start,
                 };
-                run(d.m, rows.len(), cols, a, &b, c, accumulate, bbuf);
+                run::<S>(d.m, rows.len(), cols, a, &b, c, accumulate, bbuf);
             }
         }
     });
@@ -485,24 +659,147 @@ struct Columns<B> {
 
 impl<B: PackB> PackB for Columns<B> {
     #[inline(always)]
-    unsafe fn pack(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
-        self.inner.pack(k0, kc, self.first + j0, nc, dst);
+    unsafe fn pack<S: Packed>(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        self.inner.pack::<S>(k0, kc, self.first + j0, nc, dst);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::simd::{Avx2, Avx512};
+    use crate::cpu::tests::{check_against_reference, shape, Variant};
+
+    /// Shapes [`shifted_forward`] takes: 2-D with padding; 1-D dilated; 3-D
+    /// (a 2-D kernel over several slices, chunks across them) with two
+    /// groups; 2-D with rows cut into several bands; stride 2 in both
+    /// dimensions (four phase planes) with dilation; stride 3 along rows
+    /// only; 1-D rows longer than a chunk (column windows); and an input
+    /// gradient computed as such a forward pass (64 channels, 2048
+    /// positions).
+    fn shifted_shapes() -> Vec<ConvShape> {
+        let c2 = |n,
+                  ci,
+                  co,
+                  g,
+                  hw: [usize; 2],
+                  k: [usize; 2],
+                  p: [usize; 2],
+                  st: [usize; 2],
+                  dl: [usize; 2]| {
+            shape(
+                n,
+                ci,
+                co,
+                g,
+                [1, hw[0], hw[1]],
+                [1, k[0], k[1]],
+                [0, p[0], p[1]],
+                [1, st[0], st[1]],
+                [1, dl[0], dl[1]],
+            )
+        };
+        vec![
+            c2(2, 5, 7, 1, [9, 23], [3, 3], [1, 1], [1, 1], [1, 1]),
+            c2(3, 4, 6, 1, [1, 80], [1, 5], [0, 3], [1, 1], [1, 2]),
+            shape(2, 6, 4, 2, [5, 4, 22], [1, 3, 3], [1, 0, 1], [1; 3], [1; 3]),
+            c2(1, 3, 13, 1, [70, 24], [2, 4], [1, 2], [1, 1], [2, 1]),
+            c2(2, 5, 6, 1, [17, 80], [4, 5], [1, 1], [2, 2], [1, 2]),
+            c2(1, 3, 5, 1, [31, 30], [5, 4], [2, 1], [3, 1], [1, 1]),
+            c2(2, 3, 4, 1, [1, 2100], [1, 3], [0, 1], [1, 1], [1, 1]),
+            c2(1, 64, 8, 1, [32, 64], [3, 3], [1, 1], [1, 1], [1, 1]),
+        ]
+    }
+
+    #[test]
+    fn shifted_forward_matches_reference() {
+        for s in shifted_shapes() {
+            let d = Dims::of(&s);
+            for threads in [1, 3] {
+                let budget = Tuning::default().floats_per_worker(threads);
+                assert!(
+                    shifted_plan::<Avx2>(&s, &d, threads, budget).is_some(),
+                    "{s:?}"
+                );
+                assert!(
+                    shifted_plan::<Avx512>(&s, &d, threads, budget).is_some(),
+                    "{s:?}"
+                );
+            }
+            for v in Variant::all() {
+                check_against_reference(&s, &v, 17).unwrap();
+            }
+        }
+        // Long rows are cut into windows.
+        let long = shifted_shapes()[6];
+        let plan = shifted_plan::<Avx2>(&long, &Dims::of(&long), 2, 1 << 22).unwrap();
+        assert!(plan.rows == 1 && plan.seg < 2100, "{plan:?}");
+        // The wide input gradient goes through it as a forward pass.
+        let wide = *shifted_shapes().last().unwrap();
+        let f = super::super::data_as_forward(&wide, &Tuning::default()).expect("eligible");
+        assert!(shifted_plan::<Avx2>(&f, &Dims::of(&f), 2, 1 << 20).is_some());
+    }
+
+    #[test]
+    fn shifted_forward_only_where_it_applies() {
+        let s = shifted_shapes()[0];
+        let d = Dims::of(&s);
+        // Output rows of 12 with two wasted columns each (more than 1/8).
+        let narrow = shape(2, 5, 7, 1, [1, 9, 12], [1, 3, 3], [0, 1, 1], [1; 3], [1; 3]);
+        let strided_depth = shape(
+            2,
+            5,
+            7,
+            1,
+            [6, 9, 45],
+            [1, 3, 3],
+            [0, 1, 1],
+            [2, 1, 1],
+            [1; 3],
+        );
+        let pointwise = shape(2, 5, 7, 1, [1, 9, 23], [1; 3], [0; 3], [1; 3], [1; 3]);
+        let deep = shape(2, 5, 7, 1, [4, 9, 23], [2, 3, 3], [0, 1, 1], [1; 3], [1; 3]);
+        let strided_3x3 = shape(
+            2,
+            5,
+            7,
+            1,
+            [1, 9, 45],
+            [1, 3, 3],
+            [0, 1, 1],
+            [1, 2, 2],
+            [1; 3],
+        );
+        let wide = shape(
+            2,
+            5,
+            129,
+            1,
+            [1, 9, 23],
+            [1, 3, 3],
+            [0, 1, 1],
+            [1; 3],
+            [1; 3],
+        );
+        for other in [narrow, strided_depth, pointwise, deep, wide, strided_3x3] {
+            assert!(
+                shifted_plan::<Avx2>(&other, &Dims::of(&other), 2, 1 << 20).is_none(),
+                "{other:?}"
+            );
+        }
+        // Without room for one output row's planes and product.
+        assert!(shifted_plan::<Avx2>(&s, &d, 2, 1000).is_none());
+    }
 
     #[test]
     fn large_weights_over_few_positions_split_rows() {
         // One chunk holds every position, so four threads need row parts.
         let s = crate::cpu::tests::wide_weights_few_positions();
         let d = Dims::of(&s);
-        let (chunks, parts) = forward_plan(&s, &d, 4, 1 << 20);
+        let (chunks, parts) = forward_plan::<Avx512>(&s, &d, 4, 1 << 20);
         assert_eq!(chunks.len(), 1);
         assert_eq!(parts, 2);
-        let (_, parts) = forward_plan(&s, &d, 1, 1 << 20);
+        let (_, parts) = forward_plan::<Avx512>(&s, &d, 1, 1 << 20);
         assert_eq!(parts, 1);
     }
 
@@ -523,7 +820,7 @@ mod tests {
             [1, 1, 1],
         );
         let d = Dims::of(&s);
-        let (chunks, parts) = forward_plan(&s, &d, 2, 1 << 22);
+        let (chunks, parts) = forward_plan::<Avx512>(&s, &d, 2, 1 << 22);
         assert_eq!(parts, 1);
         assert_eq!(chunks.len(), 4);
         assert!(chunks.iter().all(|c| c.nimg == 2 && c.np == 49));
