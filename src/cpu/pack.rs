@@ -686,7 +686,7 @@ impl PackB for Im2colB<'_> {
                     1,
                 );
             }
-            if nc % nr != 0 {
+            if !nc.is_multiple_of(nr) {
                 store_zeros::<S>(row.add((npan - 1) * kc * nr + nc % nr), nr - nc % nr);
             }
         }
