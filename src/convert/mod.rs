@@ -210,6 +210,24 @@ fn gather_with(bytes: &[u8], dt: DType, l: &Layout5, out: &mut [f32], vector: bo
     // Misaligned bytes (never staging, which is aligned) take the element-wise path.
     let aligned = (bytes.as_ptr() as usize).is_multiple_of(es);
     let simd = aligned && vector && simd_rows();
+    if aligned && l.is_packed_canonical() {
+        // One contiguous run, however the dims are cut: converted in parallel pieces.
+        let src = bytes.as_ptr() as usize;
+        out.par_chunks_mut(TASK_ELEMS)
+            .enumerate()
+            .for_each(|(i, o)| {
+                let at = (src + i * TASK_ELEMS * es) as *const u8;
+                // SAFETY: the piece lies inside the span (checked above), aligned.
+                unsafe {
+                    #[cfg(target_arch = "x86_64")]
+                    if simd {
+                        return x86::load_span(dt, at, o.as_mut_ptr(), o.len());
+                    }
+                    load_run(dt, at, o)
+                }
+            });
+        return;
+    }
     let [_, c, d, h, w] = l.dims;
     let [sn, sc, sd, sh, sw] = l.strides;
     let (nrows, per_task) = rows(l);
@@ -316,6 +334,25 @@ fn store_with(res: &[f32], blend: Blend, dt: DType, l: &Layout5, bytes: &mut [u8
     }
     let aligned = (bytes.as_ptr() as usize).is_multiple_of(es);
     let simd = aligned && vector && simd_rows();
+    if aligned && l.is_packed_canonical() {
+        // One contiguous run, however the dims are cut: stored in parallel pieces.
+        let dst = bytes.as_mut_ptr() as usize;
+        res.par_chunks(TASK_ELEMS).enumerate().for_each(|(i, r)| {
+            let at = (dst + i * TASK_ELEMS * es) as *mut u8;
+            // SAFETY: the pieces are disjoint parts of the span (checked above), aligned.
+            unsafe {
+                #[cfg(target_arch = "x86_64")]
+                if simd {
+                    return x86::store_span(blend, dt, r.as_ptr(), at, r.len());
+                }
+                let mut vals = r.to_vec();
+                let mut old = vec![0f32; r.len()];
+                blend.apply_run(&mut vals, dt, at, &mut old);
+                store_run(dt, &vals, at)
+            }
+        });
+        return;
+    }
     let [_, c, d, h, w] = l.dims;
     let [sn, sc, sd, sh, sw] = l.strides;
     let (nrows, per_task) = rows(l);
@@ -444,6 +481,8 @@ mod tests {
         vec![
             packed([2, 3, 1, 4, 5]),
             packed([2, 3, 1, 4, 21]),
+            // one long row, more than a task's worth (converted in pieces)
+            packed([1, 1, 1, 1, 3 * TASK_ELEMS + 7]),
             nhwc(2, 37, 3, 19),
             nhwc(1, 3, 2, 40),
             Layout5 {

@@ -146,6 +146,24 @@ unsafe fn store_run(b: Blend, dt: DType, src: *const f32, dst: *mut u8, n: usize
     }
 }
 
+/// Converts `n` contiguous elements at `src` to f32 at `dst` (a packed tensor's span).
+///
+/// # Safety
+/// As [`gather_row`], for the `n` elements.
+#[target_feature(enable = "avx2,f16c,fma")]
+pub unsafe fn load_span(dt: DType, src: *const u8, dst: *mut f32, n: usize) {
+    load_run(dt, src, dst, n)
+}
+
+/// Stores `n` contiguous f32 from `src`, blended, as `dt` at `dst`.
+///
+/// # Safety
+/// As [`gather_row`], for the `n` elements.
+#[target_feature(enable = "avx2,f16c,fma")]
+pub unsafe fn store_span(b: Blend, dt: DType, src: *const f32, dst: *mut u8, n: usize) {
+    store_run(b, dt, src, dst, n)
+}
+
 /// One row of a gather: element `(ch, x)` at `src + (ch·sc + x·sw)·size` goes to
 /// `dst[ch·plane + x]`, for `c` channels and `w` columns. `sw == 1` or `sc == 1`.
 ///
