@@ -6,7 +6,7 @@ convolution on the same pass, measured in the same run.
     python3 scripts/bench_callpath.py [--threads N] [--layout nchw|nhwc]
         [--dtype fp32|fp16|bf16] [--modes nchw-fp32,nhwc-fp32,nchw-fp16,nhwc-bf16]
         [--gbps G] [--step] [--layer SUBSTRING] [--rounds R] [--min-ms MS]
-        [--peer-dtype same|fp32] [--markdown]
+        [--peer-dtype same|fp32] [--isa avx512|avx2|portable] [--markdown]
 
 Our side is `callpath_bench` (built by `cargo build --release -p shim-tests`), a client of
 the public HIP and MIOpen API running on the test doubles with LD_PRELOAD, exactly as
@@ -32,6 +32,10 @@ layout conversion, the engine, the store (alpha/beta, conversion back), waiting 
 last results, and the chunks the call was cut into; `model` is the PCIe time the bytes of
 the call need at --gbps, and `call/max` is the call's time over max(engine, model).
 
+--isa caps both sides at one instruction set, as scripts/bench_vs_torch.py does: the shim
+through RDNA1SHIM_MAX_ISA, PyTorch through ONEDNN_MAX_CPU_ISA and ATEN_CPU_CAPABILITY, so
+the AVX2 desktops most users have can be measured on an AVX-512 machine.
+
 --modes runs several layout-dtype modes one after the other and ends with a table of
 their geomeans. --step runs instead every convolution of one training step (forward, backward-data
 except for the first layer, backward-weights) of ResNet-18 (224x224) and the MNIST CNN of
@@ -48,6 +52,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PASSES = ("forward", "backward_data", "backward_weights")
 DSIZE = {"fp32": 4, "fp16": 2, "bf16": 2}
+# The engine's instruction-set cap -> PyTorch's (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY).
+PEER_ISA = {"avx512": ("AVX512_CORE", "avx512"), "avx2": ("AVX2", "avx2"), "portable": ("SSE41", "default")}
 
 
 def find_driver():
@@ -219,7 +225,8 @@ def mnist_step(n):
 
 def run_step(a, ours, torch, peer_dtype):
     print(f"# training-step convolutions, batch {a.batch}, {a.layout} {a.dtype}, {a.threads} threads, "
-          f"FAKE_HIP_GBPS={a.gbps or 'unlimited'}; peer: PyTorch CPU {peer_dtype}")
+          f"FAKE_HIP_GBPS={a.gbps or 'unlimited'}; peer: PyTorch CPU {peer_dtype}"
+          f"{'; both sides capped at ' + a.isa if a.isa else ''}")
     if a.markdown:
         print("| network | convolution calls | ours ms | PyTorch ms | ratio | engine ms | convert+store ms "
               "| waiting for copies ms | model ms |")
@@ -276,6 +283,9 @@ def main():
     ap.add_argument("--shim", default=os.path.join(ROOT, "target", "release", "librdna1shim.so"))
     ap.add_argument("--driver", default=None)
     ap.add_argument("--env", action="append", default=[], help="extra NAME=VALUE for our side")
+    ap.add_argument("--isa", choices=sorted(PEER_ISA), default=os.environ.get("RDNA1SHIM_MAX_ISA", "").strip().lower() or None,
+                    help="cap both sides at this instruction set: RDNA1SHIM_MAX_ISA for ours, "
+                         "ONEDNN_MAX_CPU_ISA and ATEN_CPU_CAPABILITY for PyTorch (default: RDNA1SHIM_MAX_ISA, else none)")
     ap.add_argument("--no-pin", action="store_true",
                     help="do not keep the doubles' copies off the measured cores")
     a = ap.parse_args()
@@ -289,10 +299,16 @@ def main():
         sys.exit(f"{a.shim} not found: cargo build --release")
     driver = a.driver or find_driver()
     extra_env = dict(e.split("=", 1) for e in a.env)
+    if a.isa:
+        # oneDNN and ATen read these once, when torch is imported.
+        os.environ["ONEDNN_MAX_CPU_ISA"], os.environ["ATEN_CPU_CAPABILITY"] = PEER_ISA[a.isa]
+        extra_env.setdefault("RDNA1SHIM_MAX_ISA", a.isa)
     try:
         import torch
         torch.set_num_threads(a.threads)
         peer = f"PyTorch {torch.__version__} CPU"
+        if a.isa:
+            peer += f" (ONEDNN_MAX_CPU_ISA={os.environ['ONEDNN_MAX_CPU_ISA']}, engine capped at {a.isa})"
     except ImportError:
         torch, peer = None, None
     ours = Ours(driver, a.shim, a.threads, a.gbps, extra_env, copy_cpus)
