@@ -414,6 +414,14 @@ fn depthwise_forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], vector:
     let r = Rows::of(s);
     let taps = taps_by_channel(&r, w);
     assert!(r.kh * r.kw <= MAX_TAPS, "depthwise kernel too large");
+    #[cfg(target_arch = "x86_64")]
+    if vector && r.kw == 3 && r.s[1] == 1 && r.d[1] == 1 && r.c >= 16 {
+        return by_rows(y, r.ow * r.c, s.n * r.oh, |g, orow| {
+            // SAFETY: the CPU has AVX2 and FMA (vector is only set when it does); orow
+            // is output row g, x and the taps are whole tensors.
+            unsafe { forward_row_slide_avx2(&r, x, &taps, g, orow) }
+        });
+    }
     by_rows(y, r.ow * r.c, s.n * r.oh, |g, orow| {
         let (n, oh) = (g / r.oh, g % r.oh);
         let mut pairs = [(std::ptr::null(), std::ptr::null()); MAX_TAPS];
@@ -439,6 +447,80 @@ fn depthwise_forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], vector:
             unsafe { dot_pairs(out.as_mut_ptr(), &pairs[..k], r.c, vector) };
         }
     });
+}
+
+/// Output row `g` (`n · oh + oh`) of a depthwise layer with three taps a row, stride and
+/// dilation 1 along it: for each kernel row and sixteen channels, the three taps'
+/// weights stay in registers and the input slides through them a position at a time
+/// (one vector pair loaded a position, the sums added to the row in L1); the columns
+/// whose taps cross the row's ends and the channels past the last sixteen are summed
+/// tap by tap.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn forward_row_slide_avx2(r: &Rows, x: &[f32], taps: &[f32], g: usize, orow: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let (n, oh) = (g / r.oh, g % r.oh);
+    let c16 = r.c - r.c % 16;
+    let lo = r.p[1].min(r.ow);
+    let hi = (r.iw + r.p[1]).saturating_sub(2).min(r.ow);
+    orow.fill(0.0);
+    let yp = orow.as_mut_ptr();
+    for kh in 0..r.kh {
+        let Some(ih) = r.input_of(0, oh, kh) else {
+            continue;
+        };
+        let xrow = x[(n * r.ih + ih) * r.iw * r.c..][..r.iw * r.c].as_ptr();
+        let wk = taps[kh * 3 * r.c..][..3 * r.c].as_ptr();
+        for c in (0..c16).step_by(16) {
+            let pair = |p: *const f32| [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))];
+            let w = [
+                pair(wk.add(c)),
+                pair(wk.add(r.c + c)),
+                pair(wk.add(2 * r.c + c)),
+            ];
+            let at = |iw: usize| pair(xrow.add(iw * r.c + c));
+            let add = |ow: usize, a: [__m256; 2]| {
+                let out = yp.add(ow * r.c + c);
+                _mm256_storeu_ps(out, _mm256_add_ps(_mm256_loadu_ps(out), a[0]));
+                _mm256_storeu_ps(out.add(8), _mm256_add_ps(_mm256_loadu_ps(out.add(8)), a[1]));
+            };
+            for ow in (0..lo).chain(hi.max(lo)..r.ow) {
+                let mut a = [_mm256_setzero_ps(); 2];
+                for (t, wt) in w.iter().enumerate() {
+                    if let Some(iw) = r.input_of(1, ow, t) {
+                        let xv = at(iw);
+                        a[0] = _mm256_fmadd_ps(xv[0], wt[0], a[0]);
+                        a[1] = _mm256_fmadd_ps(xv[1], wt[1], a[1]);
+                    }
+                }
+                add(ow, a);
+            }
+            if lo < hi {
+                let (mut x0, mut x1) = (at(lo - r.p[1]), at(lo + 1 - r.p[1]));
+                for ow in lo..hi {
+                    let x2 = at(ow + 2 - r.p[1]);
+                    let mut a0 = _mm256_mul_ps(x0[0], w[0][0]);
+                    let mut a1 = _mm256_mul_ps(x0[1], w[0][1]);
+                    a0 = _mm256_fmadd_ps(x1[0], w[1][0], a0);
+                    a1 = _mm256_fmadd_ps(x1[1], w[1][1], a1);
+                    a0 = _mm256_fmadd_ps(x2[0], w[2][0], a0);
+                    a1 = _mm256_fmadd_ps(x2[1], w[2][1], a1);
+                    add(ow, [a0, a1]);
+                    (x0, x1) = (x1, x2);
+                }
+            }
+        }
+        // The channels past the last block of sixteen.
+        for ow in 0..r.ow {
+            for t in 0..3 {
+                if let Some(iw) = r.input_of(1, ow, t) {
+                    for ch in c16..r.c {
+                        *yp.add(ow * r.c + ch) += *xrow.add(iw * r.c + ch) * *wk.add(t * r.c + ch);
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn depthwise_backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32], vector: bool) {
