@@ -449,6 +449,28 @@ fn depthwise_forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], vector:
     });
 }
 
+/// With stride and dilation 1, a depthwise layer's input gradient is the forward
+/// convolution of dy with the kernel flipped along both axes and padding `k - 1 - p`:
+/// that convolution's shape and kernel, where the padding allows.
+fn as_forward(s: &ConvShape, w: &[f32]) -> Option<(ConvShape, Vec<f32>)> {
+    let (k, p) = (s.kernel, s.pad);
+    if s.stride != [1; 3] || s.dilation != [1; 3] || (0..3).any(|a| p[a] >= k[a]) {
+        return None;
+    }
+    let t = ConvShape {
+        input: s.output,
+        output: s.input,
+        pad: [k[0] - 1 - p[0], k[1] - 1 - p[1], k[2] - 1 - p[2]],
+        ..*s
+    };
+    let taps = k[1] * k[2];
+    let flipped = w
+        .chunks(taps)
+        .flat_map(|ch| ch.iter().rev().copied())
+        .collect();
+    Some((t, flipped))
+}
+
 /// Output row `g` (`n · oh + oh`) of a depthwise layer with three taps a row, stride and
 /// dilation 1 along it: for each kernel row and sixteen channels, the three taps'
 /// weights stay in registers and the input slides through them a position at a time
@@ -525,6 +547,11 @@ unsafe fn forward_row_slide_avx2(r: &Rows, x: &[f32], taps: &[f32], g: usize, or
 
 fn depthwise_backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32], vector: bool) {
     let r = Rows::of(s);
+    #[cfg(target_arch = "x86_64")]
+    if let Some((t, flipped)) = as_forward(s, w).filter(|_| vector && r.kw == 3 && r.c >= 16) {
+        // Three taps a row: the forward's sliding kernel.
+        return depthwise_forward(&t, dy, &flipped, dx, vector);
+    }
     let taps = taps_by_channel(&r, w);
     assert!(r.kh * r.kw <= MAX_TAPS, "depthwise kernel too large");
     by_rows(dx, r.iw * r.c, s.n * r.ih, |g, irow| {
