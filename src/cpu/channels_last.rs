@@ -922,6 +922,30 @@ mod tests {
             [0, 0],
             [1, 1],
         ));
+        // Rows sliding along the width under a strided, dilated height; a kernel of
+        // six columns (a sliding group of three after the first) and wide padding
+        check(&shape(
+            1,
+            16,
+            16,
+            16,
+            [9, 12],
+            [3, 3],
+            [2, 1],
+            [1, 1],
+            [2, 1],
+        ));
+        check(&shape(
+            1,
+            24,
+            24,
+            24,
+            [5, 9],
+            [2, 6],
+            [1, 1],
+            [1, 4],
+            [1, 1],
+        ));
     }
 
     #[test]
