@@ -766,6 +766,7 @@ mod tests {
             .collect()
     }
 
+    /// A 2-D shape (stride before padding, as the cases below list them).
     #[allow(clippy::too_many_arguments)]
     fn shape(
         n: usize,
@@ -778,26 +779,18 @@ mod tests {
         pad: [usize; 2],
         dil: [usize; 2],
     ) -> ConvShape {
-        let input = [1, hw[0], hw[1]];
-        let kernel = [1, k[0], k[1]];
-        let (stride, pad, dilation) = (
-            [1, stride[0], stride[1]],
-            [0, pad[0], pad[1]],
-            [1, dil[0], dil[1]],
-        );
-        let output = ConvShape::forward_output(input, kernel, pad, stride, dilation).unwrap();
-        ConvShape {
+        let two = |v: [usize; 2], depth| [depth, v[0], v[1]];
+        crate::cpu::tests::shape(
             n,
             c_in,
             c_out,
             groups,
-            input,
-            kernel,
-            output,
-            pad,
-            stride,
-            dilation,
-        }
+            two(hw, 1),
+            two(k, 1),
+            two(pad, 0),
+            two(stride, 1),
+            two(dil, 1),
+        )
     }
 
     fn close(a: &[f32], b: &[f32], what: &str) {
