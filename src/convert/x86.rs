@@ -8,6 +8,7 @@
 use std::arch::x86_64::*;
 
 use super::Blend;
+use crate::cpu::transpose8;
 use crate::layout::DType;
 
 /// Whether the CPU has what these kernels use (asked once).
@@ -78,36 +79,6 @@ unsafe fn blend8(b: Blend, dt: DType, v: __m256, p: *const u8) -> __m256 {
     } else {
         v
     }
-}
-
-/// Transposes the 8×8 block held in `r` (row `i` is `r[i]`).
-#[inline]
-#[target_feature(enable = "avx2,f16c,fma")]
-unsafe fn transpose8(r: &mut [__m256; 8]) {
-    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-    let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-    let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-    let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-    let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-    let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-    let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-    let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-    let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-    r[0] = _mm256_permute2f128_ps::<0x20>(s0, s4);
-    r[1] = _mm256_permute2f128_ps::<0x20>(s1, s5);
-    r[2] = _mm256_permute2f128_ps::<0x20>(s2, s6);
-    r[3] = _mm256_permute2f128_ps::<0x20>(s3, s7);
-    r[4] = _mm256_permute2f128_ps::<0x31>(s0, s4);
-    r[5] = _mm256_permute2f128_ps::<0x31>(s1, s5);
-    r[6] = _mm256_permute2f128_ps::<0x31>(s2, s6);
-    r[7] = _mm256_permute2f128_ps::<0x31>(s3, s7);
 }
 
 /// Converts `n` contiguous elements at `src` to f32 at `dst`.
@@ -194,7 +165,7 @@ pub unsafe fn gather_row(
             for (i, v) in r.iter_mut().enumerate() {
                 *v = load8(dt, src.add(((x0 + i) * sw + c0) * es));
             }
-            transpose8(&mut r);
+            r = transpose8(r);
             for (j, v) in r.iter().enumerate() {
                 _mm256_storeu_ps(dst.add((c0 + j) * plane + x0), *v);
             }
@@ -238,7 +209,7 @@ pub unsafe fn store_row(
             for (j, v) in r.iter_mut().enumerate() {
                 *v = _mm256_loadu_ps(src.add((c0 + j) * plane + x0));
             }
-            transpose8(&mut r);
+            r = transpose8(r);
             for (i, v) in r.iter().enumerate() {
                 let at = dst.add(((x0 + i) * sw + c0) * es);
                 store8(dt, at, blend8(b, dt, *v, at));

@@ -49,6 +49,9 @@ mod simd;
 #[cfg(test)]
 mod tests;
 
+/// The 8×8 `f32` transpose in AVX registers, shared with the layout conversions.
+#[cfg(target_arch = "x86_64")]
+pub(crate) use packed_gemm::transpose8;
 pub use peak::fma_peak_gflops;
 pub use scratch::MAX_SCRATCH_BYTES;
 pub use shape::ConvShape;

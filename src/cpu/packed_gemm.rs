@@ -566,6 +566,8 @@ macro_rules! tiles {
     };
 }
 
+pub(crate) use x86::transpose8;
+
 mod x86 {
     use std::arch::x86_64::*;
 
@@ -677,7 +679,7 @@ mod x86 {
 
     /// Transpose of the 8 × 8 matrix whose rows are `r`.
     #[inline(always)]
-    pub(super) unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    pub(crate) unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
         let t0 = _mm256_unpacklo_ps(r[0], r[1]);
         let t1 = _mm256_unpackhi_ps(r[0], r[1]);
         let t2 = _mm256_unpacklo_ps(r[2], r[3]);
