@@ -10,9 +10,6 @@
 //! child (which inherits the parent's counters and exit handler) leaves the files to
 //! the process that created the runtime.
 
-use std::sync::atomic::Ordering::Relaxed;
-
-use crate::config::Op;
 use crate::config_stats::{by_total_time, summary_line, ConfigEntry};
 use crate::json;
 use crate::stats::STATS;
@@ -80,48 +77,27 @@ pub fn record_text(entries: &[ConfigEntry]) -> String {
 /// The per-operation counters as JSON objects (operations that saw a call, as the text
 /// summary lists them).
 fn ops_json() -> Vec<String> {
-    let mut out = Vec::new();
-    for op in Op::ALL {
-        let s = STATS.op(op);
-        let (cpu, gpu, failed) = (
-            s.cpu_calls.load(Relaxed),
-            s.gpu_calls.load(Relaxed),
-            s.failed_calls.load(Relaxed),
-        );
-        if cpu + gpu + failed == 0 {
-            continue;
-        }
-        let compute_s = s.compute_ns.load(Relaxed) as f64 * 1e-9;
-        let flops = s.flops.load(Relaxed) as f64;
-        out.push(
+    STATS
+        .totals()
+        .into_iter()
+        .map(|(op, t)| {
             json::Object::new()
                 .str("op", op.name())
-                .uint("cpu_calls", cpu)
-                .uint("gpu_calls", gpu)
-                .uint("failed_calls", failed)
-                .float("compute_s", compute_s)
-                .float("copy_s", s.copy_ns.load(Relaxed) as f64 * 1e-9)
-                .float(
-                    "gflops",
-                    if compute_s > 0.0 {
-                        flops / compute_s * 1e-9
-                    } else {
-                        0.0
-                    },
-                )
-                .uint("bytes_to_host", s.bytes_to_host.load(Relaxed))
-                .uint("bytes_to_device", s.bytes_to_device.load(Relaxed))
-                .float("call_s", s.call_ns.load(Relaxed) as f64 * 1e-9)
-                .float("engine_s", s.engine_ns.load(Relaxed) as f64 * 1e-9)
-                .float("conversions_s", s.convert_ns.load(Relaxed) as f64 * 1e-9)
-                .float(
-                    "waiting_for_copies_s",
-                    s.wait_ns.load(Relaxed) as f64 * 1e-9,
-                )
-                .finish(),
-        );
-    }
-    out
+                .uint("cpu_calls", t.cpu_calls)
+                .uint("gpu_calls", t.gpu_calls)
+                .uint("failed_calls", t.failed_calls)
+                .float("compute_s", t.compute_s)
+                .float("copy_s", t.copy_s)
+                .float("gflops", t.gflops())
+                .uint("bytes_to_host", t.bytes_to_host)
+                .uint("bytes_to_device", t.bytes_to_device)
+                .float("call_s", t.call_s)
+                .float("engine_s", t.engine_s)
+                .float("conversions_s", t.conversions_s)
+                .float("waiting_for_copies_s", t.waiting_for_copies_s)
+                .finish()
+        })
+        .collect()
 }
 
 /// The whole summary as one JSON object. `configurations` is ordered by time, longest

@@ -143,47 +143,89 @@ impl Stats {
         self.op(op).failed_calls.fetch_add(1, Relaxed);
     }
 
+    /// What each operation that saw any call has done so far, in `Op::ALL` order.
+    pub fn totals(&self) -> Vec<(Op, OpTotals)> {
+        let secs = |a: &AtomicU64| a.load(Relaxed) as f64 * 1e-9;
+        Op::ALL
+            .into_iter()
+            .filter_map(|op| {
+                let s = self.op(op);
+                let t = OpTotals {
+                    cpu_calls: s.cpu_calls.load(Relaxed),
+                    gpu_calls: s.gpu_calls.load(Relaxed),
+                    failed_calls: s.failed_calls.load(Relaxed),
+                    compute_s: secs(&s.compute_ns),
+                    copy_s: secs(&s.copy_ns),
+                    flops: s.flops.load(Relaxed) as f64,
+                    bytes_to_host: s.bytes_to_host.load(Relaxed),
+                    bytes_to_device: s.bytes_to_device.load(Relaxed),
+                    call_s: secs(&s.call_ns),
+                    engine_s: secs(&s.engine_ns),
+                    conversions_s: secs(&s.convert_ns),
+                    waiting_for_copies_s: secs(&s.wait_ns),
+                };
+                (t.cpu_calls + t.gpu_calls + t.failed_calls > 0).then_some((op, t))
+            })
+            .collect()
+    }
+
     /// One line per operation that saw any call; empty when none did.
     pub fn summary_lines(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for op in Op::ALL {
-            let s = self.op(op);
-            let (cpu, gpu, failed) = (
-                s.cpu_calls.load(Relaxed),
-                s.gpu_calls.load(Relaxed),
-                s.failed_calls.load(Relaxed),
-            );
-            if cpu + gpu + failed == 0 {
-                continue;
-            }
-            let compute_s = s.compute_ns.load(Relaxed) as f64 * 1e-9;
-            let copy_s = s.copy_ns.load(Relaxed) as f64 * 1e-9;
-            let gflops = if compute_s > 0.0 {
-                s.flops.load(Relaxed) as f64 / compute_s * 1e-9
-            } else {
-                0.0
-            };
-            let mut line = format!(
-                "{:<17} cpu_calls={cpu} gpu_calls={gpu} failed={failed} compute={compute_s:.3}s ({gflops:.1} GFLOP/s) \
-                 copies={copy_s:.3}s to_host={} to_device={}",
-                op.name(),
-                human_bytes(s.bytes_to_host.load(Relaxed)),
-                human_bytes(s.bytes_to_device.load(Relaxed)),
-            );
-            let secs = |a: &AtomicU64| a.load(Relaxed) as f64 * 1e-9;
-            if s.call_ns.load(Relaxed) > 0 {
-                // Convolutions: where the calls' time went.
-                line += &format!(
-                    " | call_time={:.3}s engine={:.3}s conversions={:.3}s waiting_for_copies={:.3}s",
-                    secs(&s.call_ns),
-                    secs(&s.engine_ns),
-                    secs(&s.convert_ns),
-                    secs(&s.wait_ns)
+        self.totals()
+            .into_iter()
+            .map(|(op, t)| {
+                let mut line = format!(
+                    "{:<17} cpu_calls={} gpu_calls={} failed={} compute={:.3}s ({:.1} GFLOP/s) \
+                     copies={:.3}s to_host={} to_device={}",
+                    op.name(),
+                    t.cpu_calls,
+                    t.gpu_calls,
+                    t.failed_calls,
+                    t.compute_s,
+                    t.gflops(),
+                    t.copy_s,
+                    human_bytes(t.bytes_to_host),
+                    human_bytes(t.bytes_to_device),
                 );
-            }
-            out.push(line);
+                if t.call_s > 0.0 {
+                    // Convolutions: where the calls' time went.
+                    line += &format!(
+                        " | call_time={:.3}s engine={:.3}s conversions={:.3}s waiting_for_copies={:.3}s",
+                        t.call_s, t.engine_s, t.conversions_s, t.waiting_for_copies_s
+                    );
+                }
+                line
+            })
+            .collect()
+    }
+}
+
+/// One operation's counters read at one moment, in seconds where they are times: what
+/// the text summary and its JSON twin both print.
+#[derive(Clone, Copy, Debug)]
+pub struct OpTotals {
+    pub cpu_calls: u64,
+    pub gpu_calls: u64,
+    pub failed_calls: u64,
+    pub compute_s: f64,
+    pub copy_s: f64,
+    pub flops: f64,
+    pub bytes_to_host: u64,
+    pub bytes_to_device: u64,
+    pub call_s: f64,
+    pub engine_s: f64,
+    pub conversions_s: f64,
+    pub waiting_for_copies_s: f64,
+}
+
+impl OpTotals {
+    /// GFLOP/s of the CPU compute (0 without any).
+    pub fn gflops(&self) -> f64 {
+        if self.compute_s > 0.0 {
+            self.flops / self.compute_s * 1e-9
+        } else {
+            0.0
         }
-        out
     }
 }
 
