@@ -24,6 +24,8 @@
 mod packed;
 mod portable;
 
+use super::im2col::{gather_rows, Chunk};
+use super::matmul::Mat;
 use super::scratch::Tuning;
 use super::simd::Isa;
 use super::ConvShape;
@@ -151,6 +153,34 @@ const DATA_AS_FORWARD_MIN_CHANNELS: usize = 64;
 /// pass spreads large images over many threads better than the lowered
 /// input gradient does, which is ahead on small images.
 const DATA_AS_FORWARD_MIN_POSITIONS: usize = 2048;
+
+/// Rows `g·m .. g·m + m` of `dy` over the positions of `ch`, as an `m × cols`
+/// matrix: read in place when the chunk lies in one image, else gathered into
+/// `tmp` (`m · cols` long).
+pub(super) fn dy_rows(
+    s: &ConvShape,
+    d: &Dims,
+    dy: &[f32],
+    g: usize,
+    ch: Chunk,
+    tmp: &mut [f32],
+) -> Mat {
+    if ch.nimg == 1 {
+        let at = (ch.n0 * s.c_out + g * d.m) * d.p + ch.p0;
+        Mat {
+            ptr: dy[at..].as_ptr(),
+            rs: d.p,
+            cs: 1,
+        }
+    } else {
+        gather_rows(dy, s.c_out, g * d.m, d.m, ch, tmp);
+        Mat {
+            ptr: tmp.as_ptr(),
+            rs: ch.cols(),
+            cs: 1,
+        }
+    }
+}
 
 /// The forward convolution whose output is the input gradient of `s`, where
 /// the tuning allows it: stride 1, at least

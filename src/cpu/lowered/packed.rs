@@ -10,8 +10,8 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::{balanced_cols, even_ranges, partial_workers, sum_over_workers, Dims};
-use crate::cpu::im2col::{col2im, gather_rows, scatter_rows, Chunk};
+use super::{balanced_cols, dy_rows, even_ranges, partial_workers, sum_over_workers, Dims};
+use crate::cpu::im2col::{col2im, scatter_rows, Chunk};
 use crate::cpu::matmul::{Mat, MatMut};
 use crate::cpu::pack::{
     DirectIm2colB, DirectIm2colTB, Im2colB, Im2colTB, ImagesB, ImagesTB, PaddedChunk, PaddedGrad,
@@ -607,21 +607,7 @@ fn weights_chunk<S: Packed>(
     t.scratch(Slot::Task, tmp_len + bblock + pad_len, |buf| {
         let (tmp, rest) = buf.split_at_mut(tmp_len);
         let (bbuf, pbuf) = rest.split_at_mut(bblock);
-        let a = if ch.nimg == 1 {
-            let at = (ch.n0 * s.c_out + g * d.m) * d.p + ch.p0;
-            Mat {
-                ptr: dy[at..].as_ptr(),
-                rs: d.p,
-                cs: 1,
-            }
-        } else {
-            gather_rows(dy, s.c_out, g * d.m, d.m, ch, tmp);
-            Mat {
-                ptr: tmp.as_ptr(),
-                rs: cols,
-                cs: 1,
-            }
-        };
+        let a = dy_rows(s, d, dy, g, ch, tmp);
         // SAFETY: the kernel is available; `c` is owned by this task/worker.
         unsafe {
             if d.pointwise {

@@ -7,8 +7,8 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::{balanced_cols, partial_workers, sum_over_workers, Dims};
-use crate::cpu::im2col::{col2im, gather_rows, im2col, scatter_rows, Chunk};
+use super::{balanced_cols, dy_rows, partial_workers, sum_over_workers, Dims};
+use crate::cpu::im2col::{col2im, im2col, scatter_rows, Chunk};
 use crate::cpu::matmul::{matmul, Mat, MatMut};
 use crate::cpu::par::{split_range, SendPtr};
 use crate::cpu::scratch::{Slot, Tuning};
@@ -168,22 +168,7 @@ fn backward_data_task(
         for ch in chunks {
             let cols = ch.cols();
             let (colbuf, rest) = buf.split_at_mut(kr * cols);
-            let b = if ch.nimg == 1 {
-                let at = (ch.n0 * s.c_out + g * d.m) * d.p + ch.p0;
-                Mat {
-                    ptr: dy[at..].as_ptr(),
-                    rs: d.p,
-                    cs: 1,
-                }
-            } else {
-                let tmp = &mut rest[..d.m * cols];
-                gather_rows(dy, s.c_out, g * d.m, d.m, ch, tmp);
-                Mat {
-                    ptr: tmp.as_ptr(),
-                    rs: cols,
-                    cs: 1,
-                }
-            };
+            let b = dy_rows(s, d, dy, g, ch, &mut rest[..d.m * cols]);
             // Wᵀ restricted to the task's channels: element (r, o) = W[g][o][ci0·ks + r].
             let a = Mat {
                 ptr: w[g * d.m * d.k + ci.start * d.ks..].as_ptr(),
@@ -285,21 +270,7 @@ fn weights_chunk(
                 cs: cols,
             }
         };
-        let a = if ch.nimg == 1 {
-            let at = (ch.n0 * s.c_out + g * d.m) * d.p + ch.p0;
-            Mat {
-                ptr: dy[at..].as_ptr(),
-                rs: d.p,
-                cs: 1,
-            }
-        } else {
-            gather_rows(dy, s.c_out, g * d.m, d.m, ch, tmp);
-            Mat {
-                ptr: tmp.as_ptr(),
-                rs: cols,
-                cs: 1,
-            }
-        };
+        let a = dy_rows(s, d, dy, g, ch, tmp);
         let dst = MatMut {
             ptr: acc[g * d.m * d.k..].as_mut_ptr(),
             rs: d.k,
