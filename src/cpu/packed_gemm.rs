@@ -126,7 +126,7 @@ pub(crate) unsafe fn gemm<S: Packed>(
         m,
         n,
         k,
-        a,
+        a: ASource::Mat(a),
         b,
         c,
         accumulate,
@@ -134,12 +134,170 @@ pub(crate) unsafe fn gemm<S: Packed>(
     })
 }
 
+/// An `A` operand packed whole beforehand by [`pack_a_whole`], in the
+/// order the GEMM reads it: depth blocks of `kc` (the GEMM's own `KC_L1`
+/// blocking), each holding every `MR`-row panel of the block
+/// (`A[ip·MR + i][k0 + p]` at `block + (ip·kcb + p)·MR + i`, `kcb` the
+/// block's depth), zero past the last row. An `MC`-row block of `A` is then
+/// one contiguous run, as the per-block packing leaves it. Products that
+/// meet the same `A` in many column chunks (a convolution's weights) pack
+/// it once per call instead of once per chunk.
+#[derive(Clone, Copy)]
+pub(crate) struct PackedA {
+    ptr: *const f32,
+    k: usize,
+    kc: usize,
+    /// Panels of the whole matrix.
+    panels: usize,
+}
+
+// SAFETY: points into a buffer that outlives the products and that they
+// only read.
+unsafe impl Send for PackedA {}
+unsafe impl Sync for PackedA {}
+
+impl PackedA {
+    /// Depth at which the block holding depth `k0` ends.
+    fn block_end(&self, k0: usize) -> usize {
+        self.k.min((k0 / self.kc + 1) * self.kc)
+    }
+
+    /// Panel `ip` of this product from depth `k0` on (to the block's end).
+    unsafe fn panel(&self, ip: usize, k0: usize, mr: usize) -> *const f32 {
+        let b0 = k0 / self.kc * self.kc;
+        let kcb = self.kc.min(self.k - b0);
+        self.ptr
+            .add(b0 * self.panels * mr + (ip * kcb + k0 - b0) * mr)
+    }
+}
+
+/// Depth of the blocks [`pack_a_whole`] writes for depth `k`: as even as
+/// the GEMM's own blocking.
+fn whole_kc<S: Packed>(k: usize) -> usize {
+    k.div_ceil(k.div_ceil(S::KC_L1)).max(1)
+}
+
+/// Floats [`pack_a_whole`] writes for an `m × k` matrix.
+pub(crate) fn packed_a_len<S: Packed>(m: usize, k: usize) -> usize {
+    m.div_ceil(S::MR) * S::MR * k
+}
+
+/// Packs `a` (`m × k`, unit row or column stride) whole into `dst` (at
+/// least [`packed_a_len`] floats) in the layout of [`PackedA`], split over
+/// the current rayon pool by depth block and group of panels.
+///
+/// # Safety
+/// The CPU must support `S`; `a` must address valid memory for `m × k`;
+/// `dst` must outlive every use of the result.
+pub(crate) unsafe fn pack_a_whole<S: Packed>(
+    a: Mat,
+    m: usize,
+    k: usize,
+    dst: &mut [f32],
+) -> PackedA {
+    use rayon::prelude::*;
+    /// Panels per task: a few hundred KiB of packed `A` each.
+    const PANELS: usize = 16;
+    assert!((a.cs == 1 || a.rs == 1) && dst.len() >= packed_a_len::<S>(m, k));
+    let (mr, panels, kc) = (S::MR, m.div_ceil(S::MR), whole_kc::<S>(k));
+    let (src, rs, cs) = (crate::cpu::par::SendPtr(a.ptr as *mut f32), a.rs, a.cs);
+    let out = crate::cpu::par::SendPtr(dst.as_mut_ptr());
+    let groups = panels.div_ceil(PANELS);
+    (0..k.div_ceil(kc) * groups).into_par_iter().for_each(|t| {
+        let (b, grp) = (t / groups, t % groups);
+        let (k0, i0) = (b * kc, grp * PANELS * mr);
+        let kcb = kc.min(k - k0);
+        // SAFETY: as this function's; each task writes its own panels of
+        // its own block.
+        unsafe {
+            let a = Mat {
+                ptr: src.at(0),
+                rs,
+                cs,
+            };
+            let mc = (m - i0).min(PANELS * mr);
+            let len = mc.div_ceil(mr) * kcb * mr;
+            let out = out.slice(k0 * panels * mr + i0 * kcb, len);
+            S::enter(PackA {
+                a,
+                i0,
+                mc,
+                k0,
+                kc: kcb,
+                out,
+            })
+        }
+    });
+    PackedA {
+        ptr: dst.as_ptr(),
+        k,
+        kc,
+        panels,
+    }
+}
+
+/// The arguments of one task of [`pack_a_whole`].
+struct PackA<'a> {
+    a: Mat,
+    i0: usize,
+    mc: usize,
+    k0: usize,
+    kc: usize,
+    out: &'a mut [f32],
+}
+
+impl WithPacked for PackA<'_> {
+    type Output = ();
+    #[inline(always)]
+    unsafe fn run<S: Packed>(self) {
+        pack_a::<S>(self.a, self.i0, self.mc, self.k0, self.kc, self.out)
+    }
+}
+
+/// [`gemm`] with `A` packed beforehand ([`PackedA`]) from an `m × k`
+/// matrix.
+///
+/// # Safety
+/// As [`gemm`]; `a` must hold at least `ceil(m / MR)` panels of depth `k`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_packed_a<S: Packed>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: PackedA,
+    b: &impl PackB,
+    c: MatMut,
+    accumulate: bool,
+    buf: &mut [f32],
+) {
+    assert!(c.cs == 1 && a.k == k && buf.len() >= S::MIN_BUF_LEN);
+    S::enter(Gemm {
+        m,
+        n,
+        k,
+        a: ASource::Packed(a),
+        b,
+        c,
+        accumulate,
+        buf,
+    })
+}
+
+/// Where [`gemm_in`] finds `A`.
+#[derive(Clone, Copy)]
+enum ASource {
+    /// In place, packed per block where `C` is wide enough.
+    Mat(Mat),
+    /// Packed whole beforehand.
+    Packed(PackedA),
+}
+
 /// The arguments of [`gemm`], run by [`gemm_in`].
 struct Gemm<'a, B> {
     m: usize,
     n: usize,
     k: usize,
-    a: Mat,
+    a: ASource,
     b: &'a B,
     c: MatMut,
     accumulate: bool,
@@ -310,7 +468,7 @@ unsafe fn gemm_in<S: Packed>(
     m: usize,
     n: usize,
     k: usize,
-    a: Mat,
+    a: ASource,
     b: &impl PackB,
     c: MatMut,
     accumulate: bool,
@@ -332,7 +490,18 @@ unsafe fn gemm_in<S: Packed>(
     let buf = &mut buf[skip..];
     let (kc0, nc_max, mc_max) = blocks::<S>(m, n, k, buf.len());
     let (bbuf, abuf) = buf.split_at_mut(nc_max * kc0);
-    let pack = n >= S::PACK_A_MIN_COLS;
+    let (a, pre) = match a {
+        ASource::Mat(a) => (a, None),
+        ASource::Packed(p) => (
+            Mat {
+                ptr: p.ptr,
+                rs: 0,
+                cs: 0,
+            },
+            Some(p),
+        ),
+    };
+    let pack = pre.is_some() || n >= S::PACK_A_MIN_COLS;
     let row_major = a.cs == 1;
     let mut edge = [0.0f32; KC * MAX_MR];
     // Columns outermost so a block of C stays in cache across depth blocks.
@@ -342,14 +511,15 @@ unsafe fn gemm_in<S: Packed>(
         let npan = nc.div_ceil(nr);
         let mut k0 = 0;
         while k0 < k {
-            let kc = kc0.min(k - k0);
+            // Depth blocks of a packed-beforehand A bound the GEMM's.
+            let kc = kc0.min(pre.map_or(k, |p| p.block_end(k0)) - k0);
             b.pack::<S>(k0, kc, j0, nc, &mut bbuf[..npan * kc * nr]);
             let load = accumulate || k0 > 0;
             let mut i0 = 0;
             while i0 < m {
                 let mc = mc_max.min(m - i0);
                 let mpan = mc.div_ceil(mr);
-                if pack {
+                if pack && pre.is_none() {
                     pack_a::<S>(a, i0, mc, k0, kc, abuf);
                 }
                 // Packed A: each B panel stays in L1 while the kernel walks
@@ -367,9 +537,12 @@ unsafe fn gemm_in<S: Packed>(
                     let cols = nr.min(n - col);
                     let row = i0 + ip * mr;
                     let rows = mr.min(m - row);
-                    // A panel: packed (column-major, MR apart), in place,
+                    // A panel: packed whole beforehand or per block
+                    // (column-major, MR apart), in place,
                     // or a partial one copied into `edge`.
-                    let (ap, lda, rm) = if pack {
+                    let (ap, lda, rm) = if let Some(p) = pre {
+                        (p.panel(i0 / mr + ip, k0, mr), mr, false)
+                    } else if pack {
                         (abuf.as_ptr().add(ip * kc * mr), mr, false)
                     } else if rows == mr {
                         let at = a.ptr.add(row * a.rs + k0 * a.cs);
@@ -412,17 +585,19 @@ unsafe fn pack_a<S: Packed>(a: Mat, i0: usize, mc: usize, k0: usize, kc: usize, 
     assert!(dst.len() >= mpan * kc * mr);
     let full = if a.rs == 1 { mc / mr } else { 0 };
     if full > 0 {
-        // Column-major: at each depth the rows of adjacent panels are
-        // adjacent, so read a few panels' worth in one sweep (few enough
-        // that the panels, `kc · MR` floats apart, share no cache set).
-        const GROUP: usize = 4;
-        for g0 in (0..full).step_by(GROUP) {
-            let g1 = full.min(g0 + GROUP);
-            for p in 0..kc {
-                let src = a.ptr.add(i0 + (k0 + p) * a.cs);
-                let out = dst.as_mut_ptr().add(p * mr);
-                for ip in g0..g1 {
-                    std::ptr::copy_nonoverlapping(src.add(ip * mr), out.add(ip * kc * mr), mr);
+        // Column-major: at each depth the rows of all panels are one
+        // contiguous run. Take a few depths at a time across every panel:
+        // the source is read row after row (a few streams, whole cache
+        // lines), and each panel receives `DEPTHS · MR` contiguous floats
+        // per visit.
+        const DEPTHS: usize = 8;
+        for p0 in (0..kc).step_by(DEPTHS) {
+            let p1 = kc.min(p0 + DEPTHS);
+            for ip in 0..full {
+                let src = a.ptr.add(i0 + ip * mr + k0 * a.cs);
+                let out = dst.as_mut_ptr().add(ip * kc * mr);
+                for p in p0..p1 {
+                    std::ptr::copy_nonoverlapping(src.add(p * a.cs), out.add(p * mr), mr);
                 }
             }
         }
@@ -794,7 +969,8 @@ mod tests {
             .collect()
     }
 
-    /// Every blocking regime (packed and in-place `A`, partial panels,
+    /// Every blocking regime (packed per block, packed whole beforehand and
+    /// in-place `A`, partial panels,
     /// several depth blocks, tiny buffers) against a plain triple loop.
     fn matches_a_naive_product<S: Packed>() -> usize {
         let mut checked = 0;
@@ -808,8 +984,11 @@ mod tests {
             (33, 500, 257),
             (64, 200, 5),
             (6, 97, 260),
+            (100, 40, 70),
         ] {
-            for row_major in [true, false] {
+            for (row_major, prepacked) in
+                [(true, false), (false, false), (true, true), (false, true)]
+            {
                 for accumulate in [false, true] {
                     for buf_len in [S::MIN_BUF_LEN, 4000, S::B_BLOCK_LEN] {
                         let a = values(m * k, 1);
@@ -844,8 +1023,15 @@ mod tests {
                         };
                         // SAFETY: the caller checked the CPU; the matrices
                         // match the sizes.
+                        let bd = Dense { b: &b, n };
+                        let mut pa = vec![f32::NAN; packed_a_len::<S>(m, k)];
                         unsafe {
-                            gemm::<S>(m, n, k, am, &Dense { b: &b, n }, cm, accumulate, &mut buf)
+                            if prepacked {
+                                let pre = pack_a_whole::<S>(am, m, k, &mut pa);
+                                gemm_packed_a::<S>(m, n, k, pre, &bd, cm, accumulate, &mut buf)
+                            } else {
+                                gemm::<S>(m, n, k, am, &bd, cm, accumulate, &mut buf)
+                            }
                         };
                         for i in 0..m {
                             for j in 0..n {
@@ -860,7 +1046,7 @@ mod tests {
                                 let got = c[i * n + j] as f64;
                                 assert!(
                                     (got - want).abs() <= 1e-4 * (1.0 + want.abs()) * (k as f64).sqrt(),
-                                    "m={m} n={n} k={k} row_major={row_major} acc={accumulate} buf={buf_len}: C[{i}][{j}] = {got}, want {want}"
+                                    "m={m} n={n} k={k} row_major={row_major} prepacked={prepacked} acc={accumulate} buf={buf_len}: C[{i}][{j}] = {got}, want {want}"
                                 );
                             }
                         }
@@ -876,10 +1062,10 @@ mod tests {
     fn every_instruction_set_matches_a_naive_product() {
         use crate::cpu::simd::{Avx2, Avx512};
         if Isa::Avx512.supported() == Isa::Avx512 {
-            assert_eq!(matches_a_naive_product::<Avx512>(), 9 * 12);
+            assert_eq!(matches_a_naive_product::<Avx512>(), 10 * 24);
         }
         if Isa::Avx2.supported() == Isa::Avx2 {
-            assert_eq!(matches_a_naive_product::<Avx2>(), 9 * 12);
+            assert_eq!(matches_a_naive_product::<Avx2>(), 10 * 24);
         } else {
             eprintln!("skipped: no AVX2 on this CPU");
         }

@@ -32,6 +32,9 @@ pub(crate) struct Tuning {
     /// At AVX2, run 1×1 kernels on the `gemm` crate's back end, measured
     /// 5-17 % ahead of the packed AVX2 GEMM on them (a shallow product).
     pub gemm_crate_1x1: bool,
+    /// Pack the input gradient's `Wᵀ` whole once per call for the packed
+    /// GEMM where its column chunks would each pack it again.
+    pub pack_weights_once: bool,
     /// Records the largest scratch request made under this tuning.
     #[cfg(test)]
     pub probe: Option<&'static std::sync::atomic::AtomicUsize>,
@@ -46,6 +49,7 @@ impl Default for Tuning {
             isa: super::simd::isa(),
             data_as_forward: true,
             gemm_crate_1x1: true,
+            pack_weights_once: true,
             #[cfg(test)]
             probe: None,
         }
@@ -79,6 +83,9 @@ pub(crate) enum Slot {
     /// transformed kernel): one cached buffer for the whole process, since
     /// successive calls land on different pool threads.
     Partials,
+    /// The weights packed whole for a call's products, held by the calling
+    /// thread beside `Partials` (one cached buffer for the process).
+    Weights,
 }
 
 thread_local! {
@@ -86,11 +93,12 @@ thread_local! {
 }
 
 static PARTIALS: Mutex<Vec<f32>> = Mutex::new(Vec::new());
+static WEIGHTS: Mutex<Vec<f32>> = Mutex::new(Vec::new());
 
-/// The cached per-call buffer (a panic while it was held leaves it usable:
+/// A cached per-call buffer (a panic while it was held leaves it usable:
 /// its contents are never read before being written).
-fn partials() -> MutexGuard<'static, Vec<f32>> {
-    PARTIALS.lock().unwrap_or_else(|e| e.into_inner())
+fn cached(slot: &'static Mutex<Vec<f32>>) -> MutexGuard<'static, Vec<f32>> {
+    slot.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs `f` on a cached buffer of `len` floats with unspecified contents
@@ -98,19 +106,24 @@ fn partials() -> MutexGuard<'static, Vec<f32>> {
 /// nested or concurrent borrow of the same slot gets a fresh buffer instead
 /// of aliasing.
 fn with_scratch<R>(slot: Slot, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    let mut buf = match slot {
-        Slot::Task => TASK.with(Cell::take),
-        Slot::Partials => std::mem::take(&mut *partials()),
+    let shared = match slot {
+        Slot::Task => None,
+        Slot::Partials => Some(&PARTIALS),
+        Slot::Weights => Some(&WEIGHTS),
+    };
+    let mut buf = match shared {
+        None => TASK.with(Cell::take),
+        Some(m) => std::mem::take(&mut *cached(m)),
     };
     if buf.len() < len {
         buf.resize(len, 0.0);
     }
     let r = f(&mut buf[..len]);
-    match slot {
-        Slot::Task => TASK.with(|c| c.set(buf)),
-        Slot::Partials => {
+    match shared {
+        None => TASK.with(|c| c.set(buf)),
+        Some(m) => {
             // Keep one buffer, the larger, if another call returned first.
-            let mut cached = partials();
+            let mut cached = cached(m);
             if cached.len() < buf.len() {
                 *cached = buf;
             }
@@ -119,10 +132,11 @@ fn with_scratch<R>(slot: Slot, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R
     r
 }
 
-/// Frees this thread's cached task buffer and the per-call buffer.
+/// Frees this thread's cached task buffer and the per-call buffers.
 pub(crate) fn release_thread() {
     TASK.with(Cell::take);
-    std::mem::take(&mut *partials());
+    std::mem::take(&mut *cached(&PARTIALS));
+    std::mem::take(&mut *cached(&WEIGHTS));
 }
 
 #[cfg(test)]

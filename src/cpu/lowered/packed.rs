@@ -17,7 +17,9 @@ use crate::cpu::pack::{
     DirectIm2colB, DirectIm2colTB, Im2colB, Im2colTB, ImagesB, ImagesTB, PaddedChunk, PaddedGrad,
     Shifted,
 };
-use crate::cpu::packed_gemm::{gemm, gemm_shifted, PackB, Packed};
+use crate::cpu::packed_gemm::{
+    gemm, gemm_packed_a, gemm_shifted, pack_a_whole, packed_a_len, PackB, Packed, PackedA,
+};
 use crate::cpu::par::{split_range, SendPtr};
 use crate::cpu::scratch::{Slot, Tuning};
 use crate::cpu::ConvShape;
@@ -49,6 +51,48 @@ const WEIGHTS_RANGE_COLS: usize = 480;
 /// Size of the packed-B buffer within a per-worker budget of `budget` floats.
 fn b_block<S: Packed>(budget: usize) -> usize {
     S::B_BLOCK_LEN.min(budget / 2).max(S::MIN_BUF_LEN)
+}
+
+/// Most share of the scratch cap `Wᵀ` packed whole may take (1/4).
+const PACKED_WEIGHTS_SHARE: usize = 4;
+/// Fewest products over the same weights for which the input gradient
+/// packs its `Wᵀ` whole beforehand: column-major, it costs far more to pack
+/// per block than the forward pass's row-major weights (a strided sweep
+/// across the weights' rows), up to a sixth of the time of ResNet's
+/// 512-channel and DCGAN's backward-data passes at AVX2, which gain 3 % and
+/// 10-16 % with it packed once per call.
+const DATA_MIN_USES: usize = 2;
+
+/// Floats of `Wᵀ` packed whole once per call ([`pack_a_whole`]) for an
+/// input gradient whose products meet each of `parts` `rows × depth`
+/// blocks of it `uses` times, or 0 where each product packs it itself
+/// (fewer than [`DATA_MIN_USES`] products, or the packed weights would take
+/// more than their share of the scratch cap).
+fn packed_weights_len<S: Packed>(
+    t: &Tuning,
+    parts: usize,
+    rows: usize,
+    depth: usize,
+    uses: usize,
+) -> usize {
+    let len = parts * packed_a_len::<S>(rows, depth);
+    if t.pack_weights_once
+        && uses >= DATA_MIN_USES
+        && len <= t.scratch_bytes / 4 / PACKED_WEIGHTS_SHARE
+    {
+        len
+    } else {
+        0
+    }
+}
+
+/// The `A` operand of a product (the weights; `dy` for the weight
+/// gradient): read in place (packed per block by the GEMM) or packed whole
+/// beforehand.
+#[derive(Clone, Copy)]
+enum AOperand {
+    InPlace(Mat),
+    Packed(PackedA),
 }
 
 /// Chunk width for whole-image chunks limited by a staging matrix of `rows`
@@ -271,76 +315,99 @@ pub(super) fn forward<S: Packed>(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f
         .collect();
     let yp = SendPtr(y.as_mut_ptr());
     tasks.into_par_iter().for_each(|(g, ch, mr)| {
-        let cols = ch.cols();
-        let mrows = mr.len();
-        let tmp_len = if ch.nimg == 1 { 0 } else { mrows * cols };
-        // Padded input planes when they fit, else gather from x directly.
-        let pad_len = if d.pointwise || unpadded_taps(s) {
-            0
-        } else {
-            PaddedChunk::len(s, ch, d.cin_g)
-        };
-        let pad_len = if tmp_len + bblock + pad_len <= budget {
-            pad_len
-        } else {
-            0
-        };
-        t.scratch(Slot::Task, tmp_len + bblock + pad_len, |buf| {
-            let (tmp, rest) = buf.split_at_mut(tmp_len);
-            let (bbuf, pbuf) = rest.split_at_mut(bblock);
-            let a = Mat {
-                ptr: w[(g * d.m + mr.start) * d.k..].as_ptr(),
-                rs: d.k,
-                cs: 1,
-            };
-            let c = if ch.nimg == 1 {
-                let at = (ch.n0 * s.c_out + g * d.m + mr.start) * d.p + ch.p0;
-                // SAFETY: in bounds of y.
-                MatMut {
-                    ptr: unsafe { yp.at(at) },
-                    rs: d.p,
-                    cs: 1,
-                }
-            } else {
-                MatMut {
-                    ptr: tmp.as_mut_ptr(),
-                    rs: cols,
-                    cs: 1,
-                }
-            };
-            // SAFETY: the kernel is available (checked by the caller); this
-            // task alone writes the chunk's positions of group `g`.
-            unsafe {
-                if d.pointwise {
-                    let b = ImagesB {
-                        src: x,
-                        channels: s.c_in,
-                        c0: g * d.cin_g,
-                        plane: d.p,
-                        ch,
-                    };
-                    run::<S>(mrows, cols, d.k, a, &b, c, false, bbuf);
-                } else if pad_len > 0 {
-                    let padded = PaddedChunk::build(t.isa, pbuf, s, x, g, ch, 0, d.cin_g);
-                    run::<S>(
-                        mrows,
-                        cols,
-                        d.k,
-                        a,
-                        &Im2colB { padded: &padded },
-                        c,
-                        false,
-                        bbuf,
-                    );
-                } else {
-                    let b = DirectIm2colB { s, x, g, ch };
-                    run::<S>(mrows, cols, d.k, a, &b, c, false, bbuf);
-                }
-                if ch.nimg > 1 {
-                    scatter_rows(tmp, s.c_out, g * d.m + mr.start, mrows, ch, yp);
-                }
-            }
+        // The weights are read in place and packed per block: row-major,
+        // they pack cheaply (register transposes), and packed per block
+        // they reach the kernel from L2. Packed whole beforehand they
+        // measured no faster (ResNet's 512-channel forward: −3 % at
+        // AVX-512, +1 % at AVX2; DCGAN's: +4 % / 0 %).
+        let a = AOperand::InPlace(Mat {
+            ptr: w[(g * d.m + mr.start) * d.k..].as_ptr(),
+            rs: d.k,
+            cs: 1,
         });
+        forward_task::<S>(s, t, &d, x, a, yp, g, ch, mr, bblock, budget);
+    });
+}
+
+/// Computes the outputs of group `g`, rows `mr` of W, at chunk `ch`.
+#[allow(clippy::too_many_arguments)]
+fn forward_task<S: Packed>(
+    s: &ConvShape,
+    t: &Tuning,
+    d: &Dims,
+    x: &[f32],
+    a: AOperand,
+    yp: SendPtr,
+    g: usize,
+    ch: Chunk,
+    mr: Range<usize>,
+    bblock: usize,
+    budget: usize,
+) {
+    let cols = ch.cols();
+    let mrows = mr.len();
+    let tmp_len = if ch.nimg == 1 { 0 } else { mrows * cols };
+    // Padded input planes when they fit, else gather from x directly.
+    let pad_len = if d.pointwise || unpadded_taps(s) {
+        0
+    } else {
+        PaddedChunk::len(s, ch, d.cin_g)
+    };
+    let pad_len = if tmp_len + bblock + pad_len <= budget {
+        pad_len
+    } else {
+        0
+    };
+    t.scratch(Slot::Task, tmp_len + bblock + pad_len, |buf| {
+        let (tmp, rest) = buf.split_at_mut(tmp_len);
+        let (bbuf, pbuf) = rest.split_at_mut(bblock);
+        let c = if ch.nimg == 1 {
+            let at = (ch.n0 * s.c_out + g * d.m + mr.start) * d.p + ch.p0;
+            // SAFETY: in bounds of y.
+            MatMut {
+                ptr: unsafe { yp.at(at) },
+                rs: d.p,
+                cs: 1,
+            }
+        } else {
+            MatMut {
+                ptr: tmp.as_mut_ptr(),
+                rs: cols,
+                cs: 1,
+            }
+        };
+        // SAFETY: the kernel is available (checked by the caller); this
+        // task alone writes the chunk's positions of group `g`.
+        unsafe {
+            if d.pointwise {
+                let b = ImagesB {
+                    src: x,
+                    channels: s.c_in,
+                    c0: g * d.cin_g,
+                    plane: d.p,
+                    ch,
+                };
+                run::<S>(mrows, cols, d.k, a, &b, c, false, bbuf);
+            } else if pad_len > 0 {
+                let padded = PaddedChunk::build(t.isa, pbuf, s, x, g, ch, 0, d.cin_g);
+                run::<S>(
+                    mrows,
+                    cols,
+                    d.k,
+                    a,
+                    &Im2colB { padded: &padded },
+                    c,
+                    false,
+                    bbuf,
+                );
+            } else {
+                let b = DirectIm2colB { s, x, g, ch };
+                run::<S>(mrows, cols, d.k, a, &b, c, false, bbuf);
+            }
+            if ch.nimg > 1 {
+                scatter_rows(tmp, s.c_out, g * d.m + mr.start, mrows, ch, yp);
+            }
+        }
     });
 }
 
@@ -354,13 +421,16 @@ unsafe fn run<S: Packed>(
     m: usize,
     n: usize,
     k: usize,
-    a: Mat,
+    a: AOperand,
     b: &impl PackB,
     c: MatMut,
     acc: bool,
     bbuf: &mut [f32],
 ) {
-    gemm::<S>(m, n, k, a, b, c, acc, bbuf);
+    match a {
+        AOperand::InPlace(a) => gemm::<S>(m, n, k, a, b, c, acc, bbuf),
+        AOperand::Packed(a) => gemm_packed_a::<S>(m, n, k, a, b, c, acc, bbuf),
+    }
 }
 
 pub(super) fn backward_data<S: Packed>(
@@ -372,33 +442,74 @@ pub(super) fn backward_data<S: Packed>(
 ) {
     let d = Dims::of(s);
     let threads = rayon::current_num_threads();
-    let budget = t.floats_per_worker(threads);
-    let bblock = b_block::<S>(budget);
     // Tasks own disjoint parts of dx: (block of images, group, channel range).
     let ci_parts = d.cin_g.div_ceil((DATA_ROWS / d.ks).max(1));
     let kr = d.cin_g.div_ceil(ci_parts) * d.ks;
-    let cap = (budget - bblock) / kr;
-    let cols = (DATA_COL_BYTES / 4 / kr)
-        .clamp(DATA_MIN_COLS, DATA_MAX_COLS)
-        .min(cap)
-        .max(1);
-    let want = if threads > 1 { 2 * threads } else { 1 };
     let units = s.groups * ci_parts;
-    let imgs = if cols >= d.p { cols / d.p } else { 1 };
-    let imgs = imgs.min((s.n * units / want).max(1)).clamp(1, s.n);
-    let cols = if cols >= d.p { imgs * d.p } else { cols };
+    // Chunk width and images per task within a per-worker budget.
+    let plan = |budget: usize| {
+        let cap = (budget - b_block::<S>(budget)) / kr;
+        let cols = (DATA_COL_BYTES / 4 / kr)
+            .clamp(DATA_MIN_COLS, DATA_MAX_COLS)
+            .min(cap)
+            .max(1);
+        let want = if threads > 1 { 2 * threads } else { 1 };
+        let imgs = if cols >= d.p { cols / d.p } else { 1 };
+        let imgs = imgs.min((s.n * units / want).max(1)).clamp(1, s.n);
+        let cols = if cols >= d.p { imgs * d.p } else { cols };
+        (cols, imgs)
+    };
+    let budget = t.floats_per_worker(threads);
+    let (cols, imgs) = plan(budget);
+    // Products per (group, channel range): its image blocks' chunks.
+    let uses = s.n.div_ceil(imgs) * (imgs * d.p).div_ceil(cols);
+    let part_len = packed_a_len::<S>(kr, d.m);
+    let wlen = packed_weights_len::<S>(t, units, kr, d.m, uses);
+    let budget = budget - wlen.div_ceil(threads);
+    let (cols, imgs) = plan(budget);
+    let bblock = b_block::<S>(budget);
     let mut tasks = Vec::new();
     for b in 0..s.n.div_ceil(imgs) {
         let images = b * imgs..((b + 1) * imgs).min(s.n);
         for g in 0..s.groups {
             for c in 0..ci_parts {
-                tasks.push((images.clone(), g, split_range(d.cin_g, ci_parts, c)));
+                tasks.push((images.clone(), g, c));
             }
         }
     }
     let dxp = SendPtr(dx.as_mut_ptr());
-    tasks.into_par_iter().for_each(|(images, g, ci)| {
-        backward_data_task::<S>(s, t, &d, dy, w, dxp, images, g, ci, cols, bblock, budget)
+    // Wᵀ restricted to channels `ci` of group `g`: element (r, o) =
+    // W[g][o][ci.start·ks + r].
+    let wt = |g: usize, ci: &Range<usize>| Mat {
+        ptr: w[g * d.m * d.k + ci.start * d.ks..].as_ptr(),
+        rs: 1,
+        cs: d.k,
+    };
+    t.scratch(Slot::Weights, wlen, |pw| {
+        let packed: Vec<PackedA> = if wlen > 0 {
+            pw.chunks_mut(part_len)
+                .enumerate()
+                .map(|(part, out)| {
+                    let (g, ci) = (
+                        part / ci_parts,
+                        split_range(d.cin_g, ci_parts, part % ci_parts),
+                    );
+                    // SAFETY: the instruction set is available (checked by
+                    // the caller); `pw` outlives the products.
+                    unsafe { pack_a_whole::<S>(wt(g, &ci), ci.len() * d.ks, d.m, out) }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        tasks.into_par_iter().for_each(|(images, g, c)| {
+            let ci = split_range(d.cin_g, ci_parts, c);
+            let a = match packed.get(g * ci_parts + c) {
+                Some(p) => AOperand::Packed(*p),
+                None => AOperand::InPlace(wt(g, &ci)),
+            };
+            backward_data_task::<S>(s, t, &d, dy, a, dxp, images, g, ci, cols, bblock, budget)
+        });
     });
 }
 
@@ -409,7 +520,7 @@ fn backward_data_task<S: Packed>(
     t: &Tuning,
     d: &Dims,
     dy: &[f32],
-    w: &[f32],
+    a: AOperand,
     dx: SendPtr,
     images: Range<usize>,
     g: usize,
@@ -445,12 +556,6 @@ fn backward_data_task<S: Packed>(
         let (colbuf, rest) = buf.split_at_mut(kr * max_cols);
         let (bbuf, gbuf) = rest.split_at_mut(bblock);
         let mut grad = (grad_len > 0).then(|| PaddedGrad::new(gbuf, s, images.clone(), ci.len()));
-        // Wᵀ restricted to the task's channels: element (r, o) = W[g][o][ci0·ks + r].
-        let a = Mat {
-            ptr: w[g * d.m * d.k + ci.start * d.ks..].as_ptr(),
-            rs: 1,
-            cs: d.k,
-        };
         for ch in chunks {
             let cols = ch.cols();
             let b = ImagesB {
@@ -618,20 +723,47 @@ fn weights_chunk<S: Packed>(
                     plane: d.p,
                     ch,
                 };
-                run::<S>(d.m, rows.len(), cols, a, &b, c, accumulate, bbuf);
+                run::<S>(
+                    d.m,
+                    rows.len(),
+                    cols,
+                    AOperand::InPlace(a),
+                    &b,
+                    c,
+                    accumulate,
+                    bbuf,
+                );
             } else if pad_len > 0 {
                 let padded = PaddedChunk::build(t.isa, pbuf, s, x, g, ch, ci0, ci1 - ci0);
                 let b = Columns {
                     inner: Im2colTB { padded: &padded },
                     first: rows.start,
                 };
-                run::<S>(d.m, rows.len(), cols, a, &b, c, accumulate, bbuf);
+                run::<S>(
+                    d.m,
+                    rows.len(),
+                    cols,
+                    AOperand::InPlace(a),
+                    &b,
+                    c,
+                    accumulate,
+                    bbuf,
+                );
             } else {
                 let b = Columns {
                     inner: DirectIm2colTB { s, x, g, ch },
                     first: rows.start,
                 };
-                run::<S>(d.m, rows.len(), cols, a, &b, c, accumulate, bbuf);
+                run::<S>(
+                    d.m,
+                    rows.len(),
+                    cols,
+                    AOperand::InPlace(a),
+                    &b,
+                    c,
+                    accumulate,
+                    bbuf,
+                );
             }
         }
     });

@@ -239,14 +239,16 @@ impl Variant {
         }
     }
     /// The input gradient always through the lowered product and `col2im`
-    /// (not as a forward convolution), two threads.
+    /// (not as a forward convolution), with `Wᵀ` packed per block by each
+    /// product (never whole beforehand), two threads.
     pub fn lowered_data() -> Variant {
         let tuning = Tuning {
             data_as_forward: false,
+            pack_weights_once: false,
             ..Tuning::default()
         };
         Variant {
-            name: "input gradient lowered, 2 threads",
+            name: "input gradient lowered, weights packed per product, 2 threads",
             tuning,
             threads: 2,
         }
