@@ -626,6 +626,43 @@ unsafe fn pack_a<S: Packed>(a: Mat, i0: usize, mc: usize, k0: usize, kc: usize, 
     }
 }
 
+/// One micro-tile of a product whose `A` is read in place, row-major
+/// (`A[i][p]` at `a + i·lda + p`), against a packed `B` panel (`B[p][j]` at
+/// `b + p·NR + j`): `C (+)= A · B` over depth `kc`, storing `rows × cols`
+/// of it (`C[i][j]` at `c + i·ldc + j`). All `MR` rows of `A` are read
+/// whatever `rows` is.
+///
+/// # Safety
+/// Only inside code compiled for `S` (a [`WithPacked::run`]); `MR` rows of
+/// `A`, the panel and `rows × cols` of `C` must be valid for the sizes.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn tile_a_in_place<S: Packed>(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    load: bool,
+    rows: usize,
+    cols: usize,
+) {
+    let t = Tile {
+        kc,
+        a,
+        lda,
+        b,
+        offs: std::ptr::null(),
+        c,
+        ldc,
+        load,
+        rows,
+        cols,
+    };
+    S::tile(&t, cols.div_ceil(S::N), true, false);
+}
+
 /// One `MR × N·NV` micro-tile: `C (+)= A-panel · B-panel` over depth `kc`
 /// (`B[p][j]` at `b + p·NR + j`, or at `b + offs[p] + j` when shifted),
 /// storing `rows × cols` of it. The A panel is row-major (`A[i][p]` at

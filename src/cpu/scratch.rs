@@ -35,6 +35,9 @@ pub(crate) struct Tuning {
     /// Pack the input gradient's `Wᵀ` whole once per call for the packed
     /// GEMM where its column chunks would each pack it again.
     pub pack_weights_once: bool,
+    /// Run the forward pass of the convolutions it suits as an implicit
+    /// GEMM over a channels-last copy of the input (`lowered::implicit`).
+    pub implicit_forward: bool,
     /// Records the largest scratch request made under this tuning.
     #[cfg(test)]
     pub probe: Option<&'static std::sync::atomic::AtomicUsize>,
@@ -50,6 +53,7 @@ impl Default for Tuning {
             data_as_forward: true,
             gemm_crate_1x1: true,
             pack_weights_once: true,
+            implicit_forward: true,
             #[cfg(test)]
             probe: None,
         }

@@ -21,6 +21,8 @@
 //! the `gemm` crate).
 
 #[cfg(target_arch = "x86_64")]
+mod implicit;
+#[cfg(target_arch = "x86_64")]
 mod packed;
 mod portable;
 

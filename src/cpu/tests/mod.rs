@@ -238,17 +238,20 @@ impl Variant {
             threads: 1,
         }
     }
-    /// The input gradient always through the lowered product and `col2im`
-    /// (not as a forward convolution), with `Wᵀ` packed per block by each
-    /// product (never whole beforehand), two threads.
+    /// The paths the default tuning prefers switched off: the input
+    /// gradient always through the lowered product and `col2im` (not as a
+    /// forward convolution), `Wᵀ` packed per block by each product (never
+    /// whole beforehand), and the forward pass on the NCHW lowering (not
+    /// the implicit GEMM); two threads.
     pub fn lowered_data() -> Variant {
         let tuning = Tuning {
             data_as_forward: false,
             pack_weights_once: false,
+            implicit_forward: false,
             ..Tuning::default()
         };
         Variant {
-            name: "input gradient lowered, weights packed per product, 2 threads",
+            name: "NCHW lowering only, weights packed per product, 2 threads",
             tuning,
             threads: 2,
         }

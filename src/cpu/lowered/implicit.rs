@@ -1,0 +1,575 @@
+//! The forward pass as an implicit GEMM over a channels-last copy of the
+//! input, on the packed GEMM's micro-kernel.
+//!
+//! Each task takes one image and a band of its output rows. It copies the
+//! input rows the band reads into padded channels-last planes — one per
+//! phase of the vertical stride, rows `pitch = owv · stride_w` columns
+//! wide — so that output position `p = r·owv + ow` of the band reads, for
+//! kernel row `kh`, the `kw_n · C` contiguous floats at
+//! `plane(kh) + p · stride_w · C`: one uniform row stride for every
+//! position. The product is then `C[p][co] = Σ A[p][(kh, kw, ci)] ·
+//! B[(kh, kw, ci)][co]` with `A` read in place (the positions are its rows,
+//! broadcast by the micro-kernel) and `B` the weights, packed once per call
+//! into panels of output channels. Positions `ow ≥ OW` of the virtual rows
+//! (`owv − OW` per row) are computed and dropped.
+//!
+//! Nothing of the lowered input is packed and the input is copied once,
+//! with vector transposes, where the NCHW lowering ([`super::packed`]) pays
+//! for padding and packing rows of a few columns one short run at a time:
+//! a strided layer over small images (MNIST's 3×3/2 at 12×12) spends a
+//! third of its time there.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use crate::cpu::packed_gemm::{tile_a_in_place, Packed, WithPacked};
+use crate::cpu::par::SendPtr;
+use crate::cpu::scratch::{Slot, Tuning};
+use crate::cpu::ConvShape;
+
+/// Preferred output positions (virtual) of one task.
+const TASK_POSITIONS: usize = 1024;
+/// Most weights (floats) packed per call: the packing is a scalar gather.
+const MAX_WEIGHTS: usize = 1 << 18;
+/// Most products per tile (kernel taps, with horizontal dilation).
+const MAX_PARTS: usize = 64;
+
+/// How one call is cut and laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Plan {
+    /// Output rows per task.
+    band: usize,
+    /// Positions per virtual output row (`OW` and the phantom columns).
+    owv: usize,
+}
+
+/// Sizes of the problem, in the terms of the module's description.
+#[derive(Clone, Copy)]
+struct Geo {
+    c: usize,
+    co: usize,
+    /// Output channels rounded up to whole `B` panels (the row length of
+    /// the task's `C`).
+    co_pad: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    stride: [usize; 2],
+    dil: [usize; 2],
+    pad: [usize; 2],
+    oh: usize,
+    ow: usize,
+    owv: usize,
+    pitch: usize,
+}
+
+impl Geo {
+    fn of<S: Packed>(s: &ConvShape) -> Geo {
+        let (stride, dil) = ([s.stride[1], s.stride[2]], [s.dilation[1], s.dilation[2]]);
+        let ow = s.output[2];
+        // Columns the output positions read, from the padded row's start.
+        let need = (ow - 1) * stride[1] + (s.kernel[2] - 1) * dil[1] + 1;
+        let owv = need.div_ceil(stride[1]).max(ow);
+        Geo {
+            c: s.c_in,
+            co: s.c_out,
+            co_pad: s.c_out.div_ceil(S::NR) * S::NR,
+            h: s.input[1],
+            w: s.input[2],
+            kh: s.kernel[1],
+            kw: s.kernel[2],
+            stride,
+            dil,
+            pad: [s.pad[1], s.pad[2]],
+            oh: s.output[1],
+            ow,
+            owv,
+            pitch: owv * stride[1],
+        }
+    }
+
+    /// Padded input rows a band of `rows` output rows reads.
+    fn band_rows_in(&self, rows: usize) -> usize {
+        (rows - 1) * self.stride[0] + (self.kh - 1) * self.dil[0] + 1
+    }
+
+    /// Floats of one phase plane of a band of `rows` output rows (one
+    /// slack row).
+    fn plane_len(&self, rows: usize) -> usize {
+        (self.band_rows_in(rows).div_ceil(self.stride[0]) + 1) * self.pitch * self.c
+    }
+
+    /// Floats of a task's input planes: every phase plane, and slack for
+    /// the reads of the rows of a partial last tile.
+    fn input_len<S: Packed>(&self, rows: usize) -> usize {
+        self.stride[0] * self.plane_len(rows)
+            + (S::MR * self.stride[1] + self.kw * self.dil[1] + 1) * self.c
+    }
+
+    /// Floats of a task's `C` (with slack rows read by the transposes).
+    fn output_len<S: Packed>(&self, rows: usize) -> usize {
+        (rows * self.owv + S::MR.max(S::N)) * self.co_pad
+    }
+
+    /// Depth of the product: kernel taps × input channels.
+    fn depth(&self) -> usize {
+        self.kh * self.kw * self.c
+    }
+}
+
+/// The plan for `s`, if this path applies: a 2-D convolution (no kernel
+/// over depth) of one group with more than one tap, weights small enough to
+/// pack per call, a task of one output row fitting in the budget, and two
+/// tasks per thread.
+pub(super) fn plan<S: Packed>(s: &ConvShape, t: &Tuning, threads: usize) -> Option<Plan> {
+    if !t.implicit_forward
+        || s.groups != 1
+        || s.input[0] != 1
+        || s.kernel[0] != 1
+        || s.kernel_spatial() == 1
+        || s.c_out * s.c_in * s.kernel_spatial() > MAX_WEIGHTS
+        || s.kernel_spatial() > MAX_PARTS
+    {
+        return None;
+    }
+    let g = Geo::of::<S>(s);
+    let weights = g.depth() * g.co_pad;
+    let budget = (t.scratch_bytes / 4).checked_sub(weights)? / threads.max(1);
+    let task = |rows: usize| g.input_len::<S>(rows) + g.output_len::<S>(rows);
+    // Bands of about TASK_POSITIONS positions, cut further so that every
+    // thread gets four tasks where the images are few.
+    let want = if threads > 1 { 4 * threads } else { 1 };
+    let per_image = want.div_ceil(s.n).min(g.oh);
+    let mut band = (TASK_POSITIONS / g.owv)
+        .clamp(1, g.oh)
+        .min(g.oh.div_ceil(per_image));
+    while task(band) > budget {
+        if band == 1 {
+            return None;
+        }
+        band = band.div_ceil(2);
+    }
+    // Tasks are whole rows of one image: too few to share among the
+    // threads (a 1-D convolution over a few long signals) go the NCHW way,
+    // which cuts rows.
+    if threads > 1 && s.n * g.oh.div_ceil(band) < 2 * threads {
+        return None;
+    }
+    Some(Plan { band, owv: g.owv })
+}
+
+pub(super) fn forward<S: Packed>(
+    s: &ConvShape,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    t: &Tuning,
+    plan: Plan,
+) {
+    let g = Geo::of::<S>(s);
+    debug_assert_eq!(g.owv, plan.owv);
+    let bands = g.oh.div_ceil(plan.band);
+    let tasks: Vec<(usize, Range<usize>)> = (0..s.n)
+        .flat_map(|n| (0..bands).map(move |b| (n, b * plan.band..((b + 1) * plan.band).min(g.oh))))
+        .collect();
+    let yp = SendPtr(y.as_mut_ptr());
+    let wlen = g.depth() * g.co_pad;
+    t.scratch(Slot::Weights, wlen, |wb| {
+        pack_weights::<S>(&g, w, wb);
+        let wb: &[f32] = wb;
+        let len = g.input_len::<S>(plan.band) + g.output_len::<S>(plan.band);
+        tasks.into_par_iter().for_each(|(n, rows)| {
+            t.scratch(Slot::Task, len, |buf| {
+                let (input, out) = buf.split_at_mut(g.input_len::<S>(plan.band));
+                let task = Task {
+                    g: &g,
+                    x: &x[n * g.c * g.h * g.w..][..g.c * g.h * g.w],
+                    wb,
+                    input,
+                    out,
+                    y: yp,
+                    y0: n * g.co * g.oh * g.ow,
+                    rows,
+                };
+                // SAFETY: the instruction set is available (checked by the
+                // caller); this task alone writes its rows of image n.
+                unsafe { S::enter(task) }
+            })
+        });
+    });
+}
+
+/// Packs `w` (`co × c × kh × kw`) as `B` panels of `NR` output channels
+/// over depth `(kh, kw, ci)`: `wb[jp][((kh·KW + kw)·C + ci)·NR + j] =
+/// w[jp·NR + j][ci][kh][kw]`, zero past the last channel.
+fn pack_weights<S: Packed>(g: &Geo, w: &[f32], wb: &mut [f32]) {
+    let (nr, k, taps) = (S::NR, g.depth(), g.kh * g.kw);
+    wb.par_chunks_mut(k * nr)
+        .enumerate()
+        .for_each(|(jp, panel)| {
+            for j in 0..nr {
+                let co = jp * nr + j;
+                if co >= g.co {
+                    for p in 0..k {
+                        panel[p * nr + j] = 0.0;
+                    }
+                    continue;
+                }
+                let row = &w[co * k..][..k];
+                for ci in 0..g.c {
+                    for tap in 0..taps {
+                        panel[(tap * g.c + ci) * nr + j] = row[ci * taps + tap];
+                    }
+                }
+            }
+        });
+}
+
+/// One task: an image's band of output rows.
+struct Task<'a> {
+    g: &'a Geo,
+    /// The image's input planes.
+    x: &'a [f32],
+    wb: &'a [f32],
+    input: &'a mut [f32],
+    out: &'a mut [f32],
+    y: SendPtr,
+    /// Offset of the image in `y`.
+    y0: usize,
+    rows: Range<usize>,
+}
+
+impl WithPacked for Task<'_> {
+    type Output = ();
+    #[inline(always)]
+    unsafe fn run<S: Packed>(self) {
+        let g = self.g;
+        let rows = self.rows.len();
+        let plane_len = g.plane_len(rows);
+        fill_planes::<S>(g, self.x, self.rows.start, rows, plane_len, self.input);
+        let (c, nr, mr) = (g.c, S::NR, S::MR);
+        let positions = rows * g.owv;
+        let lda = g.stride[1] * c;
+        let inp = self.input.as_ptr();
+        let out = self.out.as_mut_ptr();
+        // Kernel rows, with their columns in one product where those are
+        // adjacent (no horizontal dilation): (input offset, depth offset,
+        // depth) of each product per tile.
+        let mut parts = [(0usize, 0usize, 0usize); MAX_PARTS];
+        let mut count = 0;
+        for kh in 0..g.kh {
+            let dy = kh * g.dil[0];
+            let base = (dy % g.stride[0]) * plane_len + (dy / g.stride[0]) * g.pitch * c;
+            if g.dil[1] == 1 {
+                parts[count] = (base, kh * g.kw * c, g.kw * c);
+                count += 1;
+            } else {
+                for kw in 0..g.kw {
+                    parts[count] = (base + kw * g.dil[1] * c, (kh * g.kw + kw) * c, c);
+                    count += 1;
+                }
+            }
+        }
+        // The furthest read of any tile (a partial last tile reads all MR
+        // rows) stays inside the task's input.
+        let last = (positions.div_ceil(mr) * mr - 1) * lda;
+        assert!(parts[..count]
+            .iter()
+            .all(|&(off, _, kc)| off + last + kc <= self.input.len()));
+        let k = g.depth();
+        for jp in 0..g.co_pad / nr {
+            let cols = nr.min(g.co - jp * nr);
+            let panel = self.wb.as_ptr().add(jp * k * nr);
+            for p0 in (0..positions).step_by(mr) {
+                let tile_rows = mr.min(positions - p0);
+                let cp = out.add(p0 * g.co_pad + jp * nr);
+                for (i, &(off, k0, kc)) in parts[..count].iter().enumerate() {
+                    tile_a_in_place::<S>(
+                        kc,
+                        inp.add(off + p0 * lda),
+                        lda,
+                        panel.add(k0 * nr),
+                        cp,
+                        g.co_pad,
+                        i > 0,
+                        tile_rows,
+                        cols,
+                    );
+                }
+            }
+        }
+        store_rows::<S>(g, self.out, self.y, self.y0, self.rows);
+    }
+}
+
+/// Writes the phase planes of the band of `rows` output rows from `oh0`:
+/// padded row `t` of the band (input row `oh0·stride_h + t − pad_h`) at
+/// `(t mod stride_h) · plane_len + (t div stride_h) · pitch · C`, each row
+/// `pitch` channels-last columns with input column `iw` at `pad_w + iw`.
+#[inline(always)]
+unsafe fn fill_planes<S: Packed>(
+    g: &Geo,
+    x: &[f32],
+    oh0: usize,
+    rows: usize,
+    plane_len: usize,
+    dst: &mut [f32],
+) {
+    let (c, l_n) = (g.c, S::N);
+    let row_len = g.pitch * c;
+    // Input columns that land inside the row (those past it are never read).
+    let wn = g.w.min(g.pitch.saturating_sub(g.pad[1]));
+    let lead = g.pad[1].min(g.pitch) * c;
+    let at = |t: usize| (t % g.stride[0]) * plane_len + (t / g.stride[0]) * row_len;
+    let input_row = |t: usize| {
+        let ih = (oh0 * g.stride[0] + t) as isize - g.pad[0] as isize;
+        (ih >= 0 && ih < g.h as isize).then_some(ih as usize)
+    };
+    let band = 0..g.band_rows_in(rows);
+    // Padding first; then the data, a few channels at a time over every
+    // row, so the input is read as a few sequential streams (one plane per
+    // channel) rather than a jump across every channel's plane per row.
+    for t in band.clone() {
+        let row = &mut dst[at(t)..][..row_len];
+        if input_row(t).is_none() {
+            row.fill(0.0);
+        } else {
+            row[..lead].fill(0.0);
+            row[lead + wn * c..].fill(0.0);
+        }
+    }
+    let plane = g.h * g.w;
+    let out = dst.as_mut_ptr().add(lead);
+    for c0 in (0..c).step_by(l_n) {
+        let cn = l_n.min(c - c0);
+        for t in band.clone() {
+            let Some(ih) = input_row(t) else { continue };
+            let src = x.as_ptr().add(c0 * plane + ih * g.w);
+            let out = out.add(at(t) + c0);
+            for w0 in (0..wn).step_by(l_n) {
+                let n = l_n.min(wn - w0);
+                S::transpose(
+                    |l| {
+                        if l >= cn {
+                            S::zero()
+                        } else if n == l_n {
+                            S::load(src.add(l * plane + w0))
+                        } else {
+                            S::load_part(src.add(l * plane + w0), n)
+                        }
+                    },
+                    |j, v| {
+                        if j < n {
+                            let p = out.add((w0 + j) * c);
+                            if cn == l_n {
+                                v.store(p)
+                            } else {
+                                v.store_part(p, cn)
+                            }
+                        }
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Writes the band's outputs from its `C` (`[position][co]`, virtual
+/// positions) into the image's `y` planes, dropping the phantom columns.
+#[inline(always)]
+unsafe fn store_rows<S: Packed>(g: &Geo, cbuf: &[f32], y: SendPtr, y0: usize, rows: Range<usize>) {
+    let l_n = S::N;
+    let plane = g.oh * g.ow;
+    // The transposes read whole vectors of positions past the row's end.
+    assert!(((rows.len() - 1) * g.owv + g.ow.div_ceil(l_n) * l_n) * g.co_pad <= cbuf.len());
+    for r in 0..rows.len() {
+        let src = cbuf.as_ptr().add(r * g.owv * g.co_pad);
+        let dst = y.at(y0 + (rows.start + r) * g.ow);
+        for co0 in (0..g.co).step_by(l_n) {
+            let cn = l_n.min(g.co - co0);
+            for w0 in (0..g.ow).step_by(l_n) {
+                let n = l_n.min(g.ow - w0);
+                S::transpose(
+                    |l| S::load(src.add((w0 + l) * g.co_pad + co0)),
+                    |j, v| {
+                        if j < cn {
+                            let p = dst.add((co0 + j) * plane + w0);
+                            if n == l_n {
+                                v.store(p)
+                            } else {
+                                v.store_part(p, n)
+                            }
+                        }
+                    },
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::simd::{Avx2, Avx512};
+    use crate::cpu::tests::{check_against_reference, shape, Variant};
+
+    /// Shapes that stress the layout: unequal and large strides, dilation
+    /// along the width (one product per tap), padding wider than the kernel
+    /// reach, channel counts off the vector width, rows narrower than a
+    /// tile (tiles spanning rows, slack reads), input columns past the
+    /// last one read, and several bands per image.
+    fn shapes() -> Vec<ConvShape> {
+        vec![
+            shape(
+                2,
+                5,
+                19,
+                1,
+                [1, 11, 13],
+                [1, 3, 3],
+                [0, 1, 1],
+                [1, 2, 3],
+                [1; 3],
+            ),
+            shape(
+                3,
+                9,
+                7,
+                1,
+                [1, 10, 12],
+                [1, 3, 2],
+                [0, 2, 3],
+                [1, 1, 1],
+                [1, 1, 2],
+            ),
+            shape(
+                2,
+                17,
+                33,
+                1,
+                [1, 9, 4],
+                [1, 2, 3],
+                [0, 0, 1],
+                [1, 1, 1],
+                [1, 2, 1],
+            ),
+            shape(
+                4,
+                3,
+                8,
+                1,
+                [1, 7, 10],
+                [1, 1, 2],
+                [0, 0, 0],
+                [1, 1, 3],
+                [1; 3],
+            ),
+            shape(
+                2,
+                16,
+                24,
+                1,
+                [1, 40, 30],
+                [1, 3, 3],
+                [0, 1, 1],
+                [1, 1, 1],
+                [1; 3],
+            ),
+            shape(
+                6,
+                1,
+                4,
+                1,
+                [1, 1, 50],
+                [1, 1, 5],
+                [0, 0, 2],
+                [1, 1, 2],
+                [1; 3],
+            ),
+        ]
+    }
+
+    #[test]
+    fn implicit_forward_matches_reference() {
+        let t = Tuning::default();
+        for s in shapes() {
+            for threads in [1, 3] {
+                assert!(plan::<Avx2>(&s, &t, threads).is_some(), "{s:?}");
+                assert!(plan::<Avx512>(&s, &t, threads).is_some(), "{s:?}");
+            }
+            for v in Variant::all() {
+                check_against_reference(&s, &v, 23).unwrap();
+            }
+        }
+        // Several bands per image: every thread gets four tasks.
+        let tall = shapes()[4];
+        let p = plan::<Avx2>(&tall, &t, 3).unwrap();
+        assert!(p.band < tall.output[1], "{p:?}");
+    }
+
+    #[test]
+    fn implicit_forward_only_where_it_applies() {
+        let t = Tuning::default();
+        let base = shapes()[0];
+        let grouped = shape(2, 6, 4, 2, [1, 9, 9], [1, 3, 3], [0, 1, 1], [1; 3], [1; 3]);
+        let depth = shape(2, 3, 4, 1, [4, 9, 9], [3, 3, 3], [1, 1, 1], [1; 3], [1; 3]);
+        let pointwise = shape(2, 8, 8, 1, [1, 9, 9], [1; 3], [0; 3], [1; 3], [1; 3]);
+        let big = shape(
+            2,
+            256,
+            256,
+            1,
+            [1, 9, 9],
+            [1, 3, 3],
+            [0, 1, 1],
+            [1; 3],
+            [1; 3],
+        );
+        let few = shape(
+            2,
+            8,
+            8,
+            1,
+            [1, 1, 500],
+            [1, 1, 5],
+            [0, 0, 2],
+            [1; 3],
+            [1; 3],
+        );
+        for (what, s) in [
+            ("groups", grouped),
+            ("kernel over depth", depth),
+            ("one tap", pointwise),
+            ("large weights", big),
+        ] {
+            assert!(plan::<Avx2>(&s, &t, 2).is_none(), "{what}");
+        }
+        // Two rows of output for four threads: too few tasks.
+        assert!(plan::<Avx2>(&few, &t, 4).is_none());
+        assert!(plan::<Avx2>(&few, &t, 1).is_some());
+        let off = Tuning {
+            implicit_forward: false,
+            ..t
+        };
+        assert!(plan::<Avx2>(&base, &off, 2).is_none());
+        // Room for the packed weights (144 × 32 floats at AVX2) but not for
+        // a task of one output row (about 3400 floats) on each of two
+        // threads.
+        let tight = Tuning {
+            scratch_bytes: 4 * (144 * 32 + 2 * 3000),
+            ..t
+        };
+        assert!(plan::<Avx2>(
+            &shapes()[4],
+            &Tuning {
+                scratch_bytes: 4 * (144 * 32 + 2 * 4000),
+                ..t
+            },
+            2
+        )
+        .is_some());
+        assert!(plan::<Avx2>(&shapes()[4], &tight, 2).is_none());
+    }
+}
