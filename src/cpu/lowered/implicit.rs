@@ -30,8 +30,10 @@ use crate::cpu::ConvShape;
 
 /// Preferred output positions (virtual) of one task.
 const TASK_POSITIONS: usize = 1024;
-/// Most weights (floats) packed per call: the packing is a scalar gather.
-const MAX_WEIGHTS: usize = 1 << 18;
+/// Largest share of phantom positions per virtual row (`owv − OW` of
+/// `owv`): 1/8. ResNet's 512-channel layer at 7×7 (2 of 9) and DCGAN's
+/// 4×4 outputs (1 of 5) would waste more than the packing this path saves.
+const MAX_WASTE: usize = 8;
 /// Most products per tile (kernel taps, with horizontal dilation).
 const MAX_PARTS: usize = 64;
 
@@ -120,23 +122,26 @@ impl Geo {
 }
 
 /// The plan for `s`, if this path applies: a 2-D convolution (no kernel
-/// over depth) of one group with more than one tap, weights small enough to
-/// pack per call, a task of one output row fitting in the budget, and two
-/// tasks per thread.
+/// over depth) of one group with more than one tap, at most
+/// 1/[`MAX_WASTE`] phantom positions, packed weights within a quarter of
+/// the scratch cap, a task of one output row within a worker's share of
+/// the rest, and two tasks per thread.
 pub(super) fn plan<S: Packed>(s: &ConvShape, t: &Tuning, threads: usize) -> Option<Plan> {
     if !t.implicit_forward
         || s.groups != 1
         || s.input[0] != 1
         || s.kernel[0] != 1
         || s.kernel_spatial() == 1
-        || s.c_out * s.c_in * s.kernel_spatial() > MAX_WEIGHTS
         || s.kernel_spatial() > MAX_PARTS
     {
         return None;
     }
     let g = Geo::of::<S>(s);
     let weights = g.depth() * g.co_pad;
-    let budget = (t.scratch_bytes / 4).checked_sub(weights)? / threads.max(1);
+    if MAX_WASTE * (g.owv - g.ow) > g.owv || weights > t.scratch_bytes / 4 / 4 {
+        return None;
+    }
+    let budget = (t.scratch_bytes / 4 - weights) / threads.max(1);
     let task = |rows: usize| g.input_len::<S>(rows) + g.output_len::<S>(rows);
     // Bands of about TASK_POSITIONS positions, cut further so that every
     // thread gets four tasks where the images are few.
@@ -203,28 +208,63 @@ pub(super) fn forward<S: Packed>(
 
 /// Packs `w` (`co × c × kh × kw`) as `B` panels of `NR` output channels
 /// over depth `(kh, kw, ci)`: `wb[jp][((kh·KW + kw)·C + ci)·NR + j] =
-/// w[jp·NR + j][ci][kh][kw]`, zero past the last channel.
+/// w[jp·NR + j][ci][kh][kw]`, zero past the last channel; one task per
+/// panel.
 fn pack_weights<S: Packed>(g: &Geo, w: &[f32], wb: &mut [f32]) {
-    let (nr, k, taps) = (S::NR, g.depth(), g.kh * g.kw);
-    wb.par_chunks_mut(k * nr)
+    let k = g.depth();
+    wb.par_chunks_mut(k * S::NR)
         .enumerate()
         .for_each(|(jp, panel)| {
-            for j in 0..nr {
-                let co = jp * nr + j;
-                if co >= g.co {
-                    for p in 0..k {
-                        panel[p * nr + j] = 0.0;
-                    }
-                    continue;
-                }
-                let row = &w[co * k..][..k];
-                for ci in 0..g.c {
-                    for tap in 0..taps {
-                        panel[(tap * g.c + ci) * nr + j] = row[ci * taps + tap];
-                    }
-                }
-            }
+            // SAFETY: the instruction set is available (checked by the
+            // caller).
+            unsafe { S::enter(PackPanel { g, w, jp, panel }) }
         });
+}
+
+/// One panel of [`pack_weights`].
+struct PackPanel<'a> {
+    g: &'a Geo,
+    w: &'a [f32],
+    jp: usize,
+    panel: &'a mut [f32],
+}
+
+impl WithPacked for PackPanel<'_> {
+    type Output = ();
+    /// `N × N` transposes of the weights read as a `co × K` matrix (row `co`
+    /// holds its `(ci, tap)` depths), each transposed row `(ci, tap)` stored
+    /// at its panel row `tap·C + ci`.
+    #[inline(always)]
+    unsafe fn run<S: Packed>(self) {
+        let (g, l_n, nr) = (self.g, S::N, S::NR);
+        let (k, taps) = (g.depth(), g.kh * g.kw);
+        let out = self.panel.as_mut_ptr();
+        for jb in (0..nr).step_by(l_n) {
+            let co0 = self.jp * nr + jb;
+            let live = g.co.saturating_sub(co0).min(l_n);
+            for k0 in (0..k).step_by(l_n) {
+                let n = l_n.min(k - k0);
+                S::transpose(
+                    |l| {
+                        let src = self.w.as_ptr().add((co0 + l) * k + k0);
+                        if l >= live {
+                            S::zero()
+                        } else if n == l_n {
+                            S::load(src)
+                        } else {
+                            S::load_part(src, n)
+                        }
+                    },
+                    |j, v| {
+                        if j < n {
+                            let (ci, tap) = ((k0 + j) / taps, (k0 + j) % taps);
+                            v.store(out.add((tap * g.c + ci) * nr + jb));
+                        }
+                    },
+                );
+            }
+        }
+    }
 }
 
 /// One task: an image's band of output rows.
@@ -418,8 +458,9 @@ mod tests {
     /// Shapes that stress the layout: unequal and large strides, dilation
     /// along the width (one product per tap), padding wider than the kernel
     /// reach, channel counts off the vector width, rows narrower than a
-    /// tile (tiles spanning rows, slack reads), input columns past the
-    /// last one read, and several bands per image.
+    /// tile (tiles spanning rows, slack reads; strides at least the kernel
+    /// width, so without phantom positions), input columns past the last
+    /// one read, and several bands per image.
     fn shapes() -> Vec<ConvShape> {
         vec![
             shape(
@@ -449,7 +490,7 @@ mod tests {
                 17,
                 33,
                 1,
-                [1, 9, 4],
+                [1, 9, 20],
                 [1, 2, 3],
                 [0, 0, 1],
                 [1, 1, 1],
@@ -521,12 +562,14 @@ mod tests {
             256,
             256,
             1,
-            [1, 9, 9],
+            [1, 16, 16],
             [1, 3, 3],
             [0, 1, 1],
             [1; 3],
             [1; 3],
         );
+        // Rows of 7 read 9 columns: 2 of 9 positions wasted.
+        let narrow = shape(2, 8, 8, 1, [1, 7, 7], [1, 3, 3], [0, 1, 1], [1; 3], [1; 3]);
         let few = shape(
             2,
             8,
@@ -542,10 +585,18 @@ mod tests {
             ("groups", grouped),
             ("kernel over depth", depth),
             ("one tap", pointwise),
-            ("large weights", big),
+            ("phantom columns", narrow),
         ] {
             assert!(plan::<Avx2>(&s, &t, 2).is_none(), "{what}");
         }
+        // 590K floats of packed weights: within a quarter of the default
+        // cap, not of a 4 MiB one.
+        assert!(plan::<Avx2>(&big, &t, 2).is_some());
+        let small_cap = Tuning {
+            scratch_bytes: 4 << 20,
+            ..t
+        };
+        assert!(plan::<Avx2>(&big, &small_cap, 2).is_none());
         // Two rows of output for four threads: too few tasks.
         assert!(plan::<Avx2>(&few, &t, 4).is_none());
         assert!(plan::<Avx2>(&few, &t, 1).is_some());
@@ -554,22 +605,14 @@ mod tests {
             ..t
         };
         assert!(plan::<Avx2>(&base, &off, 2).is_none());
-        // Room for the packed weights (144 × 32 floats at AVX2) but not for
-        // a task of one output row (about 3400 floats) on each of two
-        // threads.
+        // 4 × 4608 floats: room for the packed weights (144 × 32 floats at
+        // AVX2, a quarter of it) and a task of one output row (about 3400
+        // floats) on each of two threads, not on each of eight.
         let tight = Tuning {
-            scratch_bytes: 4 * (144 * 32 + 2 * 3000),
+            scratch_bytes: 4 * 4 * 144 * 32,
             ..t
         };
-        assert!(plan::<Avx2>(
-            &shapes()[4],
-            &Tuning {
-                scratch_bytes: 4 * (144 * 32 + 2 * 4000),
-                ..t
-            },
-            2
-        )
-        .is_some());
-        assert!(plan::<Avx2>(&shapes()[4], &tight, 2).is_none());
+        assert!(plan::<Avx2>(&shapes()[4], &tight, 2).is_some());
+        assert!(plan::<Avx2>(&shapes()[4], &tight, 8).is_none());
     }
 }
