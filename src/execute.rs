@@ -143,8 +143,8 @@ struct HostConv<'a> {
     p: &'a ConvProblem,
     blend: Blend,
     epilogue: Option<&'a (dyn Fn(&mut [f32]) + Sync)>,
-    /// x and y stay channels-last: the engine's [`channels_last`] kernels compute the
-    /// layer in that order.
+    /// x and y stay channels-last: the engine's [`channels_last`] kernels (or, for a
+    /// forward pass, its implicit GEMM) compute the layer in that order.
     channels_last: bool,
 }
 
@@ -154,10 +154,15 @@ impl<'a> HostConv<'a> {
         blend: Blend,
         epilogue: Option<&'a (dyn Fn(&mut [f32]) + Sync)>,
     ) -> Self {
-        // Pointwise and depthwise layers on packed channels-last x and y; a fused
-        // epilogue (per-channel bias in NCHW order) takes the general path.
+        // Pointwise and depthwise layers, and the forward pass of the layers the
+        // implicit GEMM takes, on packed channels-last x and y; a fused epilogue
+        // (per-channel bias in NCHW order) takes the general path.
+        let in_order = match p.pass {
+            Pass::Forward => channels_last::forward_applies(&p.shape),
+            _ => channels_last::kind(&p.shape).is_some(),
+        };
         let channels_last = epilogue.is_none()
-            && channels_last::kind(&p.shape).is_some()
+            && in_order
             && p.x.is_packed_channels_last()
             && p.y.is_packed_channels_last()
             && !(p.x.is_packed_canonical() && p.y.is_packed_canonical());

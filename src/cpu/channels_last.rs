@@ -1,6 +1,7 @@
 //! Convolutions computed directly on packed channels-last f32 tensors (`[n, h, w, c]`;
 //! 1-D and 2-D), for the layers where that order is the natural one, so channels-last
-//! calls of them need no transposes at all:
+//! calls of them need no transposes at all (and the forward pass of the layers the
+//! engine's implicit GEMM takes, which reads and writes this order: [`forward_applies`]):
 //! - pointwise layers (1×1, stride 1, no padding, one group) are matrix products over
 //!   the positions: `y[P×Co] = x[P×Ci] · Wᵀ`, `dx = dy · W`, `dW = dyᵀ · x`;
 //! - depthwise layers (one input and one output channel per group) run along rows of
@@ -17,6 +18,7 @@ use rayon::prelude::*;
 
 use super::matmul::{matmul, Mat, MatMut};
 use super::par::SendPtr;
+use super::scratch::Tuning;
 use super::ConvShape;
 
 /// The layers this module computes.
@@ -48,11 +50,37 @@ fn check(s: &ConvShape, pass: &str, lens: [(&str, usize, usize); 3]) {
     s.check_buffers(pass, lens);
 }
 
+/// Whether [`forward`] computes `s`: a layer of a [`Kind`], or one the
+/// engine's implicit GEMM takes (2-D, one group, more than one tap, few
+/// phantom positions), which reads and writes channels-last directly.
+pub fn forward_applies(s: &ConvShape) -> bool {
+    kind(s).is_some() || super::lowered::channels_last_forward_applies(s, &Tuning::default())
+}
+
 /// `y = conv(x, w)`, `x` and `y` channels-last.
 ///
 /// # Panics
-/// If `s` is not of a [`Kind`] or a buffer's length differs from the shape's.
+/// If `s` is not one [`forward_applies`] to or a buffer's length differs
+/// from the shape's.
 pub fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32]) {
+    if kind(s).is_none() {
+        assert!(
+            forward_applies(s),
+            "channels_last::forward: {s:?} is neither pointwise, depthwise nor one the implicit GEMM takes"
+        );
+        s.check_buffers(
+            "forward",
+            [
+                ("x", x.len(), s.input_len()),
+                ("w", w.len(), s.weight_len()),
+                ("y", y.len(), s.output_len()),
+            ],
+        );
+        if !super::lowered::forward_channels_last(s, x, w, y, &Tuning::default()) {
+            forward_through_nchw(s, x, w, y);
+        }
+        return;
+    }
     check(
         s,
         "forward",
@@ -92,6 +120,31 @@ pub fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32]) {
             }
         }
         _ => depthwise_forward(s, x, w, y, vector_available()),
+    }
+}
+
+/// The general forward pass on NCHW copies of `x` and `y`: the fallback of
+/// [`forward`] for the rare call whose row of output does not fit the
+/// pool's share of scratch.
+fn forward_through_nchw(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32]) {
+    let (cin, cout) = (s.c_in, s.c_out);
+    let (pin, pout) = (s.input_spatial(), s.output_spatial());
+    let mut xc = vec![0.0f32; x.len()];
+    for n in 0..s.n {
+        for p in 0..pin {
+            for c in 0..cin {
+                xc[(n * cin + c) * pin + p] = x[(n * pin + p) * cin + c];
+            }
+        }
+    }
+    let mut yc = vec![0.0f32; y.len()];
+    super::conv::forward(s, &xc, w, &mut yc);
+    for n in 0..s.n {
+        for p in 0..pout {
+            for c in 0..cout {
+                y[(n * pout + p) * cout + c] = yc[(n * cout + c) * pout + p];
+            }
+        }
     }
 }
 
@@ -801,6 +854,44 @@ mod tests {
                 "{what}: element {i}: {x} vs {y}"
             );
         }
+    }
+
+    /// The forward pass of layers of no [`Kind`] (the implicit GEMM reading and
+    /// writing channels-last, and the fallback through NCHW copies) equals the
+    /// engine's NCHW pass, transposed.
+    #[test]
+    fn general_forward_matches_nchw() {
+        let shapes = [
+            shape(2, 5, 19, 1, [11, 20], [3, 3], [1, 1], [1, 1], [1, 1]),
+            shape(3, 16, 8, 1, [12, 14], [3, 3], [2, 2], [1, 1], [1, 1]),
+            shape(2, 9, 7, 1, [10, 12], [3, 2], [1, 1], [2, 3], [1, 2]),
+            shape(2, 8, 12, 1, [1, 40], [1, 5], [1, 1], [0, 2], [1, 1]),
+        ];
+        for s in &shapes {
+            assert!(kind(s).is_none() && forward_applies(s), "{s:?}");
+            let (x, w) = (values(s.input_len(), 4), values(s.weight_len(), 5));
+            let xl = to_nhwc(s, &x, s.c_in, s.input);
+            for threads in [1, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| {
+                    let mut y = vec![0f32; s.output_len()];
+                    conv::forward(s, &x, &w, &mut y);
+                    let want = to_nhwc(s, &y, s.c_out, s.output);
+                    let mut yl = vec![f32::NAN; s.output_len()];
+                    forward(s, &xl, &w, &mut yl);
+                    close(&yl, &want, "implicit forward");
+                    let mut yl = vec![f32::NAN; s.output_len()];
+                    forward_through_nchw(s, &xl, &w, &mut yl);
+                    close(&yl, &want, "forward through NCHW");
+                });
+            }
+        }
+        // Grouped layers are not taken.
+        let grouped = shape(2, 8, 8, 2, [9, 9], [3, 3], [1, 1], [1, 1], [1, 1]);
+        assert!(!forward_applies(&grouped));
     }
 
     /// Each pass on channels-last tensors equals the engine's NCHW pass, transposed.

@@ -127,6 +127,17 @@ impl Geo {
 /// the scratch cap, a task of one output row within a worker's share of
 /// the rest, and two tasks per thread.
 pub(super) fn plan<S: Packed>(s: &ConvShape, t: &Tuning, threads: usize) -> Option<Plan> {
+    plan_with::<S>(s, t, threads, true)
+}
+
+/// [`plan`], with the rule of two tasks per thread (a matter of speed, not
+/// of what the path can compute) only where `task_rule`.
+pub(super) fn plan_with<S: Packed>(
+    s: &ConvShape,
+    t: &Tuning,
+    threads: usize,
+    task_rule: bool,
+) -> Option<Plan> {
     if !t.implicit_forward
         || s.groups != 1
         || s.input[0] != 1
@@ -159,12 +170,14 @@ pub(super) fn plan<S: Packed>(s: &ConvShape, t: &Tuning, threads: usize) -> Opti
     // Tasks are whole rows of one image: too few to share among the
     // threads (a 1-D convolution over a few long signals) go the NCHW way,
     // which cuts rows.
-    if threads > 1 && s.n * g.oh.div_ceil(band) < 2 * threads {
+    if task_rule && threads > 1 && s.n * g.oh.div_ceil(band) < 2 * threads {
         return None;
     }
     Some(Plan { band, owv: g.owv })
 }
 
+/// `y = conv(x, w)` by the plan; `x` and `y` channels-last (`[n, h, w,
+/// c]`) when `nhwc`, else NCHW.
 pub(super) fn forward<S: Packed>(
     s: &ConvShape,
     x: &[f32],
@@ -172,6 +185,7 @@ pub(super) fn forward<S: Packed>(
     y: &mut [f32],
     t: &Tuning,
     plan: Plan,
+    nhwc: bool,
 ) {
     let g = Geo::of::<S>(s);
     debug_assert_eq!(g.owv, plan.owv);
@@ -197,6 +211,7 @@ pub(super) fn forward<S: Packed>(
                     y: yp,
                     y0: n * g.co * g.oh * g.ow,
                     rows,
+                    nhwc,
                 };
                 // SAFETY: the instruction set is available (checked by the
                 // caller); this task alone writes its rows of image n.
@@ -279,6 +294,8 @@ struct Task<'a> {
     /// Offset of the image in `y`.
     y0: usize,
     rows: Range<usize>,
+    /// `x` and `y` are channels-last.
+    nhwc: bool,
 }
 
 impl WithPacked for Task<'_> {
@@ -288,7 +305,11 @@ impl WithPacked for Task<'_> {
         let g = self.g;
         let rows = self.rows.len();
         let plane_len = g.plane_len(rows);
-        fill_planes::<S>(g, self.x, self.rows.start, rows, plane_len, self.input);
+        if self.nhwc {
+            fill_planes_nhwc(g, self.x, self.rows.start, rows, plane_len, self.input);
+        } else {
+            fill_planes::<S>(g, self.x, self.rows.start, rows, plane_len, self.input);
+        }
         let (c, nr, mr) = (g.c, S::NR, S::MR);
         let positions = rows * g.owv;
         let lda = g.stride[1] * c;
@@ -340,7 +361,11 @@ impl WithPacked for Task<'_> {
                 }
             }
         }
-        store_rows::<S>(g, self.out, self.y, self.y0, self.rows);
+        if self.nhwc {
+            store_rows_nhwc(g, self.out, self.y, self.y0, self.rows);
+        } else {
+            store_rows::<S>(g, self.out, self.y, self.y0, self.rows);
+        }
     }
 }
 
@@ -358,36 +383,22 @@ unsafe fn fill_planes<S: Packed>(
     dst: &mut [f32],
 ) {
     let (c, l_n) = (g.c, S::N);
-    let row_len = g.pitch * c;
-    // Input columns that land inside the row (those past it are never read).
-    let wn = g.w.min(g.pitch.saturating_sub(g.pad[1]));
-    let lead = g.pad[1].min(g.pitch) * c;
-    let at = |t: usize| (t % g.stride[0]) * plane_len + (t / g.stride[0]) * row_len;
-    let input_row = |t: usize| {
-        let ih = (oh0 * g.stride[0] + t) as isize - g.pad[0] as isize;
-        (ih >= 0 && ih < g.h as isize).then_some(ih as usize)
-    };
-    let band = 0..g.band_rows_in(rows);
-    // Padding first; then the data, a few channels at a time over every
-    // row, so the input is read as a few sequential streams (one plane per
-    // channel) rather than a jump across every channel's plane per row.
-    for t in band.clone() {
-        let row = &mut dst[at(t)..][..row_len];
-        if input_row(t).is_none() {
-            row.fill(0.0);
-        } else {
-            row[..lead].fill(0.0);
-            row[lead + wn * c..].fill(0.0);
-        }
-    }
+    let rows_in = RowsIn::new(g, oh0, rows, plane_len);
+    let (wn, lead) = (rows_in.wn, rows_in.lead);
+    let band = rows_in.pad(dst);
+    // The data a few channels at a time over every row, so the input is
+    // read as a few sequential streams (one plane per channel) rather than
+    // a jump across every channel's plane per row.
     let plane = g.h * g.w;
     let out = dst.as_mut_ptr().add(lead);
     for c0 in (0..c).step_by(l_n) {
         let cn = l_n.min(c - c0);
         for t in band.clone() {
-            let Some(ih) = input_row(t) else { continue };
+            let Some(ih) = rows_in.input_row(t) else {
+                continue;
+            };
             let src = x.as_ptr().add(c0 * plane + ih * g.w);
-            let out = out.add(at(t) + c0);
+            let out = out.add(rows_in.at(t) + c0);
             for w0 in (0..wn).step_by(l_n) {
                 let n = l_n.min(wn - w0);
                 S::transpose(
@@ -412,6 +423,99 @@ unsafe fn fill_planes<S: Packed>(
                     },
                 );
             }
+        }
+    }
+}
+
+/// Where a band's padded input rows go in its phase planes, and which
+/// input rows and columns fill them.
+struct RowsIn {
+    oh0: usize,
+    rows: usize,
+    plane_len: usize,
+    row_len: usize,
+    stride_h: usize,
+    pad_h: usize,
+    h: usize,
+    /// Input columns that land inside a row (those past it are never
+    /// read), and the floats of left padding before them.
+    wn: usize,
+    lead: usize,
+    c: usize,
+}
+
+impl RowsIn {
+    fn new(g: &Geo, oh0: usize, rows: usize, plane_len: usize) -> RowsIn {
+        RowsIn {
+            oh0,
+            rows: g.band_rows_in(rows),
+            plane_len,
+            row_len: g.pitch * g.c,
+            stride_h: g.stride[0],
+            pad_h: g.pad[0],
+            h: g.h,
+            wn: g.w.min(g.pitch.saturating_sub(g.pad[1])),
+            lead: g.pad[1].min(g.pitch) * g.c,
+            c: g.c,
+        }
+    }
+
+    /// Offset of padded row `t` of the band.
+    fn at(&self, t: usize) -> usize {
+        (t % self.stride_h) * self.plane_len + (t / self.stride_h) * self.row_len
+    }
+
+    /// The input row padded row `t` holds, if any.
+    fn input_row(&self, t: usize) -> Option<usize> {
+        let ih = (self.oh0 * self.stride_h + t) as isize - self.pad_h as isize;
+        (ih >= 0 && ih < self.h as isize).then_some(ih as usize)
+    }
+
+    /// Zeroes the padding of every row of the band (whole rows outside the
+    /// input); returns the band's rows.
+    fn pad(&self, dst: &mut [f32]) -> Range<usize> {
+        for t in 0..self.rows {
+            let row = &mut dst[self.at(t)..][..self.row_len];
+            if self.input_row(t).is_none() {
+                row.fill(0.0);
+            } else {
+                row[..self.lead].fill(0.0);
+                row[self.lead + self.wn * self.c..].fill(0.0);
+            }
+        }
+        0..self.rows
+    }
+}
+
+/// [`fill_planes`] from a channels-last image (`[h][w][c]`): each row's
+/// columns are one contiguous copy.
+fn fill_planes_nhwc(
+    g: &Geo,
+    x: &[f32],
+    oh0: usize,
+    rows: usize,
+    plane_len: usize,
+    dst: &mut [f32],
+) {
+    let rows_in = RowsIn::new(g, oh0, rows, plane_len);
+    let len = rows_in.wn * g.c;
+    for t in rows_in.pad(dst) {
+        if let Some(ih) = rows_in.input_row(t) {
+            let at = rows_in.at(t) + rows_in.lead;
+            dst[at..at + len].copy_from_slice(&x[ih * g.w * g.c..][..len]);
+        }
+    }
+}
+
+/// [`store_rows`] into a channels-last image (`[oh][ow][co]`): each
+/// position's channels are one contiguous copy.
+fn store_rows_nhwc(g: &Geo, cbuf: &[f32], y: SendPtr, y0: usize, rows: Range<usize>) {
+    for r in 0..rows.len() {
+        for ow in 0..g.ow {
+            let src = &cbuf[(r * g.owv + ow) * g.co_pad..][..g.co];
+            // SAFETY: this task alone writes these outputs of the image.
+            let dst = unsafe { y.slice(y0 + ((rows.start + r) * g.ow + ow) * g.co, g.co) };
+            dst.copy_from_slice(src);
         }
     }
 }

@@ -126,6 +126,48 @@ pub(crate) fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tu
     by_isa!(s, t, forward(s, x, w, y, t))
 }
 
+/// Whether the implicit GEMM computes `s` channels-last
+/// ([`forward_channels_last`]) at the tuning's instruction set: a property
+/// of the shape, whatever the batch a call is cut into and the pool's size
+/// (a task of one output row still has to fit the pool's share of scratch
+/// when it runs).
+pub(crate) fn channels_last_forward_applies(s: &ConvShape, t: &Tuning) -> bool {
+    match t.isa.supported() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => implicit::plan_with::<super::simd::Avx512>(s, t, 1, false).is_some(),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => implicit::plan_with::<super::simd::Avx2>(s, t, 1, false).is_some(),
+        _ => false,
+    }
+}
+
+/// `y = conv(x, w)` with `x` and `y` channels-last, by the implicit GEMM,
+/// which reads and writes that order directly; false (nothing written)
+/// where it cannot run on the current pool.
+pub(crate) fn forward_channels_last(
+    s: &ConvShape,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    t: &Tuning,
+) -> bool {
+    let threads = rayon::current_num_threads();
+    match t.isa.supported() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => match implicit::plan_with::<super::simd::Avx512>(s, t, threads, false) {
+            Some(p) => implicit::forward::<super::simd::Avx512>(s, x, w, y, t, p, true),
+            None => return false,
+        },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => match implicit::plan_with::<super::simd::Avx2>(s, t, threads, false) {
+            Some(p) => implicit::forward::<super::simd::Avx2>(s, x, w, y, t, p, true),
+            None => return false,
+        },
+        _ => return false,
+    }
+    true
+}
+
 pub(crate) fn backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32], t: &Tuning) {
     if let Some(f) = data_as_forward(s, t) {
         // dx = dy correlated with the flipped kernel, channels swapped.
