@@ -144,7 +144,8 @@ struct HostConv<'a> {
     blend: Blend,
     epilogue: Option<&'a (dyn Fn(&mut [f32]) + Sync)>,
     /// x and y stay channels-last: the engine's [`channels_last`] kernels (or, for a
-    /// forward pass, its implicit GEMM) compute the layer in that order.
+    /// forward pass or input gradient, its implicit GEMM) compute the layer in that
+    /// order.
     channels_last: bool,
 }
 
@@ -154,12 +155,14 @@ impl<'a> HostConv<'a> {
         blend: Blend,
         epilogue: Option<&'a (dyn Fn(&mut [f32]) + Sync)>,
     ) -> Self {
-        // Pointwise and depthwise layers, and the forward pass of the layers the
-        // implicit GEMM takes, on packed channels-last x and y; a fused epilogue
-        // (per-channel bias in NCHW order) takes the general path.
+        // Pointwise and depthwise layers, and the forward pass and stride-1 input
+        // gradient of the layers the implicit GEMM takes, on packed channels-last x
+        // and y; a fused epilogue (per-channel bias in NCHW order) takes the general
+        // path.
         let in_order = match p.pass {
             Pass::Forward => channels_last::forward_applies(&p.shape),
-            _ => channels_last::kind(&p.shape).is_some(),
+            Pass::BackwardData => channels_last::backward_data_applies(&p.shape),
+            Pass::BackwardWeights => channels_last::kind(&p.shape).is_some(),
         };
         let channels_last = epilogue.is_none()
             && in_order

@@ -1,7 +1,8 @@
 //! Convolutions computed directly on packed channels-last f32 tensors (`[n, h, w, c]`;
 //! 1-D and 2-D), for the layers where that order is the natural one, so channels-last
-//! calls of them need no transposes at all (and the forward pass of the layers the
-//! engine's implicit GEMM takes, which reads and writes this order: [`forward_applies`]):
+//! calls of them need no transposes at all (and the forward pass and stride-1 input
+//! gradient of the layers the engine's implicit GEMM takes, which reads and writes this
+//! order: [`forward_applies`], [`backward_data_applies`]):
 //! - pointwise layers (1×1, stride 1, no padding, one group) are matrix products over
 //!   the positions: `y[P×Co] = x[P×Ci] · Wᵀ`, `dx = dy · W`, `dW = dyᵀ · x`;
 //! - depthwise layers (one input and one output channel per group) run along rows of
@@ -57,6 +58,13 @@ pub fn forward_applies(s: &ConvShape) -> bool {
     kind(s).is_some() || super::lowered::channels_last_forward_applies(s, &Tuning::default())
 }
 
+/// Whether [`backward_data`] computes `s`: a layer of a [`Kind`], or a
+/// stride-1 layer whose input gradient is a forward convolution (of `dy`
+/// with the flipped kernel) that the implicit GEMM takes.
+pub fn backward_data_applies(s: &ConvShape) -> bool {
+    kind(s).is_some() || super::lowered::channels_last_backward_data_applies(s, &Tuning::default())
+}
+
 /// `y = conv(x, w)`, `x` and `y` channels-last.
 ///
 /// # Panics
@@ -77,7 +85,7 @@ pub fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32]) {
             ],
         );
         if !super::lowered::forward_channels_last(s, x, w, y, &Tuning::default()) {
-            forward_through_nchw(s, x, w, y);
+            through_nchw(s, [x, w], y, Pass::Forward);
         }
         return;
     }
@@ -123,26 +131,40 @@ pub fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32]) {
     }
 }
 
-/// The general forward pass on NCHW copies of `x` and `y`: the fallback of
-/// [`forward`] for the rare call whose row of output does not fit the
-/// pool's share of scratch.
-fn forward_through_nchw(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32]) {
-    let (cin, cout) = (s.c_in, s.c_out);
-    let (pin, pout) = (s.input_spatial(), s.output_spatial());
-    let mut xc = vec![0.0f32; x.len()];
+/// A pass the general [`forward`] and [`backward_data`] fall back on.
+#[derive(Clone, Copy)]
+enum Pass {
+    Forward,
+    BackwardData,
+}
+
+/// The engine's NCHW pass on NCHW copies of the channels-last input and
+/// output (`[a, w]` → `out`): the fallback of the general [`forward`] and
+/// [`backward_data`] for the rare call whose single output row does not fit
+/// the pool's share of scratch.
+fn through_nchw(s: &ConvShape, [a, w]: [&[f32]; 2], out: &mut [f32], pass: Pass) {
+    let (ci, co, pi, po) = (s.c_in, s.c_out, s.input_spatial(), s.output_spatial());
+    let ((ca, pa), (cout, pout)) = match pass {
+        Pass::Forward => ((ci, pi), (co, po)),
+        Pass::BackwardData => ((co, po), (ci, pi)),
+    };
+    let mut an = vec![0.0f32; a.len()];
     for n in 0..s.n {
-        for p in 0..pin {
-            for c in 0..cin {
-                xc[(n * cin + c) * pin + p] = x[(n * pin + p) * cin + c];
+        for p in 0..pa {
+            for c in 0..ca {
+                an[(n * ca + c) * pa + p] = a[(n * pa + p) * ca + c];
             }
         }
     }
-    let mut yc = vec![0.0f32; y.len()];
-    super::conv::forward(s, &xc, w, &mut yc);
+    let mut on = vec![0.0f32; out.len()];
+    match pass {
+        Pass::Forward => super::conv::forward(s, &an, w, &mut on),
+        Pass::BackwardData => super::conv::backward_data(s, &an, w, &mut on),
+    }
     for n in 0..s.n {
         for p in 0..pout {
             for c in 0..cout {
-                y[(n * pout + p) * cout + c] = yc[(n * cout + c) * pout + p];
+                out[(n * pout + p) * cout + c] = on[(n * cout + c) * pout + p];
             }
         }
     }
@@ -151,8 +173,27 @@ fn forward_through_nchw(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32]) {
 /// `dx = convᵀ(dy, w)`, `dy` and `dx` channels-last.
 ///
 /// # Panics
-/// As [`forward`].
+/// If `s` is not one [`backward_data_applies`] to or a buffer's length
+/// differs from the shape's.
 pub fn backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+    if kind(s).is_none() {
+        assert!(
+            backward_data_applies(s),
+            "channels_last::backward_data: {s:?} is neither pointwise, depthwise nor one whose input gradient the implicit GEMM takes"
+        );
+        s.check_buffers(
+            "backward_data",
+            [
+                ("dy", dy.len(), s.output_len()),
+                ("w", w.len(), s.weight_len()),
+                ("dx", dx.len(), s.input_len()),
+            ],
+        );
+        if !super::lowered::backward_data_channels_last(s, dy, w, dx, &Tuning::default()) {
+            through_nchw(s, [dy, w], dx, Pass::BackwardData);
+        }
+        return;
+    }
     check(
         s,
         "backward_data",
@@ -856,9 +897,9 @@ mod tests {
         }
     }
 
-    /// The forward pass of layers of no [`Kind`] (the implicit GEMM reading and
-    /// writing channels-last, and the fallback through NCHW copies) equals the
-    /// engine's NCHW pass, transposed.
+    /// The forward pass and stride-1 input gradient of layers of no [`Kind`] (the
+    /// implicit GEMM reading and writing channels-last, and the fallback through
+    /// NCHW copies) equal the engine's NCHW passes, transposed.
     #[test]
     fn general_forward_matches_nchw() {
         let shapes = [
@@ -867,6 +908,7 @@ mod tests {
             shape(2, 9, 7, 1, [10, 12], [3, 2], [1, 1], [2, 3], [1, 2]),
             shape(2, 8, 12, 1, [1, 40], [1, 5], [1, 1], [0, 2], [1, 1]),
         ];
+        let mut data = 0;
         for s in &shapes {
             assert!(kind(s).is_none() && forward_applies(s), "{s:?}");
             let (x, w) = (values(s.input_len(), 4), values(s.weight_len(), 5));
@@ -884,14 +926,32 @@ mod tests {
                     forward(s, &xl, &w, &mut yl);
                     close(&yl, &want, "implicit forward");
                     let mut yl = vec![f32::NAN; s.output_len()];
-                    forward_through_nchw(s, &xl, &w, &mut yl);
+                    through_nchw(s, [&xl, &w], &mut yl, Pass::Forward);
                     close(&yl, &want, "forward through NCHW");
+                    if backward_data_applies(s) {
+                        let dy = values(s.output_len(), 6);
+                        let mut dx = vec![0f32; s.input_len()];
+                        conv::backward_data(s, &dy, &w, &mut dx);
+                        let want = to_nhwc(s, &dx, s.c_in, s.input);
+                        let dyl = to_nhwc(s, &dy, s.c_out, s.output);
+                        let mut dxl = vec![f32::NAN; s.input_len()];
+                        backward_data(s, &dyl, &w, &mut dxl);
+                        close(&dxl, &want, "implicit backward-data");
+                        let mut dxl = vec![f32::NAN; s.input_len()];
+                        through_nchw(s, [&dyl, &w], &mut dxl, Pass::BackwardData);
+                        close(&dxl, &want, "backward-data through NCHW");
+                        data += 1;
+                    }
                 });
             }
         }
-        // Grouped layers are not taken.
+        // Two stride-1 shapes have their input gradient as a forward pass (the
+        // third pads past its kernel's reach), on each pool.
+        assert_eq!(data, 2 * 2);
+        // Grouped layers are not taken; nor strided input gradients.
         let grouped = shape(2, 8, 8, 2, [9, 9], [3, 3], [1, 1], [1, 1], [1, 1]);
-        assert!(!forward_applies(&grouped));
+        assert!(!forward_applies(&grouped) && !backward_data_applies(&grouped));
+        assert!(!backward_data_applies(&shapes[1]) && !backward_data_applies(&shapes[2]));
     }
 
     /// Each pass on channels-last tensors equals the engine's NCHW pass, transposed.

@@ -8,7 +8,10 @@
 //!
 //! A stride-1 input gradient of a wide layer is instead computed as the
 //! forward convolution of `dy` with the flipped, transposed kernel
-//! ([`data_as_forward`]).
+//! ([`data_as_forward`]). On the packed back end, the forward pass of most
+//! 2-D layers of one group is an implicit GEMM over a channels-last copy of
+//! the input instead (`implicit`), which also serves channels-last calls
+//! directly ([`forward_channels_last`]).
 //!
 //! Chunks cut the positions of the batch into independent tasks; chunks of
 //! small images span several whole images so the products stay large.
@@ -168,6 +171,39 @@ pub(crate) fn forward_channels_last(
     true
 }
 
+/// Whether [`backward_data_channels_last`] computes `s`: its input gradient
+/// is a forward convolution ([`flipped_forward`], whose flipped kernel fits
+/// an eighth of the scratch cap) that the implicit GEMM takes.
+pub(crate) fn channels_last_backward_data_applies(s: &ConvShape, t: &Tuning) -> bool {
+    32 * s.weight_len() <= t.scratch_bytes
+        && flipped_forward(s).is_some_and(|f| channels_last_forward_applies(&f, t))
+}
+
+/// `dx = convᵀ(dy, w)` with `dy` and `dx` channels-last, as the forward
+/// convolution of `dy` with the flipped, transposed kernel on the implicit
+/// GEMM; false (nothing written) where it cannot run
+/// ([`channels_last_backward_data_applies`], or the pool's scratch share).
+pub(crate) fn backward_data_channels_last(
+    s: &ConvShape,
+    dy: &[f32],
+    w: &[f32],
+    dx: &mut [f32],
+    t: &Tuning,
+) -> bool {
+    let Some(f) = flipped_forward(s).filter(|_| channels_last_backward_data_applies(s, t)) else {
+        return false;
+    };
+    let wlen = s.weight_len();
+    let rest = Tuning {
+        scratch_bytes: t.scratch_bytes - 4 * wlen,
+        ..*t
+    };
+    t.scratch(super::scratch::Slot::Partials, wlen, |wf| {
+        flip_transpose(s, w, wf);
+        forward_channels_last(&f, dy, wf, dx, &rest)
+    })
+}
+
 pub(crate) fn backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32], t: &Tuning) {
     if let Some(f) = data_as_forward(s, t) {
         // dx = dy correlated with the flipped kernel, channels swapped.
@@ -236,11 +272,21 @@ pub(super) fn dy_rows(
 /// at most an eighth of the scratch budget.
 pub(super) fn data_as_forward(s: &ConvShape, t: &Tuning) -> Option<ConvShape> {
     if !t.data_as_forward
-        || s.stride != [1; 3]
         || s.c_in_per_group() < DATA_AS_FORWARD_MIN_CHANNELS
         || s.input_spatial() < DATA_AS_FORWARD_MIN_POSITIONS
         || 32 * s.weight_len() > t.scratch_bytes
     {
+        return None;
+    }
+    flipped_forward(s)
+}
+
+/// The forward convolution of `dy` with the flipped, transposed kernel
+/// whose output is the input gradient of `s`, if there is one: stride 1,
+/// padding within the kernel's reach, and the gradient exactly the size
+/// that forward produces.
+fn flipped_forward(s: &ConvShape) -> Option<ConvShape> {
+    if s.stride != [1; 3] {
         return None;
     }
     let mut pad = [0; 3];
