@@ -72,22 +72,7 @@ pub fn backward_data_applies(s: &ConvShape) -> bool {
 /// from the shape's.
 pub fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32]) {
     if kind(s).is_none() {
-        assert!(
-            forward_applies(s),
-            "channels_last::forward: {s:?} is neither pointwise, depthwise nor one the implicit GEMM takes"
-        );
-        s.check_buffers(
-            "forward",
-            [
-                ("x", x.len(), s.input_len()),
-                ("w", w.len(), s.weight_len()),
-                ("y", y.len(), s.output_len()),
-            ],
-        );
-        if !super::lowered::forward_channels_last(s, x, w, y, &Tuning::default()) {
-            through_nchw(s, [x, w], y, Pass::Forward);
-        }
-        return;
+        return general(s, Pass::Forward, [x, w], y);
     }
     check(
         s,
@@ -138,6 +123,46 @@ enum Pass {
     BackwardData,
 }
 
+/// The forward pass or input gradient of a layer of no [`Kind`] (`[a, w]` →
+/// `out`): on the implicit GEMM where it runs on the current pool, else
+/// through NCHW copies.
+fn general(s: &ConvShape, pass: Pass, [a, w]: [&[f32]; 2], out: &mut [f32]) {
+    let (inp, outp) = (s.input_len(), s.output_len());
+    let (name, applies, lens) = match pass {
+        Pass::Forward => (
+            "forward",
+            forward_applies(s),
+            [
+                ("x", a.len(), inp),
+                ("w", w.len(), s.weight_len()),
+                ("y", out.len(), outp),
+            ],
+        ),
+        Pass::BackwardData => (
+            "backward_data",
+            backward_data_applies(s),
+            [
+                ("dy", a.len(), outp),
+                ("w", w.len(), s.weight_len()),
+                ("dx", out.len(), inp),
+            ],
+        ),
+    };
+    assert!(
+        applies,
+        "channels_last::{name}: {s:?} is neither pointwise, depthwise nor one the implicit GEMM takes"
+    );
+    s.check_buffers(name, lens);
+    let t = Tuning::default();
+    let done = match pass {
+        Pass::Forward => super::lowered::forward_channels_last(s, a, w, out, &t),
+        Pass::BackwardData => super::lowered::backward_data_channels_last(s, a, w, out, &t),
+    };
+    if !done {
+        through_nchw(s, [a, w], out, pass);
+    }
+}
+
 /// The engine's NCHW pass on NCHW copies of the channels-last input and
 /// output (`[a, w]` → `out`): the fallback of the general [`forward`] and
 /// [`backward_data`] for the rare call whose single output row does not fit
@@ -177,22 +202,7 @@ fn through_nchw(s: &ConvShape, [a, w]: [&[f32]; 2], out: &mut [f32], pass: Pass)
 /// differs from the shape's.
 pub fn backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     if kind(s).is_none() {
-        assert!(
-            backward_data_applies(s),
-            "channels_last::backward_data: {s:?} is neither pointwise, depthwise nor one whose input gradient the implicit GEMM takes"
-        );
-        s.check_buffers(
-            "backward_data",
-            [
-                ("dy", dy.len(), s.output_len()),
-                ("w", w.len(), s.weight_len()),
-                ("dx", dx.len(), s.input_len()),
-            ],
-        );
-        if !super::lowered::backward_data_channels_last(s, dy, w, dx, &Tuning::default()) {
-            through_nchw(s, [dy, w], dx, Pass::BackwardData);
-        }
-        return;
+        return general(s, Pass::BackwardData, [dy, w], dx);
     }
     check(
         s,

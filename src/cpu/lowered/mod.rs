@@ -154,21 +154,27 @@ pub(crate) fn forward_channels_last(
     y: &mut [f32],
     t: &Tuning,
 ) -> bool {
-    let threads = rayon::current_num_threads();
+    /// The implicit GEMM at instruction set `S`, if it can run.
+    #[cfg(target_arch = "x86_64")]
+    fn at<S: super::packed_gemm::Packed>(
+        s: &ConvShape,
+        x: &[f32],
+        w: &[f32],
+        y: &mut [f32],
+        t: &Tuning,
+    ) -> bool {
+        let threads = rayon::current_num_threads();
+        implicit::plan_with::<S>(s, t, threads, false)
+            .map(|p| implicit::forward::<S>(s, x, w, y, t, p, true))
+            .is_some()
+    }
     match t.isa.supported() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => match implicit::plan_with::<super::simd::Avx512>(s, t, threads, false) {
-            Some(p) => implicit::forward::<super::simd::Avx512>(s, x, w, y, t, p, true),
-            None => return false,
-        },
+        Isa::Avx512 => at::<super::simd::Avx512>(s, x, w, y, t),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => match implicit::plan_with::<super::simd::Avx2>(s, t, threads, false) {
-            Some(p) => implicit::forward::<super::simd::Avx2>(s, x, w, y, t, p, true),
-            None => return false,
-        },
-        _ => return false,
+        Isa::Avx2 => at::<super::simd::Avx2>(s, x, w, y, t),
+        _ => false,
     }
-    true
 }
 
 /// Whether [`backward_data_channels_last`] computes `s`: its input gradient
@@ -193,6 +199,19 @@ pub(crate) fn backward_data_channels_last(
     let Some(f) = flipped_forward(s).filter(|_| channels_last_backward_data_applies(s, t)) else {
         return false;
     };
+    with_flipped_kernel(s, w, t, |wf, rest| {
+        forward_channels_last(&f, dy, wf, dx, rest)
+    })
+}
+
+/// Runs `f` on the flipped, transposed kernel of `s` ([`flip_transpose`],
+/// in the per-call buffer) and a tuning whose scratch cap leaves room for it.
+fn with_flipped_kernel<R>(
+    s: &ConvShape,
+    w: &[f32],
+    t: &Tuning,
+    f: impl FnOnce(&[f32], &Tuning) -> R,
+) -> R {
     let wlen = s.weight_len();
     let rest = Tuning {
         scratch_bytes: t.scratch_bytes - 4 * wlen,
@@ -200,23 +219,14 @@ pub(crate) fn backward_data_channels_last(
     };
     t.scratch(super::scratch::Slot::Partials, wlen, |wf| {
         flip_transpose(s, w, wf);
-        forward_channels_last(&f, dy, wf, dx, &rest)
+        f(wf, &rest)
     })
 }
 
 pub(crate) fn backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32], t: &Tuning) {
     if let Some(f) = data_as_forward(s, t) {
         // dx = dy correlated with the flipped kernel, channels swapped.
-        let wlen = s.weight_len();
-        let rest = Tuning {
-            scratch_bytes: t.scratch_bytes - 4 * wlen,
-            ..*t
-        };
-        t.scratch(super::scratch::Slot::Partials, wlen, |wf| {
-            flip_transpose(s, w, wf);
-            forward(&f, dy, wf, dx, &rest);
-        });
-        return;
+        return with_flipped_kernel(s, w, t, |wf, rest| forward(&f, dy, wf, dx, rest));
     }
     by_isa!(s, t, backward_data(s, dy, w, dx, t))
 }

@@ -715,7 +715,7 @@ fn weights_chunk<S: Packed>(
     t.scratch(Slot::Task, tmp_len + bblock + pad_len, |buf| {
         let (tmp, rest) = buf.split_at_mut(tmp_len);
         let (bbuf, pbuf) = rest.split_at_mut(bblock);
-        let a = dy_rows(s, d, dy, g, ch, tmp);
+        let a = AOperand::InPlace(dy_rows(s, d, dy, g, ch, tmp));
         // SAFETY: the kernel is available; `c` is owned by this task/worker.
         unsafe {
             if d.pointwise {
@@ -726,47 +726,20 @@ fn weights_chunk<S: Packed>(
                     plane: d.p,
                     ch,
                 };
-                run::<S>(
-                    d.m,
-                    rows.len(),
-                    cols,
-                    AOperand::InPlace(a),
-                    &b,
-                    c,
-                    accumulate,
-                    bbuf,
-                );
+                run::<S>(d.m, rows.len(), cols, a, &b, c, accumulate, bbuf);
             } else if pad_len > 0 {
                 let padded = PaddedChunk::build(t.isa, pbuf, s, x, g, ch, ci0, ci1 - ci0);
                 let b = Columns {
                     inner: Im2colTB { padded: &padded },
                     first: rows.start,
                 };
-                run::<S>(
-                    d.m,
-                    rows.len(),
-                    cols,
-                    AOperand::InPlace(a),
-                    &b,
-                    c,
-                    accumulate,
-                    bbuf,
-                );
+                run::<S>(d.m, rows.len(), cols, a, &b, c, accumulate, bbuf);
             } else {
                 let b = Columns {
                     inner: DirectIm2colTB { s, x, g, ch },
                     first: rows.start,
                 };
-                run::<S>(
-                    d.m,
-                    rows.len(),
-                    cols,
-                    AOperand::InPlace(a),
-                    &b,
-                    c,
-                    accumulate,
-                    bbuf,
-                );
+                run::<S>(d.m, rows.len(), cols, a, &b, c, accumulate, bbuf);
             }
         }
     });
