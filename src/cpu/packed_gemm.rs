@@ -101,37 +101,52 @@ pub(crate) trait PackB: Sync {
     unsafe fn pack<S: Packed>(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]);
 }
 
-/// `C = A · B`, or `C += A · B` when `accumulate`, for `A` of `m × k` with
-/// unit row or column stride, `B` from `b` (`k × n`) and `C` of `m × n` with
-/// unit column stride, on instruction set `S`. `buf` holds the packed blocks
-/// of `A` and `B`: up to `S::B_BLOCK_LEN` floats are used, and at least
-/// `S::MIN_BUF_LEN` are needed.
+/// `C = A · B`, or `C += A · B` when `accumulate`, for `A` of `m × k` (in
+/// place with unit row or column stride, or packed beforehand: [`ASource`]),
+/// `B` from `b` (`k × n`) and `C` of `m × n` with unit column stride, on
+/// instruction set `S`. `buf` holds the packed blocks of `A` and `B`: up to
+/// `S::B_BLOCK_LEN` floats are used, and at least `S::MIN_BUF_LEN` are
+/// needed.
 ///
 /// # Safety
 /// The CPU must support `S`; `a` and `c` must address valid memory for the
-/// given sizes, and no other thread may touch `c` meanwhile.
+/// given sizes (a packed `A`: at least `ceil(m / MR)` panels of depth `k`),
+/// and no other thread may touch `c` meanwhile.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm<S: Packed>(
     m: usize,
     n: usize,
     k: usize,
-    a: Mat,
+    a: ASource,
     b: &impl PackB,
     c: MatMut,
     accumulate: bool,
     buf: &mut [f32],
 ) {
-    assert!(c.cs == 1 && (a.cs == 1 || a.rs == 1) && buf.len() >= S::MIN_BUF_LEN);
+    let a_ok = match a {
+        ASource::Mat(a) => a.cs == 1 || a.rs == 1,
+        ASource::Packed(p) => p.k == k,
+    };
+    assert!(c.cs == 1 && a_ok && buf.len() >= S::MIN_BUF_LEN);
     S::enter(Gemm {
         m,
         n,
         k,
-        a: ASource::Mat(a),
+        a,
         b,
         c,
         accumulate,
         buf,
     })
+}
+
+/// Where [`gemm`] finds `A`.
+#[derive(Clone, Copy)]
+pub(crate) enum ASource {
+    /// In place, packed per block where `C` is wide enough.
+    Mat(Mat),
+    /// Packed whole beforehand.
+    Packed(PackedA),
 }
 
 /// An `A` operand packed whole beforehand by [`pack_a_whole`], in the
@@ -252,44 +267,6 @@ impl WithPacked for PackA<'_> {
     unsafe fn run<S: Packed>(self) {
         pack_a::<S>(self.a, self.i0, self.mc, self.k0, self.kc, self.out)
     }
-}
-
-/// [`gemm`] with `A` packed beforehand ([`PackedA`]) from an `m × k`
-/// matrix.
-///
-/// # Safety
-/// As [`gemm`]; `a` must hold at least `ceil(m / MR)` panels of depth `k`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm_packed_a<S: Packed>(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: PackedA,
-    b: &impl PackB,
-    c: MatMut,
-    accumulate: bool,
-    buf: &mut [f32],
-) {
-    assert!(c.cs == 1 && a.k == k && buf.len() >= S::MIN_BUF_LEN);
-    S::enter(Gemm {
-        m,
-        n,
-        k,
-        a: ASource::Packed(a),
-        b,
-        c,
-        accumulate,
-        buf,
-    })
-}
-
-/// Where [`gemm_in`] finds `A`.
-#[derive(Clone, Copy)]
-enum ASource {
-    /// In place, packed per block where `C` is wide enough.
-    Mat(Mat),
-    /// Packed whole beforehand.
-    Packed(PackedA),
 }
 
 /// The arguments of [`gemm`], run by [`gemm_in`].
@@ -1065,9 +1042,18 @@ mod tests {
                         unsafe {
                             if prepacked {
                                 let pre = pack_a_whole::<S>(am, m, k, &mut pa);
-                                gemm_packed_a::<S>(m, n, k, pre, &bd, cm, accumulate, &mut buf)
+                                gemm::<S>(
+                                    m,
+                                    n,
+                                    k,
+                                    ASource::Packed(pre),
+                                    &bd,
+                                    cm,
+                                    accumulate,
+                                    &mut buf,
+                                )
                             } else {
-                                gemm::<S>(m, n, k, am, &bd, cm, accumulate, &mut buf)
+                                gemm::<S>(m, n, k, ASource::Mat(am), &bd, cm, accumulate, &mut buf)
                             }
                         };
                         for i in 0..m {

@@ -61,6 +61,12 @@ impl Default for Tuning {
 }
 
 impl Tuning {
+    /// Most floats of weights packed whole once per call (`Slot::Weights`):
+    /// a quarter of the cap, the rest left to the tasks.
+    pub fn packed_weights_floats(&self) -> usize {
+        self.scratch_bytes / 4 / 4
+    }
+
     /// Scratch floats one of `workers` concurrent tasks may hold.
     pub fn floats_per_worker(&self, workers: usize) -> usize {
         self.scratch_bytes / 4 / workers.max(1)

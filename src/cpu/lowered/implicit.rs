@@ -42,8 +42,6 @@ const MAX_PARTS: usize = 64;
 pub(super) struct Plan {
     /// Output rows per task.
     band: usize,
-    /// Positions per virtual output row (`OW` and the phantom columns).
-    owv: usize,
 }
 
 /// Sizes of the problem, in the terms of the module's description.
@@ -110,9 +108,9 @@ impl Geo {
             + (S::MR * self.stride[1] + self.kw * self.dil[1] + 1) * self.c
     }
 
-    /// Floats of a task's `C` (with slack rows read by the transposes).
-    fn output_len<S: Packed>(&self, rows: usize) -> usize {
-        (rows * self.owv + S::MR.max(S::N)) * self.co_pad
+    /// Floats of a task's `C`.
+    fn output_len(&self, rows: usize) -> usize {
+        rows * self.owv * self.co_pad
     }
 
     /// Depth of the product: kernel taps × input channels.
@@ -123,8 +121,8 @@ impl Geo {
 
 /// The plan for `s`, if this path applies: a 2-D convolution (no kernel
 /// over depth) of one group with more than one tap, at most
-/// 1/[`MAX_WASTE`] phantom positions, packed weights within a quarter of
-/// the scratch cap, a task of one output row within a worker's share of
+/// 1/[`MAX_WASTE`] phantom positions, packed weights within
+/// [`Tuning::packed_weights_floats`], a task of one output row within a worker's share of
 /// the rest, and two tasks per thread.
 pub(super) fn plan<S: Packed>(s: &ConvShape, t: &Tuning, threads: usize) -> Option<Plan> {
     plan_with::<S>(s, t, threads, true)
@@ -149,11 +147,11 @@ pub(super) fn plan_with<S: Packed>(
     }
     let g = Geo::of::<S>(s);
     let weights = g.depth() * g.co_pad;
-    if MAX_WASTE * (g.owv - g.ow) > g.owv || weights > t.scratch_bytes / 4 / 4 {
+    if MAX_WASTE * (g.owv - g.ow) > g.owv || weights > t.packed_weights_floats() {
         return None;
     }
     let budget = (t.scratch_bytes / 4 - weights) / threads.max(1);
-    let task = |rows: usize| g.input_len::<S>(rows) + g.output_len::<S>(rows);
+    let task = |rows: usize| g.input_len::<S>(rows) + g.output_len(rows);
     // Bands of about TASK_POSITIONS positions, cut further so that every
     // thread gets four tasks where the images are few.
     let want = if threads > 1 { 4 * threads } else { 1 };
@@ -173,7 +171,7 @@ pub(super) fn plan_with<S: Packed>(
     if task_rule && threads > 1 && s.n * g.oh.div_ceil(band) < 2 * threads {
         return None;
     }
-    Some(Plan { band, owv: g.owv })
+    Some(Plan { band })
 }
 
 /// `y = conv(x, w)` by the plan; `x` and `y` channels-last (`[n, h, w,
@@ -188,7 +186,6 @@ pub(super) fn forward<S: Packed>(
     nhwc: bool,
 ) {
     let g = Geo::of::<S>(s);
-    debug_assert_eq!(g.owv, plan.owv);
     let bands = g.oh.div_ceil(plan.band);
     let tasks: Vec<(usize, Range<usize>)> = (0..s.n)
         .flat_map(|n| (0..bands).map(move |b| (n, b * plan.band..((b + 1) * plan.band).min(g.oh))))
@@ -198,7 +195,7 @@ pub(super) fn forward<S: Packed>(
     t.scratch(Slot::Weights, wlen, |wb| {
         pack_weights::<S>(&g, w, wb);
         let wb: &[f32] = wb;
-        let len = g.input_len::<S>(plan.band) + g.output_len::<S>(plan.band);
+        let len = g.input_len::<S>(plan.band) + g.output_len(plan.band);
         tasks.into_par_iter().for_each(|(n, rows)| {
             t.scratch(Slot::Task, len, |buf| {
                 let (input, out) = buf.split_at_mut(g.input_len::<S>(plan.band));
@@ -401,27 +398,7 @@ unsafe fn fill_planes<S: Packed>(
             let out = out.add(rows_in.at(t) + c0);
             for w0 in (0..wn).step_by(l_n) {
                 let n = l_n.min(wn - w0);
-                S::transpose(
-                    |l| {
-                        if l >= cn {
-                            S::zero()
-                        } else if n == l_n {
-                            S::load(src.add(l * plane + w0))
-                        } else {
-                            S::load_part(src.add(l * plane + w0), n)
-                        }
-                    },
-                    |j, v| {
-                        if j < n {
-                            let p = out.add((w0 + j) * c);
-                            if cn == l_n {
-                                v.store(p)
-                            } else {
-                                v.store_part(p, cn)
-                            }
-                        }
-                    },
-                );
+                transpose_block::<S>(src.add(w0), plane, cn, n, out.add(w0 * c), c);
             }
         }
     }
@@ -526,8 +503,7 @@ fn store_rows_nhwc(g: &Geo, cbuf: &[f32], y: SendPtr, y0: usize, rows: Range<usi
 unsafe fn store_rows<S: Packed>(g: &Geo, cbuf: &[f32], y: SendPtr, y0: usize, rows: Range<usize>) {
     let l_n = S::N;
     let plane = g.oh * g.ow;
-    // The transposes read whole vectors of positions past the row's end.
-    assert!(((rows.len() - 1) * g.owv + g.ow.div_ceil(l_n) * l_n) * g.co_pad <= cbuf.len());
+    assert!(rows.len() * g.owv * g.co_pad <= cbuf.len());
     for r in 0..rows.len() {
         let src = cbuf.as_ptr().add(r * g.owv * g.co_pad);
         let dst = y.at(y0 + (rows.start + r) * g.ow);
@@ -535,22 +511,47 @@ unsafe fn store_rows<S: Packed>(g: &Geo, cbuf: &[f32], y: SendPtr, y0: usize, ro
             let cn = l_n.min(g.co - co0);
             for w0 in (0..g.ow).step_by(l_n) {
                 let n = l_n.min(g.ow - w0);
-                S::transpose(
-                    |l| S::load(src.add((w0 + l) * g.co_pad + co0)),
-                    |j, v| {
-                        if j < cn {
-                            let p = dst.add((co0 + j) * plane + w0);
-                            if n == l_n {
-                                v.store(p)
-                            } else {
-                                v.store_part(p, n)
-                            }
-                        }
-                    },
-                );
+                let from = src.add(w0 * g.co_pad + co0);
+                transpose_block::<S>(from, g.co_pad, n, cn, dst.add(co0 * plane + w0), plane);
             }
         }
     }
+}
+
+/// Transposes the `rows × cols` block (both at most `S::N`) whose row `l`
+/// is the `cols` floats at `src + l·src_stride`: its column `j` goes to the
+/// `rows` floats at `dst + j·dst_stride`. Reads and writes nothing else.
+#[inline(always)]
+unsafe fn transpose_block<S: Packed>(
+    src: *const f32,
+    src_stride: usize,
+    rows: usize,
+    cols: usize,
+    dst: *mut f32,
+    dst_stride: usize,
+) {
+    let n = S::N;
+    S::transpose(
+        |l| {
+            if l >= rows {
+                S::zero()
+            } else if cols == n {
+                S::load(src.add(l * src_stride))
+            } else {
+                S::load_part(src.add(l * src_stride), cols)
+            }
+        },
+        |j, v| {
+            if j < cols {
+                let p = dst.add(j * dst_stride);
+                if rows == n {
+                    v.store(p)
+                } else {
+                    v.store_part(p, rows)
+                }
+            }
+        },
+    );
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use crate::cpu::pack::{
     Shifted,
 };
 use crate::cpu::packed_gemm::{
-    gemm, gemm_packed_a, gemm_shifted, pack_a_whole, packed_a_len, PackB, Packed, PackedA,
+    gemm, gemm_shifted, pack_a_whole, packed_a_len, ASource, PackB, Packed, PackedA,
 };
 use crate::cpu::par::{split_range, SendPtr};
 use crate::cpu::scratch::{Slot, Tuning};
@@ -53,8 +53,6 @@ fn b_block<S: Packed>(budget: usize) -> usize {
     S::B_BLOCK_LEN.min(budget / 2).max(S::MIN_BUF_LEN)
 }
 
-/// Most share of the scratch cap `Wᵀ` packed whole may take (1/4).
-const PACKED_WEIGHTS_SHARE: usize = 4;
 /// Fewest products over the same weights for which the input gradient
 /// packs its `Wᵀ` whole beforehand: column-major, it costs far more to pack
 /// per block than the forward pass's row-major weights (a strided sweep
@@ -67,7 +65,7 @@ const DATA_MIN_USES: usize = 2;
 /// input gradient whose products meet each of `parts` `rows × depth`
 /// blocks of it `uses` times, or 0 where each product packs it itself
 /// (fewer than [`DATA_MIN_USES`] products, or the packed weights would take
-/// more than their share of the scratch cap).
+/// more than [`Tuning::packed_weights_floats`]).
 fn packed_weights_len<S: Packed>(
     t: &Tuning,
     parts: usize,
@@ -76,23 +74,11 @@ fn packed_weights_len<S: Packed>(
     uses: usize,
 ) -> usize {
     let len = parts * packed_a_len::<S>(rows, depth);
-    if t.pack_weights_once
-        && uses >= DATA_MIN_USES
-        && len <= t.scratch_bytes / 4 / PACKED_WEIGHTS_SHARE
-    {
+    if t.pack_weights_once && uses >= DATA_MIN_USES && len <= t.packed_weights_floats() {
         len
     } else {
         0
     }
-}
-
-/// The `A` operand of a product (the weights; `dy` for the weight
-/// gradient): read in place (packed per block by the GEMM) or packed whole
-/// beforehand.
-#[derive(Clone, Copy)]
-enum AOperand {
-    InPlace(Mat),
-    Packed(PackedA),
 }
 
 /// Chunk width for whole-image chunks limited by a staging matrix of `rows`
@@ -318,99 +304,81 @@ pub(super) fn forward<S: Packed>(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f
         .collect();
     let yp = SendPtr(y.as_mut_ptr());
     tasks.into_par_iter().for_each(|(g, ch, mr)| {
-        // The weights are read in place and packed per block: row-major,
-        // they pack cheaply (register transposes), and packed per block
-        // they reach the kernel from L2. Packed whole beforehand they
-        // measured no faster (ResNet's 512-channel forward: −3 % at
-        // AVX-512, +1 % at AVX2; DCGAN's: +4 % / 0 %).
-        let a = AOperand::InPlace(Mat {
-            ptr: w[(g * d.m + mr.start) * d.k..].as_ptr(),
-            rs: d.k,
-            cs: 1,
-        });
-        forward_task::<S>(s, t, &d, x, a, yp, g, ch, mr, bblock, budget);
-    });
-}
-
-/// Computes the outputs of group `g`, rows `mr` of W, at chunk `ch`.
-#[allow(clippy::too_many_arguments)]
-fn forward_task<S: Packed>(
-    s: &ConvShape,
-    t: &Tuning,
-    d: &Dims,
-    x: &[f32],
-    a: AOperand,
-    yp: SendPtr,
-    g: usize,
-    ch: Chunk,
-    mr: Range<usize>,
-    bblock: usize,
-    budget: usize,
-) {
-    let cols = ch.cols();
-    let mrows = mr.len();
-    let tmp_len = if ch.nimg == 1 { 0 } else { mrows * cols };
-    // Padded input planes when they fit, else gather from x directly.
-    let pad_len = if d.pointwise || unpadded_taps(s) {
-        0
-    } else {
-        PaddedChunk::len(s, ch, d.cin_g)
-    };
-    let pad_len = if tmp_len + bblock + pad_len <= budget {
-        pad_len
-    } else {
-        0
-    };
-    t.scratch(Slot::Task, tmp_len + bblock + pad_len, |buf| {
-        let (tmp, rest) = buf.split_at_mut(tmp_len);
-        let (bbuf, pbuf) = rest.split_at_mut(bblock);
-        let c = if ch.nimg == 1 {
-            let at = (ch.n0 * s.c_out + g * d.m + mr.start) * d.p + ch.p0;
-            // SAFETY: in bounds of y.
-            MatMut {
-                ptr: unsafe { yp.at(at) },
-                rs: d.p,
-                cs: 1,
-            }
+        let cols = ch.cols();
+        let mrows = mr.len();
+        let tmp_len = if ch.nimg == 1 { 0 } else { mrows * cols };
+        // Padded input planes when they fit, else gather from x directly.
+        let pad_len = if d.pointwise || unpadded_taps(s) {
+            0
         } else {
-            MatMut {
-                ptr: tmp.as_mut_ptr(),
-                rs: cols,
-                cs: 1,
-            }
+            PaddedChunk::len(s, ch, d.cin_g)
         };
-        // SAFETY: the kernel is available (checked by the caller); this
-        // task alone writes the chunk's positions of group `g`.
-        unsafe {
-            if d.pointwise {
-                let b = ImagesB {
-                    src: x,
-                    channels: s.c_in,
-                    c0: g * d.cin_g,
-                    plane: d.p,
-                    ch,
-                };
-                run::<S>(mrows, cols, d.k, a, &b, c, false, bbuf);
-            } else if pad_len > 0 {
-                let padded = PaddedChunk::build(t.isa, pbuf, s, x, g, ch, 0, d.cin_g);
-                run::<S>(
-                    mrows,
-                    cols,
-                    d.k,
-                    a,
-                    &Im2colB { padded: &padded },
-                    c,
-                    false,
-                    bbuf,
-                );
+        let pad_len = if tmp_len + bblock + pad_len <= budget {
+            pad_len
+        } else {
+            0
+        };
+        t.scratch(Slot::Task, tmp_len + bblock + pad_len, |buf| {
+            let (tmp, rest) = buf.split_at_mut(tmp_len);
+            let (bbuf, pbuf) = rest.split_at_mut(bblock);
+            // The weights are read in place and packed per block: row-major,
+            // they pack cheaply (register transposes), and packed per block
+            // they reach the kernel from L2. Packed whole beforehand they
+            // measured no faster (ResNet's 512-channel forward: −3 % at
+            // AVX-512, +1 % at AVX2; DCGAN's: +4 % / 0 %).
+            let a = ASource::Mat(Mat {
+                ptr: w[(g * d.m + mr.start) * d.k..].as_ptr(),
+                rs: d.k,
+                cs: 1,
+            });
+            let c = if ch.nimg == 1 {
+                let at = (ch.n0 * s.c_out + g * d.m + mr.start) * d.p + ch.p0;
+                // SAFETY: in bounds of y.
+                MatMut {
+                    ptr: unsafe { yp.at(at) },
+                    rs: d.p,
+                    cs: 1,
+                }
             } else {
-                let b = DirectIm2colB { s, x, g, ch };
-                run::<S>(mrows, cols, d.k, a, &b, c, false, bbuf);
+                MatMut {
+                    ptr: tmp.as_mut_ptr(),
+                    rs: cols,
+                    cs: 1,
+                }
+            };
+            // SAFETY: the kernel is available (checked by the caller); this
+            // task alone writes the chunk's positions of group `g`.
+            unsafe {
+                if d.pointwise {
+                    let b = ImagesB {
+                        src: x,
+                        channels: s.c_in,
+                        c0: g * d.cin_g,
+                        plane: d.p,
+                        ch,
+                    };
+                    run::<S>(mrows, cols, d.k, a, &b, c, false, bbuf);
+                } else if pad_len > 0 {
+                    let padded = PaddedChunk::build(t.isa, pbuf, s, x, g, ch, 0, d.cin_g);
+                    run::<S>(
+                        mrows,
+                        cols,
+                        d.k,
+                        a,
+                        &Im2colB { padded: &padded },
+                        c,
+                        false,
+                        bbuf,
+                    );
+                } else {
+                    let b = DirectIm2colB { s, x, g, ch };
+                    run::<S>(mrows, cols, d.k, a, &b, c, false, bbuf);
+                }
+                if ch.nimg > 1 {
+                    scatter_rows(tmp, s.c_out, g * d.m + mr.start, mrows, ch, yp);
+                }
             }
-            if ch.nimg > 1 {
-                scatter_rows(tmp, s.c_out, g * d.m + mr.start, mrows, ch, yp);
-            }
-        }
+        });
     });
 }
 
@@ -424,16 +392,13 @@ unsafe fn run<S: Packed>(
     m: usize,
     n: usize,
     k: usize,
-    a: AOperand,
+    a: ASource,
     b: &impl PackB,
     c: MatMut,
     acc: bool,
     bbuf: &mut [f32],
 ) {
-    match a {
-        AOperand::InPlace(a) => gemm::<S>(m, n, k, a, b, c, acc, bbuf),
-        AOperand::Packed(a) => gemm_packed_a::<S>(m, n, k, a, b, c, acc, bbuf),
-    }
+    gemm::<S>(m, n, k, a, b, c, acc, bbuf);
 }
 
 pub(super) fn backward_data<S: Packed>(
@@ -468,8 +433,12 @@ pub(super) fn backward_data<S: Packed>(
     let uses = s.n.div_ceil(imgs) * (imgs * d.p).div_ceil(cols);
     let part_len = packed_a_len::<S>(kr, d.m);
     let wlen = packed_weights_len::<S>(t, units, kr, d.m, uses);
-    let budget = budget - wlen.div_ceil(threads);
-    let (cols, imgs) = plan(budget);
+    let (budget, (cols, imgs)) = if wlen > 0 {
+        let rest = budget - wlen.div_ceil(threads);
+        (rest, plan(rest))
+    } else {
+        (budget, (cols, imgs))
+    };
     let bblock = b_block::<S>(budget);
     let mut tasks = Vec::new();
     for b in 0..s.n.div_ceil(imgs) {
@@ -508,8 +477,8 @@ pub(super) fn backward_data<S: Packed>(
         tasks.into_par_iter().for_each(|(images, g, c)| {
             let ci = split_range(d.cin_g, ci_parts, c);
             let a = match packed.get(g * ci_parts + c) {
-                Some(p) => AOperand::Packed(*p),
-                None => AOperand::InPlace(wt(g, &ci)),
+                Some(p) => ASource::Packed(*p),
+                None => ASource::Mat(wt(g, &ci)),
             };
             backward_data_task::<S>(s, t, &d, dy, a, dxp, images, g, ci, cols, bblock, budget)
         });
@@ -523,7 +492,7 @@ fn backward_data_task<S: Packed>(
     t: &Tuning,
     d: &Dims,
     dy: &[f32],
-    a: AOperand,
+    a: ASource,
     dx: SendPtr,
     images: Range<usize>,
     g: usize,
@@ -715,7 +684,7 @@ fn weights_chunk<S: Packed>(
     t.scratch(Slot::Task, tmp_len + bblock + pad_len, |buf| {
         let (tmp, rest) = buf.split_at_mut(tmp_len);
         let (bbuf, pbuf) = rest.split_at_mut(bblock);
-        let a = AOperand::InPlace(dy_rows(s, d, dy, g, ch, tmp));
+        let a = ASource::Mat(dy_rows(s, d, dy, g, ch, tmp));
         // SAFETY: the kernel is available; `c` is owned by this task/worker.
         unsafe {
             if d.pointwise {
