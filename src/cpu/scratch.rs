@@ -38,6 +38,10 @@ pub(crate) struct Tuning {
     /// Run the forward pass of the convolutions it suits as an implicit
     /// GEMM over a channels-last copy of the input (`lowered::implicit`).
     pub implicit_forward: bool,
+    /// Most floats of a weight gradient split by positions into per-worker
+    /// partial sums even where its columns would give every thread a task
+    /// (`lowered::packed::backward_weights`).
+    pub partial_weights_floats: usize,
     /// Records the largest scratch request made under this tuning.
     #[cfg(test)]
     pub probe: Option<&'static std::sync::atomic::AtomicUsize>,
@@ -54,6 +58,7 @@ impl Default for Tuning {
             gemm_crate_1x1: true,
             pack_weights_once: true,
             implicit_forward: true,
+            partial_weights_floats: 1 << 16,
             #[cfg(test)]
             probe: None,
         }

@@ -337,22 +337,23 @@ impl WithPacked for Task<'_> {
             .iter()
             .all(|&(off, _, kc)| off + last + kc <= self.input.len()));
         let k = g.depth();
+        let steps = depth_steps::<S>(&parts[..count]);
         for jp in 0..g.co_pad / nr {
             let cols = nr.min(g.co - jp * nr);
             let panel = self.wb.as_ptr().add(jp * k * nr);
-            for p0 in (0..positions).step_by(mr) {
-                let tile_rows = mr.min(positions - p0);
-                let cp = out.add(p0 * g.co_pad + jp * nr);
-                for (i, &(off, k0, kc)) in parts[..count].iter().enumerate() {
+            // Each step's slice of the panel stays in L1 while every tile
+            // of positions passes over it.
+            for (i, &(off, k0, kc)) in steps.iter().enumerate() {
+                for p0 in (0..positions).step_by(mr) {
                     tile_a_in_place::<S>(
                         kc,
                         inp.add(off + p0 * lda),
                         lda,
                         panel.add(k0 * nr),
-                        cp,
+                        out.add(p0 * g.co_pad + jp * nr),
                         g.co_pad,
                         i > 0,
-                        tile_rows,
+                        mr.min(positions - p0),
                         cols,
                     );
                 }
@@ -364,6 +365,23 @@ impl WithPacked for Task<'_> {
             store_rows::<S>(g, self.out, self.y, self.y0, self.rows);
         }
     }
+}
+
+/// The products of `parts` (input offset, depth offset, depth) cut into
+/// steps of at most [`Packed::KC_L1`] depth, evenly: a step's slice of a
+/// weights panel (`depth × NR`) fits in L1 next to the streamed rows of `A`.
+fn depth_steps<S: Packed>(parts: &[(usize, usize, usize)]) -> Vec<(usize, usize, usize)> {
+    let mut steps = Vec::with_capacity(parts.len() * 2);
+    for &(off, k0, kc) in parts {
+        let n = kc.div_ceil(S::KC_L1);
+        let mut at = 0;
+        for i in 0..n {
+            let len = (kc * (i + 1)) / n - at;
+            steps.push((off + at, k0 + at, len));
+            at += len;
+        }
+    }
+    steps
 }
 
 /// Writes the phase planes of the band of `rows` output rows from `oh0`:

@@ -248,10 +248,11 @@ impl Variant {
             data_as_forward: false,
             pack_weights_once: false,
             implicit_forward: false,
+            partial_weights_floats: 0,
             ..Tuning::default()
         };
         Variant {
-            name: "NCHW lowering only, weights packed per product, 2 threads",
+            name: "NCHW lowering only, weights packed per product, weight gradients split by columns, 2 threads",
             tuning,
             threads: 2,
         }
