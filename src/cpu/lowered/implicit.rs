@@ -314,18 +314,18 @@ impl WithPacked for Task<'_> {
         let out = self.out.as_mut_ptr();
         // Kernel rows, with their columns in one product where those are
         // adjacent (no horizontal dilation): (input offset, depth offset,
-        // depth) of each product per tile.
-        let mut parts = [(0usize, 0usize, 0usize); MAX_PARTS];
+        // depth, kernel row) of each product per tile.
+        let mut parts = [(0usize, 0usize, 0usize, 0usize); MAX_PARTS];
         let mut count = 0;
         for kh in 0..g.kh {
             let dy = kh * g.dil[0];
             let base = (dy % g.stride[0]) * plane_len + (dy / g.stride[0]) * g.pitch * c;
             if g.dil[1] == 1 {
-                parts[count] = (base, kh * g.kw * c, g.kw * c);
+                parts[count] = (base, kh * g.kw * c, g.kw * c, kh);
                 count += 1;
             } else {
                 for kw in 0..g.kw {
-                    parts[count] = (base + kw * g.dil[1] * c, (kh * g.kw + kw) * c, c);
+                    parts[count] = (base + kw * g.dil[1] * c, (kh * g.kw + kw) * c, c, kh);
                     count += 1;
                 }
             }
@@ -335,27 +335,77 @@ impl WithPacked for Task<'_> {
         let last = (positions.div_ceil(mr) * mr - 1) * lda;
         assert!(parts[..count]
             .iter()
-            .all(|&(off, _, kc)| off + last + kc <= self.input.len()));
+            .all(|&(off, _, kc, _)| off + last + kc <= self.input.len()));
         let k = g.depth();
         let steps = depth_steps::<S>(&parts[..count]);
+        let groups = step_groups::<S>(&steps);
+        let tiles = positions.div_ceil(mr);
+        // Kernel rows that read only padding rows for every position of a
+        // tile (the top and bottom output rows) are skipped: a tile's first
+        // product that is not skipped stores, later ones add, and a tile
+        // none reaches is zero. The tiles kernel row `kh` computes are those
+        // from the first that reaches the first band row reading the input
+        // to the last that starts before the first band row reading past it.
+        let live_tiles = |kh: usize| {
+            let (sh, reach) = (g.stride[0] as isize, (kh * g.dil[0]) as isize);
+            let band_row = |input_row: isize| {
+                // First band row whose input row is at least `input_row`.
+                let oh = (input_row + g.pad[0] as isize - reach).max(0);
+                ((oh + sh - 1) / sh - self.rows.start as isize).clamp(0, rows as isize) as usize
+            };
+            let (top, bottom) = (band_row(0), band_row(g.h as isize));
+            let first = (top * g.owv / mr).min(tiles);
+            let first = if top * g.owv >= positions {
+                tiles
+            } else {
+                first
+            };
+            first..(bottom * g.owv).div_ceil(mr).min(tiles)
+        };
+        let mut written = vec![false; tiles];
         for jp in 0..g.co_pad / nr {
             let cols = nr.min(g.co - jp * nr);
             let panel = self.wb.as_ptr().add(jp * k * nr);
-            // Each step's slice of the panel stays in L1 while every tile
-            // of positions passes over it.
-            for (i, &(off, k0, kc)) in steps.iter().enumerate() {
-                for p0 in (0..positions).step_by(mr) {
-                    tile_a_in_place::<S>(
-                        kc,
-                        inp.add(off + p0 * lda),
-                        lda,
-                        panel.add(k0 * nr),
-                        out.add(p0 * g.co_pad + jp * nr),
-                        g.co_pad,
-                        i > 0,
-                        mr.min(positions - p0),
-                        cols,
-                    );
+            written.fill(false);
+            // Each group's slice of the panel stays in L1 while every tile
+            // of positions passes over it, the tile's `C` staying in L1
+            // across the group's steps.
+            for group in &groups {
+                let group = &steps[group.clone()];
+                let lives: Vec<Range<usize>> = group.iter().map(|s| live_tiles(s.3)).collect();
+                let from = lives.iter().map(|l| l.start).min().unwrap_or(0);
+                let to = lives.iter().map(|l| l.end).max().unwrap_or(0);
+                for (t, done) in written.iter_mut().enumerate().take(to).skip(from) {
+                    let p0 = t * mr;
+                    for (&(off, k0, kc, _), live) in group.iter().zip(&lives) {
+                        if !live.contains(&t) {
+                            continue;
+                        }
+                        tile_a_in_place::<S>(
+                            kc,
+                            inp.add(off + p0 * lda),
+                            lda,
+                            panel.add(k0 * nr),
+                            out.add(p0 * g.co_pad + jp * nr),
+                            g.co_pad,
+                            *done,
+                            mr.min(positions - p0),
+                            cols,
+                        );
+                        *done = true;
+                    }
+                }
+            }
+            for t in written
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| !**d)
+                .map(|(t, _)| t)
+            {
+                let p0 = t * mr;
+                for p in p0..(p0 + mr).min(positions) {
+                    let row = out.add(p * g.co_pad + jp * nr);
+                    std::ptr::write_bytes(row, 0, cols);
                 }
             }
         }
@@ -367,21 +417,43 @@ impl WithPacked for Task<'_> {
     }
 }
 
-/// The products of `parts` (input offset, depth offset, depth) cut into
+/// The products of `parts` (input offset, depth offset, depth, kernel row) cut into
 /// steps of at most [`Packed::KC_L1`] depth, evenly: a step's slice of a
 /// weights panel (`depth × NR`) fits in L1 next to the streamed rows of `A`.
-fn depth_steps<S: Packed>(parts: &[(usize, usize, usize)]) -> Vec<(usize, usize, usize)> {
+fn depth_steps<S: Packed>(
+    parts: &[(usize, usize, usize, usize)],
+) -> Vec<(usize, usize, usize, usize)> {
     let mut steps = Vec::with_capacity(parts.len() * 2);
-    for &(off, k0, kc) in parts {
+    for &(off, k0, kc, kh) in parts {
         let n = kc.div_ceil(S::KC_L1);
         let mut at = 0;
         for i in 0..n {
             let len = (kc * (i + 1)) / n - at;
-            steps.push((off + at, k0 + at, len));
+            steps.push((off + at, k0 + at, len, kh));
             at += len;
         }
     }
     steps
+}
+
+/// Consecutive runs of `steps` whose depths add up to at most
+/// [`Packed::KC_L1`] (a step alone where it is that deep): the shallow
+/// kernel rows of a layer with few channels (the stem's 21) go over each
+/// tile together.
+fn step_groups<S: Packed>(steps: &[(usize, usize, usize, usize)]) -> Vec<Range<usize>> {
+    let mut groups = Vec::new();
+    let (mut start, mut depth) = (0, 0);
+    for (i, step) in steps.iter().enumerate() {
+        if i > start && depth + step.2 > S::KC_L1 {
+            groups.push(start..i);
+            (start, depth) = (i, 0);
+        }
+        depth += step.2;
+    }
+    if start < steps.len() {
+        groups.push(start..steps.len());
+    }
+    groups
 }
 
 /// Writes the phase planes of the band of `rows` output rows from `oh0`:
@@ -652,6 +724,10 @@ mod tests {
                 [1, 1, 2],
                 [1; 3],
             ),
+            // Padding taller than the kernel: the two top and bottom output
+            // rows read padding only (their tiles are zero), the next ones
+            // skip a kernel row.
+            shape(2, 6, 9, 1, [1, 6, 20], [1, 2, 3], [0, 3, 1], [1; 3], [1; 3]),
         ]
     }
 
