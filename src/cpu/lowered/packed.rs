@@ -913,21 +913,25 @@ mod tests {
         assert!(shifted_plan::<Avx2>(&s, &d, 2, 1000).is_none());
     }
 
+    /// A 2-D `k × k` layer over `hw × hw` images, padded to keep the size
+    /// at stride 1.
+    fn square(n: usize, ci: usize, co: usize, hw: usize, k: usize, stride: usize) -> ConvShape {
+        shape(
+            n,
+            ci,
+            co,
+            1,
+            [1, hw, hw],
+            [1, k, k],
+            [0, k / 2, k / 2],
+            [1, stride, stride],
+            [1; 3],
+        )
+    }
+
     #[test]
     fn input_gradients_of_few_images_fill_the_threads() {
-        let conv = |n, ci, hw, k, stride| {
-            shape(
-                n,
-                ci,
-                ci,
-                1,
-                [1, hw, hw],
-                [1, k, k],
-                [0, k / 2, k / 2],
-                [1, stride, stride],
-                [1; 3],
-            )
-        };
+        let conv = |n, ci, hw, k, stride| square(n, ci, ci, hw, k, stride);
         let parts = |s: &ConvShape, threads| data_parts(s, &Dims::of(s), threads);
         // ResNet's 256-channel 3×3 at batch 8: 3 ranges (24 tasks) on 2 and
         // on 16 threads, where every thread has a task already.
@@ -959,19 +963,7 @@ mod tests {
     #[test]
     fn small_weight_gradients_sum_partials() {
         let t = Tuning::default();
-        let conv = |ci, co, hw, k| {
-            shape(
-                8,
-                ci,
-                co,
-                1,
-                [1, hw, hw],
-                [1, k, k],
-                [0, k / 2, k / 2],
-                [1; 3],
-                [1; 3],
-            )
-        };
+        let conv = |ci, co, hw, k| square(8, ci, co, hw, k, 1);
         // ResNet's stem (64 × 147) and 64-channel 3×3 (64 × 576): partials.
         for s in [conv(3, 64, 224, 7), conv(64, 64, 56, 3)] {
             assert_eq!(column_ranges(&s, &Dims::of(&s), &t, 2), None, "{s:?}");
