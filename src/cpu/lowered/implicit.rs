@@ -354,14 +354,15 @@ impl WithPacked for Task<'_> {
                 ((oh + sh - 1) / sh - self.rows.start as isize).clamp(0, rows as isize) as usize
             };
             let (top, bottom) = (band_row(0), band_row(g.h as isize));
-            let first = (top * g.owv / mr).min(tiles);
             let first = if top * g.owv >= positions {
                 tiles
             } else {
-                first
+                top * g.owv / mr
             };
             first..(bottom * g.owv).div_ceil(mr).min(tiles)
         };
+        // The same for every panel of output channels: one range a step.
+        let lives: Vec<Range<usize>> = steps.iter().map(|s| live_tiles(s.3)).collect();
         let mut written = vec![false; tiles];
         for jp in 0..g.co_pad / nr {
             let cols = nr.min(g.co - jp * nr);
@@ -371,13 +372,12 @@ impl WithPacked for Task<'_> {
             // of positions passes over it, the tile's `C` staying in L1
             // across the group's steps.
             for group in &groups {
-                let group = &steps[group.clone()];
-                let lives: Vec<Range<usize>> = group.iter().map(|s| live_tiles(s.3)).collect();
+                let (group, lives) = (&steps[group.clone()], &lives[group.clone()]);
                 let from = lives.iter().map(|l| l.start).min().unwrap_or(0);
                 let to = lives.iter().map(|l| l.end).max().unwrap_or(0);
                 for (t, done) in written.iter_mut().enumerate().take(to).skip(from) {
                     let p0 = t * mr;
-                    for (&(off, k0, kc, _), live) in group.iter().zip(&lives) {
+                    for (&(off, k0, kc, _), live) in group.iter().zip(lives) {
                         if !live.contains(&t) {
                             continue;
                         }
@@ -396,12 +396,7 @@ impl WithPacked for Task<'_> {
                     }
                 }
             }
-            for t in written
-                .iter()
-                .enumerate()
-                .filter(|(_, d)| !**d)
-                .map(|(t, _)| t)
-            {
+            for (t, _) in written.iter().enumerate().filter(|(_, done)| !**done) {
                 let p0 = t * mr;
                 for p in p0..(p0 + mr).min(positions) {
                     let row = out.add(p * g.co_pad + jp * nr);
