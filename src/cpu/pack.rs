@@ -991,6 +991,82 @@ impl PackB for ImagesB<'_> {
     }
 }
 
+/// `B` of one kernel tap's product in the input gradient by phase
+/// (`lowered::subpixel`): channel rows `c0..` of `dy` (planes of `plane`
+/// floats) at arbitrary positions, each column's moved by the tap's offset.
+/// Columns at consecutive positions are copied as runs.
+pub(crate) struct TapB<'a> {
+    pub dy: &'a [f32],
+    pub plane: usize,
+    pub c0: usize,
+    /// Per column: image and plane position in `dy` at offset zero.
+    pub cols: &'a [isize],
+    pub shift: isize,
+}
+
+impl TapB<'_> {
+    /// Panics unless every element the products read (channels
+    /// `c0..c0 + depth` at each column) lies in `dy`.
+    pub fn check(&self, depth: usize) {
+        let last = (self.c0 + depth - 1) * self.plane;
+        for &y in self.cols {
+            let at = y + self.shift;
+            assert!(at >= 0 && at as usize + last < self.dy.len());
+        }
+    }
+}
+
+/// Most columns of one packed block (`Packed::NC` is at most 512).
+const MAX_BLOCK_COLS: usize = 512;
+
+impl PackB for TapB<'_> {
+    #[inline(always)]
+    unsafe fn pack<S: Packed>(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        let nr = S::NR;
+        assert!(dst.len() >= nc.div_ceil(nr) * kc * nr && j0 + nc <= self.cols.len());
+        assert!(nc <= MAX_BLOCK_COLS);
+        // Runs of columns at consecutive positions: first column, offset, length.
+        let mut runs = [(0usize, 0isize, 0usize); MAX_BLOCK_COLS];
+        let mut count = 0;
+        for (j, &y) in self.cols[j0..j0 + nc].iter().enumerate() {
+            if count > 0 {
+                let (c, y0, len) = &mut runs[count - 1];
+                if *y0 + *len as isize == y && (*c + *len) % nr != 0 {
+                    *len += 1;
+                    continue;
+                }
+            }
+            runs[count] = (j, y, 1);
+            count += 1;
+        }
+        let runs = &runs[..count];
+        let base = self
+            .dy
+            .as_ptr()
+            .add((self.c0 + k0) * self.plane)
+            .offset(self.shift);
+        let tail = nc.div_ceil(nr) * nr - nc;
+        for r in 0..kc {
+            let row = PanelRow {
+                base: dst.as_mut_ptr().add(r * nr),
+                stride: kc * nr,
+            };
+            let src = base.add(r * self.plane);
+            for &(c, y, len) in runs {
+                let at = row.base.add((c / nr) * row.stride + c % nr);
+                if len <= 2 {
+                    for j in 0..len {
+                        *at.add(j) = *src.offset(y + j as isize);
+                    }
+                } else {
+                    copy_run::<S>(at, src.offset(y), len, 1);
+                }
+            }
+            row.zeros::<S>(nc, tail);
+        }
+    }
+}
+
 /// Transposed [`ImagesB`]: rows are the chunk's positions, columns the
 /// channel rows `c0..` (the input of a pointwise weight gradient), packed by
 /// 16×16 transposes straight from the tensor.

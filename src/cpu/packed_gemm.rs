@@ -251,6 +251,86 @@ pub(crate) unsafe fn pack_a_whole<S: Packed>(
     }
 }
 
+/// Floats [`pack_a_taps`] writes for `taps` matrices of `m × k`: each
+/// [`packed_a_len`] long and one cache line apart, so that the sweep's
+/// writes to the same place of every matrix do not fall into one cache set
+/// (matrices of 512 KiB, DCGAN's, took 2.8 ns a float that way).
+pub(crate) fn packed_taps_len<S: Packed>(m: usize, k: usize, taps: usize) -> usize {
+    taps * (packed_a_len::<S>(m, k) + TAP_GAP)
+}
+
+/// Floats between two matrices of [`pack_a_taps`].
+const TAP_GAP: usize = 16;
+
+/// Packs `taps` matrices whole, each in the layout of [`PackedA`]:
+/// matrix `t` (`m × k`) has `A_t[i][p] = src[i·rs + p·cs + t]`, and is
+/// written to `dst[t·(len + TAP_GAP)..]`, `len` = [`packed_a_len`]`(m, k)`
+/// ([`packed_taps_len`] floats in all). One sweep
+/// reads `src` in its own order (the taps of an element are adjacent, as
+/// in a convolution's weights `[co][ci][taps]`), split over the current
+/// rayon pool by depth block and group of panels.
+///
+/// # Safety
+/// `src` must address valid memory for every element named above; `dst`
+/// must outlive every use of the results.
+pub(crate) unsafe fn pack_a_taps<S: Packed>(
+    src: *const f32,
+    (m, k): (usize, usize),
+    (rs, cs): (usize, usize),
+    taps: usize,
+    dst: &mut [f32],
+) -> Vec<PackedA> {
+    use rayon::prelude::*;
+    /// Panels per task.
+    const PANELS: usize = 16;
+    let (mr, panels, kc) = (S::MR, m.div_ceil(S::MR), whole_kc::<S>(k));
+    let len = packed_a_len::<S>(m, k) + TAP_GAP;
+    assert!(dst.len() >= packed_taps_len::<S>(m, k, taps));
+    let (from, out) = (
+        crate::cpu::par::SendPtr(src as *mut f32),
+        crate::cpu::par::SendPtr(dst.as_mut_ptr()),
+    );
+    let groups = panels.div_ceil(PANELS);
+    (0..k.div_ceil(kc) * groups)
+        .into_par_iter()
+        .for_each(|task| {
+            let (b, grp) = (task / groups, task % groups);
+            let k0 = b * kc;
+            let kcb = kc.min(k - k0);
+            for ip in grp * PANELS..panels.min((grp + 1) * PANELS) {
+                // SAFETY: as this function's; each task writes its own panels
+                // of its own block of every matrix.
+                unsafe {
+                    let at = k0 * panels * mr + ip * kcb * mr;
+                    for p in 0..kcb {
+                        for i in 0..mr {
+                            let row = ip * mr + i;
+                            let o = at + p * mr + i;
+                            if row < m {
+                                let s = from.at(row * rs + (k0 + p) * cs);
+                                for t in 0..taps {
+                                    *out.at(t * len + o) = *s.add(t);
+                                }
+                            } else {
+                                for t in 0..taps {
+                                    *out.at(t * len + o) = 0.0;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    (0..taps)
+        .map(|t| PackedA {
+            ptr: dst.as_ptr().add(t * len),
+            k,
+            kc,
+            panels,
+        })
+        .collect()
+}
+
 /// The arguments of one task of [`pack_a_whole`].
 struct PackA<'a> {
     a: Mat,

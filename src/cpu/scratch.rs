@@ -42,6 +42,16 @@ pub(crate) struct Tuning {
     /// partial sums even where its columns would give every thread a task
     /// (`lowered::packed::backward_weights`).
     pub partial_weights_floats: usize,
+    /// Compute the input gradient of a strided layer by phase, one product
+    /// per kernel tap over gathered columns (`lowered::subpixel`).
+    pub subpixel_data: bool,
+    /// Fewest input channels per group for `subpixel_data`: the rows of
+    /// its products, over which each packed column of `dy` is reused (the
+    /// lowered product reuses it over channels × taps). Measured at AVX2 on
+    /// two threads against the lowered product: 256 channels gain (DCGAN's
+    /// 4×4/2 over 4×4 outputs +24 %, ResNet's 256 → 512 3×3/2 at 14×14
+    /// +15–20 %); 128 and 64 lose 3–30 %, most over large images.
+    pub subpixel_min_channels: usize,
     /// Records the largest scratch request made under this tuning.
     #[cfg(test)]
     pub probe: Option<&'static std::sync::atomic::AtomicUsize>,
@@ -59,6 +69,8 @@ impl Default for Tuning {
             pack_weights_once: true,
             implicit_forward: true,
             partial_weights_floats: 1 << 16,
+            subpixel_data: true,
+            subpixel_min_channels: 256,
             #[cfg(test)]
             probe: None,
         }

@@ -28,6 +28,8 @@ mod implicit;
 #[cfg(target_arch = "x86_64")]
 mod packed;
 mod portable;
+#[cfg(target_arch = "x86_64")]
+mod subpixel;
 
 use super::im2col::{gather_rows, Chunk};
 use super::matmul::Mat;

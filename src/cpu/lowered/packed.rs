@@ -430,6 +430,9 @@ pub(super) fn backward_data<S: Packed>(
     dx: &mut [f32],
     t: &Tuning,
 ) {
+    if super::subpixel::backward_data::<S>(s, dy, w, dx, t) {
+        return;
+    }
     let d = Dims::of(s);
     let threads = rayon::current_num_threads();
     // Tasks own disjoint parts of dx: (block of images, group, channel range).

@@ -169,11 +169,15 @@ impl Variant {
             threads: 3,
         }
     }
-    /// Default tuning on one thread.
+    /// Default tuning on one thread, strided input gradients by phase
+    /// whatever their channel counts.
     pub fn single() -> Variant {
         Variant {
-            name: "default, 1 thread",
-            tuning: Tuning::default(),
+            name: "default, 1 thread, every strided input gradient by phase",
+            tuning: Tuning {
+                subpixel_min_channels: 1,
+                ..Tuning::default()
+            },
             threads: 1,
         }
     }
@@ -186,12 +190,16 @@ impl Variant {
             threads: 2,
         }
     }
-    /// The AVX2 kernels (packed GEMM and direct loops), three threads; the
-    /// portable ones on CPUs without AVX2.
+    /// The AVX2 kernels (packed GEMM and direct loops), three threads,
+    /// every strided input gradient by phase; the portable ones on CPUs
+    /// without AVX2.
     pub fn avx2_pool() -> Variant {
         Variant {
-            name: "avx2, 3 threads",
-            tuning: at(Isa::Avx2),
+            name: "avx2, 3 threads, every strided input gradient by phase",
+            tuning: Tuning {
+                subpixel_min_channels: 1,
+                ..at(Isa::Avx2)
+            },
             threads: 3,
         }
     }
@@ -240,7 +248,7 @@ impl Variant {
     }
     /// The paths the default tuning prefers switched off: the input
     /// gradient always through the lowered product and `col2im` (not as a
-    /// forward convolution), `Wᵀ` packed per block by each product (never
+    /// forward convolution, nor by phase), `Wᵀ` packed per block by each product (never
     /// whole beforehand), and the forward pass on the NCHW lowering (not
     /// the implicit GEMM); two threads.
     pub fn lowered_data() -> Variant {
@@ -249,6 +257,7 @@ impl Variant {
             pack_weights_once: false,
             implicit_forward: false,
             partial_weights_floats: 0,
+            subpixel_data: false,
             ..Tuning::default()
         };
         Variant {
