@@ -52,6 +52,11 @@ pub(crate) struct Tuning {
     /// 4×4/2 over 4×4 outputs +24 %, ResNet's 256 → 512 3×3/2 at 14×14
     /// +15–20 %); 128 and 64 lose 3–30 %, most over large images.
     pub subpixel_min_channels: usize,
+    /// Widest instruction set at which `subpixel_data` applies. AVX2: at
+    /// AVX-512 the lowered product's fewer, deeper products won on the
+    /// Xeon with two 512-bit FMA units a core (DCGAN −15 % at 4 threads,
+    /// −34 % at 16), though not on Zen 4 (+11–18 % at 2 threads).
+    pub subpixel_max_isa: super::simd::Isa,
     /// Records the largest scratch request made under this tuning.
     #[cfg(test)]
     pub probe: Option<&'static std::sync::atomic::AtomicUsize>,
@@ -71,6 +76,7 @@ impl Default for Tuning {
             partial_weights_floats: 1 << 16,
             subpixel_data: true,
             subpixel_min_channels: 256,
+            subpixel_max_isa: super::simd::Isa::Avx2,
             #[cfg(test)]
             probe: None,
         }

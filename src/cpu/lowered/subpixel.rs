@@ -36,6 +36,8 @@ use crate::cpu::ConvShape;
 const TASK_C_FLOATS: usize = 64 << 10;
 /// Most columns of a task.
 const MAX_COLS: usize = 1024;
+/// Fewest columns a task is narrowed to for load balance.
+const MIN_COLS: usize = 64;
 /// Fewest input channels of a task's range where ranges are added to
 /// occupy the threads.
 const MIN_RANGE_CHANNELS: usize = 16;
@@ -173,27 +175,45 @@ fn classes(s: &ConvShape) -> Vec<Class> {
     out
 }
 
-/// Rows (input channels) of `A` per range and how the columns are cut.
+/// Channel ranges per group (rows of `A` per range) and most columns of a
+/// task.
+#[derive(Debug, PartialEq)]
 struct Plan {
     ranges: usize,
     cols: usize,
 }
 
-fn plan<S: Packed>(s: &ConvShape, d: &Dims, budget: usize, threads: usize) -> Option<Plan> {
+/// The plan for classes of `class_cols` columns each (over the batch), on
+/// `threads` workers of `budget` scratch floats: columns for a task's `C`
+/// of [`TASK_C_FLOATS`], halved (down to [`MIN_COLS`] or two panels) until
+/// the tasks number three per thread, then channel ranges added (each of at
+/// least [`MIN_RANGE_CHANNELS`]) while they still fall short. DCGAN at 16
+/// threads took 8 ranges of 32 channels when the columns were not narrowed
+/// first, at a quarter of the lowered product's speed.
+fn plan<S: Packed>(
+    s: &ConvShape,
+    d: &Dims,
+    class_cols: &[usize],
+    budget: usize,
+    threads: usize,
+) -> Option<Plan> {
     let bblock = S::B_BLOCK_LEN.min(budget / 2).max(S::MIN_BUF_LEN);
-    let total = s.n * s.input_spatial();
-    let task_cols = |rows: usize| {
-        let fit = budget.saturating_sub(bblock) / rows.max(1);
-        let want = (TASK_C_FLOATS / rows.max(1)).clamp(S::NR, MAX_COLS);
-        (want.min(fit) / S::NR * S::NR).min(total.div_ceil(S::NR) * S::NR)
+    let widest = class_cols.iter().copied().max().unwrap_or(0);
+    let tasks = |ranges: usize, cols: usize| {
+        s.groups * ranges * class_cols.iter().map(|c| c.div_ceil(cols)).sum::<usize>()
     };
+    let fewest = MIN_COLS.max(2 * S::NR);
     let mut ranges = 1;
     loop {
         let rows = d.cin_g.div_ceil(ranges);
-        let cols = task_cols(rows);
-        let tasks = s.groups * ranges * total.div_ceil(cols.max(1));
+        let fit = budget.saturating_sub(bblock) / rows;
+        let want = (TASK_C_FLOATS / rows).clamp(S::NR, MAX_COLS);
+        let mut cols = (want.min(fit) / S::NR * S::NR).min(widest.div_ceil(S::NR) * S::NR);
+        while cols / 2 >= fewest && tasks(ranges, cols) < 3 * threads {
+            cols = cols / 2 / S::NR * S::NR;
+        }
         let narrower = d.cin_g / (2 * ranges) >= MIN_RANGE_CHANNELS;
-        if cols > 0 && (tasks >= 3 * threads || !narrower) {
+        if cols > 0 && (tasks(ranges, cols) >= 3 * threads || !narrower) {
             return Some(Plan { ranges, cols });
         }
         if !narrower {
@@ -203,7 +223,7 @@ fn plan<S: Packed>(s: &ConvShape, d: &Dims, budget: usize, threads: usize) -> Op
     }
 }
 
-/// Where the path applies and the floats of its packed weights: a strided
+/// Where the path applies: up to `Tuning::subpixel_max_isa`, a strided
 /// kernel of more than one tap on the packed back end, at least
 /// `Tuning::subpixel_min_channels` input channels and [`MIN_DEPTH`] output
 /// channels per group, the packed weights within
@@ -211,6 +231,7 @@ fn plan<S: Packed>(s: &ConvShape, d: &Dims, budget: usize, threads: usize) -> Op
 pub(super) fn applies<S: Packed>(s: &ConvShape, t: &Tuning) -> bool {
     let d = Dims::of(s);
     t.subpixel_data
+        && t.isa.supported() <= t.subpixel_max_isa
         && s.stride.iter().any(|&x| x > 1)
         && d.ks > 1
         && d.cin_g >= t.subpixel_min_channels
@@ -244,7 +265,8 @@ pub(super) fn backward_data<S: Packed>(
     let budget = t
         .floats_per_worker(threads)
         .saturating_sub(wlen_max.div_ceil(threads));
-    let Some(plan) = plan::<S>(s, &d, budget, threads) else {
+    let class_cols: Vec<usize> = classes.iter().map(|c| s.n * c.positions()).collect();
+    let Some(plan) = plan::<S>(s, &d, &class_cols, budget, threads) else {
         return false;
     };
     let bblock = S::B_BLOCK_LEN.min(budget / 2).max(S::MIN_BUF_LEN);
@@ -426,8 +448,23 @@ mod tests {
 
     #[test]
     fn by_phase_only_where_it_applies() {
-        let t = Tuning::default();
-        assert!(applies::<Avx2>(&wide(), &t) && applies::<Avx512>(&wide(), &t));
+        let t = Tuning {
+            isa: Isa::Avx2,
+            ..Tuning::default()
+        };
+        assert!(applies::<Avx2>(&wide(), &t));
+        let wider = Tuning {
+            isa: Isa::Avx512,
+            ..t
+        };
+        if Isa::Avx512.supported() == Isa::Avx512 {
+            assert!(!applies::<Avx512>(&wide(), &wider));
+            let on = Tuning {
+                subpixel_max_isa: Isa::Avx512,
+                ..wider
+            };
+            assert!(applies::<Avx512>(&wide(), &on));
+        }
         let narrow = shape(
             2,
             128,
@@ -488,6 +525,81 @@ mod tests {
         assert!(!applies::<Avx2>(&wide(), &tight));
     }
 
+    /// DCGAN's layer keeps all 256 channels a task and narrows its columns
+    /// to occupy 16 threads; a 3×3/2 layer over 14×14 at batch 8 has too
+    /// few columns for that on AVX-512's wider panels (21 tasks of 96
+    /// columns, 42 at two ranges) and takes four channel ranges.
+    #[test]
+    fn plans_narrow_columns_before_channels() {
+        let plan_of = |s: &ConvShape, threads: usize, avx512: bool| {
+            let cols: Vec<usize> = classes(s).iter().map(|c| s.n * c.positions()).collect();
+            let (d, budget) = (Dims::of(s), 1 << 22);
+            if avx512 {
+                plan::<Avx512>(s, &d, &cols, budget, threads)
+            } else {
+                plan::<Avx2>(s, &d, &cols, budget, threads)
+            }
+        };
+        let dcgan = shape(
+            64,
+            256,
+            512,
+            1,
+            [1, 8, 8],
+            [1, 4, 4],
+            [0, 1, 1],
+            [1, 2, 2],
+            [1; 3],
+        );
+        assert_eq!(
+            plan_of(&dcgan, 2, false),
+            Some(Plan {
+                ranges: 1,
+                cols: 256
+            })
+        );
+        assert_eq!(
+            plan_of(&dcgan, 16, false),
+            Some(Plan {
+                ranges: 1,
+                cols: 64
+            })
+        );
+        let down = shape(
+            8,
+            256,
+            512,
+            1,
+            [1, 14, 14],
+            [1, 3, 3],
+            [0, 1, 1],
+            [1, 2, 2],
+            [1; 3],
+        );
+        assert_eq!(
+            plan_of(&down, 16, true),
+            Some(Plan {
+                ranges: 4,
+                cols: 192
+            })
+        );
+        // A batch of one at 16 threads: channel ranges too, over columns
+        // as wide as the widest class (9 positions).
+        let one = shape(
+            1,
+            256,
+            512,
+            1,
+            [1, 8, 8],
+            [1, 4, 4],
+            [0, 1, 1],
+            [1, 2, 2],
+            [1; 3],
+        );
+        let p = plan_of(&one, 16, false).unwrap();
+        assert!(p.ranges > 1 && p.cols == 16, "{p:?}");
+    }
+
     /// The default tuning's wide layer, and under the variants that take
     /// every strided gradient by phase: 3-D with groups and a depth stride,
     /// dilation with uneven strides, and a kernel shorter than its stride
@@ -538,6 +650,7 @@ mod tests {
                     name: "by phase",
                     tuning: Tuning {
                         subpixel_min_channels: 1,
+                        subpixel_max_isa: Isa::Avx512,
                         isa,
                         ..Tuning::default()
                     },

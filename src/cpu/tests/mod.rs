@@ -176,6 +176,7 @@ impl Variant {
             name: "default, 1 thread, every strided input gradient by phase",
             tuning: Tuning {
                 subpixel_min_channels: 1,
+                subpixel_max_isa: Isa::Avx512,
                 ..Tuning::default()
             },
             threads: 1,
