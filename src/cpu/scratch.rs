@@ -42,6 +42,10 @@ pub(crate) struct Tuning {
     /// partial sums even where its columns would give every thread a task
     /// (`lowered::packed::backward_weights`).
     pub partial_weights_floats: usize,
+    /// Compute the weight gradients small enough for per-worker partials
+    /// of 2-D layers over a channels-last copy of the input
+    /// (`lowered::implicit_weights`).
+    pub implicit_weights: bool,
     /// Compute the input gradient of a strided layer by phase, one product
     /// per kernel tap over gathered columns (`lowered::subpixel`).
     pub subpixel_data: bool,
@@ -74,6 +78,7 @@ impl Default for Tuning {
             pack_weights_once: true,
             implicit_forward: true,
             partial_weights_floats: 1 << 16,
+            implicit_weights: true,
             subpixel_data: true,
             subpixel_min_channels: 256,
             subpixel_max_isa: super::simd::Isa::Avx2,

@@ -46,27 +46,27 @@ pub(super) struct Plan {
 
 /// Sizes of the problem, in the terms of the module's description.
 #[derive(Clone, Copy)]
-struct Geo {
-    c: usize,
-    co: usize,
+pub(super) struct Geo {
+    pub(super) c: usize,
+    pub(super) co: usize,
     /// Output channels rounded up to whole `B` panels (the row length of
     /// the task's `C`).
-    co_pad: usize,
-    h: usize,
-    w: usize,
-    kh: usize,
-    kw: usize,
-    stride: [usize; 2],
-    dil: [usize; 2],
-    pad: [usize; 2],
-    oh: usize,
-    ow: usize,
-    owv: usize,
-    pitch: usize,
+    pub(super) co_pad: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) kh: usize,
+    pub(super) kw: usize,
+    pub(super) stride: [usize; 2],
+    pub(super) dil: [usize; 2],
+    pub(super) pad: [usize; 2],
+    pub(super) oh: usize,
+    pub(super) ow: usize,
+    pub(super) owv: usize,
+    pub(super) pitch: usize,
 }
 
 impl Geo {
-    fn of<S: Packed>(s: &ConvShape) -> Geo {
+    pub(super) fn of<S: Packed>(s: &ConvShape) -> Geo {
         let (stride, dil) = ([s.stride[1], s.stride[2]], [s.dilation[1], s.dilation[2]]);
         let ow = s.output[2];
         // Columns the output positions read, from the padded row's start.
@@ -97,13 +97,13 @@ impl Geo {
 
     /// Floats of one phase plane of a band of `rows` output rows (one
     /// slack row).
-    fn plane_len(&self, rows: usize) -> usize {
+    pub(super) fn plane_len(&self, rows: usize) -> usize {
         (self.band_rows_in(rows).div_ceil(self.stride[0]) + 1) * self.pitch * self.c
     }
 
     /// Floats of a task's input planes: every phase plane, and slack for
     /// the reads of the rows of a partial last tile.
-    fn input_len<S: Packed>(&self, rows: usize) -> usize {
+    pub(super) fn input_len<S: Packed>(&self, rows: usize) -> usize {
         self.stride[0] * self.plane_len(rows)
             + (S::MR * self.stride[1] + self.kw * self.dil[1] + 1) * self.c
     }
@@ -456,7 +456,7 @@ fn step_groups<S: Packed>(steps: &[(usize, usize, usize, usize)]) -> Vec<Range<u
 /// `(t mod stride_h) · plane_len + (t div stride_h) · pitch · C`, each row
 /// `pitch` channels-last columns with input column `iw` at `pad_w + iw`.
 #[inline(always)]
-unsafe fn fill_planes<S: Packed>(
+pub(super) unsafe fn fill_planes<S: Packed>(
     g: &Geo,
     x: &[f32],
     oh0: usize,

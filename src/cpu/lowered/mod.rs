@@ -26,6 +26,8 @@
 #[cfg(target_arch = "x86_64")]
 mod implicit;
 #[cfg(target_arch = "x86_64")]
+mod implicit_weights;
+#[cfg(target_arch = "x86_64")]
 mod packed;
 mod portable;
 #[cfg(target_arch = "x86_64")]

@@ -630,6 +630,9 @@ pub(super) fn backward_weights<S: Packed>(
 ) {
     let d = Dims::of(s);
     let threads = rayon::current_num_threads();
+    if let Some(band) = super::implicit_weights::plan::<S>(s, t, threads) {
+        return super::implicit_weights::backward_weights::<S>(s, x, dy, dw, t, band);
+    }
     let budget = t.floats_per_worker(threads);
     let bblock = b_block::<S>(budget);
     if let Some(ranges) = column_ranges(s, &d, t, threads) {

@@ -259,6 +259,7 @@ impl Variant {
             implicit_forward: false,
             partial_weights_floats: 0,
             subpixel_data: false,
+            implicit_weights: false,
             ..Tuning::default()
         };
         Variant {

@@ -1,0 +1,412 @@
+//! The weight gradient of small 2-D kernels over a channels-last copy of
+//! the input, on the packed GEMM: the counterpart of [`super::implicit`].
+//!
+//! Each task takes one image and a band of its output rows, and copies the
+//! input rows the band reads into the implicit forward's padded
+//! channels-last phase planes ([`super::implicit::fill_planes`]). There,
+//! for output position `p` (virtual, `r·owv + ow`) and kernel row `kh`,
+//! the `KW · C` depths `(kw, ci)` are contiguous at `plane(kh) + p ·
+//! stride_w · C`. So the lowered input, transposed (positions × `(kh, kw,
+//! ci)`), is packed as `B` by plain vector copies — where the NCHW lowering
+//! gathers each `(ci, tap)` row along the positions (a stride-2 gather over
+//! padded planes for MNIST's 3×3/2, a third of its time) — and the product
+//! `dW'[co][(kh, kw, ci)] += Σ_p dy[co][p] · B[p][(kh, kw, ci)]` reads `dy`
+//! in place as `A`. Only real positions are packed (the phantom columns of
+//! the virtual rows are skipped). Workers sum into private partials in that
+//! order (`super::sum_over_workers`), permuted into `[co][ci][kh][kw]` at
+//! the end; so the path takes the gradients small enough for partials.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::implicit::{fill_planes, Geo};
+use super::{partial_workers, sum_over_workers};
+use crate::cpu::matmul::{Mat, MatMut};
+use crate::cpu::packed_gemm::{gemm, ASource, PackB, Packed, WithPacked};
+use crate::cpu::scratch::{Slot, Tuning};
+use crate::cpu::ConvShape;
+
+/// Preferred output positions of one task (the depth of its product).
+const TASK_POSITIONS: usize = 1024;
+/// Most contiguous runs of columns (kernel rows, or taps when dilated).
+const MAX_PARTS: usize = 64;
+/// Widest output rows: longer rows leave the NCHW lowering long runs to
+/// transpose straight from its padded planes, which measured ahead (ResNet's
+/// 64-channel layer at 56 columns −5 % this way, its 7×7/2 stem at 112
+/// −14 %); at 24 and 12 columns (MNIST conv2 and conv3) this path gains
+/// 6 % and 22 % at AVX2.
+const MAX_ROW: usize = 32;
+/// Fewest input channels: the length of each copied run of `B`.
+const MIN_CHANNELS: usize = 8;
+
+/// Output rows per task, if the path applies to `s`: a 2-D convolution of
+/// one group with more than one tap, at least [`MIN_CHANNELS`] input
+/// channels, output rows of at most [`MAX_ROW`], at most [`MAX_PARTS`] runs
+/// of columns, a gradient within [`Tuning::partial_weights_floats`] with a
+/// partial for every thread, and a task's planes within a worker's share of
+/// the budget.
+pub(super) fn plan<S: Packed>(s: &ConvShape, t: &Tuning, threads: usize) -> Option<usize> {
+    let parts = if s.dilation[2] == 1 {
+        s.kernel[1]
+    } else {
+        s.kernel_spatial()
+    };
+    if !t.implicit_weights
+        || s.groups != 1
+        || s.input[0] != 1
+        || s.kernel[0] != 1
+        || s.kernel_spatial() == 1
+        || s.output[2] > MAX_ROW
+        || s.c_in < MIN_CHANNELS
+        || parts > MAX_PARTS
+        || s.weight_len() > t.partial_weights_floats
+    {
+        return None;
+    }
+    let g = Geo::of::<S>(s);
+    let workers = partial_workers(t, s.weight_len(), threads);
+    if workers < threads {
+        return None;
+    }
+    let total = t.scratch_bytes / 4;
+    let budget = total.checked_sub((workers - 1) * s.weight_len())? / workers;
+    let bblock = S::B_BLOCK_LEN.min(budget / 2).max(S::MIN_BUF_LEN);
+    let want = if workers > 1 { 4 * workers } else { 1 };
+    let per_image = want.div_ceil(s.n).min(g.oh);
+    let mut band = (TASK_POSITIONS / g.ow)
+        .clamp(1, g.oh)
+        .min(g.oh.div_ceil(per_image));
+    while g.input_len::<S>(band) + bblock > budget {
+        if band == 1 {
+            return None;
+        }
+        band = band.div_ceil(2);
+    }
+    Some(band)
+}
+
+/// `dw` of `s` by the plan (`band` output rows a task).
+pub(super) fn backward_weights<S: Packed>(
+    s: &ConvShape,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    t: &Tuning,
+    band: usize,
+) {
+    let g = Geo::of::<S>(s);
+    let threads = rayon::current_num_threads();
+    let workers = partial_workers(t, dw.len(), threads);
+    let budget = (t.scratch_bytes / 4 - (workers - 1) * dw.len()) / workers;
+    let bblock = S::B_BLOCK_LEN.min(budget / 2).max(S::MIN_BUF_LEN);
+    let bands = g.oh.div_ceil(band);
+    let tasks: Vec<(usize, Range<usize>)> = (0..s.n)
+        .flat_map(|n| (0..bands).map(move |b| (n, b * band..((b + 1) * band).min(g.oh))))
+        .collect();
+    let len = g.input_len::<S>(band);
+    sum_over_workers(t, dw, workers, |wi, acc| {
+        let mine = crate::cpu::par::split_range(tasks.len(), workers, wi);
+        t.scratch(Slot::Task, len + bblock, |buf| {
+            let (input, bbuf) = buf.split_at_mut(len);
+            for (n, rows) in tasks[mine].iter().cloned() {
+                let task = Task {
+                    s,
+                    g: &g,
+                    x: &x[n * g.c * g.h * g.w..][..g.c * g.h * g.w],
+                    dy: &dy[n * g.co * g.oh * g.ow..][..g.co * g.oh * g.ow],
+                    input: &mut *input,
+                    bbuf: &mut *bbuf,
+                    acc: &mut *acc,
+                    rows,
+                };
+                // SAFETY: the instruction set is available (checked by the
+                // caller).
+                unsafe { S::enter(task) }
+            }
+        });
+    });
+    // [co][(kh, kw, ci)] to [co][ci][kh][kw].
+    let (c, taps) = (g.c, g.kh * g.kw);
+    t.scratch(Slot::Weights, dw.len(), |tmp| {
+        tmp.copy_from_slice(dw);
+        dw.par_chunks_mut(c * taps)
+            .zip(tmp.par_chunks(c * taps))
+            .for_each(|(out, src)| {
+                for tap in 0..taps {
+                    for ci in 0..c {
+                        out[ci * taps + tap] = src[tap * c + ci];
+                    }
+                }
+            });
+    });
+}
+
+/// One task: an image's band of output rows, summed into `acc`.
+struct Task<'a> {
+    s: &'a ConvShape,
+    g: &'a Geo,
+    /// The image's input planes and output gradient.
+    x: &'a [f32],
+    dy: &'a [f32],
+    input: &'a mut [f32],
+    bbuf: &'a mut [f32],
+    acc: &'a mut [f32],
+    rows: Range<usize>,
+}
+
+impl WithPacked for Task<'_> {
+    type Output = ();
+    #[inline(always)]
+    unsafe fn run<S: Packed>(self) {
+        let (g, s) = (self.g, self.s);
+        let rows = self.rows.len();
+        let plane_len = g.plane_len(rows);
+        fill_planes::<S>(g, self.x, self.rows.start, rows, plane_len, self.input);
+        let c = g.c;
+        // Runs of columns: input offset and length (all KW taps of a
+        // kernel row where they are adjacent, else one tap's channels).
+        let mut parts = [(0usize, 0usize); MAX_PARTS];
+        let mut count = 0;
+        for kh in 0..g.kh {
+            let dyo = kh * g.dil[0];
+            let base = (dyo % g.stride[0]) * plane_len + (dyo / g.stride[0]) * g.pitch * c;
+            if g.dil[1] == 1 {
+                parts[count] = (base, g.kw * c);
+                count += 1;
+            } else {
+                for kw in 0..g.kw {
+                    parts[count] = (base + kw * g.dil[1] * c, c);
+                    count += 1;
+                }
+            }
+        }
+        let b = PlanesTB {
+            input: self.input,
+            parts: &parts[..count],
+            part_len: parts[0].1,
+            lda: g.stride[1] * c,
+            ow: g.ow,
+            owv: g.owv,
+        };
+        b.check(rows * g.ow);
+        let positions = rows * g.ow;
+        let op = g.oh * g.ow;
+        let a = Mat {
+            ptr: self.dy[self.rows.start * g.ow..].as_ptr(),
+            rs: op,
+            cs: 1,
+        };
+        let k = g.kh * g.kw * c;
+        debug_assert_eq!(k, s.c_in * s.kernel_spatial());
+        let out = MatMut {
+            ptr: self.acc.as_mut_ptr(),
+            rs: k,
+            cs: 1,
+        };
+        gemm::<S>(
+            g.co,
+            k,
+            positions,
+            ASource::Mat(a),
+            &b,
+            out,
+            true,
+            self.bbuf,
+        );
+    }
+}
+
+/// The transposed lowered input of a task's band: row `k` is real output
+/// position `k` of the band (virtual `(k / ow)·owv + k % ow`), column `j`
+/// of run `j / part_len` at that run's offset `+ pv · lda + j % part_len`.
+struct PlanesTB<'a> {
+    input: &'a [f32],
+    parts: &'a [(usize, usize)],
+    part_len: usize,
+    lda: usize,
+    ow: usize,
+    owv: usize,
+}
+
+impl PlanesTB<'_> {
+    /// Panics unless every element of `positions` rows lies in the input.
+    fn check(&self, positions: usize) {
+        if positions == 0 {
+            return;
+        }
+        let last = positions - 1;
+        let pv = (last / self.ow) * self.owv + last % self.ow;
+        for &(off, len) in self.parts {
+            assert!(len == self.part_len && off + pv * self.lda + len <= self.input.len());
+        }
+    }
+}
+
+impl PackB for PlanesTB<'_> {
+    #[inline(always)]
+    unsafe fn pack<S: Packed>(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        let nr = S::NR;
+        assert!(dst.len() >= nc.div_ceil(nr) * kc * nr);
+        assert!((j0 + nc).div_ceil(self.part_len) <= self.parts.len());
+        let inp = self.input.as_ptr();
+        for jp in 0..nc.div_ceil(nr) {
+            // The panel's columns as segments within one run each: panel
+            // column, input offset, length.
+            let (c0, c1) = (j0 + jp * nr, (j0 + nc).min(j0 + (jp + 1) * nr));
+            let mut segs = [(0usize, 0usize, 0usize); MAX_LANES_SEGS];
+            let mut count = 0;
+            let mut j = c0;
+            while j < c1 {
+                let (part, o) = (j / self.part_len, j % self.part_len);
+                let len = (self.part_len - o).min(c1 - j);
+                segs[count] = (j - c0, self.parts[part].0 + o, len);
+                count += 1;
+                j += len;
+            }
+            let out = dst.as_mut_ptr().add(jp * kc * nr);
+            let live = c1 - c0;
+            for (r, k) in (k0..k0 + kc).enumerate() {
+                let pv = (k / self.ow) * self.owv + k % self.ow;
+                let row = out.add(r * nr);
+                let at = pv * self.lda;
+                for &(c, off, len) in &segs[..count] {
+                    copy::<S>(row.add(c), inp.add(off + at), len);
+                }
+                for j in live..nr {
+                    *row.add(j) = 0.0;
+                }
+            }
+        }
+    }
+}
+
+/// Most segments of one panel (a panel of 48 columns over runs of one
+/// channel each).
+const MAX_LANES_SEGS: usize = 48;
+
+/// `dst[j] = src[j]` for `j < n`.
+#[inline(always)]
+unsafe fn copy<S: Packed>(dst: *mut f32, src: *const f32, n: usize) {
+    let mut i = 0;
+    while i + S::N <= n {
+        S::load(src.add(i)).store(dst.add(i));
+        i += S::N;
+    }
+    while i < n {
+        *dst.add(i) = *src.add(i);
+        i += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::simd::{Avx2, Avx512, Isa};
+    use crate::cpu::tests::{check_against_reference, shape, Variant};
+
+    /// Shapes the path takes: padding, stride 2 (two phase planes),
+    /// dilation along rows (one run per tap), channels not a multiple of
+    /// the vector width, a 5×5 kernel, rows cut into several bands.
+    fn shapes() -> Vec<ConvShape> {
+        vec![
+            shape(3, 8, 7, 1, [1, 9, 11], [1, 3, 3], [0, 1, 1], [1; 3], [1; 3]),
+            shape(
+                2,
+                12,
+                4,
+                1,
+                [1, 12, 13],
+                [1, 3, 3],
+                [0, 1, 1],
+                [1, 2, 2],
+                [1; 3],
+            ),
+            shape(
+                2,
+                9,
+                5,
+                1,
+                [1, 11, 14],
+                [1, 3, 2],
+                [0, 2, 1],
+                [1, 1, 2],
+                [1, 2, 2],
+            ),
+            shape(
+                2,
+                8,
+                8,
+                1,
+                [1, 10, 10],
+                [1, 5, 5],
+                [0, 2, 2],
+                [1; 3],
+                [1; 3],
+            ),
+            shape(
+                1,
+                17,
+                9,
+                1,
+                [1, 70, 31],
+                [1, 2, 4],
+                [0, 0, 1],
+                [1, 3, 1],
+                [1; 3],
+            ),
+        ]
+    }
+
+    #[test]
+    fn implicit_weight_gradient_matches_reference() {
+        for s in shapes() {
+            for threads in [1, 3] {
+                let t = Tuning::default();
+                assert!(plan::<Avx2>(&s, &t, threads).is_some(), "{s:?}");
+                assert!(plan::<Avx512>(&s, &t, threads).is_some(), "{s:?}");
+            }
+            for v in Variant::all() {
+                check_against_reference(&s, &v, 31).unwrap();
+            }
+        }
+        // Several bands an image.
+        let tall = shapes()[4];
+        let band = plan::<Avx2>(&tall, &Tuning::default(), 3).unwrap();
+        assert!(band < tall.output[1], "{band}");
+    }
+
+    #[test]
+    fn implicit_weight_gradient_only_where_it_applies() {
+        let t = Tuning {
+            isa: Isa::Avx2,
+            ..Tuning::default()
+        };
+        let base = shapes()[0];
+        assert!(plan::<Avx2>(&base, &t, 2).is_some());
+        let few = shape(3, 7, 8, 1, [1, 9, 11], [1, 3, 3], [0, 1, 1], [1; 3], [1; 3]);
+        let wide_rows = shape(1, 8, 8, 1, [1, 4, 33], [1, 3, 3], [0, 1, 1], [1; 3], [1; 3]);
+        let grouped = shape(3, 6, 8, 2, [1, 9, 11], [1, 3, 3], [0, 1, 1], [1; 3], [1; 3]);
+        let deep = shape(2, 4, 4, 1, [5, 9, 11], [3, 3, 3], [1, 1, 1], [1; 3], [1; 3]);
+        let pointwise = shape(2, 4, 4, 1, [1, 9, 11], [1, 1, 1], [0; 3], [1; 3], [1; 3]);
+        let large = shape(
+            1,
+            256,
+            256,
+            1,
+            [1, 9, 9],
+            [1, 3, 3],
+            [0, 1, 1],
+            [1; 3],
+            [1; 3],
+        );
+        for s in [few, wide_rows, grouped, deep, pointwise, large] {
+            assert!(plan::<Avx2>(&s, &t, 2).is_none(), "{s:?}");
+        }
+        let off = Tuning {
+            implicit_weights: false,
+            ..t
+        };
+        assert!(plan::<Avx2>(&base, &off, 2).is_none());
+    }
+}
