@@ -11,7 +11,10 @@
 //! ([`data_as_forward`]). On the packed back end, the forward pass of most
 //! 2-D layers of one group is an implicit GEMM over a channels-last copy of
 //! the input instead (`implicit`), which also serves channels-last calls
-//! directly ([`forward_channels_last`]).
+//! directly ([`forward_channels_last`]). The input gradient of a strided
+//! layer of many channels goes by phase at AVX2, one product per kernel
+//! tap (`subpixel`); small weight gradients over short rows run over the
+//! implicit forward's channels-last planes (`implicit_weights`).
 //!
 //! Chunks cut the positions of the batch into independent tasks; chunks of
 //! small images span several whole images so the products stay large.
