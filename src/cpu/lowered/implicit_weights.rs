@@ -303,58 +303,18 @@ unsafe fn copy<S: Packed>(dst: *mut f32, src: *const f32, n: usize) {
 mod tests {
     use super::*;
     use crate::cpu::simd::{Avx2, Avx512, Isa};
-    use crate::cpu::tests::{check_against_reference, shape, Variant};
+    use crate::cpu::tests::{check_against_reference, shape, shape2d, Variant};
 
     /// Shapes the path takes: padding, stride 2 (two phase planes),
     /// dilation along rows (one run per tap), channels not a multiple of
     /// the vector width, a 5×5 kernel, rows cut into several bands.
     fn shapes() -> Vec<ConvShape> {
         vec![
-            shape(3, 8, 7, 1, [1, 9, 11], [1, 3, 3], [0, 1, 1], [1; 3], [1; 3]),
-            shape(
-                2,
-                12,
-                4,
-                1,
-                [1, 12, 13],
-                [1, 3, 3],
-                [0, 1, 1],
-                [1, 2, 2],
-                [1; 3],
-            ),
-            shape(
-                2,
-                9,
-                5,
-                1,
-                [1, 11, 14],
-                [1, 3, 2],
-                [0, 2, 1],
-                [1, 1, 2],
-                [1, 2, 2],
-            ),
-            shape(
-                2,
-                8,
-                8,
-                1,
-                [1, 10, 10],
-                [1, 5, 5],
-                [0, 2, 2],
-                [1; 3],
-                [1; 3],
-            ),
-            shape(
-                1,
-                17,
-                9,
-                1,
-                [1, 70, 31],
-                [1, 2, 4],
-                [0, 0, 1],
-                [1, 3, 1],
-                [1; 3],
-            ),
+            shape2d(3, 8, 7, 1, [9, 11], [3, 3], [1, 1], [1, 1], [1, 1]),
+            shape2d(2, 12, 4, 1, [12, 13], [3, 3], [1, 1], [2, 2], [1, 1]),
+            shape2d(2, 9, 5, 1, [11, 14], [3, 2], [2, 1], [1, 2], [2, 2]),
+            shape2d(2, 8, 8, 1, [10, 10], [5, 5], [2, 2], [1, 1], [1, 1]),
+            shape2d(1, 17, 9, 1, [70, 31], [2, 4], [0, 1], [3, 1], [1, 1]),
         ]
     }
 
@@ -384,22 +344,12 @@ mod tests {
         };
         let base = shapes()[0];
         assert!(plan::<Avx2>(&base, &t, 2).is_some());
-        let few = shape(3, 7, 8, 1, [1, 9, 11], [1, 3, 3], [0, 1, 1], [1; 3], [1; 3]);
-        let wide_rows = shape(1, 8, 8, 1, [1, 4, 33], [1, 3, 3], [0, 1, 1], [1; 3], [1; 3]);
-        let grouped = shape(3, 6, 8, 2, [1, 9, 11], [1, 3, 3], [0, 1, 1], [1; 3], [1; 3]);
+        let few = shape2d(3, 7, 8, 1, [9, 11], [3, 3], [1, 1], [1, 1], [1, 1]);
+        let wide_rows = shape2d(1, 8, 8, 1, [4, 33], [3, 3], [1, 1], [1, 1], [1, 1]);
+        let grouped = shape2d(3, 6, 8, 2, [9, 11], [3, 3], [1, 1], [1, 1], [1, 1]);
         let deep = shape(2, 4, 4, 1, [5, 9, 11], [3, 3, 3], [1, 1, 1], [1; 3], [1; 3]);
-        let pointwise = shape(2, 4, 4, 1, [1, 9, 11], [1, 1, 1], [0; 3], [1; 3], [1; 3]);
-        let large = shape(
-            1,
-            256,
-            256,
-            1,
-            [1, 9, 9],
-            [1, 3, 3],
-            [0, 1, 1],
-            [1; 3],
-            [1; 3],
-        );
+        let pointwise = shape2d(2, 4, 4, 1, [9, 11], [1, 1], [0, 0], [1, 1], [1, 1]);
+        let large = shape2d(1, 256, 256, 1, [9, 9], [3, 3], [1, 1], [1, 1], [1, 1]);
         for s in [few, wide_rows, grouped, deep, pointwise, large] {
             assert!(plan::<Avx2>(&s, &t, 2).is_none(), "{s:?}");
         }

@@ -796,7 +796,7 @@ impl<B: PackB> PackB for Columns<B> {
 mod tests {
     use super::*;
     use crate::cpu::simd::{Avx2, Avx512};
-    use crate::cpu::tests::{check_against_reference, shape, Variant};
+    use crate::cpu::tests::{check_against_reference, shape, shape2d, Variant};
 
     /// Shapes [`shifted_forward`] takes: 2-D with padding; 1-D dilated; 3-D
     /// (a 2-D kernel over several slices, chunks across them) with two
@@ -806,36 +806,15 @@ mod tests {
     /// gradient computed as such a forward pass (64 channels, 2048
     /// positions).
     fn shifted_shapes() -> Vec<ConvShape> {
-        let c2 = |n,
-                  ci,
-                  co,
-                  g,
-                  hw: [usize; 2],
-                  k: [usize; 2],
-                  p: [usize; 2],
-                  st: [usize; 2],
-                  dl: [usize; 2]| {
-            shape(
-                n,
-                ci,
-                co,
-                g,
-                [1, hw[0], hw[1]],
-                [1, k[0], k[1]],
-                [0, p[0], p[1]],
-                [1, st[0], st[1]],
-                [1, dl[0], dl[1]],
-            )
-        };
         vec![
-            c2(2, 5, 7, 1, [9, 23], [3, 3], [1, 1], [1, 1], [1, 1]),
-            c2(3, 4, 6, 1, [1, 80], [1, 5], [0, 3], [1, 1], [1, 2]),
+            shape2d(2, 5, 7, 1, [9, 23], [3, 3], [1, 1], [1, 1], [1, 1]),
+            shape2d(3, 4, 6, 1, [1, 80], [1, 5], [0, 3], [1, 1], [1, 2]),
             shape(2, 6, 4, 2, [5, 4, 22], [1, 3, 3], [1, 0, 1], [1; 3], [1; 3]),
-            c2(1, 3, 13, 1, [70, 24], [2, 4], [1, 2], [1, 1], [2, 1]),
-            c2(2, 5, 6, 1, [17, 80], [4, 5], [1, 1], [2, 2], [1, 2]),
-            c2(1, 3, 5, 1, [31, 30], [5, 4], [2, 1], [3, 1], [1, 1]),
-            c2(2, 3, 4, 1, [1, 2100], [1, 3], [0, 1], [1, 1], [1, 1]),
-            c2(1, 64, 8, 1, [32, 64], [3, 3], [1, 1], [1, 1], [1, 1]),
+            shape2d(1, 3, 13, 1, [70, 24], [2, 4], [1, 2], [1, 1], [2, 1]),
+            shape2d(2, 5, 6, 1, [17, 80], [4, 5], [1, 1], [2, 2], [1, 2]),
+            shape2d(1, 3, 5, 1, [31, 30], [5, 4], [2, 1], [3, 1], [1, 1]),
+            shape2d(2, 3, 4, 1, [1, 2100], [1, 3], [0, 1], [1, 1], [1, 1]),
+            shape2d(1, 64, 8, 1, [32, 64], [3, 3], [1, 1], [1, 1], [1, 1]),
         ]
     }
 

@@ -430,20 +430,34 @@ mod tests {
     use crate::cpu::simd::{Avx2, Avx512, Isa};
     use crate::cpu::tests::{check_against_reference, shape, Variant};
 
+    /// A 2-D layer over square images: batch, channels in and out, size,
+    /// kernel, stride and padding.
+    fn square(
+        n: usize,
+        ci: usize,
+        co: usize,
+        hw: usize,
+        k: usize,
+        st: usize,
+        p: usize,
+    ) -> ConvShape {
+        shape(
+            n,
+            ci,
+            co,
+            1,
+            [1, hw, hw],
+            [1, k, k],
+            [0, p, p],
+            [1, st, st],
+            [1; 3],
+        )
+    }
+
     /// DCGAN's first transposed layer, narrowed: 256 input channels, 4×4/2
     /// over 3×3 outputs.
     fn wide() -> ConvShape {
-        shape(
-            3,
-            256,
-            16,
-            1,
-            [1, 6, 6],
-            [1, 4, 4],
-            [0, 1, 1],
-            [1, 2, 2],
-            [1; 3],
-        )
+        square(3, 256, 16, 6, 4, 2, 1)
     }
 
     #[test]
@@ -465,50 +479,10 @@ mod tests {
             };
             assert!(applies::<Avx512>(&wide(), &on));
         }
-        let narrow = shape(
-            2,
-            128,
-            16,
-            1,
-            [1, 6, 6],
-            [1, 4, 4],
-            [0, 1, 1],
-            [1, 2, 2],
-            [1; 3],
-        );
-        let unstrided = shape(
-            2,
-            256,
-            16,
-            1,
-            [1, 6, 6],
-            [1, 3, 3],
-            [0, 1, 1],
-            [1; 3],
-            [1; 3],
-        );
-        let one_tap = shape(
-            2,
-            256,
-            16,
-            1,
-            [1, 6, 6],
-            [1, 1, 1],
-            [0; 3],
-            [1, 2, 2],
-            [1; 3],
-        );
-        let shallow = shape(
-            2,
-            256,
-            8,
-            1,
-            [1, 6, 6],
-            [1, 4, 4],
-            [0, 1, 1],
-            [1, 2, 2],
-            [1; 3],
-        );
+        let narrow = square(2, 128, 16, 6, 4, 2, 1);
+        let unstrided = square(2, 256, 16, 6, 3, 1, 1);
+        let one_tap = square(2, 256, 16, 6, 1, 2, 0);
+        let shallow = square(2, 256, 8, 6, 4, 2, 1);
         for s in [narrow, unstrided, one_tap, shallow] {
             assert!(!applies::<Avx2>(&s, &t), "{s:?}");
         }
@@ -540,62 +514,15 @@ mod tests {
                 plan::<Avx2>(s, &d, &cols, budget, threads)
             }
         };
-        let dcgan = shape(
-            64,
-            256,
-            512,
-            1,
-            [1, 8, 8],
-            [1, 4, 4],
-            [0, 1, 1],
-            [1, 2, 2],
-            [1; 3],
-        );
-        assert_eq!(
-            plan_of(&dcgan, 2, false),
-            Some(Plan {
-                ranges: 1,
-                cols: 256
-            })
-        );
-        assert_eq!(
-            plan_of(&dcgan, 16, false),
-            Some(Plan {
-                ranges: 1,
-                cols: 64
-            })
-        );
-        let down = shape(
-            8,
-            256,
-            512,
-            1,
-            [1, 14, 14],
-            [1, 3, 3],
-            [0, 1, 1],
-            [1, 2, 2],
-            [1; 3],
-        );
-        assert_eq!(
-            plan_of(&down, 16, true),
-            Some(Plan {
-                ranges: 4,
-                cols: 192
-            })
-        );
+        let want = |ranges, cols| Some(Plan { ranges, cols });
+        let dcgan = square(64, 256, 512, 8, 4, 2, 1);
+        assert_eq!(plan_of(&dcgan, 2, false), want(1, 256));
+        assert_eq!(plan_of(&dcgan, 16, false), want(1, 64));
+        let down = square(8, 256, 512, 14, 3, 2, 1);
+        assert_eq!(plan_of(&down, 16, true), want(4, 192));
         // A batch of one at 16 threads: channel ranges too, over columns
         // as wide as the widest class (9 positions).
-        let one = shape(
-            1,
-            256,
-            512,
-            1,
-            [1, 8, 8],
-            [1, 4, 4],
-            [0, 1, 1],
-            [1, 2, 2],
-            [1; 3],
-        );
+        let one = square(1, 256, 512, 8, 4, 2, 1);
         let p = plan_of(&one, 16, false).unwrap();
         assert!(p.ranges > 1 && p.cols == 16, "{p:?}");
     }

@@ -45,6 +45,33 @@ impl Rng {
     }
 }
 
+/// A 2-D [`shape`]: `[h, w]` sizes, kernel, padding, stride and dilation
+/// (one plane of depth).
+#[allow(clippy::too_many_arguments)]
+pub fn shape2d(
+    n: usize,
+    c_in: usize,
+    c_out: usize,
+    groups: usize,
+    [h, w]: [usize; 2],
+    [kh, kw]: [usize; 2],
+    [ph, pw]: [usize; 2],
+    [sh, sw]: [usize; 2],
+    [dh, dw]: [usize; 2],
+) -> ConvShape {
+    shape(
+        n,
+        c_in,
+        c_out,
+        groups,
+        [1, h, w],
+        [1, kh, kw],
+        [0, ph, pw],
+        [1, sh, sw],
+        [1, dh, dw],
+    )
+}
+
 /// A shape whose output size follows the forward formula.
 #[allow(clippy::too_many_arguments)]
 pub fn shape(
