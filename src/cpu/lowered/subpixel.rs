@@ -282,6 +282,10 @@ pub(super) fn backward_data<S: Packed>(
         })
         .collect();
     let group_len: usize = (0..ranges).map(part_len).sum();
+    if s.groups * group_len > t.packed_weights_floats() {
+        // Ranges rounded up to whole panels of rows went past the cap.
+        return false;
+    }
     let mut tasks = Vec::new();
     for g in 0..s.groups {
         for c in 0..ranges {
