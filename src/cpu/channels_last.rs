@@ -127,27 +127,27 @@ enum Pass {
 /// `out`): on the implicit GEMM where it runs on the current pool, else
 /// through NCHW copies.
 fn general(s: &ConvShape, pass: Pass, [a, w]: [&[f32]; 2], out: &mut [f32]) {
-    let (inp, outp) = (s.input_len(), s.output_len());
-    let (name, applies, lens) = match pass {
+    // The input, weights and output of the pass, and the shape's sizes of
+    // the first and last.
+    let (name, applies, [an, on], [alen, olen]) = match pass {
         Pass::Forward => (
             "forward",
             forward_applies(s),
-            [
-                ("x", a.len(), inp),
-                ("w", w.len(), s.weight_len()),
-                ("y", out.len(), outp),
-            ],
+            ["x", "y"],
+            [s.input_len(), s.output_len()],
         ),
         Pass::BackwardData => (
             "backward_data",
             backward_data_applies(s),
-            [
-                ("dy", a.len(), outp),
-                ("w", w.len(), s.weight_len()),
-                ("dx", out.len(), inp),
-            ],
+            ["dy", "dx"],
+            [s.output_len(), s.input_len()],
         ),
     };
+    let lens = [
+        (an, a.len(), alen),
+        ("w", w.len(), s.weight_len()),
+        (on, out.len(), olen),
+    ];
     assert!(
         applies,
         "channels_last::{name}: {s:?} is neither pointwise, depthwise nor one the implicit GEMM takes"
