@@ -1067,6 +1067,74 @@ impl PackB for TapB<'_> {
     }
 }
 
+/// The transposed lowered input of a band of the channels-last weight
+/// gradient (`lowered::implicit_weights`) over the implicit forward's padded
+/// planes: row `k` is real output position `k` of the band (virtual
+/// `pv = (k / ow)·owv + k % ow`), column `j` of run `j / part_len` at that
+/// run's offset `+ pv · lda + j % part_len`.
+pub(crate) struct PlanesTB<'a> {
+    pub input: &'a [f32],
+    pub parts: &'a [(usize, usize)],
+    pub part_len: usize,
+    pub lda: usize,
+    pub ow: usize,
+    pub owv: usize,
+}
+
+impl PlanesTB<'_> {
+    /// Panics unless every element of `positions` rows lies in the input.
+    pub fn check(&self, positions: usize) {
+        if positions == 0 {
+            return;
+        }
+        let last = positions - 1;
+        let pv = (last / self.ow) * self.owv + last % self.ow;
+        for &(off, len) in self.parts {
+            assert!(len == self.part_len && off + pv * self.lda + len <= self.input.len());
+        }
+    }
+}
+
+impl PackB for PlanesTB<'_> {
+    #[inline(always)]
+    unsafe fn pack<S: Packed>(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        let nr = S::NR;
+        assert!(dst.len() >= nc.div_ceil(nr) * kc * nr);
+        assert!((j0 + nc).div_ceil(self.part_len) <= self.parts.len());
+        let inp = self.input.as_ptr();
+        for jp in 0..nc.div_ceil(nr) {
+            // The panel's columns as segments within one run each: panel
+            // column, input offset, length.
+            let (c0, c1) = (j0 + jp * nr, (j0 + nc).min(j0 + (jp + 1) * nr));
+            let mut segs = [(0usize, 0usize, 0usize); MAX_PANEL_SEGMENTS];
+            let mut count = 0;
+            let mut j = c0;
+            while j < c1 {
+                let (part, o) = (j / self.part_len, j % self.part_len);
+                let len = (self.part_len - o).min(c1 - j);
+                segs[count] = (j - c0, self.parts[part].0 + o, len);
+                count += 1;
+                j += len;
+            }
+            let out = dst.as_mut_ptr().add(jp * kc * nr);
+            let live = c1 - c0;
+            for (r, k) in (k0..k0 + kc).enumerate() {
+                let pv = (k / self.ow) * self.owv + k % self.ow;
+                let row = out.add(r * nr);
+                let at = pv * self.lda;
+                for &(c, off, len) in &segs[..count] {
+                    copy_run::<S>(row.add(c), inp.add(off + at), len, 1);
+                }
+                store_zeros::<S>(row.add(live), nr - live);
+            }
+        }
+    }
+}
+
+/// Most segments of one panel (a panel of 48 columns over runs of one
+/// channel each).
+const MAX_PANEL_SEGMENTS: usize = 48;
+
 /// Transposed [`ImagesB`]: rows are the chunk's positions, columns the
 /// channel rows `c0..` (the input of a pointwise weight gradient), packed by
 /// 16×16 transposes straight from the tensor.

@@ -21,9 +21,11 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::implicit::{fill_planes, Geo};
+use super::packed::b_block;
 use super::{partial_workers, sum_over_workers};
 use crate::cpu::matmul::{Mat, MatMut};
-use crate::cpu::packed_gemm::{gemm, ASource, PackB, Packed, WithPacked};
+use crate::cpu::pack::PlanesTB;
+use crate::cpu::packed_gemm::{gemm, ASource, Packed, WithPacked};
 use crate::cpu::scratch::{Slot, Tuning};
 use crate::cpu::ConvShape;
 
@@ -40,13 +42,22 @@ const MAX_ROW: usize = 32;
 /// Fewest input channels: the length of each copied run of `B`.
 const MIN_CHANNELS: usize = 8;
 
-/// Output rows per task, if the path applies to `s`: a 2-D convolution of
+/// How one call is cut: output rows per task, the workers summing into
+/// partials and each one's scratch floats.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Plan {
+    pub band: usize,
+    workers: usize,
+    budget: usize,
+}
+
+/// The plan for `s` on `threads` workers, if the path applies: a 2-D convolution of
 /// one group with more than one tap, at least [`MIN_CHANNELS`] input
 /// channels, output rows of at most [`MAX_ROW`], at most [`MAX_PARTS`] runs
 /// of columns, a gradient within [`Tuning::partial_weights_floats`] with a
 /// partial for every thread, and a task's planes within a worker's share of
 /// the budget.
-pub(super) fn plan<S: Packed>(s: &ConvShape, t: &Tuning, threads: usize) -> Option<usize> {
+pub(super) fn plan<S: Packed>(s: &ConvShape, t: &Tuning, threads: usize) -> Option<Plan> {
     let parts = if s.dilation[2] == 1 {
         s.kernel[1]
     } else {
@@ -71,7 +82,7 @@ pub(super) fn plan<S: Packed>(s: &ConvShape, t: &Tuning, threads: usize) -> Opti
     }
     let total = t.scratch_bytes / 4;
     let budget = total.checked_sub((workers - 1) * s.weight_len())? / workers;
-    let bblock = S::B_BLOCK_LEN.min(budget / 2).max(S::MIN_BUF_LEN);
+    let bblock = b_block::<S>(budget);
     let want = if workers > 1 { 4 * workers } else { 1 };
     let per_image = want.div_ceil(s.n).min(g.oh);
     let mut band = (TASK_POSITIONS / g.ow)
@@ -83,23 +94,29 @@ pub(super) fn plan<S: Packed>(s: &ConvShape, t: &Tuning, threads: usize) -> Opti
         }
         band = band.div_ceil(2);
     }
-    Some(band)
+    Some(Plan {
+        band,
+        workers,
+        budget,
+    })
 }
 
-/// `dw` of `s` by the plan (`band` output rows a task).
+/// `dw` of `s` by `plan` (made for the current pool).
 pub(super) fn backward_weights<S: Packed>(
     s: &ConvShape,
     x: &[f32],
     dy: &[f32],
     dw: &mut [f32],
     t: &Tuning,
-    band: usize,
+    plan: Plan,
 ) {
     let g = Geo::of::<S>(s);
-    let threads = rayon::current_num_threads();
-    let workers = partial_workers(t, dw.len(), threads);
-    let budget = (t.scratch_bytes / 4 - (workers - 1) * dw.len()) / workers;
-    let bblock = S::B_BLOCK_LEN.min(budget / 2).max(S::MIN_BUF_LEN);
+    let Plan {
+        band,
+        workers,
+        budget,
+    } = plan;
+    let bblock = b_block::<S>(budget);
     let bands = g.oh.div_ceil(band);
     let tasks: Vec<(usize, Range<usize>)> = (0..s.n)
         .flat_map(|n| (0..bands).map(move |b| (n, b * band..((b + 1) * band).min(g.oh))))
@@ -217,88 +234,6 @@ impl WithPacked for Task<'_> {
     }
 }
 
-/// The transposed lowered input of a task's band: row `k` is real output
-/// position `k` of the band (virtual `(k / ow)·owv + k % ow`), column `j`
-/// of run `j / part_len` at that run's offset `+ pv · lda + j % part_len`.
-struct PlanesTB<'a> {
-    input: &'a [f32],
-    parts: &'a [(usize, usize)],
-    part_len: usize,
-    lda: usize,
-    ow: usize,
-    owv: usize,
-}
-
-impl PlanesTB<'_> {
-    /// Panics unless every element of `positions` rows lies in the input.
-    fn check(&self, positions: usize) {
-        if positions == 0 {
-            return;
-        }
-        let last = positions - 1;
-        let pv = (last / self.ow) * self.owv + last % self.ow;
-        for &(off, len) in self.parts {
-            assert!(len == self.part_len && off + pv * self.lda + len <= self.input.len());
-        }
-    }
-}
-
-impl PackB for PlanesTB<'_> {
-    #[inline(always)]
-    unsafe fn pack<S: Packed>(&self, k0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
-        let nr = S::NR;
-        assert!(dst.len() >= nc.div_ceil(nr) * kc * nr);
-        assert!((j0 + nc).div_ceil(self.part_len) <= self.parts.len());
-        let inp = self.input.as_ptr();
-        for jp in 0..nc.div_ceil(nr) {
-            // The panel's columns as segments within one run each: panel
-            // column, input offset, length.
-            let (c0, c1) = (j0 + jp * nr, (j0 + nc).min(j0 + (jp + 1) * nr));
-            let mut segs = [(0usize, 0usize, 0usize); MAX_LANES_SEGS];
-            let mut count = 0;
-            let mut j = c0;
-            while j < c1 {
-                let (part, o) = (j / self.part_len, j % self.part_len);
-                let len = (self.part_len - o).min(c1 - j);
-                segs[count] = (j - c0, self.parts[part].0 + o, len);
-                count += 1;
-                j += len;
-            }
-            let out = dst.as_mut_ptr().add(jp * kc * nr);
-            let live = c1 - c0;
-            for (r, k) in (k0..k0 + kc).enumerate() {
-                let pv = (k / self.ow) * self.owv + k % self.ow;
-                let row = out.add(r * nr);
-                let at = pv * self.lda;
-                for &(c, off, len) in &segs[..count] {
-                    copy::<S>(row.add(c), inp.add(off + at), len);
-                }
-                for j in live..nr {
-                    *row.add(j) = 0.0;
-                }
-            }
-        }
-    }
-}
-
-/// Most segments of one panel (a panel of 48 columns over runs of one
-/// channel each).
-const MAX_LANES_SEGS: usize = 48;
-
-/// `dst[j] = src[j]` for `j < n`.
-#[inline(always)]
-unsafe fn copy<S: Packed>(dst: *mut f32, src: *const f32, n: usize) {
-    let mut i = 0;
-    while i + S::N <= n {
-        S::load(src.add(i)).store(dst.add(i));
-        i += S::N;
-    }
-    while i < n {
-        *dst.add(i) = *src.add(i);
-        i += 1;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,7 +267,7 @@ mod tests {
         }
         // Several bands an image.
         let tall = shapes()[4];
-        let band = plan::<Avx2>(&tall, &Tuning::default(), 3).unwrap();
+        let band = plan::<Avx2>(&tall, &Tuning::default(), 3).unwrap().band;
         assert!(band < tall.output[1], "{band}");
     }
 

@@ -52,7 +52,7 @@ const MIN_TASK_COLS: usize = 96;
 const WEIGHTS_RANGE_COLS: usize = 480;
 
 /// Size of the packed-B buffer within a per-worker budget of `budget` floats.
-fn b_block<S: Packed>(budget: usize) -> usize {
+pub(super) fn b_block<S: Packed>(budget: usize) -> usize {
     S::B_BLOCK_LEN.min(budget / 2).max(S::MIN_BUF_LEN)
 }
 
@@ -630,8 +630,8 @@ pub(super) fn backward_weights<S: Packed>(
 ) {
     let d = Dims::of(s);
     let threads = rayon::current_num_threads();
-    if let Some(band) = super::implicit_weights::plan::<S>(s, t, threads) {
-        return super::implicit_weights::backward_weights::<S>(s, x, dy, dw, t, band);
+    if let Some(plan) = super::implicit_weights::plan::<S>(s, t, threads) {
+        return super::implicit_weights::backward_weights::<S>(s, x, dy, dw, t, plan);
     }
     let budget = t.floats_per_worker(threads);
     let bblock = b_block::<S>(budget);

@@ -23,6 +23,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use super::packed::b_block;
 use super::Dims;
 use crate::cpu::matmul::MatMut;
 use crate::cpu::pack::TapB;
@@ -197,7 +198,7 @@ fn plan<S: Packed>(
     budget: usize,
     threads: usize,
 ) -> Option<Plan> {
-    let bblock = S::B_BLOCK_LEN.min(budget / 2).max(S::MIN_BUF_LEN);
+    let bblock = b_block::<S>(budget);
     let widest = class_cols.iter().copied().max().unwrap_or(0);
     let tasks = |ranges: usize, cols: usize| {
         s.groups * ranges * class_cols.iter().map(|c| c.div_ceil(cols)).sum::<usize>()
@@ -236,14 +237,12 @@ pub(super) fn applies<S: Packed>(s: &ConvShape, t: &Tuning) -> bool {
         && d.ks > 1
         && d.cin_g >= t.subpixel_min_channels
         && d.m >= MIN_DEPTH.min(t.subpixel_min_channels)
-        && weights_len::<S>(s, &d, d.cin_g) <= t.packed_weights_floats()
+        && weights_len::<S>(s, &d) <= t.packed_weights_floats()
 }
 
-/// Floats of every group's packed `Wᵀ` per tap, in ranges of `rows`
-/// channels (an upper bound for uneven ranges).
-fn weights_len<S: Packed>(s: &ConvShape, d: &Dims, rows: usize) -> usize {
-    let ranges = d.cin_g.div_ceil(rows);
-    s.groups * ranges * packed_taps_len::<S>(rows, d.m, d.ks)
+/// Floats of every group's packed `Wᵀ` per tap, in one channel range.
+fn weights_len<S: Packed>(s: &ConvShape, d: &Dims) -> usize {
+    s.groups * packed_taps_len::<S>(d.cin_g, d.m, d.ks)
 }
 
 /// `dx` of `s`, or `false` (nothing written) where the path does not apply
@@ -261,7 +260,7 @@ pub(super) fn backward_data<S: Packed>(
     let d = Dims::of(s);
     let threads = rayon::current_num_threads();
     let classes = classes(s);
-    let wlen_max = weights_len::<S>(s, &d, d.cin_g);
+    let wlen_max = weights_len::<S>(s, &d);
     let budget = t
         .floats_per_worker(threads)
         .saturating_sub(wlen_max.div_ceil(threads));
@@ -269,7 +268,7 @@ pub(super) fn backward_data<S: Packed>(
     let Some(plan) = plan::<S>(s, &d, &class_cols, budget, threads) else {
         return false;
     };
-    let bblock = S::B_BLOCK_LEN.min(budget / 2).max(S::MIN_BUF_LEN);
+    let bblock = b_block::<S>(budget);
     let ranges = plan.ranges;
     let range = |c: usize| split_range(d.cin_g, ranges, c);
     // Packed Wᵀ of each (group, range), one matrix per tap, back to back.
@@ -289,8 +288,7 @@ pub(super) fn backward_data<S: Packed>(
     let mut tasks = Vec::new();
     for g in 0..s.groups {
         for c in 0..ranges {
-            for (ci, cl) in classes.iter().enumerate() {
-                let cols = s.n * cl.positions();
+            for (ci, &cols) in class_cols.iter().enumerate() {
                 let chunks = cols.div_ceil(plan.cols);
                 for k in 0..chunks {
                     tasks.push((g, c, ci, split_range(cols, chunks, k)));
