@@ -26,7 +26,7 @@ use super::simd::Simd;
 /// Largest depth of one packed block (the packers' limit).
 pub(crate) const KC: usize = 256;
 /// Most rows of a micro-tile of any instruction set.
-const MAX_MR: usize = 8;
+pub(crate) const MAX_MR: usize = 8;
 /// Most lanes of a vector of any instruction set.
 pub(crate) const MAX_LANES: usize = 16;
 /// Floats of slack that let both packed areas start on a 64-byte line.
@@ -481,6 +481,7 @@ impl WithPacked for GemmShifted<'_> {
                                 lda: mr,
                                 b: b.base.add(col),
                                 offs: b.offs.as_ptr().add(k0),
+                                a_rows: std::ptr::null(),
                                 c: c.ptr.add(row * c.rs + col),
                                 ldc: c.rs,
                                 load: k0 > 0,
@@ -616,6 +617,7 @@ unsafe fn gemm_in<S: Packed>(
                         lda,
                         b: bp,
                         offs: std::ptr::null(),
+                        a_rows: std::ptr::null(),
                         c: c.ptr.add(row * c.rs + col),
                         ldc: c.rs,
                         load,
@@ -683,21 +685,30 @@ unsafe fn pack_a<S: Packed>(a: Mat, i0: usize, mc: usize, k0: usize, kc: usize, 
     }
 }
 
+/// Where the rows of a row-major `A` read in place start, from its base.
+#[derive(Clone, Copy)]
+pub(crate) enum ARows<'a> {
+    /// Row `i` at `i · lda`.
+    Stride(usize),
+    /// Row `i` at `at[i]`, for all `MR` rows.
+    At(&'a [usize; MAX_MR]),
+}
+
 /// One micro-tile of a product whose `A` is read in place, row-major
-/// (`A[i][p]` at `a + i·lda + p`), against a packed `B` panel (`B[p][j]` at
-/// `b + p·NR + j`): `C (+)= A · B` over depth `kc`, storing `rows × cols`
-/// of it (`C[i][j]` at `c + i·ldc + j`). All `MR` rows of `A` are read
-/// whatever `rows` is.
+/// (`A[i][p]` at `a + row(i) + p`, [`ARows`]), against a packed `B` panel
+/// (`B[p][j]` at `b + p·NR + j`): `C (+)= A · B` over depth `kc`, storing
+/// `rows × cols` of it (`C[i][j]` at `c + i·ldc + j`). All `MR` rows of `A`
+/// are read whatever `rows` is.
 ///
 /// # Safety
 /// Only inside code compiled for `S` (a [`WithPacked::run`]); `MR` rows of
 /// `A`, the panel and `rows × cols` of `C` must be valid for the sizes.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn tile_a_in_place<S: Packed>(
+pub(crate) unsafe fn tile_a_rows<S: Packed>(
     kc: usize,
     a: *const f32,
-    lda: usize,
+    a_rows: ARows,
     b: *const f32,
     c: *mut f32,
     ldc: usize,
@@ -705,32 +716,41 @@ pub(crate) unsafe fn tile_a_in_place<S: Packed>(
     rows: usize,
     cols: usize,
 ) {
+    let (lda, at) = match a_rows {
+        ARows::Stride(lda) => (lda, std::ptr::null()),
+        ARows::At(at) => (0, at.as_ptr()),
+    };
     let t = Tile {
         kc,
         a,
         lda,
         b,
         offs: std::ptr::null(),
+        a_rows: at,
         c,
         ldc,
         load,
         rows,
         cols,
     };
-    S::tile(&t, cols.div_ceil(S::N), true, false);
+    // A row-major tile "shifted" takes its rows from the list (its own
+    // code: the strided one keeps the compiler's addressing of its rows).
+    S::tile(&t, cols.div_ceil(S::N), true, !at.is_null());
 }
 
 /// One `MR × N·NV` micro-tile: `C (+)= A-panel · B-panel` over depth `kc`
 /// (`B[p][j]` at `b + p·NR + j`, or at `b + offs[p] + j` when shifted),
 /// storing `rows × cols` of it. The A panel is row-major (`A[i][p]` at
 /// `a + i·lda + p`) or column-major (`a + p·lda + i`; a packed panel has
-/// `lda = MR`).
+/// `lda = MR`); a row-major panel's rows are at `a + a_rows[i]` instead
+/// when `SHIFTED` (`B` is then packed).
 pub(crate) struct Tile {
     kc: usize,
     a: *const f32,
     lda: usize,
     b: *const f32,
     offs: *const usize,
+    a_rows: *const usize,
     c: *mut f32,
     ldc: usize,
     load: bool,
@@ -754,10 +774,14 @@ impl Tile {
     ) {
         let mut acc = [[S::zero(); NV]; MR];
         let mut b = self.b;
-        let rows: [*const f32; MR] = std::array::from_fn(|i| self.a.add(i * self.lda));
+        let rows: [*const f32; MR] = if ROW_MAJOR && SHIFTED {
+            std::array::from_fn(|i| self.a.add(*self.a_rows.add(i)))
+        } else {
+            std::array::from_fn(|i| self.a.add(i * self.lda))
+        };
         let mut a = self.a;
         for p in 0..self.kc {
-            let bp = if SHIFTED {
+            let bp = if SHIFTED && !ROW_MAJOR {
                 self.b.add(*self.offs.add(p))
             } else {
                 b
@@ -822,9 +846,12 @@ impl Tile {
 macro_rules! tiles {
     ($s:ty, $mr:literal, $t:expr, $nv:expr, $rm:expr, $sh:expr) => {
         match ($nv, $rm, $sh) {
-            (3, true, _) => $t.run::<$s, $mr, 3, true, false>(),
-            (2, true, _) => $t.run::<$s, $mr, 2, true, false>(),
-            (_, true, _) => $t.run::<$s, $mr, 1, true, false>(),
+            (3, true, false) => $t.run::<$s, $mr, 3, true, false>(),
+            (2, true, false) => $t.run::<$s, $mr, 2, true, false>(),
+            (_, true, false) => $t.run::<$s, $mr, 1, true, false>(),
+            (3, true, true) => $t.run::<$s, $mr, 3, true, true>(),
+            (2, true, true) => $t.run::<$s, $mr, 2, true, true>(),
+            (_, true, true) => $t.run::<$s, $mr, 1, true, true>(),
             (3, false, false) => $t.run::<$s, $mr, 3, false, false>(),
             (2, false, false) => $t.run::<$s, $mr, 2, false, false>(),
             (_, false, false) => $t.run::<$s, $mr, 1, false, false>(),

@@ -1,17 +1,20 @@
 //! The forward pass as an implicit GEMM over a channels-last copy of the
 //! input, on the packed GEMM's micro-kernel.
 //!
-//! Each task takes one image and a band of its output rows. It copies the
-//! input rows the band reads into padded channels-last planes — one per
-//! phase of the vertical stride, rows `pitch = owv · stride_w` columns
-//! wide — so that output position `p = r·owv + ow` of the band reads, for
-//! kernel row `kh`, the `kw_n · C` contiguous floats at
-//! `plane(kh) + p · stride_w · C`: one uniform row stride for every
-//! position. The product is then `C[p][co] = Σ A[p][(kh, kw, ci)] ·
-//! B[(kh, kw, ci)][co]` with `A` read in place (the positions are its rows,
-//! broadcast by the micro-kernel) and `B` the weights, packed once per call
-//! into panels of output channels. Positions `ow ≥ OW` of the virtual rows
-//! (`owv − OW` per row) are computed and dropped.
+//! Each task takes a band of output rows of one image, or several whole
+//! small images. It copies the input rows the band reads into padded
+//! channels-last planes — one per phase of the vertical stride, rows
+//! `pitch = owv · stride_w` columns wide — so that output position `(r, ow)`
+//! of the band reads, for kernel row `kh`, the `kw_n · C` contiguous floats
+//! at `plane(kh) + (r·owv + ow) · stride_w · C`. The product is then
+//! `C[q][co] = Σ A[q][(kh, kw, ci)] · B[(kh, kw, ci)][co]` over the task's
+//! positions `q`, with `A` read in place (the positions are its rows,
+//! broadcast by the micro-kernel from a row address each, so a tile runs
+//! on across output rows and images) and `B` the weights, packed once per
+//! call into panels of output channels. The virtual positions `ow ≥ OW`
+//! of a row (`owv − OW`, where the next row's reads begin) are only
+//! copied, never computed; kernel rows that read padding only are skipped
+//! per tile.
 //!
 //! Nothing of the lowered input is packed and the input is copied once,
 //! with vector transposes, where the NCHW lowering ([`super::packed`]) pays
@@ -23,17 +26,20 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::cpu::packed_gemm::{tile_a_in_place, Packed, WithPacked};
+use crate::cpu::packed_gemm::{tile_a_rows, ARows, Packed, WithPacked, MAX_MR};
 use crate::cpu::par::SendPtr;
 use crate::cpu::scratch::{Slot, Tuning};
 use crate::cpu::ConvShape;
 
-/// Preferred output positions (virtual) of one task.
+/// Preferred output positions of one task.
 const TASK_POSITIONS: usize = 1024;
 /// Largest share of phantom positions per virtual row (`owv − OW` of
-/// `owv`): 1/8. ResNet's 512-channel layer at 7×7 (2 of 9) and DCGAN's
-/// 4×4 outputs (1 of 5) would waste more than the packing this path saves.
-const MAX_WASTE: usize = 8;
+/// `owv`): 1/2. They are not computed, but copied into the planes with
+/// their padding. (Until tiles took a row address each they were computed,
+/// and the share was held to 1/8: ResNet's 512-channel layer at 7×7, 2 of
+/// 9, and DCGAN's 4×4 outputs, 1 of 5, now run here at AVX2 16–30 % faster
+/// than the NCHW lowering, and as fast at AVX-512.)
+const MAX_WASTE: usize = 2;
 /// Most products per tile (kernel taps, with horizontal dilation).
 const MAX_PARTS: usize = 64;
 
@@ -42,6 +48,10 @@ const MAX_PARTS: usize = 64;
 pub(super) struct Plan {
     /// Output rows per task.
     band: usize,
+    /// Whole images per task (more than one only where `band` is a whole
+    /// image): a task's tiles run on across its images, so small images do
+    /// not each end in a part-empty tile.
+    images: usize,
 }
 
 /// Sizes of the problem, in the terms of the module's description.
@@ -104,13 +114,24 @@ impl Geo {
     /// Floats of a task's input planes: every phase plane, and slack for
     /// the reads of the rows of a partial last tile.
     pub(super) fn input_len<S: Packed>(&self, rows: usize) -> usize {
+        self.planes_len(rows) + (S::MR * self.stride[1] + self.kw * self.dil[1] + 1) * self.c
+    }
+
+    /// Floats of one image's phase planes in a task of `rows` output rows.
+    fn planes_len(&self, rows: usize) -> usize {
         self.stride[0] * self.plane_len(rows)
-            + (S::MR * self.stride[1] + self.kw * self.dil[1] + 1) * self.c
     }
 
     /// Floats of a task's `C`.
     fn output_len(&self, rows: usize) -> usize {
-        rows * self.owv * self.co_pad
+        rows * self.ow * self.co_pad
+    }
+
+    /// Floats of the scratch of a task of `images` × `rows` output rows.
+    fn task_len<S: Packed>(&self, rows: usize, images: usize) -> usize {
+        (images - 1) * self.planes_len(rows)
+            + self.input_len::<S>(rows)
+            + images * self.output_len(rows)
     }
 
     /// Depth of the product: kernel taps × input channels.
@@ -151,7 +172,7 @@ pub(super) fn plan_with<S: Packed>(
         return None;
     }
     let budget = (t.scratch_bytes / 4 - weights) / threads.max(1);
-    let task = |rows: usize| g.input_len::<S>(rows) + g.output_len(rows);
+    let task = |rows: usize| g.task_len::<S>(rows, 1);
     // Bands of about TASK_POSITIONS positions, cut further so that every
     // thread gets four tasks where the images are few.
     let want = if threads > 1 { 4 * threads } else { 1 };
@@ -171,7 +192,18 @@ pub(super) fn plan_with<S: Packed>(
     if task_rule && threads > 1 && s.n * g.oh.div_ceil(band) < 2 * threads {
         return None;
     }
-    Some(Plan { band })
+    // Small whole images: several a task, up to TASK_POSITIONS, keeping
+    // two tasks per thread.
+    let mut images = 1;
+    if band == g.oh {
+        images = (TASK_POSITIONS / (g.oh * g.ow))
+            .min(s.n / (2 * threads.max(1)))
+            .max(1);
+        while images > 1 && g.task_len::<S>(band, images) > budget {
+            images -= 1;
+        }
+    }
+    Some(Plan { band, images })
 }
 
 /// `y = conv(x, w)` by the plan; `x` and `y` channels-last (`[n, h, w,
@@ -187,31 +219,36 @@ pub(super) fn forward<S: Packed>(
 ) {
     let g = Geo::of::<S>(s);
     let bands = g.oh.div_ceil(plan.band);
-    let tasks: Vec<(usize, Range<usize>)> = (0..s.n)
-        .flat_map(|n| (0..bands).map(move |b| (n, b * plan.band..((b + 1) * plan.band).min(g.oh))))
+    let (band, per) = (plan.band, plan.images);
+    let tasks: Vec<(Range<usize>, Range<usize>)> = (0..s.n.div_ceil(per))
+        .flat_map(|b| {
+            let images = b * per..((b + 1) * per).min(s.n);
+            (0..bands).map(move |r| (images.clone(), r * band..((r + 1) * band).min(g.oh)))
+        })
         .collect();
     let yp = SendPtr(y.as_mut_ptr());
     let wlen = g.depth() * g.co_pad;
     t.scratch(Slot::Weights, wlen, |wb| {
         pack_weights::<S>(&g, w, wb);
         let wb: &[f32] = wb;
-        let len = g.input_len::<S>(plan.band) + g.output_len(plan.band);
-        tasks.into_par_iter().for_each(|(n, rows)| {
+        let len = g.task_len::<S>(band, per);
+        tasks.into_par_iter().for_each(|(images, rows)| {
             t.scratch(Slot::Task, len, |buf| {
-                let (input, out) = buf.split_at_mut(g.input_len::<S>(plan.band));
+                let input_len = (images.len() - 1) * g.planes_len(band) + g.input_len::<S>(band);
+                let (input, out) = buf.split_at_mut(input_len);
                 let task = Task {
                     g: &g,
-                    x: &x[n * g.c * g.h * g.w..][..g.c * g.h * g.w],
+                    x,
                     wb,
                     input,
                     out,
                     y: yp,
-                    y0: n * g.co * g.oh * g.ow,
+                    images,
                     rows,
                     nhwc,
                 };
                 // SAFETY: the instruction set is available (checked by the
-                // caller); this task alone writes its rows of image n.
+                // caller); this task alone writes its rows of its images.
                 unsafe { S::enter(task) }
             })
         });
@@ -279,17 +316,16 @@ impl WithPacked for PackPanel<'_> {
     }
 }
 
-/// One task: an image's band of output rows.
+/// One task: a band of output rows of one or more images.
 struct Task<'a> {
     g: &'a Geo,
-    /// The image's input planes.
+    /// The batch's input.
     x: &'a [f32],
     wb: &'a [f32],
     input: &'a mut [f32],
     out: &'a mut [f32],
     y: SendPtr,
-    /// Offset of the image in `y`.
-    y0: usize,
+    images: Range<usize>,
     rows: Range<usize>,
     /// `x` and `y` are channels-last.
     nhwc: bool,
@@ -302,14 +338,28 @@ impl WithPacked for Task<'_> {
         let g = self.g;
         let rows = self.rows.len();
         let plane_len = g.plane_len(rows);
-        if self.nhwc {
-            fill_planes_nhwc(g, self.x, self.rows.start, rows, plane_len, self.input);
-        } else {
-            fill_planes::<S>(g, self.x, self.rows.start, rows, plane_len, self.input);
+        let (img_in, img_planes) = (g.c * g.h * g.w, g.planes_len(rows));
+        for (i, n) in self.images.clone().enumerate() {
+            let x = &self.x[n * img_in..][..img_in];
+            let dst = &mut self.input[i * img_planes..];
+            if self.nhwc {
+                fill_planes_nhwc(g, x, self.rows.start, rows, plane_len, dst);
+            } else {
+                fill_planes::<S>(g, x, self.rows.start, rows, plane_len, dst);
+            }
         }
         let (c, nr, mr) = (g.c, S::NR, S::MR);
-        let positions = rows * g.owv;
+        // Real positions `q` of the task, image by image (`r·OW + ow`
+        // within one); their rows of `A` start at virtual position
+        // `r·owv + ow` of the image's planes, so a tile may span output
+        // rows and images and no phantom position is computed.
+        let per_image = rows * g.ow;
+        let positions = self.images.len() * per_image;
         let lda = g.stride[1] * c;
+        let row_at = |q: usize| {
+            let r = q % per_image;
+            (q / per_image) * img_planes + ((r / g.ow) * g.owv + r % g.ow) * lda
+        };
         let inp = self.input.as_ptr();
         let out = self.out.as_mut_ptr();
         // Kernel rows, with their columns in one product where those are
@@ -330,9 +380,9 @@ impl WithPacked for Task<'_> {
                 }
             }
         }
-        // The furthest read of any tile (a partial last tile reads all MR
-        // rows) stays inside the task's input.
-        let last = (positions.div_ceil(mr) * mr - 1) * lda;
+        // The furthest read of any tile (a partial last tile repeats its
+        // last row) stays inside the task's input.
+        let last = row_at(positions - 1);
         assert!(parts[..count]
             .iter()
             .all(|&(off, _, kc, _)| off + last + kc <= self.input.len()));
@@ -343,26 +393,32 @@ impl WithPacked for Task<'_> {
         // Kernel rows that read only padding rows for every position of a
         // tile (the top and bottom output rows) are skipped: a tile's first
         // product that is not skipped stores, later ones add, and a tile
-        // none reaches is zero. The tiles kernel row `kh` computes are those
-        // from the first that reaches the first band row reading the input
-        // to the last that starts before the first band row reading past it.
-        let live_tiles = |kh: usize| {
-            let (sh, reach) = (g.stride[0] as isize, (kh * g.dil[0]) as isize);
-            let band_row = |input_row: isize| {
-                // First band row whose input row is at least `input_row`.
-                let oh = (input_row + g.pad[0] as isize - reach).max(0);
-                ((oh + sh - 1) / sh - self.rows.start as isize).clamp(0, rows as isize) as usize
-            };
-            let (top, bottom) = (band_row(0), band_row(g.h as isize));
-            let first = if top * g.owv >= positions {
-                tiles
-            } else {
-                top * g.owv / mr
-            };
-            first..(bottom * g.owv).div_ceil(mr).min(tiles)
-        };
-        // The same for every panel of output channels: one range a step.
-        let lives: Vec<Range<usize>> = steps.iter().map(|s| live_tiles(s.3)).collect();
+        // none reaches is zero. Bit `kh` of a band row's mask: kernel row
+        // `kh` reads an input row there.
+        let row_live: Vec<u64> = (0..rows)
+            .map(|r| {
+                let top = ((self.rows.start + r) * g.stride[0]) as isize - g.pad[0] as isize;
+                (0..g.kh)
+                    .filter(|&kh| (0..g.h as isize).contains(&(top + (kh * g.dil[0]) as isize)))
+                    .fold(0, |m, kh| m | 1 << kh)
+            })
+            .collect();
+        let tile_live: Vec<u64> = (0..tiles)
+            .map(|t| {
+                (t * mr..((t + 1) * mr).min(positions))
+                    .fold(0, |m, q| m | row_live[(q % per_image) / g.ow])
+            })
+            .collect();
+        // Row offsets of every tile's `A` rows, and whether they are evenly
+        // spaced (the tile within one output row).
+        let tile_rows: Vec<([usize; MAX_MR], bool)> = (0..tiles)
+            .map(|t| {
+                let at: [usize; MAX_MR] =
+                    std::array::from_fn(|i| row_at((t * mr + i).min(positions - 1)));
+                let even = (1..mr).all(|i| at[i] == at[0] + i * lda);
+                (at, even)
+            })
+            .collect();
         let mut written = vec![false; tiles];
         for jp in 0..g.co_pad / nr {
             let cols = nr.min(g.co - jp * nr);
@@ -372,19 +428,28 @@ impl WithPacked for Task<'_> {
             // of positions passes over it, the tile's `C` staying in L1
             // across the group's steps.
             for group in &groups {
-                let (group, lives) = (&steps[group.clone()], &lives[group.clone()]);
-                let from = lives.iter().map(|l| l.start).min().unwrap_or(0);
-                let to = lives.iter().map(|l| l.end).max().unwrap_or(0);
-                for (t, done) in written.iter_mut().enumerate().take(to).skip(from) {
+                let group = &steps[group.clone()];
+                let reach = group.iter().fold(0u64, |m, s| m | 1 << s.3);
+                for (t, done) in written.iter_mut().enumerate() {
+                    let live = tile_live[t];
+                    if live & reach == 0 {
+                        continue;
+                    }
                     let p0 = t * mr;
-                    for (&(off, k0, kc, _), live) in group.iter().zip(lives) {
-                        if !live.contains(&t) {
+                    let (at, even) = &tile_rows[t];
+                    let (base, rows_of_a) = if *even {
+                        (at[0], ARows::Stride(lda))
+                    } else {
+                        (0, ARows::At(at))
+                    };
+                    for &(off, k0, kc, kh) in group {
+                        if live >> kh & 1 == 0 {
                             continue;
                         }
-                        tile_a_in_place::<S>(
+                        tile_a_rows::<S>(
                             kc,
-                            inp.add(off + p0 * lda),
-                            lda,
+                            inp.add(off + base),
+                            rows_of_a,
                             panel.add(k0 * nr),
                             out.add(p0 * g.co_pad + jp * nr),
                             g.co_pad,
@@ -404,10 +469,14 @@ impl WithPacked for Task<'_> {
                 }
             }
         }
-        if self.nhwc {
-            store_rows_nhwc(g, self.out, self.y, self.y0, self.rows);
-        } else {
-            store_rows::<S>(g, self.out, self.y, self.y0, self.rows);
+        for (i, n) in self.images.clone().enumerate() {
+            let cbuf = &self.out[i * per_image * g.co_pad..];
+            let y0 = n * g.co * g.oh * g.ow;
+            if self.nhwc {
+                store_rows_nhwc(g, cbuf, self.y, y0, self.rows.clone());
+            } else {
+                store_rows::<S>(g, cbuf, self.y, y0, self.rows.clone());
+            }
         }
     }
 }
@@ -574,7 +643,7 @@ fn fill_planes_nhwc(
 fn store_rows_nhwc(g: &Geo, cbuf: &[f32], y: SendPtr, y0: usize, rows: Range<usize>) {
     for r in 0..rows.len() {
         for ow in 0..g.ow {
-            let src = &cbuf[(r * g.owv + ow) * g.co_pad..][..g.co];
+            let src = &cbuf[(r * g.ow + ow) * g.co_pad..][..g.co];
             // SAFETY: this task alone writes these outputs of the image.
             let dst = unsafe { y.slice(y0 + ((rows.start + r) * g.ow + ow) * g.co, g.co) };
             dst.copy_from_slice(src);
@@ -582,15 +651,15 @@ fn store_rows_nhwc(g: &Geo, cbuf: &[f32], y: SendPtr, y0: usize, rows: Range<usi
     }
 }
 
-/// Writes the band's outputs from its `C` (`[position][co]`, virtual
-/// positions) into the image's `y` planes, dropping the phantom columns.
+/// Writes the band's outputs from its `C` (`[position][co]`) into the
+/// image's `y` planes.
 #[inline(always)]
 unsafe fn store_rows<S: Packed>(g: &Geo, cbuf: &[f32], y: SendPtr, y0: usize, rows: Range<usize>) {
     let l_n = S::N;
     let plane = g.oh * g.ow;
-    assert!(rows.len() * g.owv * g.co_pad <= cbuf.len());
+    assert!(rows.len() * g.ow * g.co_pad <= cbuf.len());
     for r in 0..rows.len() {
-        let src = cbuf.as_ptr().add(r * g.owv * g.co_pad);
+        let src = cbuf.as_ptr().add(r * g.ow * g.co_pad);
         let dst = y.at(y0 + (rows.start + r) * g.ow);
         for co0 in (0..g.co).step_by(l_n) {
             let cn = l_n.min(g.co - co0);
@@ -648,9 +717,8 @@ mod tests {
     /// Shapes that stress the layout: unequal and large strides, dilation
     /// along the width (one product per tap), padding wider than the kernel
     /// reach, channel counts off the vector width, rows narrower than a
-    /// tile (tiles spanning rows, slack reads; strides at least the kernel
-    /// width, so without phantom positions), input columns past the last
-    /// one read, and several bands per image.
+    /// tile (tiles spanning rows and images), phantom positions, input
+    /// columns past the last one read, and several bands per image.
     fn shapes() -> Vec<ConvShape> {
         vec![
             shape(
@@ -723,6 +791,11 @@ mod tests {
             // rows read padding only (their tiles are zero), the next ones
             // skip a kernel row.
             shape(2, 6, 9, 1, [1, 6, 20], [1, 2, 3], [0, 3, 1], [1; 3], [1; 3]),
+            // Small images, several a task: rows of 7 reading 9 columns
+            // (2 phantom positions a row), tiles running across images.
+            shape(8, 5, 17, 1, [1, 7, 7], [1, 3, 3], [0, 1, 1], [1; 3], [1; 3]),
+            // The same with rows that read padding only, in every image.
+            shape(6, 3, 9, 1, [1, 3, 5], [1, 3, 3], [0, 2, 1], [1; 3], [1; 3]),
         ]
     }
 
@@ -742,6 +815,13 @@ mod tests {
         let tall = shapes()[4];
         let p = plan::<Avx2>(&tall, &t, 3).unwrap();
         assert!(p.band < tall.output[1], "{p:?}");
+        // Several small images a task, two tasks per thread.
+        for s in &shapes()[7..] {
+            let p = plan::<Avx512>(s, &t, 1).unwrap();
+            assert!(p.band == s.output[1] && p.images == s.n / 2, "{p:?}");
+            let p = plan::<Avx512>(s, &t, 2).unwrap();
+            assert!(p.images == s.n / 4, "{p:?}");
+        }
     }
 
     #[test]
@@ -762,8 +842,8 @@ mod tests {
             [1; 3],
             [1; 3],
         );
-        // Rows of 7 read 9 columns: 2 of 9 positions wasted.
-        let narrow = shape(2, 8, 8, 1, [1, 7, 7], [1, 3, 3], [0, 1, 1], [1; 3], [1; 3]);
+        // Rows of 2 read 6 columns: 4 of 6 positions phantom.
+        let narrow = shape(2, 8, 8, 1, [1, 2, 2], [1, 5, 5], [0, 2, 2], [1; 3], [1; 3]);
         let few = shape(
             2,
             8,
