@@ -36,6 +36,8 @@ mod portable;
 #[cfg(target_arch = "x86_64")]
 mod subpixel;
 
+use rayon::prelude::*;
+
 use super::im2col::{gather_rows, Chunk};
 use super::matmul::Mat;
 use super::scratch::Tuning;
@@ -331,17 +333,19 @@ fn flipped_forward(s: &ConvShape) -> Option<ConvShape> {
 pub(super) fn flip_transpose(s: &ConvShape, w: &[f32], out: &mut [f32]) {
     let (cog, cig, ks) = (s.c_out_per_group(), s.c_in_per_group(), s.kernel_spatial());
     assert!(w.len() >= s.weight_len() && out.len() >= s.weight_len());
-    for g in 0..s.groups {
-        for co in 0..cog {
-            for ci in 0..cig {
+    // One task per output row `(g, ci)`, gathering its `cog` kernels.
+    out[..s.weight_len()]
+        .par_chunks_mut(cog * ks)
+        .enumerate()
+        .for_each(|(row, dst)| {
+            let (g, ci) = (row / cig, row % cig);
+            for (co, dst) in dst.chunks_exact_mut(ks).enumerate() {
                 let src = &w[((g * cog + co) * cig + ci) * ks..][..ks];
-                let dst = &mut out[((g * cig + ci) * cog + co) * ks..][..ks];
                 for (d, v) in dst.iter_mut().zip(src.iter().rev()) {
                     *d = *v;
                 }
             }
-        }
-    }
+        });
 }
 
 /// Workers for a weight gradient summed into private partials: every thread
