@@ -79,6 +79,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <time.h>
 
 /* ------------------------------------------------------------------ */
@@ -412,8 +413,17 @@ static int ts_before(const struct timespec* a, const struct timespec* b)
     return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
 }
 
+/* Sleeps until t. The thread's timer slack is first cut to 1 ns: Linux lets a
+ * sleep of a normal thread run up to 50 us late by default, which would add that
+ * much to every modelled copy (a 1 KiB copy took 85 us at 12 GB/s instead of
+ * 0.1 us). */
 static void sleep_until(const struct timespec* t)
 {
+    static __thread int slack_cut;
+    if (!slack_cut) {
+        prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+        slack_cut = 1;
+    }
     while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, t, NULL) == EINTR) {
     }
 }
