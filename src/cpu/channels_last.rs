@@ -917,6 +917,9 @@ mod tests {
             shape(3, 16, 8, 1, [12, 14], [3, 3], [2, 2], [1, 1], [1, 1]),
             shape(2, 9, 7, 1, [10, 12], [3, 2], [1, 1], [2, 3], [1, 2]),
             shape(2, 8, 12, 1, [1, 40], [1, 5], [1, 1], [0, 2], [1, 1]),
+            // Large weights over small images: the implicit GEMM's tasks
+            // split the panels of output channels.
+            shape(2, 480, 300, 1, [5, 5], [3, 3], [1, 1], [1, 1], [1, 1]),
         ];
         let mut data = 0;
         for s in &shapes {
@@ -955,9 +958,9 @@ mod tests {
                 });
             }
         }
-        // Two stride-1 shapes have their input gradient as a forward pass (the
-        // third pads past its kernel's reach), on each pool.
-        assert_eq!(data, 2 * 2);
+        // Three stride-1 shapes have their input gradient as a forward pass
+        // (the second of the list pads past its kernel's reach), on each pool.
+        assert_eq!(data, 3 * 2);
         // Grouped layers are not taken; nor strided input gradients.
         let grouped = shape(2, 8, 8, 2, [9, 9], [3, 3], [1, 1], [1, 1], [1, 1]);
         assert!(!forward_applies(&grouped) && !backward_data_applies(&grouped));

@@ -2,7 +2,8 @@
 //! input, on the packed GEMM's micro-kernel.
 //!
 //! Each task takes a band of output rows of one image, or several whole
-//! small images. It copies the input rows the band reads into padded
+//! small images, and where those are too few for the threads, a range of
+//! the panels of output channels. It copies the input rows the band reads into padded
 //! channels-last planes — one per phase of the vertical stride, rows
 //! `pitch = owv · stride_w` columns wide — so that output position `(r, ow)`
 //! of the band reads, for kernel row `kh`, the `kw_n · C` contiguous floats
@@ -33,6 +34,18 @@ use crate::cpu::ConvShape;
 
 /// Preferred output positions of one task.
 const TASK_POSITIONS: usize = 1024;
+/// Fewest output positions of one task where the images have them and the
+/// packed weights are more than [`CACHED_WEIGHTS_FLOATS`]: every task
+/// streams the weights of its panels, so a task of a few positions (a row
+/// of a 7×7 image) would be bound by that stream. Where positions are too
+/// few for the threads, tasks split the panels of output channels instead.
+const MIN_TASK_POSITIONS: usize = 96;
+/// Packed weights (floats) up to which short tasks stream them well enough:
+/// 4 MiB. On the Xeon at 8 and 16 threads, the longer tasks with split
+/// panels measured +29–63 % on ResNet's 512-channel layer at 7×7 (9.4 MiB)
+/// and +12–28 % on DCGAN's 4×4 outputs (8.4 MiB), but −7 to +8 % on the
+/// 256-channel layer at 14×14 (2.3 MiB).
+const CACHED_WEIGHTS_FLOATS: usize = 1 << 20;
 /// Largest share of phantom positions per virtual row (`owv − OW` of
 /// `owv`): 1/2. They are not computed, but copied into the planes with
 /// their padding. (Until tiles took a row address each they were computed,
@@ -53,6 +66,10 @@ pub(super) struct Plan {
     /// image): a task's tiles run on across its images, so small images do
     /// not each end in a part-empty tile.
     images: usize,
+    /// Ranges the panels of output channels are split into, each a task
+    /// of its own (more than one where positions are too few to give every
+    /// thread two tasks).
+    panels: usize,
 }
 
 /// Sizes of the problem, in the terms of the module's description.
@@ -178,9 +195,15 @@ pub(super) fn plan_with<S: Packed>(
     // thread gets four tasks where the images are few.
     let want = if threads > 1 { 4 * threads } else { 1 };
     let per_image = want.div_ceil(s.n).min(g.oh);
+    let least = if weights > CACHED_WEIGHTS_FLOATS {
+        MIN_TASK_POSITIONS
+    } else {
+        1
+    };
     let mut band = (TASK_POSITIONS / g.owv)
         .clamp(1, g.oh)
-        .min(g.oh.div_ceil(per_image));
+        .min(g.oh.div_ceil(per_image))
+        .max(least.div_ceil(g.ow).min(g.oh));
     while task(band) > budget {
         if band == 1 {
             return None;
@@ -190,21 +213,34 @@ pub(super) fn plan_with<S: Packed>(
     // Tasks are whole rows of one image: too few to share among the
     // threads (a 1-D convolution over a few long signals) go the NCHW way,
     // which cuts rows.
-    if task_rule && threads > 1 && s.n * g.oh.div_ceil(band) < 2 * threads {
-        return None;
-    }
     // Small whole images: several a task, up to TASK_POSITIONS, keeping
-    // two tasks per thread.
+    // two tasks per thread, and at least `least` positions.
     let mut images = 1;
     if band == g.oh {
-        images = (TASK_POSITIONS / (g.oh * g.ow))
+        let per = g.oh * g.ow;
+        images = (TASK_POSITIONS / per)
             .min(s.n / (2 * threads.max(1)))
-            .max(1);
+            .max(least.div_ceil(per))
+            .clamp(1, s.n);
         while images > 1 && g.task_len::<S>(band, images) > budget {
             images -= 1;
         }
     }
-    Some(Plan { band, images })
+    // Too few of them for two tasks per thread: split the panels too.
+    let tasks = s.n.div_ceil(images) * g.oh.div_ceil(band);
+    let panels = if threads > 1 && tasks < 2 * threads {
+        (2 * threads).div_ceil(tasks).min(g.co_pad / S::NR)
+    } else {
+        1
+    };
+    if task_rule && threads > 1 && tasks * panels < 2 * threads {
+        return None;
+    }
+    Some(Plan {
+        band,
+        images,
+        panels,
+    })
 }
 
 /// `y = conv(x, w)` by the plan; `x` and `y` channels-last (`[n, h, w,
@@ -221,11 +257,23 @@ pub(super) fn forward<S: Packed>(
     let g = Geo::of::<S>(s);
     let bands = g.oh.div_ceil(plan.band);
     let (band, per) = (plan.band, plan.images);
-    let tasks: Vec<(Range<usize>, Range<usize>)> = (0..s.n.div_ceil(per))
+    let (np, ranges) = (g.co_pad / S::NR, plan.panels);
+    let tasks: Vec<(Range<usize>, Range<usize>, Range<usize>)> = (0..s.n.div_ceil(per))
         .flat_map(|b| {
             let images = b * per..((b + 1) * per).min(s.n);
-            (0..bands).map(move |r| (images.clone(), r * band..((r + 1) * band).min(g.oh)))
+            (0..bands).flat_map(move |r| {
+                let rows = r * band..((r + 1) * band).min(g.oh);
+                let images = images.clone();
+                (0..ranges).map(move |q| {
+                    (
+                        images.clone(),
+                        rows.clone(),
+                        q * np / ranges..(q + 1) * np / ranges,
+                    )
+                })
+            })
         })
+        .filter(|t| !t.2.is_empty())
         .collect();
     let yp = SendPtr(y.as_mut_ptr());
     let wlen = g.depth() * g.co_pad;
@@ -233,7 +281,7 @@ pub(super) fn forward<S: Packed>(
         pack_weights::<S>(&g, w, wb);
         let wb: &[f32] = wb;
         let len = g.task_len::<S>(band, per);
-        tasks.into_par_iter().for_each(|(images, rows)| {
+        tasks.into_par_iter().for_each(|(images, rows, panels)| {
             t.scratch(Slot::Task, len, |buf| {
                 let input_len = (images.len() - 1) * g.planes_len(band) + g.input_len::<S>(band);
                 let (input, out) = buf.split_at_mut(input_len);
@@ -246,6 +294,7 @@ pub(super) fn forward<S: Packed>(
                     y: yp,
                     images,
                     rows,
+                    panels,
                     nhwc,
                 };
                 // SAFETY: the instruction set is available (checked by the
@@ -328,6 +377,8 @@ struct Task<'a> {
     y: SendPtr,
     images: Range<usize>,
     rows: Range<usize>,
+    /// Panels of output channels it computes.
+    panels: Range<usize>,
     /// `x` and `y` are channels-last.
     nhwc: bool,
 }
@@ -362,6 +413,11 @@ impl WithPacked for Task<'_> {
             (q / per_image) * img_planes + ((r / g.ow) * g.owv + r % g.ow) * lda
         };
         let inp = self.input.as_ptr();
+        // Under test, a `C` left over from an earlier task of the thread
+        // is poisoned, so that storing a part this task did not compute
+        // shows.
+        #[cfg(test)]
+        self.out.fill(f32::NAN);
         let out = self.out.as_mut_ptr();
         // Kernel rows, with their columns in one product where those are
         // adjacent (no horizontal dilation): (input offset, depth offset,
@@ -421,7 +477,7 @@ impl WithPacked for Task<'_> {
             })
             .collect();
         let mut written = vec![false; tiles];
-        for jp in 0..g.co_pad / nr {
+        for jp in self.panels.clone() {
             let cols = nr.min(g.co - jp * nr);
             let panel = self.wb.as_ptr().add(jp * k * nr);
             written.fill(false);
@@ -470,13 +526,14 @@ impl WithPacked for Task<'_> {
                 }
             }
         }
+        let chans = self.panels.start * nr..(self.panels.end * nr).min(g.co);
         for (i, n) in self.images.clone().enumerate() {
             let cbuf = &self.out[i * per_image * g.co_pad..];
             let y0 = n * g.co * g.oh * g.ow;
             if self.nhwc {
-                store_rows_nhwc(g, cbuf, self.y, y0, self.rows.clone());
+                store_rows_nhwc(g, cbuf, self.y, y0, self.rows.clone(), chans.clone());
             } else {
-                store_rows::<S>(g, cbuf, self.y, y0, self.rows.clone());
+                store_rows::<S>(g, cbuf, self.y, y0, self.rows.clone(), chans.clone());
             }
         }
     }
@@ -641,12 +698,20 @@ fn fill_planes_nhwc(
 
 /// [`store_rows`] into a channels-last image (`[oh][ow][co]`): each
 /// position's channels are one contiguous copy.
-fn store_rows_nhwc(g: &Geo, cbuf: &[f32], y: SendPtr, y0: usize, rows: Range<usize>) {
+fn store_rows_nhwc(
+    g: &Geo,
+    cbuf: &[f32],
+    y: SendPtr,
+    y0: usize,
+    rows: Range<usize>,
+    chans: Range<usize>,
+) {
     for r in 0..rows.len() {
         for ow in 0..g.ow {
-            let src = &cbuf[(r * g.ow + ow) * g.co_pad..][..g.co];
+            let src = &cbuf[(r * g.ow + ow) * g.co_pad + chans.start..][..chans.len()];
             // SAFETY: this task alone writes these outputs of the image.
-            let dst = unsafe { y.slice(y0 + ((rows.start + r) * g.ow + ow) * g.co, g.co) };
+            let at = y0 + ((rows.start + r) * g.ow + ow) * g.co + chans.start;
+            let dst = unsafe { y.slice(at, chans.len()) };
             dst.copy_from_slice(src);
         }
     }
@@ -655,15 +720,22 @@ fn store_rows_nhwc(g: &Geo, cbuf: &[f32], y: SendPtr, y0: usize, rows: Range<usi
 /// Writes the band's outputs from its `C` (`[position][co]`) into the
 /// image's `y` planes.
 #[inline(always)]
-unsafe fn store_rows<S: Packed>(g: &Geo, cbuf: &[f32], y: SendPtr, y0: usize, rows: Range<usize>) {
+unsafe fn store_rows<S: Packed>(
+    g: &Geo,
+    cbuf: &[f32],
+    y: SendPtr,
+    y0: usize,
+    rows: Range<usize>,
+    chans: Range<usize>,
+) {
     let l_n = S::N;
     let plane = g.oh * g.ow;
     assert!(rows.len() * g.ow * g.co_pad <= cbuf.len());
     for r in 0..rows.len() {
         let src = cbuf.as_ptr().add(r * g.ow * g.co_pad);
         let dst = y.at(y0 + (rows.start + r) * g.ow);
-        for co0 in (0..g.co).step_by(l_n) {
-            let cn = l_n.min(g.co - co0);
+        for co0 in chans.clone().step_by(l_n) {
+            let cn = l_n.min(chans.end - co0);
             for w0 in (0..g.ow).step_by(l_n) {
                 let n = l_n.min(g.ow - w0);
                 let from = src.add(w0 * g.co_pad + co0);
@@ -797,6 +869,20 @@ mod tests {
             shape(8, 5, 17, 1, [1, 7, 7], [1, 3, 3], [0, 1, 1], [1; 3], [1; 3]),
             // The same with rows that read padding only, in every image.
             shape(6, 3, 9, 1, [1, 3, 5], [1, 3, 3], [0, 2, 1], [1; 3], [1; 3]),
+            // Weights of more than 4 MiB over two images of 25 positions:
+            // one task of positions, its panels split among the threads
+            // (300 channels, the last panel partial).
+            shape(
+                2,
+                480,
+                300,
+                1,
+                [1, 5, 5],
+                [1, 3, 3],
+                [0, 1, 1],
+                [1; 3],
+                [1; 3],
+            ),
         ]
     }
 
@@ -816,8 +902,15 @@ mod tests {
         let tall = shapes()[4];
         let p = plan::<Avx2>(&tall, &t, 3).unwrap();
         assert!(p.band < tall.output[1], "{p:?}");
+        // Panels split where positions are few and the weights large.
+        let few = shapes()[9];
+        for threads in [2, 3] {
+            let p = plan::<Avx2>(&few, &t, threads).unwrap();
+            assert!(p.images == 2 && p.panels == 2 * threads, "{p:?}");
+        }
+        assert_eq!(plan::<Avx512>(&few, &t, 1).unwrap().panels, 1);
         // Several small images a task, two tasks per thread.
-        for s in &shapes()[7..] {
+        for s in &shapes()[7..9] {
             let p = plan::<Avx512>(s, &t, 1).unwrap();
             assert!(p.band == s.output[1] && p.images == s.n / 2, "{p:?}");
             let p = plan::<Avx512>(s, &t, 2).unwrap();
