@@ -145,11 +145,15 @@ impl Geo {
         rows * self.ow * self.co_pad
     }
 
+    /// Floats of the input planes of a task of `images` × `rows` output
+    /// rows, one image after another, with the slack after the last.
+    fn task_input_len<S: Packed>(&self, rows: usize, images: usize) -> usize {
+        (images - 1) * self.planes_len(rows) + self.input_len::<S>(rows)
+    }
+
     /// Floats of the scratch of a task of `images` × `rows` output rows.
     fn task_len<S: Packed>(&self, rows: usize, images: usize) -> usize {
-        (images - 1) * self.planes_len(rows)
-            + self.input_len::<S>(rows)
-            + images * self.output_len(rows)
+        self.task_input_len::<S>(rows, images) + images * self.output_len(rows)
     }
 
     /// Depth of the product: kernel taps × input channels.
@@ -162,7 +166,7 @@ impl Geo {
 /// over depth) of one group with more than one tap, at most
 /// 1/[`MAX_WASTE`] phantom positions, packed weights within
 /// [`Tuning::packed_weights_floats`], a task of one output row within a worker's share of
-/// the rest, and two tasks per thread.
+/// the rest, and two tasks per thread (bands, images and ranges of panels).
 pub(super) fn plan<S: Packed>(s: &ConvShape, t: &Tuning, threads: usize) -> Option<Plan> {
     plan_with::<S>(s, t, threads, true)
 }
@@ -210,9 +214,6 @@ pub(super) fn plan_with<S: Packed>(
         }
         band = band.div_ceil(2);
     }
-    // Tasks are whole rows of one image: too few to share among the
-    // threads (a 1-D convolution over a few long signals) go the NCHW way,
-    // which cuts rows.
     // Small whole images: several a task, up to TASK_POSITIONS, keeping
     // two tasks per thread, and at least `least` positions.
     let mut images = 1;
@@ -226,7 +227,9 @@ pub(super) fn plan_with<S: Packed>(
             images -= 1;
         }
     }
-    // Too few of them for two tasks per thread: split the panels too.
+    // Too few of them for two tasks per thread: split the panels too. Still
+    // too few (a 1-D convolution over a few long signals, whose tasks are
+    // whole rows) go the NCHW way, which cuts rows.
     let tasks = s.n.div_ceil(images) * g.oh.div_ceil(band);
     let panels = if threads > 1 && tasks < 2 * threads {
         (2 * threads).div_ceil(tasks).min(g.co_pad / S::NR)
@@ -283,8 +286,7 @@ pub(super) fn forward<S: Packed>(
         let len = g.task_len::<S>(band, per);
         tasks.into_par_iter().for_each(|(images, rows, panels)| {
             t.scratch(Slot::Task, len, |buf| {
-                let input_len = (images.len() - 1) * g.planes_len(band) + g.input_len::<S>(band);
-                let (input, out) = buf.split_at_mut(input_len);
+                let (input, out) = buf.split_at_mut(g.task_input_len::<S>(band, images.len()));
                 let task = Task {
                     g: &g,
                     x,
@@ -785,7 +787,7 @@ unsafe fn transpose_block<S: Packed>(
 mod tests {
     use super::*;
     use crate::cpu::simd::{Avx2, Avx512};
-    use crate::cpu::tests::{check_against_reference, shape, Variant};
+    use crate::cpu::tests::{check_against_reference, shape, shape2d, Variant};
 
     /// Shapes that stress the layout: unequal and large strides, dilation
     /// along the width (one product per tap), padding wider than the kernel
@@ -794,95 +796,25 @@ mod tests {
     /// columns past the last one read, and several bands per image.
     fn shapes() -> Vec<ConvShape> {
         vec![
-            shape(
-                2,
-                5,
-                19,
-                1,
-                [1, 11, 13],
-                [1, 3, 3],
-                [0, 1, 1],
-                [1, 2, 3],
-                [1; 3],
-            ),
-            shape(
-                3,
-                9,
-                7,
-                1,
-                [1, 10, 12],
-                [1, 3, 2],
-                [0, 2, 3],
-                [1, 1, 1],
-                [1, 1, 2],
-            ),
-            shape(
-                2,
-                17,
-                33,
-                1,
-                [1, 9, 20],
-                [1, 2, 3],
-                [0, 0, 1],
-                [1, 1, 1],
-                [1, 2, 1],
-            ),
-            shape(
-                4,
-                3,
-                8,
-                1,
-                [1, 7, 10],
-                [1, 1, 2],
-                [0, 0, 0],
-                [1, 1, 3],
-                [1; 3],
-            ),
-            shape(
-                2,
-                16,
-                24,
-                1,
-                [1, 40, 30],
-                [1, 3, 3],
-                [0, 1, 1],
-                [1, 1, 1],
-                [1; 3],
-            ),
-            shape(
-                6,
-                1,
-                4,
-                1,
-                [1, 1, 50],
-                [1, 1, 5],
-                [0, 0, 2],
-                [1, 1, 2],
-                [1; 3],
-            ),
+            shape2d(2, 5, 19, 1, [11, 13], [3, 3], [1, 1], [2, 3], [1, 1]),
+            shape2d(3, 9, 7, 1, [10, 12], [3, 2], [2, 3], [1, 1], [1, 2]),
+            shape2d(2, 17, 33, 1, [9, 20], [2, 3], [0, 1], [1, 1], [2, 1]),
+            shape2d(4, 3, 8, 1, [7, 10], [1, 2], [0, 0], [1, 3], [1, 1]),
+            shape2d(2, 16, 24, 1, [40, 30], [3, 3], [1, 1], [1, 1], [1, 1]),
+            shape2d(6, 1, 4, 1, [1, 50], [1, 5], [0, 2], [1, 2], [1, 1]),
             // Padding taller than the kernel: the two top and bottom output
             // rows read padding only (their tiles are zero), the next ones
             // skip a kernel row.
-            shape(2, 6, 9, 1, [1, 6, 20], [1, 2, 3], [0, 3, 1], [1; 3], [1; 3]),
+            shape2d(2, 6, 9, 1, [6, 20], [2, 3], [3, 1], [1, 1], [1, 1]),
             // Small images, several a task: rows of 7 reading 9 columns
             // (2 phantom positions a row), tiles running across images.
-            shape(8, 5, 17, 1, [1, 7, 7], [1, 3, 3], [0, 1, 1], [1; 3], [1; 3]),
+            shape2d(8, 5, 17, 1, [7, 7], [3, 3], [1, 1], [1, 1], [1, 1]),
             // The same with rows that read padding only, in every image.
-            shape(6, 3, 9, 1, [1, 3, 5], [1, 3, 3], [0, 2, 1], [1; 3], [1; 3]),
+            shape2d(6, 3, 9, 1, [3, 5], [3, 3], [2, 1], [1, 1], [1, 1]),
             // Weights of more than 4 MiB over two images of 25 positions:
             // one task of positions, its panels split among the threads
             // (300 channels, the last panel partial).
-            shape(
-                2,
-                480,
-                300,
-                1,
-                [1, 5, 5],
-                [1, 3, 3],
-                [0, 1, 1],
-                [1; 3],
-                [1; 3],
-            ),
+            shape2d(2, 480, 300, 1, [5, 5], [3, 3], [1, 1], [1, 1], [1, 1]),
         ]
     }
 
@@ -922,33 +854,13 @@ mod tests {
     fn implicit_forward_only_where_it_applies() {
         let t = Tuning::default();
         let base = shapes()[0];
-        let grouped = shape(2, 6, 4, 2, [1, 9, 9], [1, 3, 3], [0, 1, 1], [1; 3], [1; 3]);
+        let grouped = shape2d(2, 6, 4, 2, [9, 9], [3, 3], [1, 1], [1, 1], [1, 1]);
         let depth = shape(2, 3, 4, 1, [4, 9, 9], [3, 3, 3], [1, 1, 1], [1; 3], [1; 3]);
-        let pointwise = shape(2, 8, 8, 1, [1, 9, 9], [1; 3], [0; 3], [1; 3], [1; 3]);
-        let big = shape(
-            2,
-            256,
-            256,
-            1,
-            [1, 16, 16],
-            [1, 3, 3],
-            [0, 1, 1],
-            [1; 3],
-            [1; 3],
-        );
+        let pointwise = shape2d(2, 8, 8, 1, [9, 9], [1, 1], [0, 0], [1, 1], [1, 1]);
+        let big = shape2d(2, 256, 256, 1, [16, 16], [3, 3], [1, 1], [1, 1], [1, 1]);
         // Rows of 2 read 6 columns: 4 of 6 positions phantom.
-        let narrow = shape(2, 8, 8, 1, [1, 2, 2], [1, 5, 5], [0, 2, 2], [1; 3], [1; 3]);
-        let few = shape(
-            2,
-            8,
-            8,
-            1,
-            [1, 1, 500],
-            [1, 1, 5],
-            [0, 0, 2],
-            [1; 3],
-            [1; 3],
-        );
+        let narrow = shape2d(2, 8, 8, 1, [2, 2], [5, 5], [2, 2], [1, 1], [1, 1]);
+        let few = shape2d(2, 8, 8, 1, [1, 500], [1, 5], [0, 2], [1, 1], [1, 1]);
         for (what, s) in [
             ("groups", grouped),
             ("kernel over depth", depth),

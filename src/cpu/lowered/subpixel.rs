@@ -430,7 +430,7 @@ impl Job<'_> {
 mod tests {
     use super::*;
     use crate::cpu::simd::{Avx2, Avx512, Isa};
-    use crate::cpu::tests::{check_against_reference, shape, Variant};
+    use crate::cpu::tests::{check_against_reference, shape, shape2d, Variant};
 
     /// A 2-D layer over square images: batch, channels in and out, size,
     /// kernel, stride and padding.
@@ -443,17 +443,7 @@ mod tests {
         st: usize,
         p: usize,
     ) -> ConvShape {
-        shape(
-            n,
-            ci,
-            co,
-            1,
-            [1, hw, hw],
-            [1, k, k],
-            [0, p, p],
-            [1, st, st],
-            [1; 3],
-        )
+        shape2d(n, ci, co, 1, [hw, hw], [k, k], [p, p], [st, st], [1, 1])
     }
 
     /// DCGAN's first transposed layer, narrowed: 256 input channels, 4×4/2
@@ -550,28 +540,8 @@ mod tests {
                 [2, 2, 3],
                 [1; 3],
             ),
-            shape(
-                2,
-                5,
-                3,
-                1,
-                [1, 11, 13],
-                [1, 3, 2],
-                [0, 2, 1],
-                [1, 3, 2],
-                [1, 2, 1],
-            ),
-            shape(
-                1,
-                4,
-                5,
-                1,
-                [1, 9, 10],
-                [1, 2, 2],
-                [0, 0, 1],
-                [1, 3, 3],
-                [1; 3],
-            ),
+            shape2d(2, 5, 3, 1, [11, 13], [3, 2], [2, 1], [3, 2], [2, 1]),
+            shape2d(1, 4, 5, 1, [9, 10], [2, 2], [0, 1], [3, 3], [1, 1]),
         ];
         for s in shapes {
             for isa in [Isa::Avx512, Isa::Avx2] {
