@@ -26,6 +26,10 @@
  * two completed records, and hipStreamWaitEvent makes a stream's later
  * operations wait for the event's last record. Markers carry no delay.
  *
+ * Pitched copies and memsets (hipMemcpy2D*, hipMemset2D*) move `height` rows of
+ * `width` bytes, each side's rows `pitch` bytes apart; each side's extent is validated
+ * as one range, and the link model counts width x height bytes.
+ *
  * Copies of 8 MiB and more are split over four threads (a DMA engine outruns one
  * core's memcpy), so that the fake keeps up with the link it models.
  *
@@ -96,7 +100,8 @@
     X(hipRuntimeGetVersion) X(hipDriverGetVersion) X(hipEventCreate)                         \
     X(hipEventCreateWithFlags) X(hipEventRecord) X(hipEventSynchronize) X(hipEventQuery)        \
     X(hipEventDestroy) X(hipEventElapsedTime) X(hipStreamWaitEvent) X(hipGetDeviceProperties)   \
-    X(hipDeviceGetAttribute) X(hipMemGetInfo)
+    X(hipDeviceGetAttribute) X(hipMemGetInfo) X(hipMemcpy2D) X(hipMemcpy2DAsync) X(hipMemset2D) \
+    X(hipMemset2DAsync)
 
 #define FN_ENUM(n) F_##n,
 enum { FAKE_HIP_FUNCS(FN_ENUM) F_COUNT };
@@ -349,7 +354,9 @@ struct op {
     int type;
     void* dst;
     const void* src;
-    size_t n;
+    size_t n; /* bytes; of each row when rows > 0 */
+    /* pitched (2-D) copies and memsets: rows of n bytes, dpitch / spitch apart */
+    size_t rows, dpitch, spitch;
     int value;
     int kind;
     struct ihipEvent_t* event; /* OP_EVENT, OP_WAIT */
@@ -501,17 +508,29 @@ static void copy_bytes(void* dst, const void* src, size_t n)
 static void exec_op(const struct op* op)
 {
     if (op->type == OP_COPY) {
+        size_t total = op->rows ? op->n * op->rows : op->n;
         int timed = g_gbps > 0 &&
                     (op->kind == hipMemcpyHostToDevice || op->kind == hipMemcpyDeviceToHost);
         struct timespec end;
         if (timed)
-            end = link_reserve(op->kind, op->n);
-        copy_bytes(resolve(op->dst), resolve((void*)op->src), op->n);
+            end = link_reserve(op->kind, total);
+        char* dst = resolve(op->dst);
+        const char* src = resolve((void*)op->src);
+        if (!op->rows)
+            copy_bytes(dst, src, op->n);
+        else
+            for (size_t r = 0; r < op->rows; r++)
+                memmove(dst + r * op->dpitch, src + r * op->spitch, op->n);
         if (timed)
             sleep_until(&end);
-        __atomic_add_fetch(&g_bytes_copied[op->kind], op->n, __ATOMIC_SEQ_CST);
+        __atomic_add_fetch(&g_bytes_copied[op->kind], total, __ATOMIC_SEQ_CST);
     } else if (op->type == OP_SET) {
-        memset(resolve(op->dst), op->value, op->n);
+        char* dst = resolve(op->dst);
+        if (!op->rows)
+            memset(dst, op->value, op->n);
+        else
+            for (size_t r = 0; r < op->rows; r++)
+                memset(dst + r * op->dpitch, op->value, op->n);
     }
 }
 
@@ -791,6 +810,98 @@ hipError_t hipMemsetAsync(void* dst, int value, size_t sizeBytes, hipStream_t st
 {
     ENTER(hipMemsetAsync, hipErrorUnknown);
     return memset_common(dst, value, sizeBytes, stream);
+}
+
+/* Bytes from the first to one past the last byte of `height` rows of `width`, `pitch`
+ * apart; 0 where the rows would overlap (width > pitch) or the extent overflows. */
+static size_t pitched_extent(size_t pitch, size_t width, size_t height)
+{
+    if (width > pitch && height > 1)
+        return 0;
+    if (height > 1 && (height - 1) > (SIZE_MAX - width) / pitch)
+        return 0;
+    return (height - 1) * pitch + width;
+}
+
+/* A pitched copy: each side's extent is validated as one range, as for a plain copy. */
+static hipError_t copy2d_common(void* dst, size_t dpitch, const void* src, size_t spitch,
+                                size_t width, size_t height, hipMemcpyKind kind,
+                                hipStream_t stream, int async)
+{
+    hipError_t e = async ? check_stream(stream) : hipSuccess;
+    if (e != hipSuccess)
+        return set_error(e);
+    if (width == 0 || height == 0)
+        return hipSuccess;
+    size_t dext = pitched_extent(dpitch, width, height);
+    size_t sext = pitched_extent(spitch, width, height);
+    if (!dext || !sext)
+        return set_error(hipErrorInvalidValue);
+    /* The direction from the first row, then each side's whole extent. */
+    hipMemcpyKind k = kind;
+    e = check_copy(dst, src, width, &k);
+    if (e == hipSuccess) {
+        int want_dst_dev = (k == hipMemcpyHostToDevice || k == hipMemcpyDeviceToDevice);
+        int want_src_dev = (k == hipMemcpyDeviceToHost || k == hipMemcpyDeviceToDevice);
+        if (want_dst_dev ? !dev_range_ok(dst, dext) : overlaps_region(dst, dext))
+            e = hipErrorInvalidValue;
+        else if (want_src_dev ? !dev_range_ok(src, sext) : overlaps_region(src, sext))
+            e = hipErrorInvalidValue;
+    }
+    if (e != hipSuccess)
+        return set_error(e);
+    struct op op = {.type = OP_COPY,
+                    .dst = dst,
+                    .src = src,
+                    .n = width,
+                    .rows = height,
+                    .dpitch = dpitch,
+                    .spitch = spitch,
+                    .kind = k};
+    return set_error(submit(async ? stream : NULL, op));
+}
+
+hipError_t hipMemcpy2D(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width,
+                       size_t height, hipMemcpyKind kind)
+{
+    ENTER(hipMemcpy2D, hipErrorUnknown);
+    return copy2d_common(dst, dpitch, src, spitch, width, height, kind, NULL, 0);
+}
+
+hipError_t hipMemcpy2DAsync(void* dst, size_t dpitch, const void* src, size_t spitch,
+                            size_t width, size_t height, hipMemcpyKind kind, hipStream_t stream)
+{
+    ENTER(hipMemcpy2DAsync, hipErrorUnknown);
+    return copy2d_common(dst, dpitch, src, spitch, width, height, kind, stream, 1);
+}
+
+static hipError_t memset2d_common(void* dst, size_t pitch, int value, size_t width,
+                                  size_t height, hipStream_t stream)
+{
+    hipError_t e = check_stream(stream);
+    if (e != hipSuccess)
+        return set_error(e);
+    if (width == 0 || height == 0)
+        return hipSuccess;
+    size_t ext = pitched_extent(pitch, width, height);
+    if (!dst || !ext || !dev_range_ok(dst, ext))
+        return set_error(hipErrorInvalidValue);
+    struct op op = {
+        .type = OP_SET, .dst = dst, .n = width, .rows = height, .dpitch = pitch, .value = value};
+    return set_error(submit(stream, op));
+}
+
+hipError_t hipMemset2D(void* dst, size_t pitch, int value, size_t width, size_t height)
+{
+    ENTER(hipMemset2D, hipErrorUnknown);
+    return memset2d_common(dst, pitch, value, width, height, NULL);
+}
+
+hipError_t hipMemset2DAsync(void* dst, size_t pitch, int value, size_t width, size_t height,
+                            hipStream_t stream)
+{
+    ENTER(hipMemset2DAsync, hipErrorUnknown);
+    return memset2d_common(dst, pitch, value, width, height, stream);
 }
 
 static hipError_t stream_create(hipStream_t* stream, unsigned flags)

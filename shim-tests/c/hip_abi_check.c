@@ -9,7 +9,8 @@
  *      member at the real offset holding the RDNA1 card's value),
  *      hipDeviceGetAttribute against those members, device selection and
  *      errors, hipMemGetInfo and the version;
- *   3. drives streams, events and memsets with the real header's flags.
+ *   3. drives streams, events, memsets and pitched (2-D) copies and memsets
+ *      with the real header's flags.
  * Prints "ok ..." or "FAIL ..." per check, then "N passed, M failed"; exit
  * status 0 iff M == 0. FAKE_HIP_DELAY_US (the fake's stream latency) must be
  * at least 50000 so that work queued on a stream is observably pending.
@@ -259,6 +260,51 @@ static void streams_and_events(void)
     free(host);
 }
 
+/* Pitched copies and memsets move rows of `width` bytes `pitch` apart, on a stream or
+ * the null stream, and refuse rows wider than their pitch. */
+static void pitched_copies(void)
+{
+    enum { W = 24, ROWS = 5, DP = 64, SP = 40 };
+    unsigned char src[ROWS * SP], back[ROWS * DP], rows[ROWS * W];
+    for (int i = 0; i < (int)sizeof src; i++)
+        src[i] = (unsigned char)(i * 7 + 3);
+    void* d = NULL;
+    hipStream_t s = NULL;
+    HIP_OK(hipStreamCreateWithFlags(&s, hipStreamNonBlocking));
+    HIP_OK(hipMalloc(&d, sizeof back));
+    HIP_OK(hipMemset(d, 0x5a, sizeof back));
+    HIP_OK(hipMemcpy2DAsync(d, DP, src, SP, W, ROWS, hipMemcpyHostToDevice, s));
+    HIP_OK(hipMemset2DAsync((char*)d + W, DP, 0, 8, ROWS, s));
+    HIP_OK(hipStreamSynchronize(s));
+    HIP_OK(hipMemcpy(back, d, sizeof back, hipMemcpyDeviceToHost));
+    int ok = 1;
+    for (int r = 0; r < ROWS; r++)
+        for (int c = 0; c < DP; c++) {
+            int want = c < W ? src[r * SP + c] : c < W + 8 ? 0 : 0x5a;
+            ok &= back[r * DP + c] == want;
+        }
+    check(ok, "hipMemcpy2DAsync places each row at its pitch, hipMemset2DAsync fills its columns");
+    HIP_OK(hipMemcpy2D(rows, W, d, DP, W, ROWS, hipMemcpyDeviceToHost));
+    ok = 1;
+    for (int r = 0; r < ROWS; r++)
+        for (int c = 0; c < W; c++)
+            ok &= rows[r * W + c] == src[r * SP + c];
+    check(ok, "hipMemcpy2D gathers pitched device rows into packed host rows");
+    HIP_OK(hipMemset2D(d, DP, 0x11, DP, ROWS));
+    HIP_OK(hipMemcpy(back, d, sizeof back, hipMemcpyDeviceToHost));
+    ok = 1;
+    for (int i = 0; i < (int)sizeof back; i++)
+        ok &= back[i] == 0x11;
+    check(ok, "hipMemset2D over the full pitch fills every byte");
+    check(hipMemcpy2D(rows, W, d, 8, W, ROWS, hipMemcpyDeviceToHost) != hipSuccess,
+          "hipMemcpy2D with rows wider than their pitch is refused");
+    check(hipMemset2DAsync(d, DP, 0, W, ROWS + 1, s) != hipSuccess,
+          "hipMemset2DAsync past the allocation is refused");
+    (void)hipGetLastError();
+    HIP_OK(hipFree(d));
+    HIP_OK(hipStreamDestroy(s));
+}
+
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -267,6 +313,7 @@ int main(void)
     device_selection();
     memory_info();
     streams_and_events();
+    pitched_copies();
     printf("%d passed, %d failed\n", g_passed, g_failed);
     return g_failed == 0 ? 0 : 1;
 }

@@ -116,6 +116,11 @@
     X(hipError_t, hipMemcpyAsync, (void*, const void*, size_t, hipMemcpyKind, hipStream_t))     \
     X(hipError_t, hipMemset, (void*, int, size_t))                                              \
     X(hipError_t, hipMemsetAsync, (void*, int, size_t, hipStream_t))                            \
+    X(hipError_t, hipMemcpy2D, (void*, size_t, const void*, size_t, size_t, size_t, hipMemcpyKind)) \
+    X(hipError_t, hipMemcpy2DAsync,                                                             \
+      (void*, size_t, const void*, size_t, size_t, size_t, hipMemcpyKind, hipStream_t))         \
+    X(hipError_t, hipMemset2D, (void*, size_t, int, size_t, size_t))                            \
+    X(hipError_t, hipMemset2DAsync, (void*, size_t, int, size_t, size_t, hipStream_t))          \
     X(hipError_t, hipStreamCreate, (hipStream_t*))                                              \
     X(hipError_t, hipStreamCreateWithFlags, (hipStream_t*, unsigned int))                       \
     X(hipError_t, hipStreamDestroy, (hipStream_t))                                              \
