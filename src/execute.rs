@@ -2,8 +2,9 @@
 //! (`chunking`) whose copies to the host, computation and copies back overlap, ordered
 //! on the handle's stream; packed fp32 is computed straight from and into the staging
 //! buffers, other dtypes and layouts are converted in parallel (`convert`) into reused
-//! work buffers (`host_mem`). Bias and batch-norm calls are copied in whole, computed,
-//! and copied back.
+//! work buffers (`host_mem`). Input rows a strided kernel one row tall never reads stay
+//! on the device (`skipped_rows`). Bias and batch-norm calls are copied in whole,
+//! computed, and copied back.
 
 use std::ffi::c_void;
 use std::ops::Range;
@@ -21,6 +22,7 @@ use crate::ffi::miopen::*;
 use crate::host_mem::WorkBuf;
 use crate::layout::{DType, Layout5};
 use crate::runtime::Runtime;
+use crate::skipped_rows::{self, RowCopy};
 use crate::stats::CallRecord;
 use crate::transfer::{Event, Transfers};
 use rayon::prelude::*;
@@ -94,10 +96,23 @@ struct Operand {
     layout: Layout5,
     /// Cut along the batch with the chunks (x and y are; weights are not).
     batched: bool,
+    /// Only these rows of it cross the link (`layout` is then their packed host form).
+    rows: Option<RowCopy>,
 }
 
-/// The pass's first input, second input and output (see [`ConvBuffers`]).
-fn operands(p: &ConvProblem, bufs: &ConvBuffers) -> [Operand; 3] {
+impl Operand {
+    /// Device address of sample `n`, where samples `r` of the host form start at byte
+    /// `host_off`.
+    fn device_at(&self, n: usize, host_off: usize) -> *mut c_void {
+        let off = self.rows.map_or(host_off, |rc| rc.offset(n));
+        // SAFETY (pointer arithmetic only): sample `n` lies inside the tensor.
+        unsafe { (self.ptr as *mut u8).add(off) as *mut c_void }
+    }
+}
+
+/// The pass's first input, second input and output (see [`ConvBuffers`]); `x_rows`: only
+/// those rows of the regular convolution's input cross the link.
+fn operands(p: &ConvProblem, bufs: &ConvBuffers, x_rows: Option<RowCopy>) -> [Operand; 3] {
     // The regular convolution's x and y: transposed mode swaps the call's two.
     let (x, y) = if p.transposed {
         (bufs.y, bufs.x)
@@ -108,11 +123,16 @@ fn operands(p: &ConvProblem, bufs: &ConvBuffers) -> [Operand; 3] {
         ptr,
         layout,
         batched,
+        rows: None,
+    };
+    let x = Operand {
+        rows: x_rows,
+        ..op(x, p.x, true)
     };
     match p.pass {
-        Pass::Forward => [op(x, p.x, true), op(bufs.w, p.w, false), op(y, p.y, true)],
-        Pass::BackwardData => [op(y, p.y, true), op(bufs.w, p.w, false), op(x, p.x, true)],
-        Pass::BackwardWeights => [op(x, p.x, true), op(y, p.y, true), op(bufs.w, p.w, false)],
+        Pass::Forward => [x, op(bufs.w, p.w, false), op(y, p.y, true)],
+        Pass::BackwardData => [op(y, p.y, true), op(bufs.w, p.w, false), x],
+        Pass::BackwardWeights => [x, op(y, p.y, true), op(bufs.w, p.w, false)],
     }
 }
 
@@ -406,6 +426,7 @@ pub fn compute_on_host_chunked(
             w: std::ptr::null_mut(),
             y: std::ptr::null_mut(),
         },
+        None,
     );
     let dt = p.dtype;
     let n = p.shape.n;
@@ -577,13 +598,22 @@ pub fn run_conv_fused(
     fused: Option<&Fused>,
 ) -> ShimResult<CallRecord> {
     let start = Instant::now();
-    let ops = operands(p, bufs);
-    let [a, b, out] = ops;
-    if a.ptr.is_null() || b.ptr.is_null() || out.ptr.is_null() {
+    if bufs.x.is_null() || bufs.w.is_null() || bufs.y.is_null() {
         return Err(ShimError::bad_parm("a data pointer is null"));
     }
     let stream = stream_of(rt, handle)?;
     let hip = rt.hip()?;
+    let skipped = skipped_rows::plan(
+        p,
+        beta,
+        skipped_rows::Runtime {
+            pitched_copies: hip.hipMemcpy2DAsync.is_some(),
+            pitched_memsets: hip.hipMemset2DAsync.is_some(),
+        },
+    );
+    let p = skipped.as_ref().map_or(p, |s| &s.problem);
+    let ops = operands(p, bufs, skipped.as_ref().map(|s| s.copy));
+    let [a, b, out] = ops;
     let pool = rt.pool()?;
     let dt = p.dtype;
     let mut tr = Transfers::new(hip, stream);
@@ -646,9 +676,13 @@ pub fn run_conv_fused(
             for (o, slot, read) in [(&a, &sa, true), (&b, &sb, true), (&out, &so, read_out)] {
                 if o.batched && read {
                     let (off, len) = chunk_span(&o.layout, r, dt);
-                    // SAFETY (pointer arithmetic only): the chunk lies inside the tensor.
-                    let src = unsafe { (o.ptr as *const u8).add(off) } as *const c_void;
-                    tr.download_into(slot[s], src, len)?;
+                    let src = o.device_at(r.start, off);
+                    match o.rows {
+                        Some(rc) => {
+                            tr.download_rows_into(slot[s], src, (rc.width, rc.pitch), len)?
+                        }
+                        None => tr.download_into(slot[s], src, len)?,
+                    }
                 }
             }
             tr.record()
@@ -723,9 +757,18 @@ pub fn run_conv_fused(
                 pool.install(|| {
                     host.compute_store(&r, &ab[..a_len], &bb[..b_len], &mut ob[..o_len], &mut ph)
                 })?;
-                // SAFETY (pointer arithmetic only): the chunk lies inside the tensor.
-                let dst = unsafe { (out.ptr as *mut u8).add(o_off) } as *mut c_void;
-                tr.upload_from(dst, so[s], o_len)?;
+                let dst = out.device_at(r.start, o_off);
+                match out.rows {
+                    Some(rc) => {
+                        tr.upload_rows_from(dst, so[s], (rc.width, rc.pitch), o_len)?;
+                        written = r.end;
+                        // The rows between those computed are zero (beta is 0).
+                        // SAFETY (pointer arithmetic only): inside the chunk's samples.
+                        let gaps = unsafe { (dst as *mut u8).add(rc.width) } as *mut c_void;
+                        tr.zero_rows(gaps, (rc.pitch - rc.width, rc.pitch), r.len() * rc.rows)?;
+                    }
+                    None => tr.upload_from(dst, so[s], o_len)?,
+                }
                 written = r.end;
                 // Uploads on their own stream: the slot is reused only after this one left.
                 let reused = tr.has_side() && i + plan.slots < k;
@@ -811,6 +854,7 @@ pub fn run_conv_fused(
         store: ph.store,
         chunks: k as u32,
         slots: plan.slots as u32,
+        row_step: skipped.as_ref().map_or(1, |s| s.copy.step as u32),
     })
 }
 
@@ -997,11 +1041,16 @@ pub fn run_backward_bias(
 pub fn timing_line(p: &ConvProblem, r: &CallRecord) -> String {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     format!(
-        "{:.3} ms ({:.1} GFLOP/s) chunks={} in_flight={}: engine {:.3} ms ({:.1} GFLOP/s) convert {:.3} ms store {:.3} ms waiting for inputs {:.3} ms for results {:.3} ms queueing {:.3} ms; {} B in, {} B out",
+        "{:.3} ms ({:.1} GFLOP/s) chunks={} in_flight={}{}: engine {:.3} ms ({:.1} GFLOP/s) convert {:.3} ms store {:.3} ms waiting for inputs {:.3} ms for results {:.3} ms queueing {:.3} ms; {} B in, {} B out",
         ms(r.total),
         gflops(&p.shape, r.total.as_secs_f64()),
         r.chunks,
         r.slots,
+        if r.row_step > 1 {
+            format!(" input_rows=1/{}", r.row_step)
+        } else {
+            String::new()
+        },
         ms(r.engine),
         gflops(&p.shape, r.engine.as_secs_f64()),
         ms(r.convert),

@@ -39,5 +39,6 @@ pub mod report;
 pub mod repro;
 pub mod routes;
 pub mod runtime;
+pub mod skipped_rows;
 pub mod stats;
 pub mod transfer;

@@ -53,6 +53,8 @@ pub struct CallRecord {
     /// Chunks of the batch the call was cut into, and how many were in flight at once.
     pub chunks: u32,
     pub slots: u32,
+    /// One input row in this many crossed the link (`skipped_rows`); 0 or 1: all.
+    pub row_step: u32,
 }
 
 pub struct Stats {

@@ -324,6 +324,111 @@ impl Transfers {
         Ok(())
     }
 
+    /// Queues a copy of the `len / width` rows of `width` bytes at device address `src`,
+    /// `pitch` bytes apart, packed into the start of staging buffer `buf`.
+    pub fn download_rows_into(
+        &mut self,
+        buf: usize,
+        src: *const c_void,
+        (width, pitch): (usize, usize),
+        len: usize,
+    ) -> ShimResult<()> {
+        assert!(len <= self.buffers[buf].len && width > 0 && len % width == 0 && width <= pitch);
+        let copy = self.pitched_copy()?;
+        let dst = self.buffers[buf].base() as *mut c_void;
+        let t = Instant::now();
+        // SAFETY: dst holds len bytes owned by self until the stream is synchronized; the
+        // rows lie inside the caller's device tensor.
+        let e = unsafe {
+            copy(
+                dst,
+                width,
+                src,
+                pitch,
+                width,
+                len / width,
+                hipMemcpyDeviceToHost,
+                self.stream,
+            )
+        };
+        self.pending = true;
+        self.enqueue_time += t.elapsed();
+        self.hip_call("hipMemcpy2DAsync (device to host)", e)?;
+        self.bytes_to_host += len as u64;
+        Ok(())
+    }
+
+    /// Queues a copy of the first `len` bytes of staging buffer `buf`, rows of `width`
+    /// bytes, to device address `dst` with the rows `pitch` bytes apart.
+    pub fn upload_rows_from(
+        &mut self,
+        dst: *mut c_void,
+        buf: usize,
+        (width, pitch): (usize, usize),
+        len: usize,
+    ) -> ShimResult<()> {
+        assert!(len <= self.buffers[buf].len && width > 0 && len % width == 0 && width <= pitch);
+        let copy = self.pitched_copy()?;
+        let src = self.buffers[buf].base() as *const c_void;
+        let t = Instant::now();
+        // SAFETY: src holds len bytes owned by self until the streams are synchronized.
+        let e = unsafe {
+            copy(
+                dst,
+                pitch,
+                src,
+                width,
+                width,
+                len / width,
+                hipMemcpyHostToDevice,
+                self.up,
+            )
+        };
+        self.pending = true;
+        self.enqueue_time += t.elapsed();
+        self.hip_call("hipMemcpy2DAsync (host to device)", e)?;
+        self.bytes_to_device += len as u64;
+        Ok(())
+    }
+
+    /// Queues zeroing `rows` rows of `width` bytes at device address `dst`, `pitch`
+    /// bytes apart, on the uploads' stream.
+    pub fn zero_rows(
+        &mut self,
+        dst: *mut c_void,
+        (width, pitch): (usize, usize),
+        rows: usize,
+    ) -> ShimResult<()> {
+        let set = self.hip.hipMemset2DAsync.ok_or_else(|| {
+            ShimError::internal("hipMemset2DAsync is missing from the HIP runtime")
+        })?;
+        let t = Instant::now();
+        // SAFETY: the rows lie inside the caller's device tensor.
+        let e = unsafe { set(dst, pitch, 0, width, rows, self.up) };
+        self.pending = true;
+        self.enqueue_time += t.elapsed();
+        self.hip_call("hipMemset2DAsync", e)
+    }
+
+    fn pitched_copy(
+        &self,
+    ) -> ShimResult<
+        unsafe extern "C" fn(
+            *mut c_void,
+            usize,
+            *const c_void,
+            usize,
+            usize,
+            usize,
+            hipMemcpyKind,
+            hipStream_t,
+        ) -> hipError_t,
+    > {
+        self.hip
+            .hipMemcpy2DAsync
+            .ok_or_else(|| ShimError::internal("hipMemcpy2DAsync is missing from the HIP runtime"))
+    }
+
     /// Queues a copy of staging buffer `buf` to device address `dst`.
     pub fn upload(&mut self, dst: *mut c_void, buf: usize) -> ShimResult<()> {
         let len = self.buffers[buf].len;

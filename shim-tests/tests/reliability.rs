@@ -271,6 +271,64 @@ fn hip_faults_surface_as_status_never_half_write_and_the_next_call_works() {
     assert!(injected >= 60, "only {injected} faults");
 }
 
+/// A 1×1/2 kernel over an even height copies only the input rows it reads, with pitched
+/// copies (and zeroes the rows between in an input gradient with pitched memsets): a
+/// failure of any of them is a status and a log line naming it, the output is untouched
+/// (or, for the memset after the last rows went back, says that it may have been
+/// written), and the next call works.
+#[test]
+fn pitched_copy_faults_surface_as_status_and_the_next_call_works() {
+    let rows_run = |op: &str, beta0: bool, fail: Option<&str>| {
+        let mut args = vec!["fault", "--op", op, "--rows"];
+        if beta0 {
+            args.push("--beta0");
+        }
+        let mut envs = vec![("RDNA1SHIM_LOG", "debug")];
+        if let Some(f) = fail {
+            envs.push(("FAKE_HIP_FAIL", f));
+        }
+        run(DRIVER, &args, &envs, true)
+    };
+    let mut injected = 0;
+    for (op, beta0) in [("fwd", false), ("bwd_data", true), ("bwd_weights", false)] {
+        let base = rows_run(op, beta0, None);
+        assert_harness_passed(&base);
+        assert_eq!(outcome(&base, "first"), (0, "complete".to_string()), "{op}");
+        let b = stdout(&base);
+        let logs = case_logs(&stderr(&base));
+        assert!(
+            log_of(&logs, "first")
+                .iter()
+                .any(|l| l.contains("input_rows=1/2")),
+            "{op}: the call line does not say that rows were skipped"
+        );
+        let copies = window(&b, "hipMemcpy2DAsync");
+        let memsets = window(&b, "hipMemset2DAsync");
+        assert!(copies.1 > copies.0, "{op}: no pitched copy");
+        assert_eq!(
+            memsets.1 > memsets.0,
+            op == "bwd_data",
+            "{op}: pitched memsets"
+        );
+        for (func, (from, to)) in [("hipMemcpy2DAsync", copies), ("hipMemset2DAsync", memsets)] {
+            for n in from + 1..=to {
+                let f = format!("{func}:{n}");
+                let (log, outputs): (&str, &[&str]) = match func {
+                    "hipMemset2DAsync" => ("may have been written", &["untouched", "partial"]),
+                    _ if op == "bwd_data" => {
+                        ("hipMemcpy2DAsync (host to device) failed", &["untouched"])
+                    }
+                    _ => ("hipMemcpy2DAsync (device to host) failed", &["untouched"]),
+                };
+                let out = rows_run(op, beta0, Some(&f));
+                expect_fault(&out, &format!("{op} {f}"), INTERNAL_ERROR, outputs, log);
+                injected += 1;
+            }
+        }
+    }
+    assert!(injected >= 4, "only {injected} faults");
+}
+
 /// The letters `samples=` of a case (one a sample: U untouched, C complete, P partial).
 fn samples(out: &Output, label: &str) -> String {
     field(&stdout(out), label, "samples").unwrap_or_default()

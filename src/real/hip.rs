@@ -20,6 +20,8 @@ fn_table! {
         optional hipEventDestroy: fn(hipEvent_t) -> hipError_t;
         optional hipStreamCreateWithFlags: fn(*mut hipStream_t, u32) -> hipError_t;
         optional hipStreamWaitEvent: fn(hipStream_t, hipEvent_t, u32) -> hipError_t;
+        optional hipMemcpy2DAsync: fn(*mut c_void, usize, *const c_void, usize, usize, usize, hipMemcpyKind, hipStream_t) -> hipError_t;
+        optional hipMemset2DAsync: fn(*mut c_void, usize, i32, usize, usize, hipStream_t) -> hipError_t;
     }
 }
 
