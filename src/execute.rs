@@ -753,20 +753,21 @@ pub fn run_conv_fused(
                 } else {
                     bytes_of(&b.layout, dt)
                 };
+                let dst = out.device_at(r.start, o_off);
+                if let Some(rc) = out.rows {
+                    // The rows between those computed are zero (beta is 0), zeroed on
+                    // the device while this chunk computes.
+                    written = r.end;
+                    // SAFETY (pointer arithmetic only): inside the chunk's samples.
+                    let gaps = unsafe { (dst as *mut u8).add(rc.width) } as *mut c_void;
+                    tr.zero_rows(gaps, (rc.pitch - rc.width, rc.pitch), r.len() * rc.rows)?;
+                }
                 let ([ab, bb], [ob]) = tr.views([sa[s], b_idx], [so[s]]);
                 pool.install(|| {
                     host.compute_store(&r, &ab[..a_len], &bb[..b_len], &mut ob[..o_len], &mut ph)
                 })?;
-                let dst = out.device_at(r.start, o_off);
                 match out.rows {
-                    Some(rc) => {
-                        tr.upload_rows_from(dst, so[s], (rc.width, rc.pitch), o_len)?;
-                        written = r.end;
-                        // The rows between those computed are zero (beta is 0).
-                        // SAFETY (pointer arithmetic only): inside the chunk's samples.
-                        let gaps = unsafe { (dst as *mut u8).add(rc.width) } as *mut c_void;
-                        tr.zero_rows(gaps, (rc.pitch - rc.width, rc.pitch), r.len() * rc.rows)?;
-                    }
+                    Some(rc) => tr.upload_rows_from(dst, so[s], (rc.width, rc.pitch), o_len)?,
                     None => tr.upload_from(dst, so[s], o_len)?,
                 }
                 written = r.end;

@@ -956,8 +956,8 @@ static void run_and_classify(prob_t* p, int op, float alpha, float beta, const c
     }
     /* Only a call cut into chunks may have written some samples before failing, and
      * never part of one; except that an input gradient over skipped rows zeroes the
-     * rows between after its rows went back, so a failure there leaves those rows
-     * written (the error says that the samples may have been written). */
+     * rows between while it computes, so a failure after that leaves them written
+     * (the error says that the samples may have been written). */
     int chunked = getenv("RDNA1SHIM_CHUNKS") != NULL;
     int gaps_after = p->spec == &SPEC_F16_NHWC_ROWS && op == OP_BWD_DATA;
     check(strcmp(what, "partial") != 0 ||
