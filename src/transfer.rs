@@ -326,6 +326,8 @@ impl Transfers {
 
     /// Queues a copy of the `len / width` rows of `width` bytes at device address `src`,
     /// `pitch` bytes apart, packed into the start of staging buffer `buf`.
+    // The device address is handed to HIP, never dereferenced by the host.
+    #[allow(clippy::not_unsafe_ptr_arg_deref)]
     pub fn download_rows_into(
         &mut self,
         buf: usize,
@@ -333,7 +335,12 @@ impl Transfers {
         (width, pitch): (usize, usize),
         len: usize,
     ) -> ShimResult<()> {
-        assert!(len <= self.buffers[buf].len && width > 0 && len % width == 0 && width <= pitch);
+        assert!(
+            len <= self.buffers[buf].len
+                && width > 0
+                && len.is_multiple_of(width)
+                && width <= pitch
+        );
         let copy = self.pitched_copy()?;
         let dst = self.buffers[buf].base() as *mut c_void;
         let t = Instant::now();
@@ -360,6 +367,8 @@ impl Transfers {
 
     /// Queues a copy of the first `len` bytes of staging buffer `buf`, rows of `width`
     /// bytes, to device address `dst` with the rows `pitch` bytes apart.
+    // The device address is handed to HIP, never dereferenced by the host.
+    #[allow(clippy::not_unsafe_ptr_arg_deref)]
     pub fn upload_rows_from(
         &mut self,
         dst: *mut c_void,
@@ -367,7 +376,12 @@ impl Transfers {
         (width, pitch): (usize, usize),
         len: usize,
     ) -> ShimResult<()> {
-        assert!(len <= self.buffers[buf].len && width > 0 && len % width == 0 && width <= pitch);
+        assert!(
+            len <= self.buffers[buf].len
+                && width > 0
+                && len.is_multiple_of(width)
+                && width <= pitch
+        );
         let copy = self.pitched_copy()?;
         let src = self.buffers[buf].base() as *const c_void;
         let t = Instant::now();
@@ -393,6 +407,8 @@ impl Transfers {
 
     /// Queues zeroing `rows` rows of `width` bytes at device address `dst`, `pitch`
     /// bytes apart, on the uploads' stream.
+    // The device address is handed to HIP, never dereferenced by the host.
+    #[allow(clippy::not_unsafe_ptr_arg_deref)]
     pub fn zero_rows(
         &mut self,
         dst: *mut c_void,
