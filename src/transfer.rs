@@ -332,37 +332,10 @@ impl Transfers {
         &mut self,
         buf: usize,
         src: *const c_void,
-        (width, pitch): (usize, usize),
+        rows: (usize, usize),
         len: usize,
     ) -> ShimResult<()> {
-        assert!(
-            len <= self.buffers[buf].len
-                && width > 0
-                && len.is_multiple_of(width)
-                && width <= pitch
-        );
-        let copy = self.pitched_copy()?;
-        let dst = self.buffers[buf].base() as *mut c_void;
-        let t = Instant::now();
-        // SAFETY: dst holds len bytes owned by self until the stream is synchronized; the
-        // rows lie inside the caller's device tensor.
-        let e = unsafe {
-            copy(
-                dst,
-                width,
-                src,
-                pitch,
-                width,
-                len / width,
-                hipMemcpyDeviceToHost,
-                self.stream,
-            )
-        };
-        self.pending = true;
-        self.enqueue_time += t.elapsed();
-        self.hip_call("hipMemcpy2DAsync (device to host)", e)?;
-        self.bytes_to_host += len as u64;
-        Ok(())
+        self.pitched(true, src as *mut c_void, buf, rows, len)
     }
 
     /// Queues a copy of the first `len` bytes of staging buffer `buf`, rows of `width`
@@ -373,6 +346,20 @@ impl Transfers {
         &mut self,
         dst: *mut c_void,
         buf: usize,
+        rows: (usize, usize),
+        len: usize,
+    ) -> ShimResult<()> {
+        self.pitched(false, dst, buf, rows, len)
+    }
+
+    /// A pitched copy between the first `len` bytes of staging buffer `buf` (rows of
+    /// `width` bytes, packed) and rows `pitch` bytes apart at device address `device`:
+    /// to the host on the handle's stream, or to the device on the uploads' one.
+    fn pitched(
+        &mut self,
+        to_host: bool,
+        device: *mut c_void,
+        buf: usize,
         (width, pitch): (usize, usize),
         len: usize,
     ) -> ShimResult<()> {
@@ -382,26 +369,32 @@ impl Transfers {
                 && len.is_multiple_of(width)
                 && width <= pitch
         );
-        let copy = self.pitched_copy()?;
-        let src = self.buffers[buf].base() as *const c_void;
-        let t = Instant::now();
-        // SAFETY: src holds len bytes owned by self until the streams are synchronized.
-        let e = unsafe {
-            copy(
-                dst,
-                pitch,
-                src,
-                width,
-                width,
-                len / width,
-                hipMemcpyHostToDevice,
-                self.up,
-            )
+        let copy = self.hip.hipMemcpy2DAsync.ok_or_else(|| {
+            ShimError::internal("hipMemcpy2DAsync is missing from the HIP runtime")
+        })?;
+        let host = self.buffers[buf].base() as *mut c_void;
+        let (dst, dpitch, src, spitch) = if to_host {
+            (host, width, device as *const c_void, pitch)
+        } else {
+            (device, pitch, host as *const c_void, width)
         };
+        let (kind, stream, what) = if to_host {
+            (hipMemcpyDeviceToHost, self.stream, "device to host")
+        } else {
+            (hipMemcpyHostToDevice, self.up, "host to device")
+        };
+        let t = Instant::now();
+        // SAFETY: the staging buffer holds len bytes owned by self until the streams are
+        // synchronized (see Drop); the rows lie inside the caller's device tensor.
+        let e = unsafe { copy(dst, dpitch, src, spitch, width, len / width, kind, stream) };
         self.pending = true;
         self.enqueue_time += t.elapsed();
-        self.hip_call("hipMemcpy2DAsync (host to device)", e)?;
-        self.bytes_to_device += len as u64;
+        self.hip_call(&format!("hipMemcpy2DAsync ({what})"), e)?;
+        if to_host {
+            self.bytes_to_host += len as u64;
+        } else {
+            self.bytes_to_device += len as u64;
+        }
         Ok(())
     }
 
@@ -424,25 +417,6 @@ impl Transfers {
         self.pending = true;
         self.enqueue_time += t.elapsed();
         self.hip_call("hipMemset2DAsync", e)
-    }
-
-    fn pitched_copy(
-        &self,
-    ) -> ShimResult<
-        unsafe extern "C" fn(
-            *mut c_void,
-            usize,
-            *const c_void,
-            usize,
-            usize,
-            usize,
-            hipMemcpyKind,
-            hipStream_t,
-        ) -> hipError_t,
-    > {
-        self.hip
-            .hipMemcpy2DAsync
-            .ok_or_else(|| ShimError::internal("hipMemcpy2DAsync is missing from the HIP runtime"))
     }
 
     /// Queues a copy of staging buffer `buf` to device address `dst`.
