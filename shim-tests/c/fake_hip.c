@@ -30,7 +30,7 @@
  * `width` bytes, each side's rows `pitch` bytes apart; each side's extent is validated
  * as one range, and the link model counts width x height bytes.
  *
- * Copies of 8 MiB and more are split over four threads (a DMA engine outruns one
+ * Copies of 8 MiB and more (pitched ones by whole rows) are split over four threads (a DMA engine outruns one
  * core's memcpy), so that the fake keeps up with the link it models.
  *
  * PCIe model: with FAKE_HIP_GBPS set, every host<->device copy also takes
@@ -458,40 +458,56 @@ static struct timespec link_reserve(int kind, size_t n)
 #define COPY_SPLIT_MIN (8u << 20)
 #define COPY_PARTS 4
 
+/* `rows` rows of `n` bytes, `dpitch` / `spitch` apart (one row: a plain copy). */
 struct copy_part {
     char* dst;
     const char* src;
-    size_t n;
+    size_t n, rows, dpitch, spitch;
 };
 
 static void* copy_part_run(void* arg)
 {
     struct copy_part* p = arg;
-    memcpy(p->dst, p->src, p->n);
+    if (p->rows <= 1)
+        memcpy(p->dst, p->src, p->n);
+    else
+        for (size_t r = 0; r < p->rows; r++)
+            memmove(p->dst + r * p->dpitch, p->src + r * p->spitch, p->n);
     return NULL;
 }
 
-static void copy_bytes(void* dst, const void* src, size_t n)
+/* Copies `rows` rows of `n` bytes (rows == 0: one plain run), from 8 MiB in total over
+ * COPY_PARTS threads: whole runs of bytes, or whole rows. */
+static void copy_rows(char* d, const char* s, size_t n, size_t rows, size_t dpitch,
+                      size_t spitch)
 {
-    char *d = dst, *e = d + n;
-    const char* s = src;
-    /* overlapping ranges (device-to-device within one allocation) stay one memmove */
-    if (n < COPY_SPLIT_MIN || (s < e && d < s + n)) {
-        memmove(dst, src, n);
+    size_t total = rows ? n * rows : n;
+    size_t dext = rows ? (rows - 1) * dpitch + n : n, sext = rows ? (rows - 1) * spitch + n : n;
+    /* overlapping ranges (device-to-device within one allocation) stay one pass */
+    if (total < COPY_SPLIT_MIN || (s < d + dext && d < s + sext) || (rows && rows < COPY_PARTS)) {
+        if (rows <= 1)
+            memmove(d, s, n);
+        else
+            for (size_t r = 0; r < rows; r++)
+                memmove(d + r * dpitch, s + r * spitch, n);
         return;
     }
     struct copy_part parts[COPY_PARTS];
     pthread_t threads[COPY_PARTS];
     int started[COPY_PARTS] = {0};
-    size_t step = (n / COPY_PARTS + 63) & ~(size_t)63;
+    /* bytes of a plain run, or rows, a part */
+    size_t count = rows ? rows : n;
+    size_t step = rows ? (rows + COPY_PARTS - 1) / COPY_PARTS
+                       : (n / COPY_PARTS + 63) & ~(size_t)63;
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     if (CPU_COUNT(&g_copy_cpus) > 0)
         pthread_attr_setaffinity_np(&attr, sizeof g_copy_cpus, &g_copy_cpus);
     for (int i = 0; i < COPY_PARTS; i++) {
-        size_t at = step * (size_t)i < n ? step * (size_t)i : n;
-        size_t len = at + step < n ? step : n - at;
-        parts[i] = (struct copy_part){d + at, s + at, len};
+        size_t at = step * (size_t)i < count ? step * (size_t)i : count;
+        size_t len = at + step < count ? step : count - at;
+        parts[i] = rows ? (struct copy_part){d + at * dpitch, s + at * spitch, n, len, dpitch, spitch}
+                        : (struct copy_part){d + at, s + at, len, 0, 0, 0};
         if (i > 0 && len > 0)
             started[i] = pthread_create(&threads[i], &attr, copy_part_run, &parts[i]) == 0;
     }
@@ -514,13 +530,8 @@ static void exec_op(const struct op* op)
         struct timespec end;
         if (timed)
             end = link_reserve(op->kind, total);
-        char* dst = resolve(op->dst);
-        const char* src = resolve((void*)op->src);
-        if (!op->rows)
-            copy_bytes(dst, src, op->n);
-        else
-            for (size_t r = 0; r < op->rows; r++)
-                memmove(dst + r * op->dpitch, src + r * op->spitch, op->n);
+        copy_rows(resolve(op->dst), resolve((void*)op->src), op->n, op->rows, op->dpitch,
+                  op->spitch);
         if (timed)
             sleep_until(&end);
         __atomic_add_fetch(&g_bytes_copied[op->kind], total, __ATOMIC_SEQ_CST);

@@ -302,6 +302,26 @@ static void pitched_copies(void)
           "hipMemset2DAsync past the allocation is refused");
     (void)hipGetLastError();
     HIP_OK(hipFree(d));
+
+    /* A pitched copy of more than 8 MiB (the fake splits those over threads by rows). */
+    enum { BW = 4000, BP = 4096, BR = 3000 };
+    unsigned char* big = malloc((size_t)BP * BR);
+    unsigned char* got = malloc((size_t)BP * BR);
+    for (size_t i = 0; i < (size_t)BP * BR; i++)
+        big[i] = (unsigned char)(i * 13 + i / 4093);
+    HIP_OK(hipMalloc(&d, (size_t)BP * BR));
+    HIP_OK(hipMemset(d, 0x77, (size_t)BP * BR));
+    HIP_OK(hipMemcpy2DAsync(d, BP, big, BP, BW, BR, hipMemcpyHostToDevice, s));
+    HIP_OK(hipStreamSynchronize(s));
+    HIP_OK(hipMemcpy(got, d, (size_t)BP * BR, hipMemcpyDeviceToHost));
+    ok = 1;
+    for (size_t r = 0; r < BR; r++)
+        for (size_t c = 0; c < BP; c++)
+            ok &= got[r * BP + c] == (c < BW ? big[r * BP + c] : 0x77);
+    check(ok, "a pitched copy of %d rows of %d bytes lands row by row", BR, BW);
+    HIP_OK(hipFree(d));
+    free(big);
+    free(got);
     HIP_OK(hipStreamDestroy(s));
 }
 
