@@ -4,7 +4,7 @@
 
     python3 scripts/bench_vs_torch.py [--threads N] [--layer SUBSTRING] [--bench PATH]
                                       [--isa avx512|avx2|portable] [--rounds R] [--min-ms MS]
-                                      [--wait-idle S] [--markdown]
+                                      [--wait-idle S] [--batch N] [--markdown]
 
 The layer list comes from the engine's own benchmark (`conv_bench --list`, built with
 `cargo build --release --bin conv_bench`), which prints each layer's geometry. For each
@@ -24,6 +24,8 @@ ATEN_CPU_CAPABILITY, set before torch is imported (avx2 -> AVX2 / avx2, avx512 -
 AVX512_CORE / avx512, portable -> SSE41 / default). Without --isa it follows
 RDNA1SHIM_MAX_ISA when that is set, else both sides use the best the CPU has. The FMA peak
 is measured at the engine's instruction set.
+
+--batch N runs every layer at batch N instead of its own (e.g. 32, a training step's).
 
 --wait-idle S makes every measurement wait (up to S seconds) until the machine has been
 idle for half a second, for machines shared with other work (Linux only).
@@ -45,10 +47,12 @@ PEER_ISA = {"avx512": ("AVX512_CORE", "avx512"), "avx2": ("AVX2", "avx2"), "port
 class Ours:
     """The engine's benchmark in `--serve` mode: one timed layer-pass per request."""
 
-    def __init__(self, bench, threads, min_ms, isa):
+    def __init__(self, bench, threads, min_ms, isa, batch=None):
         cmd = [bench, "--serve", "--threads", str(threads), "--min-ms", str(min_ms)]
         if isa:
             cmd += ["--isa", isa]
+        if batch:
+            cmd += ["--batch", str(batch)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def time(self, layer, p):
@@ -71,8 +75,8 @@ class Ours:
         self.proc.wait()
 
 
-def list_layers(bench, layer):
-    cmd = [bench, "--list"] + (["--layer", layer] if layer else [])
+def list_layers(bench, layer, batch=None):
+    cmd = [bench, "--list"] + (["--layer", layer] if layer else []) + (["--batch", str(batch)] if batch else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return [json.loads(l) for l in out.splitlines() if l.startswith("{")]
 
@@ -143,6 +147,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--layer", default="")
+    ap.add_argument("--batch", type=int, default=None, help="every layer at this batch instead of its own")
     ap.add_argument("--bench", default=os.path.join(ROOT, "target", "release", "conv_bench"))
     ap.add_argument("--rounds", type=int, default=3,
                     help="alternating measurements of each side per layer-pass (best kept)")
@@ -169,11 +174,11 @@ def main():
         peer += f", ATen {torch.backends.cpu.get_cpu_capability()})"
     except ImportError:
         torch, peer = None, None
-    ours = Ours(a.bench, a.threads, a.min_ms, a.isa)
+    ours = Ours(a.bench, a.threads, a.min_ms, a.isa, a.batch)
     wait_idle(a.wait_idle)
     peak, isa = ours.peak()
     ratios, rows = {}, []
-    for geo in list_layers(a.bench, a.layer):
+    for geo in list_layers(a.bench, a.layer, a.batch):
         flops = geo["flops"]
         fn = None
         if torch is not None:

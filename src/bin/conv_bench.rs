@@ -3,8 +3,10 @@
 //! ```text
 //! cargo run --release --bin conv_bench -- [--threads N] [--layer SUBSTRING]
 //!     [--pass forward|backward_data|backward_weights] [--isa avx512|avx2|portable]
-//!     [--json] [--min-ms MS] [--retries N] [--list] [--serve]
+//!     [--json] [--min-ms MS] [--retries N] [--batch N] [--list] [--serve]
 //! ```
+//! `--batch N` runs every selected layer at batch N instead of its own (the
+//! name's `bNN` says which): a training step's batch rather than the yardstick's.
 //! `--isa` caps the engine's instruction set like the shim's `RDNA1SHIM_MAX_ISA`
 //! (which it reads when the flag is absent); the FMA peak is then measured at
 //! that instruction set, so an AVX2-capped run on an AVX-512 CPU reports its
@@ -34,7 +36,7 @@ use rdna1shim::cpu::conv;
 use rdna1shim::cpu::{ConvShape, Isa};
 
 struct Layer {
-    name: &'static str,
+    name: String,
     shape: ConvShape,
 }
 
@@ -93,8 +95,20 @@ fn conv3d(
     s
 }
 
+/// `l` at batch `n`, its name's trailing `bNN` saying so.
+fn with_batch(l: Layer, n: usize) -> Layer {
+    let base = l.name.rsplit_once(" b").map_or(l.name.as_str(), |(b, _)| b);
+    Layer {
+        name: format!("{base} b{n}"),
+        shape: ConvShape { n, ..l.shape },
+    }
+}
+
 fn yardstick() -> Vec<Layer> {
-    let l = |name, shape| Layer { name, shape };
+    let l = |name: &str, shape| Layer {
+        name: name.to_string(),
+        shape,
+    };
     vec![
         l(
             "mnist.conv1 1->32 3x3 28x28 b64",
@@ -195,6 +209,7 @@ struct Args {
     min_ms: f64,
     retries: usize,
     isa: Option<Isa>,
+    batch: Option<usize>,
 }
 
 fn parse_args() -> Args {
@@ -208,6 +223,7 @@ fn parse_args() -> Args {
         min_ms: 300.0,
         retries: 4,
         isa: None,
+        batch: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -229,6 +245,15 @@ fn parse_args() -> Args {
                 a.min_ms = value("--min-ms")
                     .parse()
                     .unwrap_or_else(|_| die("bad --min-ms"))
+            }
+            "--batch" => {
+                a.batch = Some(
+                    value("--batch")
+                        .parse()
+                        .ok()
+                        .filter(|n| *n >= 1)
+                        .unwrap_or_else(|| die("bad --batch")),
+                )
             }
             "--retries" => {
                 a.retries = value("--retries")
@@ -509,6 +534,10 @@ fn main() {
     }
     let layers: Vec<Layer> = yardstick()
         .into_iter()
+        .map(|l| match args.batch {
+            Some(n) => with_batch(l, n),
+            None => l,
+        })
         .filter(|l| {
             args.layer
                 .as_ref()
