@@ -34,13 +34,28 @@ pub fn kind(s: &ConvShape) -> Option<Kind> {
     if s.input[0] != 1 || s.kernel[0] != 1 || s.output[0] != 1 {
         return None;
     }
-    if s.groups == 1 && s.is_pointwise() {
+    if s.groups == 1 && pointwise_step(s).is_some() {
         Some(Kind::Pointwise)
     } else if s.groups == s.c_in && s.c_out == s.c_in && s.groups > 1 {
         Some(Kind::Depthwise)
     } else {
         None
     }
+}
+
+/// Input pixels from one output position to the next, where every output position of
+/// the batch reads one input pixel and those lie evenly apart: a 1×1 kernel without
+/// padding whose vertical stride steps over whole rows (`stride_h · W = stride_w · OW`
+/// and `H = stride_h · OH`). That is stride 1 (a step of 1), or a horizontal stride over
+/// rows that are all read — a strided 1×1 layer whose unread rows the call path left on
+/// the device (`skipped_rows`): its positions are `stride_w` pixels apart across the
+/// whole batch.
+fn pointwise_step(s: &ConvShape) -> Option<usize> {
+    if s.kernel != [1; 3] || s.pad != [0; 3] || s.stride[0] != 1 {
+        return None;
+    }
+    let (sh, sw) = (s.stride[1], s.stride[2]);
+    (sh * s.input[2] == sw * s.output[2] && s.input[1] == sh * s.output[1]).then_some(sw)
 }
 
 fn check(s: &ConvShape, pass: &str, lens: [(&str, usize, usize); 3]) {
@@ -86,7 +101,9 @@ pub fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32]) {
     match kind(s) {
         Some(Kind::Pointwise) => {
             let (p, ci, co) = (s.n * s.output_spatial(), s.c_in, s.c_out);
-            // SAFETY: lengths checked above; y is exclusively borrowed.
+            let step = pointwise_step(s).expect("pointwise");
+            // SAFETY: lengths checked above (output position `q` reads input pixel
+            // `step · q`); y is exclusively borrowed.
             unsafe {
                 matmul(
                     p,
@@ -100,7 +117,7 @@ pub fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32]) {
                     false,
                     Mat {
                         ptr: x.as_ptr(),
-                        rs: ci,
+                        rs: step * ci,
                         cs: 1,
                     },
                     Mat {
@@ -216,6 +233,11 @@ pub fn backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     match kind(s) {
         Some(Kind::Pointwise) => {
             let (p, ci, co) = (s.n * s.output_spatial(), s.c_in, s.c_out);
+            let step = pointwise_step(s).expect("pointwise");
+            if step > 1 {
+                // The pixels no position reads get no gradient.
+                dx.par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0));
+            }
             // SAFETY: as in forward.
             unsafe {
                 matmul(
@@ -224,7 +246,7 @@ pub fn backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32]) {
                     co,
                     MatMut {
                         ptr: dx.as_mut_ptr(),
-                        rs: ci,
+                        rs: step * ci,
                         cs: 1,
                     },
                     false,
@@ -281,6 +303,7 @@ fn parts(positions: usize) -> usize {
 /// parts whose partial products are added up.
 fn pointwise_backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let (p, ci, co) = (s.n * s.output_spatial(), s.c_in, s.c_out);
+    let step = pointwise_step(s).expect("pointwise");
     let k = parts(p);
     let mut partials = vec![0f32; (k - 1) * dw.len()];
     let wlen = dw.len();
@@ -312,8 +335,8 @@ fn pointwise_backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f3
                     cs: co,
                 },
                 Mat {
-                    ptr: x.as_ptr().add(from * ci),
-                    rs: ci,
+                    ptr: x.as_ptr().add(from * step * ci),
+                    rs: step * ci,
                     cs: 1,
                 },
                 1,
@@ -1036,6 +1059,35 @@ mod tests {
         ));
         // 1-D
         check(&shape(2, 5, 3, 1, [1, 30], [1, 1], [1, 1], [0, 0], [1, 1]));
+        // A horizontal stride over rows that are all read: positions two pixels apart
+        // across the batch (a 1x1/2 layer whose unread rows were left out); the
+        // input gradient's unread pixels are zero.
+        check(&shape(2, 13, 7, 1, [5, 12], [1, 1], [1, 2], [0, 0], [1, 1]));
+        check(&shape(
+            3,
+            8,
+            16,
+            1,
+            [20, 60],
+            [1, 1],
+            [1, 3],
+            [0, 0],
+            [1, 1],
+        ));
+        // and one whose rows also step: still uniform where stride_h·W = stride_w·OW
+        check(&shape(2, 6, 5, 1, [4, 3], [1, 1], [2, 6], [0, 0], [1, 1]));
+    }
+
+    #[test]
+    fn strided_pointwise_layers_with_uneven_positions_are_not_pointwise() {
+        // 1x1/2 over every row: a position's row starts two input rows on.
+        assert!(kind(&shape(2, 4, 4, 1, [8, 8], [1, 1], [2, 2], [0, 0], [1, 1])).is_none());
+        // an odd width leaves a pixel over at the end of each row
+        assert!(kind(&shape(2, 4, 4, 1, [4, 9], [1, 1], [1, 2], [0, 0], [1, 1])).is_none());
+        assert_eq!(
+            pointwise_step(&shape(2, 4, 4, 1, [4, 8], [1, 1], [1, 2], [0, 0], [1, 1])),
+            Some(2)
+        );
     }
 
     #[test]
