@@ -855,7 +855,7 @@ pub fn run_conv_fused(
         store: ph.store,
         chunks: k as u32,
         slots: plan.slots as u32,
-        row_step: skipped.as_ref().map_or(1, |s| s.copy.step as u32),
+        row_step: skipped.as_ref().map_or(1, |s| s.copy.step() as u32),
     })
 }
 

@@ -379,9 +379,17 @@ impl Transfers {
             (device, pitch, host as *const c_void, width)
         };
         let (kind, stream, what) = if to_host {
-            (hipMemcpyDeviceToHost, self.stream, "device to host")
+            (
+                hipMemcpyDeviceToHost,
+                self.stream,
+                "hipMemcpy2DAsync (device to host)",
+            )
         } else {
-            (hipMemcpyHostToDevice, self.up, "host to device")
+            (
+                hipMemcpyHostToDevice,
+                self.up,
+                "hipMemcpy2DAsync (host to device)",
+            )
         };
         let t = Instant::now();
         // SAFETY: the staging buffer holds len bytes owned by self until the streams are
@@ -389,7 +397,7 @@ impl Transfers {
         let e = unsafe { copy(dst, dpitch, src, spitch, width, len / width, kind, stream) };
         self.pending = true;
         self.enqueue_time += t.elapsed();
-        self.hip_call(&format!("hipMemcpy2DAsync ({what})"), e)?;
+        self.hip_call(what, e)?;
         if to_host {
             self.bytes_to_host += len as u64;
         } else {
