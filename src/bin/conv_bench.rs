@@ -624,3 +624,19 @@ fn main() {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_override_renames_and_resizes_every_layer() {
+        for l in yardstick() {
+            let (name, shape) = (l.name.clone(), l.shape);
+            let b = with_batch(l, 32);
+            assert_eq!(b.shape, ConvShape { n: 32, ..shape }, "{name}");
+            let base = name.rsplit_once(" b").expect("a batch suffix").0;
+            assert_eq!(b.name, format!("{base} b32"));
+        }
+    }
+}
