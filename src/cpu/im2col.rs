@@ -52,30 +52,50 @@ impl Chunk {
                 n0 += nimg;
             }
         } else {
-            let runs = positions.div_ceil(cols);
-            let run = positions.div_ceil(runs);
-            let align = align.max(1);
-            let aligned = run.next_multiple_of(align);
-            let run = if aligned <= cols {
-                aligned
-            } else if run > align {
-                run / align * align
-            } else {
-                run
-            };
             for n0 in images {
-                let mut p0 = 0;
-                while p0 < positions {
-                    let np = run.min(positions - p0);
-                    out.push(Chunk {
-                        n0,
-                        nimg: 1,
-                        p0,
-                        np,
-                    });
-                    p0 += np;
-                }
+                out.extend(Chunk::cover_positions(n0, 0..positions, cols, align));
             }
+        }
+        out
+    }
+
+    /// Chunks covering positions `span` of image `n0`: one where the span
+    /// fits in `cols`, else cut as [`Chunk::cover`] cuts an image larger than
+    /// `cols`.
+    pub fn cover_positions(n0: usize, span: Range<usize>, cols: usize, align: usize) -> Vec<Chunk> {
+        let len = span.len();
+        let cols = cols.max(1);
+        if len <= cols {
+            let whole = Chunk {
+                n0,
+                nimg: 1,
+                p0: span.start,
+                np: len,
+            };
+            return if len == 0 { Vec::new() } else { vec![whole] };
+        }
+        let runs = len.div_ceil(cols);
+        let run = len.div_ceil(runs).max(1);
+        let align = align.max(1);
+        let aligned = run.next_multiple_of(align);
+        let run = if aligned <= cols {
+            aligned
+        } else if run > align {
+            run / align * align
+        } else {
+            run
+        };
+        let mut out = Vec::new();
+        let mut p0 = span.start;
+        while p0 < span.end {
+            let np = run.min(span.end - p0);
+            out.push(Chunk {
+                n0,
+                nimg: 1,
+                p0,
+                np,
+            });
+            p0 += np;
         }
         out
     }

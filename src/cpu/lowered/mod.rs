@@ -34,6 +34,8 @@ mod implicit_weights;
 mod packed;
 mod portable;
 #[cfg(target_arch = "x86_64")]
+mod slabs;
+#[cfg(target_arch = "x86_64")]
 mod subpixel;
 
 use rayon::prelude::*;

@@ -10,6 +10,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use super::slabs::Slabs;
 use super::{balanced_cols, dy_rows, even_ranges, partial_workers, sum_over_workers, Dims};
 use crate::cpu::im2col::{col2im, scatter_rows, Chunk};
 use crate::cpu::matmul::{Mat, MatMut};
@@ -465,14 +466,11 @@ pub(super) fn backward_data<S: Packed>(
         (budget, (cols, imgs))
     };
     let bblock = b_block::<S>(budget);
-    let mut tasks = Vec::new();
-    for b in 0..s.n.div_ceil(imgs) {
-        let images = b * imgs..((b + 1) * imgs).min(s.n);
-        for g in 0..s.groups {
-            for c in 0..ci_parts {
-                tasks.push((images.clone(), g, c));
-            }
-        }
+    // Few whole-image tasks for many threads: slabs of each image instead.
+    let slabs = Slabs::plan(s, imgs, units, threads);
+    if slabs.is_some() {
+        let isp = s.input_spatial();
+        dx.par_chunks_mut(isp.max(1)).for_each(|p| p.fill(0.0));
     }
     let dxp = SendPtr(dx.as_mut_ptr());
     // Wᵀ restricted to channels `ci` of group `g`: element (r, o) =
@@ -499,15 +497,61 @@ pub(super) fn backward_data<S: Packed>(
         } else {
             Vec::new()
         };
-        tasks.into_par_iter().for_each(|(images, g, c)| {
+        let run_task = |images: Range<usize>, g: usize, c: usize, span: Option<Range<usize>>| {
             let ci = split_range(d.cin_g, ci_parts, c);
             let a = match packed.get(g * ci_parts + c) {
                 Some(p) => ASource::Packed(*p),
                 None => ASource::Mat(wt(g, &ci)),
             };
-            backward_data_task::<S>(s, t, &d, dy, a, dxp, images, g, ci, cols, bblock, budget)
-        });
+            let part = DataPart {
+                images,
+                g,
+                ci,
+                span,
+            };
+            backward_data_task::<S>(s, t, &d, dy, a, dxp, part, cols, bblock, budget)
+        };
+        let Some(sl) = slabs else {
+            let mut tasks = Vec::new();
+            for b in 0..s.n.div_ceil(imgs) {
+                let images = b * imgs..((b + 1) * imgs).min(s.n);
+                for g in 0..s.groups {
+                    for c in 0..ci_parts {
+                        tasks.push((images.clone(), g, c));
+                    }
+                }
+            }
+            tasks
+                .into_par_iter()
+                .for_each(|(images, g, c)| run_task(images, g, c, None));
+            return;
+        };
+        // One colour at a time: its slabs add into disjoint slices of dx.
+        for colour in 0..sl.colours {
+            let mut tasks = Vec::new();
+            for n in 0..s.n {
+                for g in 0..s.groups {
+                    for c in 0..ci_parts {
+                        tasks.extend(sl.of_colour(colour).map(|i| (n, g, c, i)));
+                    }
+                }
+            }
+            tasks
+                .into_par_iter()
+                .for_each(|(n, g, c, i)| run_task(n..n + 1, g, c, Some(sl.positions(i))));
+        }
     });
+}
+
+/// What one backward-data task computes: `dx` of `images`, group `g`,
+/// channels `ci` of the group, from all of the images' output positions or
+/// (with one image) from `span` of them only. A task with a span adds into
+/// `dx`, which its caller zeroed; other tasks own their part of `dx` whole.
+struct DataPart {
+    images: Range<usize>,
+    g: usize,
+    ci: Range<usize>,
+    span: Option<Range<usize>>,
 }
 
 /// Channel ranges per group of the input gradient's tasks: enough that a
@@ -534,7 +578,7 @@ fn data_parts(s: &ConvShape, d: &Dims, threads: usize) -> usize {
         .unwrap_or(most)
 }
 
-/// Computes dx for `images`, group `g`, channels `ci` of the group.
+/// Computes the part of dx that `part` names.
 #[allow(clippy::too_many_arguments)]
 fn backward_data_task<S: Packed>(
     s: &ConvShape,
@@ -543,21 +587,28 @@ fn backward_data_task<S: Packed>(
     dy: &[f32],
     a: ASource,
     dx: SendPtr,
-    images: Range<usize>,
-    g: usize,
-    ci: Range<usize>,
+    part: DataPart,
     cols: usize,
     bblock: usize,
     budget: usize,
 ) {
+    let DataPart {
+        images,
+        g,
+        ci,
+        span,
+    } = part;
     let isp = s.input_spatial();
     let c0 = g * d.cin_g + ci.start;
     let kr = ci.len() * d.ks;
-    let chunks = Chunk::cover(images.clone(), d.p, cols, S::NR);
+    let chunks = match &span {
+        Some(span) => Chunk::cover_positions(images.start, span.clone(), cols, S::NR),
+        None => Chunk::cover(images.clone(), d.p, cols, S::NR),
+    };
     let max_cols = chunks.iter().map(Chunk::cols).max().unwrap_or(0);
     // Accumulate into padded gradient planes when they fit; otherwise zero dx
-    // and scatter straight into it.
-    let grad_len = if d.pointwise || unpadded_taps(s) {
+    // (unless the caller has) and scatter straight into it.
+    let grad_len = if d.pointwise || unpadded_taps(s) || span.is_some() {
         0
     } else {
         PaddedGrad::len(s, images.len(), ci.len())
@@ -567,7 +618,7 @@ fn backward_data_task<S: Packed>(
     } else {
         0
     };
-    if !d.pointwise && grad_len == 0 {
+    if !d.pointwise && grad_len == 0 && span.is_none() {
         for n in images.clone() {
             // SAFETY: this task owns channels c0..c0+len of these images.
             unsafe { dx.slice((n * s.c_in + c0) * isp, ci.len() * isp) }.fill(0.0);
