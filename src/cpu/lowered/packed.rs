@@ -809,18 +809,24 @@ impl SharedDy {
             .iter()
             .map(|ch| packed_a_len::<S>(d.m, ch.cols()))
             .sum();
-        let gather = chunks
-            .iter()
-            .filter(|ch| ch.nimg > 1)
-            .map(|ch| d.m * ch.cols())
-            .max()
-            .unwrap_or(0);
+        let gather = Self::gather_len(d, chunks);
         let len = s.groups * packed + gather;
         if len <= t.packed_weights_floats() && 2 * len.div_ceil(threads) <= budget {
             len
         } else {
             0
         }
+    }
+
+    /// Floats of the buffer that chunks spanning several images are
+    /// gathered into before packing (the largest such chunk).
+    fn gather_len(d: &Dims, chunks: &[Chunk]) -> usize {
+        chunks
+            .iter()
+            .filter(|ch| ch.nimg > 1)
+            .map(|ch| d.m * ch.cols())
+            .max()
+            .unwrap_or(0)
     }
 
     /// Packs `dy`'s rows of every group over every chunk into `buf` (at
@@ -833,12 +839,7 @@ impl SharedDy {
         chunks: &[Chunk],
         buf: &mut [f32],
     ) -> Vec<PackedA> {
-        let gather = chunks
-            .iter()
-            .filter(|ch| ch.nimg > 1)
-            .map(|ch| d.m * ch.cols())
-            .max()
-            .unwrap_or(0);
+        let gather = Self::gather_len(d, chunks);
         let (tmp, mut out) = buf.split_at_mut(gather);
         let mut packed = Vec::with_capacity(s.groups * chunks.len());
         for g in 0..s.groups {

@@ -112,20 +112,8 @@ mod tests {
     use super::*;
 
     fn conv3d(n: usize, c_in: usize, depth: usize, hw: usize, k: usize) -> ConvShape {
-        let s = ConvShape {
-            n,
-            c_in,
-            c_out: 64,
-            groups: 1,
-            input: [depth, hw, hw],
-            kernel: [k; 3],
-            output: [depth, hw, hw],
-            pad: [k / 2; 3],
-            stride: [1; 3],
-            dilation: [1; 3],
-        };
-        s.validate().unwrap();
-        s
+        let (input, pad) = ([depth, hw, hw], [k / 2; 3]);
+        crate::cpu::tests::shape(n, c_in, 64, 1, input, [k; 3], pad, [1; 3], [1; 3])
     }
 
     /// Input slices along `axis` that output slices `o` add into.
@@ -283,18 +271,17 @@ mod tests {
     #[test]
     fn short_rows_take_thicker_slabs() {
         // conv1d-like: one axis of 4000 positions, batch 1, 3 channels.
-        let s = ConvShape {
-            n: 1,
-            c_in: 3,
-            c_out: 8,
-            groups: 1,
-            input: [1, 1, 4000],
-            kernel: [1, 1, 5],
-            output: [1, 1, 4000],
-            pad: [0, 0, 2],
-            stride: [1; 3],
-            dilation: [1; 3],
-        };
+        let s = crate::cpu::tests::shape(
+            1,
+            3,
+            8,
+            1,
+            [1, 1, 4000],
+            [1, 1, 5],
+            [0, 0, 2],
+            [1; 3],
+            [1; 3],
+        );
         let sl = Slabs::plan(&s, 1, 1, 8).expect("slabs");
         assert_eq!(sl.inner, 1);
         assert!(sl.thick >= MIN_SLAB_POSITIONS, "{sl:?}");
