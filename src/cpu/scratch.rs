@@ -32,9 +32,8 @@ pub(crate) struct Tuning {
     /// At AVX2, run 1×1 kernels on the `gemm` crate's back end, measured
     /// 5-17 % ahead of the packed AVX2 GEMM on them (a shallow product).
     pub gemm_crate_1x1: bool,
-    /// Pack the input gradient's `Wᵀ`, and the rows of `dy` that a weight
-    /// gradient's column tasks share, once per call for the packed GEMM
-    /// where each chunk or task would pack them again.
+    /// Pack the input gradient's `Wᵀ` whole once per call for the packed
+    /// GEMM where its column chunks would each pack it again.
     pub pack_weights_once: bool,
     /// Run the forward pass of the convolutions it suits as an implicit
     /// GEMM over a channels-last copy of the input (`lowered::implicit`).

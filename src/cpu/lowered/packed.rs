@@ -689,47 +689,33 @@ pub(super) fn backward_weights<S: Packed>(
     if let Some(ranges) = column_ranges(s, &d, t, threads) {
         let cols = image_cols(WEIGHTS_COLS, d.p, d.m, budget - bblock);
         let chunks = Chunk::cover(0..s.n, d.p, cols, 1);
-        let shared = SharedDy::len::<S>(s, &d, t, &chunks, ranges, budget, threads);
-        let budget = budget - shared.div_ceil(threads);
-        let bblock = b_block::<S>(budget);
         let dwp = SendPtr(dw.as_mut_ptr());
         let tasks: Vec<(usize, Range<usize>)> = (0..s.groups)
             .flat_map(|g| (0..ranges).map(move |r| (g, split_range(d.k, ranges, r))))
             .collect();
-        t.scratch(Slot::Weights, shared, |buf| {
-            let packed = if shared > 0 {
-                SharedDy::pack::<S>(s, &d, dy, &chunks, buf)
-            } else {
-                Vec::new()
-            };
-            tasks.into_par_iter().for_each(|(g, cols_range)| {
-                for (i, ch) in chunks.iter().enumerate() {
-                    let at = g * d.m * d.k + cols_range.start;
-                    let c = MatMut {
-                        ptr: unsafe { dwp.at(at) },
-                        rs: d.k,
-                        cs: 1,
-                    };
-                    let a = packed
-                        .get(g * chunks.len() + i)
-                        .map(|p| ASource::Packed(*p));
-                    weights_chunk::<S>(
-                        s,
-                        t,
-                        &d,
-                        x,
-                        dy,
-                        a,
-                        c,
-                        g,
-                        *ch,
-                        cols_range.clone(),
-                        i > 0,
-                        bblock,
-                        budget,
-                    );
-                }
-            });
+        tasks.into_par_iter().for_each(|(g, cols_range)| {
+            for (i, ch) in chunks.iter().enumerate() {
+                let at = g * d.m * d.k + cols_range.start;
+                let c = MatMut {
+                    ptr: unsafe { dwp.at(at) },
+                    rs: d.k,
+                    cs: 1,
+                };
+                weights_chunk::<S>(
+                    s,
+                    t,
+                    &d,
+                    x,
+                    dy,
+                    c,
+                    g,
+                    *ch,
+                    cols_range.clone(),
+                    i > 0,
+                    bblock,
+                    budget,
+                );
+            }
         });
         return;
     }
@@ -753,126 +739,9 @@ pub(super) fn backward_weights<S: Packed>(
                 rs: d.k,
                 cs: 1,
             };
-            weights_chunk::<S>(
-                s,
-                t,
-                &d,
-                x,
-                dy,
-                None,
-                c,
-                g,
-                ch,
-                0..d.k,
-                true,
-                bblock,
-                budget,
-            );
+            weights_chunk::<S>(s, t, &d, x, dy, c, g, ch, 0..d.k, true, bblock, budget);
         }
     });
-}
-
-/// Fewest output channels per group for [`SharedDy`]. Side by side on a
-/// 16-core Xeon (8 and 16 threads, batches 8 and 32) it gained 4-43 % on
-/// ResNet's 512-channel layer, up to 26 % on its 256-channel layer and up to
-/// 17 % on DCGAN's 512-row weight gradient, but lost 10-15 % at 8 threads on
-/// the 128-channel layer.
-const SHARED_DY_MIN_ROWS: usize = 256;
-
-/// The rows of `dy` that every column task of a weight gradient multiplies,
-/// packed once per call. Each of a layer's `ranges` column tasks used to
-/// gather and pack the same `M × chunk` block of `dy` itself, so `dy` was
-/// packed `ranges` times (ResNet's 256-channel layer at batch 32, 16
-/// threads: 24 times, about as long as its products).
-struct SharedDy;
-
-impl SharedDy {
-    /// Floats of the shared packing (every group's every chunk, and one
-    /// gather buffer where chunks span several images), or 0 where the
-    /// tasks pack their own: one column range, packing once switched off,
-    /// more than [`Tuning::packed_weights_floats`], or more than half the
-    /// per-worker `budget` taken from each worker.
-    #[allow(clippy::too_many_arguments)]
-    fn len<S: Packed>(
-        s: &ConvShape,
-        d: &Dims,
-        t: &Tuning,
-        chunks: &[Chunk],
-        ranges: usize,
-        budget: usize,
-        threads: usize,
-    ) -> usize {
-        if ranges < 2 || d.m < SHARED_DY_MIN_ROWS || !t.pack_weights_once {
-            return 0;
-        }
-        let packed: usize = chunks
-            .iter()
-            .map(|ch| packed_a_len::<S>(d.m, ch.cols()))
-            .sum();
-        let gather = Self::gather_len(d, chunks);
-        let len = s.groups * packed + gather;
-        if len <= t.packed_weights_floats() && 2 * len.div_ceil(threads) <= budget {
-            len
-        } else {
-            0
-        }
-    }
-
-    /// Floats of the buffer that chunks spanning several images are
-    /// gathered into before packing (the largest such chunk).
-    fn gather_len(d: &Dims, chunks: &[Chunk]) -> usize {
-        chunks
-            .iter()
-            .filter(|ch| ch.nimg > 1)
-            .map(|ch| d.m * ch.cols())
-            .max()
-            .unwrap_or(0)
-    }
-
-    /// Packs `dy`'s rows of every group over every chunk into `buf` (at
-    /// least [`SharedDy::len`] floats), in the order group-major, chunk
-    /// minor.
-    fn pack<S: Packed>(
-        s: &ConvShape,
-        d: &Dims,
-        dy: &[f32],
-        chunks: &[Chunk],
-        buf: &mut [f32],
-    ) -> Vec<PackedA> {
-        let gather = Self::gather_len(d, chunks);
-        let (tmp, mut out) = buf.split_at_mut(gather);
-        let mut packed = Vec::with_capacity(s.groups * chunks.len());
-        for g in 0..s.groups {
-            for &ch in chunks {
-                let cols = ch.cols();
-                let a = if ch.nimg == 1 {
-                    dy_rows(s, d, dy, g, ch, &mut [])
-                } else {
-                    let tmp = &mut tmp[..d.m * cols];
-                    tmp.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
-                        for i in 0..ch.nimg {
-                            let from = ((ch.n0 + i) * s.c_out + g * d.m + r) * d.p + ch.p0;
-                            row[i * ch.np..(i + 1) * ch.np]
-                                .copy_from_slice(&dy[from..from + ch.np]);
-                        }
-                    });
-                    Mat {
-                        ptr: tmp.as_ptr(),
-                        rs: cols,
-                        cs: 1,
-                    }
-                };
-                let (dst, rest) =
-                    std::mem::take(&mut out).split_at_mut(packed_a_len::<S>(d.m, cols));
-                out = rest;
-                // SAFETY: the instruction set is available (checked by the
-                // caller); `a` covers `d.m × cols` floats of `dy` or `tmp`,
-                // which is not written again until the packing has returned.
-                packed.push(unsafe { pack_a_whole::<S>(a, d.m, cols, dst) });
-            }
-        }
-        packed
-    }
 }
 
 /// How many column ranges per group a weight gradient is split into, each
@@ -898,8 +767,7 @@ fn column_ranges(s: &ConvShape, d: &Dims, t: &Tuning, threads: usize) -> Option<
 }
 
 /// `C (+)= dy_chunk · colᵀ` for group `g`, restricted to lowered rows `rows`
-/// (the columns of `C`, which points at dW column `rows.start`); `packed`
-/// is the chunk's rows of `dy` packed beforehand ([`SharedDy`]), if they are.
+/// (the columns of `C`, which points at dW column `rows.start`).
 #[allow(clippy::too_many_arguments)]
 fn weights_chunk<S: Packed>(
     s: &ConvShape,
@@ -907,7 +775,6 @@ fn weights_chunk<S: Packed>(
     d: &Dims,
     x: &[f32],
     dy: &[f32],
-    packed: Option<ASource>,
     c: MatMut,
     g: usize,
     ch: Chunk,
@@ -917,11 +784,7 @@ fn weights_chunk<S: Packed>(
     budget: usize,
 ) {
     let cols = ch.cols();
-    let tmp_len = if ch.nimg == 1 || packed.is_some() {
-        0
-    } else {
-        d.m * cols
-    };
+    let tmp_len = if ch.nimg == 1 { 0 } else { d.m * cols };
     // Channels the lowered rows `rows` come from, padded when they fit.
     let (ci0, ci1) = (rows.start / d.ks, rows.end.div_ceil(d.ks));
     let pad_len = if d.pointwise || unpadded_taps(s) {
@@ -937,7 +800,7 @@ fn weights_chunk<S: Packed>(
     t.scratch(Slot::Task, tmp_len + bblock + pad_len, |buf| {
         let (tmp, rest) = buf.split_at_mut(tmp_len);
         let (bbuf, pbuf) = rest.split_at_mut(bblock);
-        let a = packed.unwrap_or_else(|| ASource::Mat(dy_rows(s, d, dy, g, ch, tmp)));
+        let a = ASource::Mat(dy_rows(s, d, dy, g, ch, tmp));
         // SAFETY: the kernel is available; `c` is owned by this task/worker.
         unsafe {
             if d.pointwise {
@@ -1033,46 +896,6 @@ mod tests {
         let wide = *shifted_shapes().last().unwrap();
         let f = super::super::data_as_forward(&wide, &Tuning::default()).expect("eligible");
         assert!(shifted_plan::<Avx2>(&f, &Dims::of(&f), 2, 1 << 20).is_some());
-    }
-
-    /// Weight gradients whose column tasks share `dy` packed once: chunks
-    /// of several small images (gathered first), and chunks within one
-    /// image larger than a chunk.
-    #[test]
-    fn weight_gradients_over_shared_dy_match_reference() {
-        let shapes = [
-            shape2d(5, 48, 256, 1, [6, 6], [3, 3], [1, 1], [1, 1], [1, 1]),
-            shape2d(1, 96, 256, 1, [1, 2100], [1, 3], [0, 1], [1, 1], [1, 1]),
-            shape2d(3, 72, 512, 2, [9, 9], [2, 2], [0, 0], [2, 2], [1, 1]),
-        ];
-        for s in shapes {
-            let d = Dims::of(&s);
-            let t = Tuning::default();
-            for threads in [2, 3] {
-                let budget = t.floats_per_worker(threads);
-                let ranges = column_ranges(&s, &d, &t, threads).expect("column tasks");
-                let cols = image_cols(WEIGHTS_COLS, d.p, d.m, budget - b_block::<Avx2>(budget));
-                let chunks = Chunk::cover(0..s.n, d.p, cols, 1);
-                assert!(
-                    SharedDy::len::<Avx2>(&s, &d, &t, &chunks, ranges, budget, threads) > 0,
-                    "{s:?}"
-                );
-                for tuning in [
-                    t,
-                    Tuning {
-                        isa: crate::cpu::simd::Isa::Avx2,
-                        ..t
-                    },
-                ] {
-                    let v = Variant {
-                        name: "shared dy",
-                        tuning,
-                        threads,
-                    };
-                    check_against_reference(&s, &v, 23).unwrap();
-                }
-            }
-        }
     }
 
     #[test]
