@@ -55,20 +55,18 @@ impl Slabs {
         let inner = s.output_spatial() / outer;
         let undivided = (tasks.div_ceil(threads) * imgs * outer) as f64;
         let min_thick = MIN_SLAB_POSITIONS.div_ceil(inner).max(1);
-        let per_colour = |thick: usize, colours: usize| -> f64 {
-            let count = outer.div_ceil(thick);
-            (0..colours)
-                .map(|c| {
-                    let slabs = (c..count).step_by(colours).count();
-                    (s.n * units * slabs).div_ceil(threads)
-                })
-                .sum::<usize>() as f64
-                * thick as f64
-        };
-        let best = (min_thick..=outer)
+        // Slabs per image worth trying: each gives its thickness; past eight
+        // per thread, more slabs only add rounds.
+        let most = (outer / min_thick).min(8 * threads);
+        let best = (2..=most)
+            .map(|count| outer.div_ceil(count))
+            .filter(|&thick| thick >= min_thick)
             .map(|thick| {
                 let colours = colours(s, axis, thick);
-                (per_colour(thick, colours), thick, colours)
+                let rounds = colour_sizes(outer.div_ceil(thick), colours)
+                    .map(|slabs| (s.n * units * slabs).div_ceil(threads))
+                    .sum::<usize>();
+                ((rounds * thick) as f64, thick, colours)
             })
             // Fastest; among equals, the thickest.
             .min_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)))?;
@@ -97,6 +95,12 @@ impl Slabs {
     pub fn of_colour(&self, c: usize) -> impl Iterator<Item = usize> {
         (c..self.count()).step_by(self.colours)
     }
+}
+
+/// Slabs of each of `colours` colours among `count` slabs (slab `i` has
+/// colour `i mod colours`).
+fn colour_sizes(count: usize, colours: usize) -> impl Iterator<Item = usize> {
+    (0..colours).map(move |c| count.saturating_sub(c).div_ceil(colours))
 }
 
 /// Fewest colours for slabs of `thick` output slices along `axis`: slab `i`
@@ -264,6 +268,22 @@ mod tests {
                 // One image and one channel range per group per task.
                 assert!(Slabs::plan(s, 1, s.groups, 4).is_some(), "{s:?}");
                 check_against_reference(s, &v, 70 + i as u64).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn colour_sizes_count_the_slabs_of_each_colour() {
+        for count in 0..40 {
+            for colours in 1..7 {
+                let sl = Slabs {
+                    inner: 1,
+                    outer: count,
+                    thick: 1,
+                    colours,
+                };
+                let want: Vec<usize> = (0..colours).map(|c| sl.of_colour(c).count()).collect();
+                assert_eq!(colour_sizes(count, colours).collect::<Vec<_>>(), want);
             }
         }
     }
