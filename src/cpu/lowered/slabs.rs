@@ -13,6 +13,7 @@
 //!
 //! Pure arithmetic, no FFI.
 
+use std::cmp::Reverse;
 use std::ops::Range;
 
 use crate::cpu::ConvShape;
@@ -20,9 +21,10 @@ use crate::cpu::ConvShape;
 /// Fewest output positions of a slab: a narrower product wastes its packing.
 pub(super) const MIN_SLAB_POSITIONS: usize = 192;
 
-/// Share of the undivided plan's time the slabs must stay below to be used:
-/// the colours wait for each other and `col2im` replaces the padded planes.
-const MIN_GAIN: f64 = 0.75;
+/// Share of the undivided plan's time the slabs must stay below to be used,
+/// as a fraction (3/4): the colours wait for each other and `col2im`
+/// replaces the padded planes.
+const MIN_GAIN: (usize, usize) = (3, 4);
 
 /// How the output positions of one image are cut into slabs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,7 +55,7 @@ impl Slabs {
         let axis = (0..3).find(|&a| s.output[a] > 1)?;
         let outer = s.output[axis];
         let inner = s.output_spatial() / outer;
-        let undivided = (tasks.div_ceil(threads) * imgs * outer) as f64;
+        let undivided = tasks.div_ceil(threads) * imgs * outer;
         let min_thick = MIN_SLAB_POSITIONS.div_ceil(inner).max(1);
         // Slabs per image worth trying: each gives its thickness; past eight
         // per thread, more slabs only add rounds.
@@ -66,12 +68,13 @@ impl Slabs {
                 let rounds = colour_sizes(outer.div_ceil(thick), colours)
                     .map(|slabs| (s.n * units * slabs).div_ceil(threads))
                     .sum::<usize>();
-                ((rounds * thick) as f64, thick, colours)
+                (rounds * thick, Reverse(thick), colours)
             })
             // Fastest; among equals, the thickest.
-            .min_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)))?;
-        let (time, thick, colours) = best;
-        (thick < outer && time < MIN_GAIN * undivided).then_some(Slabs {
+            .min_by_key(|&(time, thick, _)| (time, thick))?;
+        let (time, Reverse(thick), colours) = best;
+        let (num, den) = MIN_GAIN;
+        (thick < outer && den * time < num * undivided).then_some(Slabs {
             inner,
             outer,
             thick,
@@ -114,6 +117,7 @@ fn colours(s: &ConvShape, axis: usize, thick: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::tests::shape2d;
 
     fn conv3d(n: usize, c_in: usize, depth: usize, hw: usize, k: usize) -> ConvShape {
         let (input, pad) = ([depth, hw, hw], [k / 2; 3]);
@@ -169,19 +173,8 @@ mod tests {
         ] {
             let out = 40;
             let input = (out - 1) * st + (k - 1) * d + 1 - 2 * pad;
-            let s = ConvShape {
-                n: 1,
-                c_in: 1,
-                c_out: 1,
-                groups: 1,
-                input: [1, input, 9],
-                kernel: [1, k, 1],
-                output: [1, out, 9],
-                pad: [0, pad, 0],
-                stride: [1, st, 1],
-                dilation: [1, d, 1],
-            };
-            s.validate().unwrap();
+            let s = shape2d(1, 1, 1, 1, [input, 9], [k, 1], [pad, 0], [st, 1], [d, 1]);
+            assert_eq!(s.output[1], out);
             for thick in 1..6 {
                 let c = colours(&s, 1, thick);
                 let sl = Slabs {
@@ -226,33 +219,13 @@ mod tests {
             // 3-D, three colours of one depth slice each.
             shape(1, 3, 8, 1, [6, 16, 16], [3; 3], [1; 3], one, one),
             // A strided stem: 7 rows reach across slabs of 2-3 output rows.
-            shape(
-                2,
-                3,
-                16,
-                1,
-                [1, 80, 80],
-                [1, 7, 7],
-                [0, 3, 3],
-                [1, 2, 2],
-                one,
-            ),
+            shape2d(2, 3, 16, 1, [80, 80], [7, 7], [3, 3], [2, 2], [1, 1]),
             // Groups and dilation.
-            shape(
-                1,
-                2,
-                8,
-                2,
-                [1, 30, 30],
-                [1, 3, 3],
-                [0, 2, 2],
-                one,
-                [1, 2, 2],
-            ),
+            shape2d(1, 2, 8, 2, [30, 30], [3, 3], [2, 2], [1, 1], [2, 2]),
             // 1-D: slabs of positions.
-            shape(1, 3, 8, 1, [1, 1, 2000], [1, 1, 5], [0, 0, 2], one, one),
+            shape2d(1, 3, 8, 1, [1, 2000], [1, 5], [0, 2], [1, 1], [1, 1]),
             // 1x1: slabs that do not overlap (one colour).
-            shape(1, 4, 8, 1, [1, 20, 20], one, [0; 3], one, one),
+            shape2d(1, 4, 8, 1, [20, 20], [1, 1], [0, 0], [1, 1], [1, 1]),
         ];
         for isa in [Isa::Avx512, Isa::Avx2] {
             let v = Variant {
