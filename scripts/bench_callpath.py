@@ -39,7 +39,11 @@ the AVX2 desktops most users have can be measured on an AVX-512 machine.
 --modes runs several layout-dtype modes one after the other and ends with a table of
 their geomeans. --step runs instead every convolution of one training step (forward, backward-data
 except for the first layer, backward-weights) of ResNet-18 (224x224) and the MNIST CNN of
-PyTorch's examples, at --batch (32), and prints the totals.
+PyTorch's examples, at --batch (32), and prints the totals. Before timing, it runs the
+step --warmup-steps times (10), as the first steps of a training run would: the shim
+tries a few chunk counts on the first nine calls of each configuration
+(`src/plan_tuner.rs`) and keeps the fastest, and a layer that occurs once a step is
+still trying them in its ninth step; the figure is the steady state after that.
 """
 import argparse
 import json
@@ -247,6 +251,10 @@ def run_step(a, ours, torch, peer_dtype):
             with torch.no_grad():
                 return time_best(lambda: [f() for f in fns], a.min_ms)
 
+        # `seq` runs the list once untimed and at least three times timed.
+        for _ in range(math.ceil(a.warmup_steps / 4)):
+            ours.seq(items, 0)
+
         mine, theirs = alternate(a.rounds, lambda: ours.seq(items, a.min_ms),
                                  torch_seq if torch is not None else None)
         pr = mine.get("profile", {})
@@ -276,6 +284,8 @@ def main():
     ap.add_argument("--layer", default="")
     ap.add_argument("--step", action="store_true", help="training-step mode (ResNet-18 and MNIST CNN)")
     ap.add_argument("--batch", type=int, default=32, help="batch of the training-step mode")
+    ap.add_argument("--warmup-steps", type=int, default=10,
+                    help="training-step mode: untimed steps first, so that the shim's chunk tuning is over")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--min-ms", type=float, default=150)
     ap.add_argument("--markdown", action="store_true")
