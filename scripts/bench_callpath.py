@@ -40,7 +40,7 @@ the AVX2 desktops most users have can be measured on an AVX-512 machine.
 their geomeans. --step runs instead every convolution of one training step (forward, backward-data
 except for the first layer, backward-weights) of ResNet-18 (224x224) and the MNIST CNN of
 PyTorch's examples, at --batch (32), and prints the totals. Before timing, it runs the
-step --warmup-steps times (10), as the first steps of a training run would: the shim
+step at least --warmup-steps times (10), as the first steps of a training run would: the shim
 tries a few chunk counts on the first nine calls of each configuration
 (`src/plan_tuner.rs`) and keeps the fastest, and a layer that occurs once a step is
 still trying them in its ninth step; the figure is the steady state after that.
