@@ -117,11 +117,11 @@ fn colours(s: &ConvShape, axis: usize, thick: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::tests::shape2d;
+    use crate::cpu::tests::{shape, shape2d};
 
     fn conv3d(n: usize, c_in: usize, depth: usize, hw: usize, k: usize) -> ConvShape {
         let (input, pad) = ([depth, hw, hw], [k / 2; 3]);
-        crate::cpu::tests::shape(n, c_in, 64, 1, input, [k; 3], pad, [1; 3], [1; 3])
+        shape(n, c_in, 64, 1, input, [k; 3], pad, [1; 3], [1; 3])
     }
 
     /// Input slices along `axis` that output slices `o` add into.
@@ -213,7 +213,7 @@ mod tests {
     fn slabbed_input_gradients_match_the_reference() {
         use crate::cpu::scratch::Tuning;
         use crate::cpu::simd::Isa;
-        use crate::cpu::tests::{at, check_against_reference, shape, Variant};
+        use crate::cpu::tests::{at, check_against_reference, Variant};
         let one = [1; 3];
         let shapes = [
             // 3-D, three colours of one depth slice each.
@@ -264,17 +264,7 @@ mod tests {
     #[test]
     fn short_rows_take_thicker_slabs() {
         // conv1d-like: one axis of 4000 positions, batch 1, 3 channels.
-        let s = crate::cpu::tests::shape(
-            1,
-            3,
-            8,
-            1,
-            [1, 1, 4000],
-            [1, 1, 5],
-            [0, 0, 2],
-            [1; 3],
-            [1; 3],
-        );
+        let s = shape2d(1, 3, 8, 1, [1, 4000], [1, 5], [0, 2], [1, 1], [1, 1]);
         let sl = Slabs::plan(&s, 1, 1, 8).expect("slabs");
         assert_eq!(sl.inner, 1);
         assert!(sl.thick >= MIN_SLAB_POSITIONS, "{sl:?}");
