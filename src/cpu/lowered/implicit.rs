@@ -1,12 +1,16 @@
 //! The forward pass as an implicit GEMM over a channels-last copy of the
 //! input, on the packed GEMM's micro-kernel.
 //!
-//! Each task takes a band of output rows of one image, or several whole
-//! small images, and where those are too few for the threads, a range of
-//! the panels of output channels. It copies the input rows the band reads into padded
-//! channels-last planes — one per phase of the vertical stride, rows
-//! `pitch = owv · stride_w` columns wide — so that output position `(r, ow)`
-//! of the band reads, for kernel row `kh`, the `kw_n · C` contiguous floats
+//! Each task takes a run of output rows, or several whole small images,
+//! and where those are too few for the threads, a range of the panels of
+//! output channels. The runs cut the rows of all the images, one image
+//! after another, into a multiple of the thread count of nearly equal
+//! pieces, so that the tasks fill whole rounds of the threads; a run that
+//! crosses from one image into the next is computed as a band of each.
+//!
+//! A band copies the input rows it reads into padded channels-last planes
+//! — one per phase of the vertical stride, rows `pitch = owv · stride_w`
+//! columns wide — so that output position `(r, ow)` of the band reads, for kernel row `kh`, the `kw_n · C` contiguous floats
 //! at `plane(kh) + (r·owv + ow) · stride_w · C`. The product is then
 //! `C[q][co] = Σ A[q][(kh, kw, ci)] · B[(kh, kw, ci)][co]` over the task's
 //! positions `q`, with `A` read in place (the positions are its rows,
@@ -28,7 +32,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::cpu::packed_gemm::{tile_a_rows, ARows, Packed, WithPacked, MAX_MR};
-use crate::cpu::par::SendPtr;
+use crate::cpu::par::{split_range, SendPtr};
 use crate::cpu::scratch::{Slot, Tuning};
 use crate::cpu::ConvShape;
 
@@ -60,8 +64,11 @@ const MAX_PARTS: usize = 64;
 /// How one call is cut and laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Plan {
-    /// Output rows per task.
+    /// Most output rows of a task's run (a whole image where `images > 1`).
     band: usize,
+    /// Tasks the batch is cut into before the panels are split: runs of
+    /// rows where `images == 1`, groups of whole images otherwise.
+    pieces: usize,
     /// Whole images per task (more than one only where `band` is a whole
     /// image): a task's tiles run on across its images, so small images do
     /// not each end in a part-empty tile.
@@ -214,6 +221,34 @@ pub(super) fn plan_with<S: Packed>(
         }
         band = band.div_ceil(2);
     }
+    // Runs of rows over the whole batch: a multiple of the threads of them
+    // (the nearest to the runs of `band` rows that fits), so that a chunk of
+    // a few images does not end in a part-filled round of the threads (56
+    // rows of 7 images of 56 rows cut image by image into bands of 6 rows
+    // give 70 tasks, five rounds of 16 threads for 4.4 rounds' work).
+    let rows_total = s.n * g.oh;
+    let mut pieces = rows_total.div_ceil(band);
+    if band < g.oh && threads > 1 {
+        let fits = |p: usize| {
+            let b = rows_total.div_ceil(p.max(1));
+            (threads..=rows_total).contains(&p)
+                && b <= g.oh
+                && task(b) <= budget
+                && b * g.ow >= least.min(g.oh * g.ow)
+        };
+        let (down, up) = (
+            pieces / threads * threads,
+            pieces.div_ceil(threads) * threads,
+        );
+        let nearer_down = pieces - down < up - pieces;
+        pieces = match (fits(down), fits(up)) {
+            (true, true) if nearer_down => down,
+            (_, true) => up,
+            (true, false) => down,
+            _ => pieces,
+        };
+        band = rows_total.div_ceil(pieces);
+    }
     // Small whole images: several a task, up to TASK_POSITIONS, keeping
     // two tasks per thread, and at least `least` positions.
     let mut images = 1;
@@ -227,10 +262,13 @@ pub(super) fn plan_with<S: Packed>(
             images -= 1;
         }
     }
+    if band == g.oh {
+        pieces = s.n.div_ceil(images);
+    }
     // Too few of them for two tasks per thread: split the panels too. Still
     // too few (a 1-D convolution over a few long signals, whose tasks are
     // whole rows) go the NCHW way, which cuts rows.
-    let tasks = s.n.div_ceil(images) * g.oh.div_ceil(band);
+    let tasks = pieces;
     let panels = if threads > 1 && tasks < 2 * threads {
         (2 * threads).div_ceil(tasks).min(g.co_pad / S::NR)
     } else {
@@ -241,6 +279,7 @@ pub(super) fn plan_with<S: Packed>(
     }
     Some(Plan {
         band,
+        pieces,
         images,
         panels,
     })
@@ -258,25 +297,14 @@ pub(super) fn forward<S: Packed>(
     nhwc: bool,
 ) {
     let g = Geo::of::<S>(s);
-    let bands = g.oh.div_ceil(plan.band);
     let (band, per) = (plan.band, plan.images);
     let (np, ranges) = (g.co_pad / S::NR, plan.panels);
-    let tasks: Vec<(Range<usize>, Range<usize>, Range<usize>)> = (0..s.n.div_ceil(per))
-        .flat_map(|b| {
-            let images = b * per..((b + 1) * per).min(s.n);
-            (0..bands).flat_map(move |r| {
-                let rows = r * band..((r + 1) * band).min(g.oh);
-                let images = images.clone();
-                (0..ranges).map(move |q| {
-                    (
-                        images.clone(),
-                        rows.clone(),
-                        q * np / ranges..(q + 1) * np / ranges,
-                    )
-                })
-            })
+    let tasks: Vec<(Vec<Segment>, Range<usize>)> = segments(&g, s.n, plan)
+        .into_iter()
+        .flat_map(|piece| {
+            (0..ranges).map(move |q| (piece.clone(), q * np / ranges..(q + 1) * np / ranges))
         })
-        .filter(|t| !t.2.is_empty())
+        .filter(|t| !t.1.is_empty())
         .collect();
     let yp = SendPtr(y.as_mut_ptr());
     let wlen = g.depth() * g.co_pad;
@@ -284,27 +312,61 @@ pub(super) fn forward<S: Packed>(
         pack_weights::<S>(&g, w, wb);
         let wb: &[f32] = wb;
         let len = g.task_len::<S>(band, per);
-        tasks.into_par_iter().for_each(|(images, rows, panels)| {
+        tasks.into_par_iter().for_each(|(piece, panels)| {
             t.scratch(Slot::Task, len, |buf| {
-                let (input, out) = buf.split_at_mut(g.task_input_len::<S>(band, images.len()));
-                let task = Task {
-                    g: &g,
-                    x,
-                    wb,
-                    input,
-                    out,
-                    y: yp,
-                    images,
-                    rows,
-                    panels,
-                    nhwc,
-                };
-                // SAFETY: the instruction set is available (checked by the
-                // caller); this task alone writes its rows of its images.
-                unsafe { S::enter(task) }
+                let (input, out) = buf.split_at_mut(g.task_input_len::<S>(band, per));
+                for (images, rows) in piece {
+                    let task = Task {
+                        g: &g,
+                        x,
+                        wb,
+                        input: &mut *input,
+                        out: &mut *out,
+                        y: yp,
+                        images,
+                        rows,
+                        panels: panels.clone(),
+                        nhwc,
+                    };
+                    // SAFETY: the instruction set is available (checked by
+                    // the caller); this task alone writes its rows of its
+                    // images.
+                    unsafe { S::enter(task) }
+                }
             })
         });
     });
+}
+
+/// A band of output rows of a range of images (every row of several
+/// whole images, or some rows of one).
+type Segment = (Range<usize>, Range<usize>);
+
+/// The pieces of the plan, in order, each as the bands it computes one
+/// after another: groups of `images` whole images, or runs of the rows of
+/// all the images one image after another, cut into `pieces` nearly equal
+/// runs (of `band` rows or one fewer), a run crossing into the next image
+/// split at the boundary.
+fn segments(g: &Geo, n: usize, plan: Plan) -> Vec<Vec<Segment>> {
+    if plan.images > 1 {
+        return (0..plan.pieces)
+            .map(|b| vec![(b * plan.images..((b + 1) * plan.images).min(n), 0..g.oh)])
+            .collect();
+    }
+    (0..plan.pieces)
+        .map(|i| {
+            let run = split_range(n * g.oh, plan.pieces, i);
+            let mut at = run.start;
+            let mut bands = Vec::with_capacity(2);
+            while at < run.end {
+                let (image, r0) = (at / g.oh, at % g.oh);
+                let r1 = g.oh.min(r0 + run.end - at);
+                bands.push((image..image + 1, r0..r1));
+                at += r1 - r0;
+            }
+            bands
+        })
+        .collect()
 }
 
 /// Packs `w` (`co × c × kh × kw`) as `B` panels of `NR` output channels
@@ -847,6 +909,53 @@ mod tests {
             assert!(p.band == s.output[1] && p.images == s.n / 2, "{p:?}");
             let p = plan::<Avx512>(s, &t, 2).unwrap();
             assert!(p.images == s.n / 4, "{p:?}");
+        }
+    }
+
+    /// Every output row of every image is computed by exactly one band of
+    /// one piece, no band reaching past its image.
+    fn assert_covers(g: &Geo, n: usize, plan: Plan) {
+        let mut seen = vec![0u8; n * g.oh];
+        for piece in segments(g, n, plan) {
+            assert!(piece.len() <= 2 || plan.images > 1, "{plan:?}");
+            for (images, rows) in piece {
+                assert!(images.end <= n && rows.end <= g.oh && rows.len() <= plan.band);
+                for i in images {
+                    rows.clone().for_each(|r| seen[i * g.oh + r] += 1);
+                }
+            }
+        }
+        assert!(seen.iter().all(|&c| c == 1), "{plan:?}");
+    }
+
+    #[test]
+    fn implicit_forward_tasks_fill_whole_rounds() {
+        let t = Tuning::default();
+        // ResNet's 64-channel 3×3 layer at 56×56 in the chunks of a batch
+        // of 32, and the stem: at 16 threads the pieces are a multiple of
+        // the threads (cut image by image, a chunk of 7 gave 70 tasks).
+        for (c, k, hw, st, pad) in [(64, 3, 56, 1, 1), (3, 7, 224, 2, 3)] {
+            for n in [1, 4, 7, 9, 32] {
+                let s = shape2d(n, c, 64, 1, [hw, hw], [k, k], [pad, pad], [st, st], [1, 1]);
+                let g = Geo::of::<Avx2>(&s);
+                for threads in [2, 6, 16] {
+                    let p = plan::<Avx2>(&s, &t, threads).unwrap();
+                    assert_eq!(p.pieces % threads, 0, "n {n}, {threads} threads: {p:?}");
+                    assert_eq!(p.panels, 1, "{p:?}");
+                    assert_covers(&g, n, p);
+                }
+                // One thread: runs of about TASK_POSITIONS positions.
+                let p = plan::<Avx2>(&s, &t, 1).unwrap();
+                assert!(p.band * g.owv <= TASK_POSITIONS && 2 * p.band * g.owv > TASK_POSITIONS);
+                assert_covers(&g, n, p);
+            }
+        }
+        for s in shapes() {
+            for threads in [1, 2, 3, 16] {
+                if let Some(p) = plan::<Avx512>(&s, &t, threads) {
+                    assert_covers(&Geo::of::<Avx512>(&s), s.n, p);
+                }
+            }
         }
     }
 
