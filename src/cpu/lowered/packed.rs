@@ -728,12 +728,21 @@ pub(super) fn backward_weights<S: Packed>(
     let want = 4 * workers;
     let cols = balanced_cols(WEIGHTS_COLS, s.n * d.p, s.groups, want);
     let cols = image_cols(cols, d.p, d.m, budget - bblock);
-    let chunks = Chunk::cover(0..s.n, d.p, cols, 1);
-    let tasks: Vec<(usize, Chunk)> = (0..s.groups)
-        .flat_map(|g| chunks.iter().map(move |c| (g, *c)))
-        .collect();
+    let tasks: Vec<(usize, Chunk)> = if cols < d.p {
+        Vec::new()
+    } else {
+        let chunks = Chunk::cover(0..s.n, d.p, cols, 1);
+        (0..s.groups)
+            .flat_map(|g| chunks.iter().map(move |c| (g, *c)))
+            .collect()
+    };
     sum_over_workers(t, dw, workers, |wi, acc| {
-        for &(g, ch) in &tasks[split_range(tasks.len(), workers, wi)] {
+        let mine = if cols < d.p {
+            worker_chunks(s.n, d.p, cols, s.groups, workers, wi)
+        } else {
+            tasks[split_range(tasks.len(), workers, wi)].to_vec()
+        };
+        for &(g, ch) in &mine {
             let c = MatMut {
                 ptr: acc[g * d.m * d.k..].as_mut_ptr(),
                 rs: d.k,
@@ -742,6 +751,36 @@ pub(super) fn backward_weights<S: Packed>(
             weights_chunk::<S>(s, t, &d, x, dy, c, g, ch, 0..d.k, true, bblock, budget);
         }
     });
+}
+
+/// The chunks of worker `wi` of `workers` over `n` images of `p` positions,
+/// each group's in turn: the positions of all the images, one image after
+/// another, cut into one nearly equal run per worker, and each run's part
+/// of an image into chunks of at most `cols` (less than `p`). Cutting the
+/// images into chunks first and sharing the chunks out would leave whole
+/// chunks over: 7 images of 3136 positions in chunks of 343 are 70 chunks,
+/// and 16 workers would take 5 or 4 of them — the call as long as 5 for
+/// the work of 4.4.
+fn worker_chunks(
+    n: usize,
+    p: usize,
+    cols: usize,
+    groups: usize,
+    workers: usize,
+    wi: usize,
+) -> Vec<(usize, Chunk)> {
+    let run = split_range(n * p, workers, wi);
+    let mut chunks = Vec::new();
+    let mut at = run.start;
+    while at < run.end {
+        let (n0, p0) = (at / p, at % p);
+        let p1 = p.min(p0 + run.end - at);
+        chunks.extend(Chunk::cover_positions(n0, p0..p1, cols, 1));
+        at += p1 - p0;
+    }
+    (0..groups)
+        .flat_map(|g| chunks.iter().map(move |c| (g, *c)))
+        .collect()
 }
 
 /// How many column ranges per group a weight gradient is split into, each
@@ -1058,5 +1097,34 @@ mod tests {
         let (chunks, parts) = forward_plan::<Avx512>(&six, &d, 2, 1 << 22);
         assert_eq!(parts, 1);
         assert!(chunks.len() >= 4, "{chunks:?}");
+    }
+
+    #[test]
+    fn weight_gradient_workers_take_equal_shares_of_the_positions() {
+        // A chunk of 7 of ResNet's 56×56 images on 16 workers, in chunks of
+        // 343 positions; a batch of 32 on 2; two groups over odd sizes.
+        for (n, p, cols, groups, workers) in [
+            (7, 3136, 343, 1, 16),
+            (32, 3136, 1568, 1, 2),
+            (3, 50, 7, 2, 5),
+            (1, 9, 4, 1, 4),
+        ] {
+            let mut seen = vec![0u8; groups * n * p];
+            for wi in 0..workers {
+                let mine = worker_chunks(n, p, cols, groups, workers, wi);
+                let share: usize = mine.iter().map(|(_, c)| c.cols()).sum();
+                assert!(
+                    share.abs_diff(groups * n * p / workers) <= groups,
+                    "worker {wi}"
+                );
+                for (g, c) in mine {
+                    assert!(c.nimg == 1 && c.np <= cols && c.p0 + c.np <= p);
+                    for q in c.p0..c.p0 + c.np {
+                        seen[(g * n + c.n0) * p + q] += 1;
+                    }
+                }
+            }
+            assert!(seen.iter().all(|&k| k == 1), "{n} × {p} on {workers}");
+        }
     }
 }
