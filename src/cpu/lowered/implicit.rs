@@ -1,12 +1,13 @@
 //! The forward pass as an implicit GEMM over a channels-last copy of the
 //! input, on the packed GEMM's micro-kernel.
 //!
-//! Each task takes a run of output rows, or several whole small images,
-//! and where those are too few for the threads, a range of the panels of
-//! output channels. The runs cut the rows of all the images, one image
-//! after another, into a multiple of the thread count of nearly equal
-//! pieces, so that the tasks fill whole rounds of the threads; a run that
-//! crosses from one image into the next is computed as a band of each.
+//! Each task takes a band of output rows of one image, or several whole
+//! small images, and where those are too few for the threads, a range of
+//! the panels of output channels. Where bands within the images would
+//! leave the threads' last round part-filled (a chunk of a few images on
+//! many threads), the tasks are instead runs over the rows of all the
+//! images, one image after another, a multiple of the thread count of them;
+//! a run that crosses from one image into the next is a band of each.
 //!
 //! A band copies the input rows it reads into padded channels-last planes
 //! — one per phase of the vertical stride, rows `pitch = owv · stride_w`
@@ -66,9 +67,12 @@ const MAX_PARTS: usize = 64;
 pub(super) struct Plan {
     /// Most output rows of a task's run (a whole image where `images > 1`).
     band: usize,
-    /// Tasks the batch is cut into before the panels are split: runs of
-    /// rows where `images == 1`, groups of whole images otherwise.
+    /// Tasks the batch is cut into before the panels are split: bands or
+    /// runs of rows where `images == 1`, groups of whole images otherwise.
     pieces: usize,
+    /// The pieces are runs over the rows of all the images, one image after
+    /// another (else bands of `band` rows within each image).
+    across: bool,
     /// Whole images per task (more than one only where `band` is a whole
     /// image): a task's tiles run on across its images, so small images do
     /// not each end in a part-empty tile.
@@ -221,14 +225,21 @@ pub(super) fn plan_with<S: Packed>(
         }
         band = band.div_ceil(2);
     }
-    // Runs of rows over the whole batch: a multiple of the threads of them
-    // (the nearest to the runs of `band` rows that fits), so that a chunk of
-    // a few images does not end in a part-filled round of the threads (56
-    // rows of 7 images of 56 rows cut image by image into bands of 6 rows
-    // give 70 tasks, five rounds of 16 threads for 4.4 rounds' work).
+    // Where bands cut image by image leave the last round of the threads
+    // part-filled by more than a tenth (56 rows of 7 images in bands of 6
+    // rows are 70 tasks, five rounds of 16 threads for 4.4 rounds' work),
+    // runs of rows over the whole batch instead: a multiple of the threads
+    // of them (the nearest to the runs of `band` rows that fits). Elsewhere
+    // the bands stay within images: a run crossing into the next image is
+    // two shorter bands, each with its halo rows and last part-empty tile
+    // (10 % slower at 2 threads on ResNet's 64-channel layer at batch 8).
     let rows_total = s.n * g.oh;
-    let mut pieces = rows_total.div_ceil(band);
-    if band < g.oh && threads > 1 {
+    let mut pieces = s.n * g.oh.div_ceil(band);
+    let threads_n = threads.max(1);
+    let filled = pieces as f64 / (pieces.div_ceil(threads_n) * threads_n) as f64;
+    let mut across = false;
+    if band < g.oh && threads > 1 && filled < 0.9 {
+        pieces = rows_total.div_ceil(band);
         let fits = |p: usize| {
             let b = rows_total.div_ceil(p.max(1));
             (threads..=rows_total).contains(&p)
@@ -248,6 +259,7 @@ pub(super) fn plan_with<S: Packed>(
             _ => pieces,
         };
         band = rows_total.div_ceil(pieces);
+        across = true;
     }
     // Small whole images: several a task, up to TASK_POSITIONS, keeping
     // two tasks per thread, and at least `least` positions.
@@ -280,6 +292,7 @@ pub(super) fn plan_with<S: Packed>(
     Some(Plan {
         band,
         pieces,
+        across,
         images,
         panels,
     })
@@ -343,14 +356,26 @@ pub(super) fn forward<S: Packed>(
 type Segment = (Range<usize>, Range<usize>);
 
 /// The pieces of the plan, in order, each as the bands it computes one
-/// after another: groups of `images` whole images, or runs of the rows of
-/// all the images one image after another, cut into `pieces` nearly equal
-/// runs (of `band` rows or one fewer), a run crossing into the next image
-/// split at the boundary.
+/// after another: groups of `images` whole images; bands of `band` rows of
+/// each image; or, `across`, runs of the rows of all the images one image
+/// after another, cut into `pieces` nearly equal runs (of `band` rows or one
+/// fewer), a run crossing into the next image split at the boundary.
 fn segments(g: &Geo, n: usize, plan: Plan) -> Vec<Vec<Segment>> {
     if plan.images > 1 {
         return (0..plan.pieces)
             .map(|b| vec![(b * plan.images..((b + 1) * plan.images).min(n), 0..g.oh)])
+            .collect();
+    }
+    if !plan.across {
+        let bands = g.oh.div_ceil(plan.band);
+        return (0..n * bands)
+            .map(|i| {
+                let (image, r) = (i / bands, i % bands);
+                vec![(
+                    image..image + 1,
+                    r * plan.band..((r + 1) * plan.band).min(g.oh),
+                )]
+            })
             .collect();
     }
     (0..plan.pieces)
@@ -932,24 +957,41 @@ mod tests {
     fn implicit_forward_tasks_fill_whole_rounds() {
         let t = Tuning::default();
         // ResNet's 64-channel 3×3 layer at 56×56 in the chunks of a batch
-        // of 32, and the stem: at 16 threads the pieces are a multiple of
-        // the threads (cut image by image, a chunk of 7 gave 70 tasks).
+        // of 32, and the stem: the tasks fill at least nine tenths of their
+        // rounds of the threads.
         for (c, k, hw, st, pad) in [(64, 3, 56, 1, 1), (3, 7, 224, 2, 3)] {
             for n in [1, 4, 7, 9, 32] {
                 let s = shape2d(n, c, 64, 1, [hw, hw], [k, k], [pad, pad], [st, st], [1, 1]);
                 let g = Geo::of::<Avx2>(&s);
                 for threads in [2, 6, 16] {
                     let p = plan::<Avx2>(&s, &t, threads).unwrap();
-                    assert_eq!(p.pieces % threads, 0, "n {n}, {threads} threads: {p:?}");
+                    let rounds = p.pieces.div_ceil(threads);
+                    assert!(
+                        10 * p.pieces >= 9 * rounds * threads,
+                        "n {n}, {threads} threads: {p:?}"
+                    );
                     assert_eq!(p.panels, 1, "{p:?}");
                     assert_covers(&g, n, p);
                 }
-                // One thread: runs of about TASK_POSITIONS positions.
+                // One thread: bands of about TASK_POSITIONS positions.
                 let p = plan::<Avx2>(&s, &t, 1).unwrap();
                 assert!(p.band * g.owv <= TASK_POSITIONS && 2 * p.band * g.owv > TASK_POSITIONS);
+                assert!(!p.across);
                 assert_covers(&g, n, p);
             }
         }
+        // A chunk of 7 images at 16 threads: bands of 6 rows within each
+        // image would be 70 tasks; runs across the images make 64.
+        let seven = shape2d(7, 64, 64, 1, [56, 56], [3, 3], [1, 1], [1, 1], [1, 1]);
+        let p = plan::<Avx2>(&seven, &t, 16).unwrap();
+        assert!(p.across && p.pieces == 64, "{p:?}");
+        // Batch 8 at 2 threads fills its rounds with bands within images.
+        let eight = ConvShape { n: 8, ..seven };
+        let p = plan::<Avx2>(&eight, &t, 2).unwrap();
+        assert!(
+            !p.across && p.pieces == 8 * 56usize.div_ceil(p.band),
+            "{p:?}"
+        );
         for s in shapes() {
             for threads in [1, 2, 3, 16] {
                 if let Some(p) = plan::<Avx512>(&s, &t, threads) {
