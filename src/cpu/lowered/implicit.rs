@@ -902,6 +902,10 @@ mod tests {
             // one task of positions, its panels split among the threads
             // (300 channels, the last panel partial).
             shape2d(2, 480, 300, 1, [5, 5], [3, 3], [1, 1], [1, 1], [1, 1]),
+            // Two images of 9 rows in bands of 2 are 10 tasks, a last
+            // round of three threads one third full: 9 runs of 2 rows
+            // across the images instead, one of them crossing.
+            shape2d(2, 5, 7, 1, [9, 13], [3, 3], [1, 1], [1, 1], [1, 1]),
         ]
     }
 
@@ -917,6 +921,13 @@ mod tests {
                 check_against_reference(&s, &v, 23).unwrap();
             }
         }
+        // Runs across the images where bands would leave a round part-filled.
+        let across = shapes()[10];
+        let p = plan::<Avx2>(&across, &t, 3).unwrap();
+        assert!(p.across && p.pieces == 9 && p.band == 2, "{p:?}");
+        assert!(segments(&Geo::of::<Avx2>(&across), 2, p)
+            .iter()
+            .any(|r| r.len() == 2));
         // Several bands per image: every thread gets four tasks.
         let tall = shapes()[4];
         let p = plan::<Avx2>(&tall, &t, 3).unwrap();
