@@ -943,6 +943,9 @@ mod tests {
             // Large weights over small images: the implicit GEMM's tasks
             // split the panels of output channels.
             shape(2, 480, 300, 1, [5, 5], [3, 3], [1, 1], [1, 1], [1, 1]),
+            // At three threads, runs of rows across the two images, one
+            // crossing from the first into the second.
+            shape(2, 5, 7, 1, [9, 13], [3, 3], [1, 1], [1, 1], [1, 1]),
         ];
         let mut data = 0;
         for s in &shapes {
@@ -981,9 +984,9 @@ mod tests {
                 });
             }
         }
-        // Three stride-1 shapes have their input gradient as a forward pass
+        // Four stride-1 shapes have their input gradient as a forward pass
         // (the second of the list pads past its kernel's reach), on each pool.
-        assert_eq!(data, 3 * 2);
+        assert_eq!(data, 4 * 2);
         // Grouped layers are not taken; nor strided input gradients.
         let grouped = shape(2, 8, 8, 2, [9, 9], [3, 3], [1, 1], [1, 1], [1, 1]);
         assert!(!forward_applies(&grouped) && !backward_data_applies(&grouped));
