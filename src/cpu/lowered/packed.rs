@@ -728,19 +728,18 @@ pub(super) fn backward_weights<S: Packed>(
     let want = 4 * workers;
     let cols = balanced_cols(WEIGHTS_COLS, s.n * d.p, s.groups, want);
     let cols = image_cols(cols, d.p, d.m, budget - bblock);
-    let tasks: Vec<(usize, Chunk)> = if cols < d.p {
-        Vec::new()
-    } else {
+    // Whole images (several a chunk where they are small) are shared out as
+    // chunks; images larger than a chunk as equal runs of positions.
+    let whole_images: Option<Vec<(usize, Chunk)>> = (cols >= d.p).then(|| {
         let chunks = Chunk::cover(0..s.n, d.p, cols, 1);
         (0..s.groups)
             .flat_map(|g| chunks.iter().map(move |c| (g, *c)))
             .collect()
-    };
+    });
     sum_over_workers(t, dw, workers, |wi, acc| {
-        let mine = if cols < d.p {
-            worker_chunks(s.n, d.p, cols, s.groups, workers, wi)
-        } else {
-            tasks[split_range(tasks.len(), workers, wi)].to_vec()
+        let mine = match &whole_images {
+            Some(tasks) => tasks[split_range(tasks.len(), workers, wi)].to_vec(),
+            None => worker_chunks(s.n, d.p, cols, s.groups, workers, wi),
         };
         for &(g, ch) in &mine {
             let c = MatMut {
