@@ -11,8 +11,9 @@
 //!
 //! A band copies the input rows it reads into padded channels-last planes
 //! — one per phase of the vertical stride, rows `pitch = owv · stride_w`
-//! columns wide — so that output position `(r, ow)` of the band reads, for kernel row `kh`, the `kw_n · C` contiguous floats
-//! at `plane(kh) + (r·owv + ow) · stride_w · C`. The product is then
+//! columns wide — so that output position `(r, ow)` of the band reads, for
+//! kernel row `kh`, the `kw_n · C` contiguous floats at
+//! `plane(kh) + (r·owv + ow) · stride_w · C`. The product is then
 //! `C[q][co] = Σ A[q][(kh, kw, ci)] · B[(kh, kw, ci)][co]` over the task's
 //! positions `q`, with `A` read in place (the positions are its rows,
 //! broadcast by the micro-kernel from a row address each, so a tile runs
@@ -33,7 +34,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::cpu::packed_gemm::{tile_a_rows, ARows, Packed, WithPacked, MAX_MR};
-use crate::cpu::par::{split_range, SendPtr};
+use crate::cpu::par::{per_item, split_range, SendPtr};
 use crate::cpu::scratch::{Slot, Tuning};
 use crate::cpu::ConvShape;
 
@@ -231,8 +232,7 @@ pub(super) fn plan_with<S: Packed>(
     // runs of rows over the whole batch instead: a multiple of the threads
     // of them (the nearest to the runs of `band` rows that fits). Elsewhere
     // the bands stay within images: a run crossing into the next image is
-    // two shorter bands, each with its halo rows and last part-empty tile
-    // (10 % slower at 2 threads on ResNet's 64-channel layer at batch 8).
+    // two shorter bands, each with its halo rows and last part-empty tile.
     let rows_total = s.n * g.oh;
     let mut pieces = s.n * g.oh.div_ceil(band);
     let threads_n = threads.max(1);
@@ -380,16 +380,9 @@ fn segments(g: &Geo, n: usize, plan: Plan) -> Vec<Vec<Segment>> {
     }
     (0..plan.pieces)
         .map(|i| {
-            let run = split_range(n * g.oh, plan.pieces, i);
-            let mut at = run.start;
-            let mut bands = Vec::with_capacity(2);
-            while at < run.end {
-                let (image, r0) = (at / g.oh, at % g.oh);
-                let r1 = g.oh.min(r0 + run.end - at);
-                bands.push((image..image + 1, r0..r1));
-                at += r1 - r0;
-            }
-            bands
+            per_item(split_range(n * g.oh, plan.pieces, i), g.oh)
+                .map(|(image, rows)| (image..image + 1, rows))
+                .collect()
         })
         .collect()
 }

@@ -21,7 +21,7 @@ use crate::cpu::pack::{
 use crate::cpu::packed_gemm::{
     gemm, gemm_shifted, pack_a_whole, packed_a_len, ASource, PackB, Packed, PackedA,
 };
-use crate::cpu::par::{split_range, SendPtr};
+use crate::cpu::par::{per_item, split_range, SendPtr};
 use crate::cpu::scratch::{Slot, Tuning};
 use crate::cpu::ConvShape;
 
@@ -730,12 +730,8 @@ pub(super) fn backward_weights<S: Packed>(
     let cols = image_cols(cols, d.p, d.m, budget - bblock);
     // Whole images (several a chunk where they are small) are shared out as
     // chunks; images larger than a chunk as equal runs of positions.
-    let whole_images: Option<Vec<(usize, Chunk)>> = (cols >= d.p).then(|| {
-        let chunks = Chunk::cover(0..s.n, d.p, cols, 1);
-        (0..s.groups)
-            .flat_map(|g| chunks.iter().map(move |c| (g, *c)))
-            .collect()
-    });
+    let whole_images: Option<Vec<(usize, Chunk)>> =
+        (cols >= d.p).then(|| per_group(s.groups, &Chunk::cover(0..s.n, d.p, cols, 1)));
     sum_over_workers(t, dw, workers, |wi, acc| {
         let mine = match &whole_images {
             Some(tasks) => tasks[split_range(tasks.len(), workers, wi)].to_vec(),
@@ -768,15 +764,14 @@ fn worker_chunks(
     workers: usize,
     wi: usize,
 ) -> Vec<(usize, Chunk)> {
-    let run = split_range(n * p, workers, wi);
-    let mut chunks = Vec::new();
-    let mut at = run.start;
-    while at < run.end {
-        let (n0, p0) = (at / p, at % p);
-        let p1 = p.min(p0 + run.end - at);
-        chunks.extend(Chunk::cover_positions(n0, p0..p1, cols, 1));
-        at += p1 - p0;
-    }
+    let chunks: Vec<Chunk> = per_item(split_range(n * p, workers, wi), p)
+        .flat_map(|(n0, span)| Chunk::cover_positions(n0, span, cols, 1))
+        .collect();
+    per_group(groups, &chunks)
+}
+
+/// Every group's `(group, chunk)` task over `chunks`, group by group.
+fn per_group(groups: usize, chunks: &[Chunk]) -> Vec<(usize, Chunk)> {
     (0..groups)
         .flat_map(|g| chunks.iter().map(move |c| (g, *c)))
         .collect()
