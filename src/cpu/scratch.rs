@@ -130,19 +130,45 @@ thread_local! {
     static TASK: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
-static PARTIALS: Mutex<Vec<f32>> = Mutex::new(Vec::new());
-static WEIGHTS: Mutex<Vec<f32>> = Mutex::new(Vec::new());
+static PARTIALS: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+static WEIGHTS: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 
-/// A cached per-call buffer (a panic while it was held leaves it usable:
-/// its contents are never read before being written).
-fn cached(slot: &'static Mutex<Vec<f32>>) -> MutexGuard<'static, Vec<f32>> {
+/// Per-call buffers kept of each kind: one for each chunk of a pipelined call
+/// computed at once (`chunking::LIVE_CHUNKS`).
+const CACHED_PER_CALL: usize = 2;
+
+/// The cached per-call buffers of a kind (a panic while one was held leaves
+/// them usable: their contents are never read before being written).
+fn cached(slot: &'static Mutex<Vec<Vec<f32>>>) -> MutexGuard<'static, Vec<Vec<f32>>> {
     slot.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Takes the cached buffer best suited to `len` floats: the smallest that
+/// holds them, else the largest (grown by the caller).
+fn take_cached(slot: &'static Mutex<Vec<Vec<f32>>>, len: usize) -> Vec<f32> {
+    let mut c = cached(slot);
+    let fit = (0..c.len())
+        .filter(|&i| c[i].len() >= len)
+        .min_by_key(|&i| c[i].len())
+        .or_else(|| (0..c.len()).max_by_key(|&i| c[i].len()));
+    fit.map(|i| c.swap_remove(i)).unwrap_or_default()
+}
+
+/// Returns a per-call buffer to the cache, which keeps the largest
+/// [`CACHED_PER_CALL`].
+fn give_back(slot: &'static Mutex<Vec<Vec<f32>>>, buf: Vec<f32>) {
+    let mut c = cached(slot);
+    c.push(buf);
+    if c.len() > CACHED_PER_CALL {
+        let smallest = (0..c.len()).min_by_key(|&i| c[i].len()).expect("not empty");
+        c.swap_remove(smallest);
+    }
 }
 
 /// Runs `f` on a cached buffer of `len` floats with unspecified contents
 /// (callers write before they read). The buffer is kept for the next call; a
-/// nested or concurrent borrow of the same slot gets a fresh buffer instead
-/// of aliasing.
+/// nested borrow of a task buffer, or more concurrent borrows of a per-call
+/// one than are cached, get a fresh buffer instead of aliasing.
 fn with_scratch<R>(slot: Slot, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     let shared = match slot {
         Slot::Task => None,
@@ -151,7 +177,7 @@ fn with_scratch<R>(slot: Slot, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R
     };
     let mut buf = match shared {
         None => TASK.with(Cell::take),
-        Some(m) => std::mem::take(&mut *cached(m)),
+        Some(m) => take_cached(m, len),
     };
     if buf.len() < len {
         buf.resize(len, 0.0);
@@ -159,13 +185,7 @@ fn with_scratch<R>(slot: Slot, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R
     let r = f(&mut buf[..len]);
     match shared {
         None => TASK.with(|c| c.set(buf)),
-        Some(m) => {
-            // Keep one buffer, the larger, if another call returned first.
-            let mut cached = cached(m);
-            if cached.len() < buf.len() {
-                *cached = buf;
-            }
-        }
+        Some(m) => give_back(m, buf),
     }
     r
 }
@@ -173,8 +193,8 @@ fn with_scratch<R>(slot: Slot, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R
 /// Frees this thread's cached task buffer and the per-call buffers.
 pub(crate) fn release_thread() {
     TASK.with(Cell::take);
-    std::mem::take(&mut *cached(&PARTIALS));
-    std::mem::take(&mut *cached(&WEIGHTS));
+    cached(&PARTIALS).clear();
+    cached(&WEIGHTS).clear();
 }
 
 #[cfg(test)]
@@ -199,5 +219,28 @@ mod tests {
                 .unwrap()
         });
         assert!(handed_over, "each thread kept its own per-call buffer");
+    }
+
+    /// Two calls computed at once (two chunks of a pipelined call) each get a
+    /// cached per-call buffer, not a fresh one for the second. Other tests
+    /// borrow the same buffers concurrently, so it is tried several times.
+    #[test]
+    fn two_concurrent_per_call_buffers_are_both_kept() {
+        const LEN: usize = 1 << 15;
+        let kept = (0..50).any(|_| {
+            with_scratch(Slot::Weights, LEN, |a| {
+                a.fill(1.0);
+                with_scratch(Slot::Weights, LEN, |b| b.fill(2.0));
+            });
+            // Fresh buffers would be zero-filled.
+            with_scratch(Slot::Weights, LEN, |a| {
+                with_scratch(Slot::Weights, LEN, |b| {
+                    let mut got = [a[LEN - 1], b[LEN - 1]];
+                    got.sort_by(f32::total_cmp);
+                    got == [1.0, 2.0]
+                })
+            })
+        });
+        assert!(kept, "only one per-call buffer was kept");
     }
 }
