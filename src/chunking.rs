@@ -89,8 +89,14 @@ const CHUNK_OVERHEAD_S: f64 = 30e-6;
 /// Speed at which the engine re-reads the weights (packing, partial sums) per chunk.
 const WEIGHT_BYTES_PER_S: f64 = 8e9;
 
+/// Chunks computed at once: a chunk's work starts while the one before it ends, so
+/// that the engine's threads never wait at a chunk's end (each holds its work buffers).
+pub const LIVE_CHUNKS: usize = 2;
+
 fn footprint(i: &PlanInput, chunk: usize, slots: usize) -> usize {
-    i.whole_bytes + slots * chunk * i.staged_per_sample + chunk * i.work_per_sample
+    i.whole_bytes
+        + slots * chunk * i.staged_per_sample
+        + slots.min(LIVE_CHUNKS) * chunk * i.work_per_sample
 }
 
 /// The number of chunks the cost model prefers.
@@ -148,7 +154,7 @@ pub fn plan(i: &PlanInput) -> Plan {
     };
     loop {
         let chunks = ranges(n, size, small_first);
-        let fixed = i.whole_bytes + size * i.work_per_sample;
+        let fixed = i.whole_bytes + LIVE_CHUNKS.min(chunks.len()) * size * i.work_per_sample;
         let per_slot = size * i.staged_per_sample;
         let room = i.cap.saturating_sub(fixed) / per_slot.max(1);
         let slots = room

@@ -1,6 +1,6 @@
 //! Running one decoded call on the CPU. A convolution is cut into chunks of the batch
 //! (`chunking`) whose copies to the host, computation and copies back overlap, ordered
-//! on the handle's stream; packed fp32 is computed straight from and into the staging
+//! on the handle's stream, the chunks computed as tasks of the pool (`overlap`); packed fp32 is computed straight from and into the staging
 //! buffers, other dtypes and layouts are converted in parallel (`convert`) into reused
 //! work buffers (`host_mem`). Input rows a strided kernel one row tall never reads stay
 //! on the device (`skipped_rows`). Bias and batch-norm calls are copied in whole,
@@ -21,10 +21,11 @@ use crate::ffi::hip::hipStream_t;
 use crate::ffi::miopen::*;
 use crate::host_mem::WorkBuf;
 use crate::layout::{DType, Layout5};
+use crate::overlap::{sum_parts, Sink, Staging};
 use crate::runtime::Runtime;
 use crate::skipped_rows::{self, RowCopy};
 use crate::stats::CallRecord;
-use crate::transfer::{Event, Transfers};
+use crate::transfer::Transfers;
 use rayon::prelude::*;
 
 /// Device pointers of a convolution call in the call's own roles, as `conv_problem`
@@ -62,7 +63,7 @@ pub fn scalars(alpha: *const c_void, beta: *const c_void) -> ShimResult<(f32, f3
     Ok(unsafe { (*(alpha as *const f32), *(beta as *const f32)) })
 }
 
-fn bytes_of(l: &Layout5, dtype: DType) -> usize {
+pub(crate) fn bytes_of(l: &Layout5, dtype: DType) -> usize {
     l.span() * dtype.size()
 }
 
@@ -89,21 +90,44 @@ pub struct Phases {
     pub store: Duration,
 }
 
+impl Phases {
+    pub(crate) fn add(&mut self, o: &Phases) {
+        self.convert += o.convert;
+        self.engine += o.engine;
+        self.store += o.store;
+    }
+
+    /// Each phase scaled by `num / den` (phases of chunks computed at once, counted
+    /// by the time the pool was busy with them).
+    pub(crate) fn scaled(&self, num: Duration, den: Duration) -> Phases {
+        if den.is_zero() || num >= den {
+            return *self;
+        }
+        let f = num.as_secs_f64() / den.as_secs_f64();
+        let s = |d: Duration| d.mul_f64(f);
+        Phases {
+            convert: s(self.convert),
+            engine: s(self.engine),
+            store: s(self.store),
+        }
+    }
+}
+
 /// One operand of the pass in the regular-convolution form.
 #[derive(Clone, Copy)]
-struct Operand {
-    ptr: *mut c_void,
-    layout: Layout5,
+pub(crate) struct Operand {
+    pub ptr: *mut c_void,
+    pub layout: Layout5,
     /// Cut along the batch with the chunks (x and y are; weights are not).
-    batched: bool,
+    pub batched: bool,
     /// Only these rows of it cross the link (`layout` is then their packed host form).
-    rows: Option<RowCopy>,
+    pub rows: Option<RowCopy>,
 }
 
 impl Operand {
     /// Device address of sample `n`, where samples `r` of the host form start at byte
     /// `host_off`.
-    fn device_at(&self, n: usize, host_off: usize) -> *mut c_void {
+    pub fn device_at(&self, n: usize, host_off: usize) -> *mut c_void {
         let off = self.rows.map_or(host_off, |rc| rc.offset(n));
         // SAFETY (pointer arithmetic only): sample `n` lies inside the tensor.
         unsafe { (self.ptr as *mut u8).add(off) as *mut c_void }
@@ -144,7 +168,7 @@ fn chunk_layout(l: &Layout5, r: &Range<usize>) -> Layout5 {
 }
 
 /// Byte offset and length of samples `r` of `l` (their span).
-fn chunk_span(l: &Layout5, r: &Range<usize>, dt: DType) -> (usize, usize) {
+pub(crate) fn chunk_span(l: &Layout5, r: &Range<usize>, dt: DType) -> (usize, usize) {
     (
         r.start * l.strides[0] * dt.size(),
         bytes_of(&chunk_layout(l, r), dt),
@@ -159,7 +183,7 @@ fn separable(l: &Layout5) -> bool {
 
 /// What a convolution call computes on the host, independent of where its bytes come
 /// from: the problem, MIOpen's blend and a fused plan's epilogue.
-struct HostConv<'a> {
+pub(crate) struct HostConv<'a> {
     p: &'a ConvProblem,
     blend: Blend,
     epilogue: Option<&'a (dyn Fn(&mut [f32]) + Sync)>,
@@ -280,7 +304,7 @@ impl HostConv<'_> {
     /// Computes samples `r` and stores the result, blended, into `out` (the bytes of
     /// the output's span for those samples, holding the old output where it is read).
     /// A weight gradient computed in one piece is stored the same way (`r` = the batch).
-    fn compute_store(
+    pub(crate) fn compute_store(
         &self,
         r: &Range<usize>,
         a: &[u8],
@@ -347,7 +371,7 @@ impl HostConv<'_> {
     }
 
     /// Adds the weight gradient of samples `r` to `acc` (or sets it, for the first).
-    fn accumulate(
+    pub(crate) fn accumulate(
         &self,
         r: &Range<usize>,
         a: &[u8],
@@ -581,12 +605,14 @@ fn call_plan(
 ///
 /// The batch is cut into chunks (see [`chunking`]): every chunk's inputs are queued for
 /// copying to the host up front, as far as the staging in flight allows; each chunk is
-/// computed as soon as its copies are done, and its result queued for copying back
-/// while the next one computes. Downloads are ordered on the handle's stream, one event
+/// a task of the pool that starts as soon as its copies are done, the next one's work
+/// taken up as the current one's runs out (see [`crate::overlap`]), and its result is
+/// queued for copying back while the next ones compute. Downloads are ordered on the handle's stream, one event
 /// per chunk; uploads go on a stream of the shim's own where the runtime allows (so
 /// both directions of the link are busy at once), and a staging slot is reused only
-/// after its upload has left. A weight gradient sums over the chunks and is copied back
-/// at the end. When a failure stops the call after some chunks' results were queued,
+/// after its upload has left. A weight gradient sums the chunks' parts (each chunk its
+/// own where the memory cap allows, else one after another) and is copied back at the
+/// end. When a failure stops the call after some chunks' results were queued,
 /// the error says which samples of the output may have been written.
 pub fn run_conv_fused(
     rt: &'static Runtime,
@@ -670,141 +696,121 @@ pub fn run_conv_fused(
             slots(&b, &mut tr)?,
             slots(&out, &mut tr)?,
         );
-        let enqueue = |tr: &mut Transfers, i: usize| -> ShimResult<Event> {
-            let r = &plan.chunks[i];
-            let s = i % plan.slots;
-            for (o, slot, read) in [(&a, &sa, true), (&b, &sb, true), (&out, &so, read_out)] {
-                if o.batched && read {
-                    let (off, len) = chunk_span(&o.layout, r, dt);
-                    let src = o.device_at(r.start, off);
-                    match o.rows {
-                        Some(rc) => {
-                            tr.download_rows_into(slot[s], src, (rc.width, rc.pitch), len)?
-                        }
-                        None => tr.download_into(slot[s], src, len)?,
-                    }
-                }
-            }
-            tr.record()
+        let staging = Staging {
+            plan: &plan,
+            ops: [a, b, out],
+            slots: [&sa, &sb, &so],
+            b_whole,
+            dt,
+            read_out,
         };
         // Results go back on a stream of their own while inputs still come in.
         if k > 1 && out.batched {
             tr.with_side();
         }
         let mut events = Vec::with_capacity(k);
-        let mut uploaded = Vec::with_capacity(k);
         for i in 0..plan.slots.min(k) {
-            events.push(enqueue(&mut tr, i)?);
+            events.push(staging.enqueue(&mut tr, i)?);
         }
         let mut ph = Phases::default();
-        let mut bias_vals: Option<WorkBuf> = None;
-        let mut acc: Option<WorkBuf> = None;
         let mut wait_in = Duration::ZERO;
+        // A fused bias was queued before the first chunk: ready when its event is.
+        let mut bias_vals: Option<WorkBuf> = None;
+        if let (Some(bias), Some(buf)) = (fused_bias, bias_buf) {
+            let t = tr.wait_time;
+            tr.wait(events[0])?;
+            wait_in += tr.wait_time - t;
+            let bytes = tr.bytes(buf);
+            let lb = bias.layout;
+            let v = timed(&mut ph.convert, || {
+                pool.install(|| f32_input(bytes, dt, &lb, "the fused bias"))
+            })?;
+            let mut owned = WorkBuf::new(v.len(), "the fused bias")?;
+            owned.copy_from_slice(&v);
+            bias_vals = Some(owned);
+        }
+        let activation = fused.and_then(|f| f.activation);
+        let lo = out.layout;
+        let bias_ref = bias_vals.as_deref();
+        let epilogue = |res: &mut [f32]| {
+            if let Some(bias) = bias_ref {
+                let plane = lo.dims[2] * lo.dims[3] * lo.dims[4];
+                let c = lo.dims[1];
+                res.par_chunks_mut(plane)
+                    .enumerate()
+                    .for_each(|(j, ch)| ch.iter_mut().for_each(|v| *v += bias[j % c]));
+            }
+            if let Some(act) = activation {
+                act.apply_all(res);
+            }
+        };
+        let host = HostConv::new(
+            p,
+            Blend { alpha, beta },
+            fused.map(|_| &epilogue as &(dyn Fn(&mut [f32]) + Sync)),
+        );
+        if out.batched {
+            let (chunk_ph, waited) = staging.compute_overlapped(
+                &mut tr,
+                &pool,
+                &host,
+                events,
+                Sink::Upload,
+                &mut written,
+            )?;
+            ph.add(&chunk_ph);
+            wait_in += waited;
+            return Ok((ph, wait_in));
+        }
+        // A weight gradient: the chunks' parts summed, stored once at the end.
+        let ob_idx = out_whole.expect("whole output staged");
+        let wlen = out.layout.numel();
+        let cap = rt.config.call_memory_mib << 20;
+        if k > 1 && (k - 2) * wlen * 4 <= cap / 4 {
+            // A part for each chunk, so that the chunks are computed at once too.
+            let mut parts = (0..k)
+                .map(|_| WorkBuf::new(wlen, "a weight-gradient part"))
+                .collect::<ShimResult<Vec<_>>>()?;
+            let sink = Sink::Parts(parts.iter_mut().map(|b| Some(&mut b[..])).collect());
+            let (chunk_ph, waited) =
+                staging.compute_overlapped(&mut tr, &pool, &host, events, sink, &mut written)?;
+            ph.add(&chunk_ph);
+            wait_in += waited;
+            let (sum, rest) = parts.split_first_mut().expect("k > 1");
+            timed(&mut ph.store, || pool.install(|| sum_parts(sum, rest)));
+            let ob = tr.bytes_mut(ob_idx);
+            pool.install(|| host.store(sum, &lo, ob, &mut ph))?;
+            tr.upload(out.ptr, ob_idx)?;
+            return Ok((ph, wait_in));
+        }
+        let mut acc: Option<WorkBuf> = None;
         for i in 0..k {
             let t = tr.wait_time;
             tr.wait(events[i])?;
             wait_in += tr.wait_time - t;
-            if i == 0 {
-                if let (Some(bias), Some(buf)) = (fused_bias, bias_buf) {
-                    let bytes = tr.bytes(buf);
-                    let lb = bias.layout;
-                    let v = timed(&mut ph.convert, || {
-                        pool.install(|| f32_input(bytes, dt, &lb, "the fused bias"))
-                    })?;
-                    let mut owned = WorkBuf::new(v.len(), "the fused bias")?;
-                    owned.copy_from_slice(&v);
-                    bias_vals = Some(owned);
-                }
-            }
-            let activation = fused.and_then(|f| f.activation);
-            let lo = out.layout;
-            let bias_ref = bias_vals.as_deref();
-            let epilogue = |res: &mut [f32]| {
-                if let Some(bias) = bias_ref {
-                    let plane = lo.dims[2] * lo.dims[3] * lo.dims[4];
-                    let c = lo.dims[1];
-                    res.par_chunks_mut(plane)
-                        .enumerate()
-                        .for_each(|(j, ch)| ch.iter_mut().for_each(|v| *v += bias[j % c]));
-                }
-                if let Some(act) = activation {
-                    act.apply_all(res);
-                }
-            };
-            let host = HostConv::new(
-                p,
-                Blend { alpha, beta },
-                fused.map(|_| &epilogue as &(dyn Fn(&mut [f32]) + Sync)),
-            );
             let r = plan.chunks[i].clone();
             let s = i % plan.slots;
             let a_len = chunk_span(&a.layout, &r, dt).1;
-            if let Some(left) = i.checked_sub(plan.slots).and_then(|j| uploaded[j]) {
-                // The slot's last result must have left before this one overwrites it.
-                let t = tr.wait_time;
-                tr.wait(left)?;
-                wait_in += tr.wait_time - t;
-            }
-            if out.batched {
-                let (o_off, o_len) = chunk_span(&out.layout, &r, dt);
-                let b_idx = b_whole.unwrap_or_else(|| sb[s]);
-                let b_len = if b.batched {
-                    chunk_span(&b.layout, &r, dt).1
-                } else {
-                    bytes_of(&b.layout, dt)
-                };
-                let dst = out.device_at(r.start, o_off);
-                if let Some(rc) = out.rows {
-                    // The rows between those computed are zero (beta is 0), zeroed on
-                    // the device while this chunk computes.
-                    written = r.end;
-                    // SAFETY (pointer arithmetic only): inside the chunk's samples.
-                    let gaps = unsafe { (dst as *mut u8).add(rc.width) } as *mut c_void;
-                    tr.zero_rows(gaps, (rc.pitch - rc.width, rc.pitch), r.len() * rc.rows)?;
-                }
-                let ([ab, bb], [ob]) = tr.views([sa[s], b_idx], [so[s]]);
-                pool.install(|| {
-                    host.compute_store(&r, &ab[..a_len], &bb[..b_len], &mut ob[..o_len], &mut ph)
-                })?;
-                match out.rows {
-                    Some(rc) => tr.upload_rows_from(dst, so[s], (rc.width, rc.pitch), o_len)?,
-                    None => tr.upload_from(dst, so[s], o_len)?,
-                }
-                written = r.end;
-                // Uploads on their own stream: the slot is reused only after this one left.
-                let reused = tr.has_side() && i + plan.slots < k;
-                uploaded.push(reused.then(|| tr.record_upload()).transpose()?);
+            let b_len = chunk_span(&b.layout, &r, dt).1;
+            if k == 1 {
+                let ([ab, bb], [ob]) = tr.views([sa[s], sb[s]], [ob_idx]);
+                pool.install(|| host.compute_store(&r, &ab[..a_len], &bb[..b_len], ob, &mut ph))?;
             } else {
-                uploaded.push(None);
-                let ob_idx = out_whole.expect("whole output staged");
-                let b_len = chunk_span(&b.layout, &r, dt).1;
-                if k == 1 {
-                    let ([ab, bb], [ob]) = tr.views([sa[s], sb[s]], [ob_idx]);
-                    pool.install(|| {
-                        host.compute_store(&r, &ab[..a_len], &bb[..b_len], ob, &mut ph)
-                    })?;
-                } else {
-                    if acc.is_none() {
-                        acc = Some(WorkBuf::new(out.layout.numel(), "the weight gradient")?);
-                    }
-                    let sum = acc.as_mut().expect("allocated above");
-                    let ([ab, bb], []) = tr.views([sa[s], sb[s]], []);
-                    pool.install(|| {
-                        host.accumulate(&r, &ab[..a_len], &bb[..b_len], sum, i == 0, &mut ph)
-                    })?;
-                    if i + 1 == k {
-                        let lo = out.layout;
-                        let ob = tr.bytes_mut(ob_idx);
-                        pool.install(|| host.store(sum, &lo, ob, &mut ph))?;
-                    }
+                if acc.is_none() {
+                    acc = Some(WorkBuf::new(out.layout.numel(), "the weight gradient")?);
+                }
+                let sum = acc.as_mut().expect("allocated above");
+                let ([ab, bb], []) = tr.views([sa[s], sb[s]], []);
+                pool.install(|| {
+                    host.accumulate(&r, &ab[..a_len], &bb[..b_len], sum, i == 0, &mut ph)
+                })?;
+                if i + 1 == k {
+                    let ob = tr.bytes_mut(ob_idx);
+                    pool.install(|| host.store(sum, &lo, ob, &mut ph))?;
                 }
             }
             if i + plan.slots < k {
-                if let (Some(left), true) = (uploaded[i], read_out) {
-                    // The old output lands in the slot this chunk's result leaves from.
-                    tr.order_after(left)?;
-                }
-                events.push(enqueue(&mut tr, i + plan.slots)?);
+                events.push(staging.enqueue(&mut tr, i + plan.slots)?);
             }
         }
         if let Some(ob) = out_whole {

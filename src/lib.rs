@@ -31,6 +31,7 @@ pub mod intercept;
 pub mod json;
 pub mod layout;
 pub mod log;
+pub mod overlap;
 pub mod plan_tuner;
 pub mod probe;
 pub mod profile;

@@ -159,6 +159,74 @@ impl Drop for HostBuffer {
 /// A recorded point in the stream: everything queued before it is done once it is.
 #[derive(Clone, Copy)]
 pub struct Event(hipEvent_t);
+// SAFETY: an event handle is an opaque token of the runtime, whose calls are
+// thread-safe; it stays alive (owned by its `Transfers`) until the streams are idle.
+unsafe impl Send for Event {}
+// SAFETY: as above.
+unsafe impl Sync for Event {}
+
+/// Waits for events from any thread (a chunk's task on the pool waits for its own
+/// copies); the events must belong to a `Transfers` that outlives the wait.
+#[derive(Clone, Copy)]
+pub struct Waiter(&'static Hip);
+
+impl Waiter {
+    /// Blocks until everything queued before `ev` was recorded is done; returns how long
+    /// it blocked. An event without a record (the runtime has none) is already done:
+    /// the owner synchronizes the stream instead.
+    pub fn wait(&self, ev: Event) -> ShimResult<Duration> {
+        let Some(sync) = self.0.hipEventSynchronize.filter(|_| !ev.0.is_null()) else {
+            return Ok(Duration::ZERO);
+        };
+        let t = Instant::now();
+        // SAFETY: an event recorded by a live `Transfers`.
+        let e = unsafe { sync(ev.0) };
+        let waited = t.elapsed();
+        if e == hipSuccess {
+            Ok(waited)
+        } else {
+            Err(ShimError::internal(format!(
+                "hipEventSynchronize failed: {}",
+                self.0.error_text(e)
+            )))
+        }
+    }
+}
+
+/// A staging buffer's memory as a raw range, for a task on another thread that reads
+/// or writes it while the owning `Transfers` queues copies of other buffers.
+#[derive(Clone, Copy)]
+pub struct RawBuf {
+    ptr: *mut u8,
+    len: usize,
+}
+// SAFETY: plain host memory; who may touch it when is the users' contract (`slice`).
+unsafe impl Send for RawBuf {}
+// SAFETY: as above.
+unsafe impl Sync for RawBuf {}
+
+impl RawBuf {
+    /// The first `len` bytes.
+    ///
+    /// # Safety
+    /// The owning `Transfers` is alive, no copy into the buffer is queued or running,
+    /// and nothing writes the bytes while the slice lives.
+    pub unsafe fn slice<'a>(&self, len: usize) -> &'a [u8] {
+        assert!(len <= self.len);
+        std::slice::from_raw_parts(self.ptr, len)
+    }
+
+    /// The first `len` bytes, exclusively.
+    ///
+    /// # Safety
+    /// As [`RawBuf::slice`], and nothing else reads or writes the bytes (no copy out
+    /// of the buffer either) while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice_mut<'a>(&self, len: usize) -> &'a mut [u8] {
+        assert!(len <= self.len);
+        std::slice::from_raw_parts_mut(self.ptr, len)
+    }
+}
 
 /// Events kept for reuse across calls (creating one costs a runtime call).
 static EVENT_CACHE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
@@ -297,6 +365,20 @@ impl Transfers {
                 write.map(|w| (*bufs.add(w)).as_mut_slice()),
             )
         }
+    }
+
+    /// Staging buffer `buf` as a raw range for a task on another thread.
+    pub fn raw(&mut self, buf: usize) -> RawBuf {
+        let len = self.buffers[buf].len;
+        RawBuf {
+            ptr: self.buffers[buf].base(),
+            len,
+        }
+    }
+
+    /// A waiter for this call's events, usable from other threads.
+    pub fn waiter(&self) -> Waiter {
+        Waiter(self.hip)
     }
 
     /// Queues a copy of `len` bytes at device address `src` into a new staging buffer and
