@@ -99,13 +99,20 @@ fn footprint(i: &PlanInput, chunk: usize, slots: usize) -> usize {
         + slots.min(LIVE_CHUNKS) * chunk * i.work_per_sample
 }
 
+/// The cost model's seconds of a call's copies over the link and of its engine.
+pub fn model_seconds(copy_bytes: usize, flops: f64, threads: usize) -> (f64, f64) {
+    (
+        copy_bytes as f64 / LINK_BYTES_PER_S,
+        flops / (threads.max(1) as f64 * ENGINE_FLOPS_PER_THREAD),
+    )
+}
+
 /// The number of chunks the cost model prefers.
 pub fn preferred_chunks(i: &PlanInput) -> usize {
     if !i.can_overlap || i.n <= 1 {
         return 1;
     }
-    let copy = i.copy_bytes as f64 / LINK_BYTES_PER_S;
-    let engine = i.flops / (i.threads.max(1) as f64 * ENGINE_FLOPS_PER_THREAD);
+    let (copy, engine) = model_seconds(i.copy_bytes, i.flops, i.threads);
     let weight_reads = if i.weight_gradient {
         i.threads.max(1) as f64 + 1.0
     } else {
@@ -119,7 +126,7 @@ pub fn preferred_chunks(i: &PlanInput) -> usize {
 
 /// Ranges of `n` samples in chunks of `size`, the first one half as large when
 /// `small_first` (and there is more than one).
-fn ranges(n: usize, size: usize, small_first: bool) -> Vec<Range<usize>> {
+pub(crate) fn ranges(n: usize, size: usize, small_first: bool) -> Vec<Range<usize>> {
     let size = size.clamp(1, n.max(1));
     let mut out = Vec::new();
     let mut at = 0;

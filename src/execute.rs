@@ -648,17 +648,47 @@ pub fn run_conv_fused(
     let read_out = beta != 0.0 || !out.layout.is_dense();
     let fused_bias = fused.and_then(|f| f.bias.as_ref());
     let bias_bytes = fused_bias.map_or(0, |b| bytes_of(&b.layout, dt));
-    let (plan, trial) = call_plan(
-        rt,
+    // A forward pass the engine can run gated is one call over the whole batch.
+    let gated = crate::overlap::gated_pieces(
         p,
-        &ops,
-        (read_out, fused.is_some()),
-        bias_bytes,
+        [&a, &b, &out],
+        (alpha, beta, fused.is_some()),
+        (rt.config.chunks, rt.config.threads),
         tr.can_pipeline(),
     );
+    let (plan, trial) = match &gated {
+        Some(pieces) => (
+            chunking::Plan {
+                chunks: pieces.clone(),
+                slots: pieces.len(),
+                over_cap: None,
+            },
+            None,
+        ),
+        None => call_plan(
+            rt,
+            p,
+            &ops,
+            (read_out, fused.is_some()),
+            bias_bytes,
+            tr.can_pipeline(),
+        ),
+    };
     let k = plan.chunks.len();
     let mut written = 0usize;
     let result = (|| -> ShimResult<(Phases, Duration)> {
+        if let Some(pieces) = &gated {
+            let w_buf = tr.download(b.ptr, bytes_of(&b.layout, dt))?;
+            return crate::overlap::forward_gated(
+                &mut tr,
+                &pool,
+                p,
+                [&a, &b, &out],
+                w_buf,
+                pieces,
+                &mut written,
+            );
+        }
         // Whole tensors first: they are ready when the first chunk's event is.
         let whole = |tr: &mut Transfers, o: &Operand, read: bool| -> ShimResult<Option<usize>> {
             if o.batched {
@@ -862,6 +892,7 @@ pub fn run_conv_fused(
         chunks: k as u32,
         slots: plan.slots as u32,
         row_step: skipped.as_ref().map_or(1, |s| s.copy.step() as u32),
+        gated: gated.is_some(),
     })
 }
 
@@ -1048,11 +1079,12 @@ pub fn run_backward_bias(
 pub fn timing_line(p: &ConvProblem, r: &CallRecord) -> String {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     format!(
-        "{:.3} ms ({:.1} GFLOP/s) chunks={} in_flight={}{}: engine {:.3} ms ({:.1} GFLOP/s) convert {:.3} ms store {:.3} ms waiting for inputs {:.3} ms for results {:.3} ms queueing {:.3} ms; {} B in, {} B out",
+        "{:.3} ms ({:.1} GFLOP/s) chunks={} in_flight={}{}{}: engine {:.3} ms ({:.1} GFLOP/s) convert {:.3} ms store {:.3} ms waiting for inputs {:.3} ms for results {:.3} ms queueing {:.3} ms; {} B in, {} B out",
         ms(r.total),
         gflops(&p.shape, r.total.as_secs_f64()),
         r.chunks,
         r.slots,
+        if r.gated { " gated" } else { "" },
         if r.row_step > 1 {
             format!(" input_rows=1/{}", r.row_step)
         } else {

@@ -55,6 +55,9 @@ pub struct CallRecord {
     pub slots: u32,
     /// One input row in this many crossed the link (`skipped_rows`); 0 or 1: all.
     pub row_step: u32,
+    /// One engine call over the whole batch, gated by the chunks' copies
+    /// (`overlap::forward_gated`).
+    pub gated: bool,
 }
 
 pub struct Stats {

@@ -267,7 +267,8 @@ fn side_stream(hip: &Hip, stream: hipStream_t) -> Option<hipStream_t> {
 ///
 /// The staging buffers belong to the `Transfers`, so none is released while a copy
 /// into or out of it may still be queued: dropping a `Transfers` with copies in flight
-/// waits for the stream first.
+/// waits for the stream first. A `Transfers` may be handed to (or, behind a lock,
+/// shared with) the pool's threads: HIP's calls are thread-safe.
 pub struct Transfers {
     hip: &'static Hip,
     stream: hipStream_t,
@@ -283,6 +284,10 @@ pub struct Transfers {
     /// Time spent blocked in `wait` and `sync`.
     pub wait_time: Duration,
 }
+
+// SAFETY: the streams and events are tokens of the HIP runtime, whose calls may come
+// from any thread; the staging buffers are plain host memory owned by the struct.
+unsafe impl Send for Transfers {}
 
 impl Transfers {
     pub fn new(hip: &'static Hip, stream: hipStream_t) -> Self {
@@ -392,8 +397,21 @@ impl Transfers {
     /// Queues a copy of `len` bytes at device address `src` into the start of staging
     /// buffer `buf`.
     pub fn download_into(&mut self, buf: usize, src: *const c_void, len: usize) -> ShimResult<()> {
-        assert!(len <= self.buffers[buf].len);
-        let dst = self.buffers[buf].base() as *mut c_void;
+        self.download_at(buf, 0, src, len)
+    }
+
+    /// Queues a copy of `len` bytes at device address `src` into staging buffer `buf`
+    /// from byte `at` on.
+    pub fn download_at(
+        &mut self,
+        buf: usize,
+        at: usize,
+        src: *const c_void,
+        len: usize,
+    ) -> ShimResult<()> {
+        assert!(at + len <= self.buffers[buf].len);
+        // SAFETY (pointer arithmetic only): inside the buffer.
+        let dst = unsafe { self.buffers[buf].base().add(at) } as *mut c_void;
         let t = Instant::now();
         // SAFETY: dst holds len bytes owned by self; it is not released before the stream
         // is synchronized (see Drop).
@@ -518,8 +536,21 @@ impl Transfers {
     /// Queues a copy of the first `len` bytes of staging buffer `buf` to device address
     /// `dst`.
     pub fn upload_from(&mut self, dst: *mut c_void, buf: usize, len: usize) -> ShimResult<()> {
-        assert!(len <= self.buffers[buf].len);
-        let src = self.buffers[buf].base() as *const c_void;
+        self.upload_at(dst, buf, 0, len)
+    }
+
+    /// Queues a copy of `len` bytes of staging buffer `buf`, from byte `at` on, to device
+    /// address `dst`.
+    pub fn upload_at(
+        &mut self,
+        dst: *mut c_void,
+        buf: usize,
+        at: usize,
+        len: usize,
+    ) -> ShimResult<()> {
+        assert!(at + len <= self.buffers[buf].len);
+        // SAFETY (pointer arithmetic only): inside the buffer.
+        let src = unsafe { self.buffers[buf].base().add(at) } as *const c_void;
         let t = Instant::now();
         // SAFETY: src holds len bytes owned by self until the streams are synchronized.
         let e = unsafe { (self.hip.hipMemcpyAsync)(dst, src, len, hipMemcpyHostToDevice, self.up) };

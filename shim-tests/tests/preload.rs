@@ -141,6 +141,27 @@ fn shim_passes_every_mode_with_every_call_cut_into_chunks() {
             cut >= 50,
             "{program}: only {cut} calls were cut into chunks"
         );
+        // Plain fp32 NCHW forward passes run as one gated engine call over the
+        // batch, unless a limit on the chunks in flight asks for the chunked path.
+        let gated = |l: &&str| l.contains("miopenConvolution") && l.contains(" gated:");
+        let fp32_nchw_gated = err
+            .lines()
+            .filter(gated)
+            .filter(|l| l.contains(" fp32 ") && l.contains("x:nchw"))
+            .count();
+        let others_gated = err.lines().filter(gated).count() - fp32_nchw_gated;
+        assert_eq!(others_gated, 0, "{program}: only fp32 NCHW calls are gated");
+        if chunks.contains('/') {
+            assert_eq!(
+                fp32_nchw_gated, 0,
+                "{program}: {chunks} keeps the chunked path"
+            );
+        } else {
+            assert!(
+                fp32_nchw_gated >= 5,
+                "{program}: only {fp32_nchw_gated} gated calls"
+            );
+        }
     }
 }
 

@@ -39,6 +39,50 @@ pub fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     backward_weights_with(s, x, dy, dw, &Tuning::default());
 }
 
+/// `y = conv(x, w)` over a batch whose images arrive and leave while it runs
+/// (see [`super::gate`]): by the implicit GEMM where it takes `s` at the
+/// process's instruction set (see [`forward_gated_applies`]) on the current
+/// pool; false, with nothing read or written, where it does not.
+///
+/// # Panics
+/// As [`forward`].
+pub fn forward_gated(
+    s: &ConvShape,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    gate: &dyn super::gate::Gate,
+) -> bool {
+    forward_gated_with(s, x, w, y, gate, &Tuning::default())
+}
+
+pub(crate) fn forward_gated_with(
+    s: &ConvShape,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    gate: &dyn super::gate::Gate,
+    t: &Tuning,
+) -> bool {
+    s.check_buffers(
+        "forward",
+        [
+            ("x", x.len(), s.input_len()),
+            ("w", w.len(), s.weight_len()),
+            ("y", y.len(), s.output_len()),
+        ],
+    );
+    !use_direct(s, t) && lowered::forward_gated(s, x, w, y, t, gate)
+}
+
+/// Whether [`forward_gated`] takes `s` on a pool of `threads`: where the
+/// engine's own choice for the whole batch is the implicit GEMM, at the
+/// process's instruction set.
+pub fn forward_gated_applies(s: &ConvShape, threads: usize) -> bool {
+    let t = Tuning::default();
+    !use_direct(s, &t) && lowered::implicit_forward_chosen(s, &t, threads)
+}
+
 /// Frees the scratch buffers the engine keeps between calls, on every thread
 /// of the current rayon pool and on the calling thread. Later calls simply
 /// allocate again.

@@ -31,6 +31,7 @@ pub mod batchnorm;
 pub mod channels_last;
 pub mod conv;
 mod depthwise;
+pub mod gate;
 mod geometry;
 mod im2col;
 mod lowered;

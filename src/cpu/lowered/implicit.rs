@@ -33,6 +33,9 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use crate::cpu::gate::{Gate, Pending};
 use crate::cpu::packed_gemm::{tile_a_rows, ARows, Packed, WithPacked, MAX_MR};
 use crate::cpu::par::{per_item, split_range, SendPtr};
 use crate::cpu::scratch::{Slot, Tuning};
@@ -300,6 +303,13 @@ pub(super) fn plan_with<S: Packed>(
 
 /// `y = conv(x, w)` by the plan; `x` and `y` channels-last (`[n, h, w,
 /// c]`) when `nhwc`, else NCHW.
+///
+/// With a `gate`, the weights and the images of `x` may still be arriving and
+/// `y`'s images leaving: the weights are packed once the gate has the first
+/// image, the threads take the tasks in order of their images, each asking
+/// the gate for the last image it reads, and the gate hears of each image
+/// whose tasks have all finished.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn forward<S: Packed>(
     s: &ConvShape,
     x: &[f32],
@@ -308,6 +318,7 @@ pub(super) fn forward<S: Packed>(
     t: &Tuning,
     plan: Plan,
     nhwc: bool,
+    gate: Option<&dyn Gate>,
 ) {
     let g = Geo::of::<S>(s);
     let (band, per) = (plan.band, plan.images);
@@ -321,11 +332,14 @@ pub(super) fn forward<S: Packed>(
         .collect();
     let yp = SendPtr(y.as_mut_ptr());
     let wlen = g.depth() * g.co_pad;
+    if gate.is_some_and(|gate| !gate.input_ready(0)) {
+        return;
+    }
     t.scratch(Slot::Weights, wlen, |wb| {
         pack_weights::<S>(&g, w, wb);
         let wb: &[f32] = wb;
         let len = g.task_len::<S>(band, per);
-        tasks.into_par_iter().for_each(|(piece, panels)| {
+        let run = |piece: &[Segment], panels: &Range<usize>| {
             t.scratch(Slot::Task, len, |buf| {
                 let (input, out) = buf.split_at_mut(g.task_input_len::<S>(band, per));
                 for (images, rows) in piece {
@@ -336,8 +350,8 @@ pub(super) fn forward<S: Packed>(
                         input: &mut *input,
                         out: &mut *out,
                         y: yp,
-                        images,
-                        rows,
+                        images: images.clone(),
+                        rows: rows.clone(),
                         panels: panels.clone(),
                         nhwc,
                     };
@@ -347,7 +361,38 @@ pub(super) fn forward<S: Packed>(
                     unsafe { S::enter(task) }
                 }
             })
-        });
+        };
+        let Some(gate) = gate else {
+            tasks
+                .par_iter()
+                .for_each(|(piece, panels)| run(piece, panels));
+            return;
+        };
+        // In order of their images, whichever thread is free next.
+        let spans: Vec<Range<usize>> = tasks
+            .iter()
+            .map(|(piece, _)| piece[0].0.start..piece[piece.len() - 1].0.end)
+            .collect();
+        let pending = Pending::new(s.n, spans.iter());
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let workers = rayon::current_num_threads().min(tasks.len()).max(1);
+        (0..workers)
+            .into_par_iter()
+            .with_max_len(1)
+            .for_each(|_| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((piece, panels)) = tasks.get(i) else {
+                    break;
+                };
+                let span = spans[i].clone();
+                if !failed.load(Ordering::Relaxed) && gate.input_ready(span.end - 1) {
+                    run(piece, panels);
+                } else {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                pending.finished(span, gate);
+            });
     });
 }
 

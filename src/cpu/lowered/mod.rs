@@ -40,6 +40,7 @@ mod subpixel;
 
 use rayon::prelude::*;
 
+use super::gate::Gate;
 use super::im2col::{gather_rows, Chunk};
 use super::matmul::Mat;
 use super::scratch::Tuning;
@@ -176,7 +177,7 @@ pub(crate) fn forward_channels_last(
     ) -> bool {
         let threads = rayon::current_num_threads();
         implicit::plan_with::<S>(s, t, threads, false)
-            .map(|p| implicit::forward::<S>(s, x, w, y, t, p, true))
+            .map(|p| implicit::forward::<S>(s, x, w, y, t, p, true, None))
             .is_some()
     }
     match t.isa.supported() {
@@ -184,6 +185,52 @@ pub(crate) fn forward_channels_last(
         Isa::Avx512 => at::<super::simd::Avx512>(s, x, w, y, t),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => at::<super::simd::Avx2>(s, x, w, y, t),
+        _ => false,
+    }
+}
+
+/// Whether the forward pass of `s` (NCHW) on a pool of `threads` is the
+/// implicit GEMM ([`packed::forward`]'s first choice).
+pub(crate) fn implicit_forward_chosen(s: &ConvShape, t: &Tuning, threads: usize) -> bool {
+    match t.isa.supported() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => implicit::plan::<super::simd::Avx512>(s, t, threads).is_some(),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => implicit::plan::<super::simd::Avx2>(s, t, threads).is_some(),
+        _ => false,
+    }
+}
+
+/// `y = conv(x, w)` (NCHW) by the implicit GEMM with a [`Gate`] between it
+/// and the copies of `x`'s and `y`'s images; false (nothing read or written)
+/// where the implicit GEMM cannot run `s` on the current pool.
+pub(crate) fn forward_gated(
+    s: &ConvShape,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    t: &Tuning,
+    gate: &dyn Gate,
+) -> bool {
+    /// The implicit GEMM at instruction set `S`, if it can run.
+    #[cfg(target_arch = "x86_64")]
+    fn at<S: super::packed_gemm::Packed>(
+        s: &ConvShape,
+        x: &[f32],
+        w: &[f32],
+        y: &mut [f32],
+        t: &Tuning,
+        gate: &dyn Gate,
+    ) -> bool {
+        implicit::plan::<S>(s, t, rayon::current_num_threads())
+            .map(|p| implicit::forward::<S>(s, x, w, y, t, p, false, Some(gate)))
+            .is_some()
+    }
+    match t.isa.supported() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => at::<super::simd::Avx512>(s, x, w, y, t, gate),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => at::<super::simd::Avx2>(s, x, w, y, t, gate),
         _ => false,
     }
 }

@@ -308,7 +308,7 @@ pub(super) fn forward<S: Packed>(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f
     let threads = rayon::current_num_threads();
     let budget = t.floats_per_worker(threads);
     if let Some(plan) = super::implicit::plan::<S>(s, t, threads) {
-        return super::implicit::forward::<S>(s, x, w, y, t, plan, false);
+        return super::implicit::forward::<S>(s, x, w, y, t, plan, false, None);
     }
     if let Some(plan) = shifted_plan::<S>(s, &d, threads, budget) {
         return shifted_forward::<S>(s, x, w, y, t, plan);

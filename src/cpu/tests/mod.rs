@@ -5,6 +5,7 @@
 mod adjoint;
 mod cases;
 mod chunking;
+mod gated;
 mod reference;
 
 use std::sync::OnceLock;
