@@ -44,6 +44,9 @@ step at least --warmup-steps times (10), as the first steps of a training run wo
 tries a few chunk counts on the first nine calls of each configuration
 (`src/plan_tuner.rs`) and keeps the fastest, and a layer that occurs once a step is
 still trying them in its ninth step; the figure is the steady state after that.
+--step --by-pass adds, for each distinct convolution-pass of the ResNet-18 step, our
+best call against PyTorch with its breakdown and how often the step runs it, and the
+totals weighted by those counts: where the step's time goes, pass by pass.
 """
 import argparse
 import json
@@ -227,6 +230,55 @@ def mnist_step(n):
             ("conv2 32->64 3x3", shape2d(n, 32, 64, 26, 3), PASSES)]
 
 
+def run_step_by_pass(a, ours, torch, peer_dtype):
+    """Each distinct convolution-pass of the ResNet-18 step alone: ours (breakdown) and
+    PyTorch, and the totals weighted by how often the step runs each."""
+    counts, shapes = {}, {}
+    for name, s, passes in resnet18_step(a.batch):
+        shapes.setdefault(str(s), (name, s))
+        for p in passes:
+            counts[(str(s), p)] = counts.get((str(s), p), 0) + 1
+    print(f"# ResNet-18 step by pass, batch {a.batch}, {a.layout} {a.dtype}, {a.threads} threads, "
+          f"FAKE_HIP_GBPS={a.gbps or 'unlimited'}: ours ms (engine, wait in, wait out, chunks) against "
+          f"PyTorch, x how often a step runs it")
+    if a.markdown:
+        print("| convolution | pass | x | ours ms | PyTorch ms | ratio | engine | wait in | wait out | chunks | model ms |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    tot = {"ours": 0.0, "torch": 0.0, "engine": 0.0, "model": 0.0}
+    ids = {}
+    for (key, p), m in counts.items():
+        name, s = shapes[key]
+        if key not in ids:
+            ids[key] = ours.layer(s, spatial_dims(s), a.layout, a.dtype)
+        fn = torch_runner(torch, s, p, a.layout, peer_dtype) if torch is not None else None
+
+        def torch_once():
+            with torch.no_grad():
+                return time_best(fn, a.min_ms)
+
+        mine, theirs = alternate(a.rounds, lambda: ours.time(ids[key], p, a.min_ms), torch_once if fn else None)
+        pr = mine.get("profile", {})
+        model = pass_bytes(s, p, a.dtype) / (a.gbps * 1e9) * 1e3 if a.gbps else 0.0
+        tot["ours"] += m * mine["best_ms"]
+        tot["torch"] += m * (theirs or 0)
+        tot["engine"] += m * pr.get("engine_ms", 0)
+        tot["model"] += m * model
+        cells = [name, p, str(m), f"{mine['best_ms']:.2f}", f"{theirs:.2f}" if theirs else "-",
+                 f"{theirs / mine['best_ms']:.2f}x" if theirs else "-", f"{pr.get('engine_ms', 0):.2f}",
+                 f"{pr.get('wait_in_ms', 0):.2f}", f"{pr.get('wait_out_ms', 0):.2f}",
+                 str(int(pr.get("chunks", 0))), f"{model:.2f}"]
+        if a.markdown:
+            print("| " + " | ".join(cells) + " |")
+        else:
+            print(f"{name:<18} {p:<16} x{m}  ours {cells[3]:>7} ms  torch {cells[4]:>7} ms  {cells[5]:>6}"
+                  f"  (engine {cells[6]}, wait in {cells[7]}, wait out {cells[8]}, chunks {cells[9]})"
+                  f"  model {cells[10]}")
+        sys.stdout.flush()
+    ratio = f"{tot['torch'] / tot['ours']:.2f}x" if tot["torch"] else "-"
+    print(f"# weighted totals: ours {tot['ours']:.1f} ms (engine {tot['engine']:.1f}), PyTorch "
+          f"{tot['torch']:.1f} ms, ratio {ratio}, model {tot['model']:.1f} ms")
+
+
 def run_step(a, ours, torch, peer_dtype):
     print(f"# training-step convolutions, batch {a.batch}, {a.layout} {a.dtype}, {a.threads} threads, "
           f"FAKE_HIP_GBPS={a.gbps or 'unlimited'}; peer: PyTorch CPU {peer_dtype}"
@@ -283,6 +335,8 @@ def main():
     ap.add_argument("--gbps", type=float, default=0.0, help="FAKE_HIP_GBPS: modelled PCIe bandwidth (0: none)")
     ap.add_argument("--layer", default="")
     ap.add_argument("--step", action="store_true", help="training-step mode (ResNet-18 and MNIST CNN)")
+    ap.add_argument("--by-pass", action="store_true",
+                    help="with --step: each distinct ResNet-18 convolution-pass timed alone, weighted")
     ap.add_argument("--batch", type=int, default=32, help="batch of the training-step mode")
     ap.add_argument("--warmup-steps", type=int, default=10,
                     help="training-step mode: untimed steps first, so that the shim's chunk tuning is over")
@@ -324,7 +378,8 @@ def main():
     ours = Ours(driver, a.shim, a.threads, a.gbps, extra_env, copy_cpus)
     print(f"# cores: {'both sides on ' + str(cpus[:a.threads]) + ', copies on ' + str(copy_cpus) if copy_cpus else 'shared by the engine and the doubles copies (no spare cores)'}")
     if a.step:
-        run_step(a, ours, torch, a.dtype if a.peer_dtype == "same" else "fp32")
+        peer_dtype = a.dtype if a.peer_dtype == "same" else "fp32"
+        (run_step_by_pass if a.by_pass else run_step)(a, ours, torch, peer_dtype)
         ours.close()
         return
     if not os.path.exists(a.bench):
