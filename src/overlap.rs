@@ -391,7 +391,8 @@ struct CopyGate<'e, 't> {
     left: Vec<AtomicUsize>,
     /// Pieces known to have arrived.
     ready: AtomicUsize,
-    /// How long the first piece kept the engine from starting.
+    /// How long the first piece kept the engine from starting; held by the thread
+    /// that waits for the next event.
     first_wait: Mutex<Duration>,
     failure: Mutex<Option<ShimError>>,
     /// The output (its device tensor and staging buffer) and the copies.
@@ -406,14 +407,22 @@ unsafe impl Sync for CopyGate<'_, '_> {}
 impl Gate for CopyGate<'_, '_> {
     fn input_ready(&self, image: usize) -> bool {
         let want = self.piece_of[image];
+        if self.ready.load(Ordering::Acquire) > want {
+            return true;
+        }
+        // One thread waits for each event, once; the others wait for that thread.
+        let mut first_wait = lock(&self.first_wait);
         while self.ready.load(Ordering::Acquire) <= want {
+            if lock(&self.failure).is_some() {
+                return false;
+            }
             let q = self.ready.load(Ordering::Acquire);
             match self.waiter.wait(self.events[q]) {
                 Ok(waited) => {
                     if q == 0 {
-                        *lock(&self.first_wait) = waited;
+                        *first_wait = waited;
                     }
-                    self.ready.fetch_max(q + 1, Ordering::AcqRel);
+                    self.ready.store(q + 1, Ordering::Release);
                 }
                 Err(e) => {
                     lock(&self.failure).get_or_insert(e);
@@ -427,6 +436,11 @@ impl Gate for CopyGate<'_, '_> {
     fn output_done(&self, image: usize) {
         let q = self.piece_of[image];
         if self.left[q].fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        if lock(&self.failure).is_some() {
+            // A task skipped for a failed input wait recorded it before it finished:
+            // this piece may be part-computed, and no later piece is queued either.
             return;
         }
         let (y, yb, dt) = &self.y;

@@ -10,7 +10,7 @@
  * Usage: reliability_driver MODE [options]
  *   badinput                 table of bad calls (each must fail with its status
  *                            and write nothing) and unusual good calls
- *   fault --op OP [--beta0] [--rows]
+ *   fault --op OP [--beta0] [--rows] [--plain]
  *                            one call of OP (fwd, bwd_data, bwd_weights,
  *                            fwd_bias, bwd_bias), with FAKE_HIP_FAIL set by the
  *                            caller, then a recovery call; prints the fake HIP's
@@ -968,15 +968,16 @@ static void run_and_classify(prob_t* p, int op, float alpha, float beta, const c
     free(want);
 }
 
-static int mode_fault(int op, int beta0, int rows)
+static int mode_fault(int op, int beta0, int rows, int plain)
 {
     hipStream_t s;
     HIP_OR_DIE(hipStreamCreateWithFlags(&s, hipStreamNonBlocking));
     prob_t p;
     /* fp16 channels-last: every staging path (conversion, gaps) is used; with --rows,
-     * pitched copies of the rows read */
-    prob_make(&p, rows ? &SPEC_F16_NHWC_ROWS : &SPEC_F16_NHWC, s, 11);
-    float alpha = 1.5f, beta = beta0 ? 0.0f : 0.5f;
+     * pitched copies of the rows read; with --plain, fp32 NCHW, alpha 1 and beta 0 (a
+     * forward pass the shim may run as one gated engine call) */
+    prob_make(&p, plain ? &SPEC_F32 : rows ? &SPEC_F16_NHWC_ROWS : &SPEC_F16_NHWC, s, 11);
+    float alpha = plain ? 1.0f : 1.5f, beta = beta0 || plain ? 0.0f : 0.5f;
     print_counts("before");
     run_and_classify(&p, op, alpha, beta, "first");
     run_and_classify(&p, op, alpha, beta, "recovery");
@@ -1430,7 +1431,7 @@ int main(int argc, char** argv)
         return mode_badinput();
     if (strcmp(mode, "fault") == 0)
         return mode_fault(op_by_name(opt(argc, argv, "--op", "fwd")), flag(argc, argv, "--beta0"),
-                          flag(argc, argv, "--rows"));
+                          flag(argc, argv, "--rows"), flag(argc, argv, "--plain"));
     if (strcmp(mode, "oom") == 0)
         return mode_oom();
     if (strcmp(mode, "threads") == 0)

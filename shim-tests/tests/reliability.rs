@@ -404,6 +404,81 @@ fn a_fault_inside_a_pipelined_call_says_which_samples_were_written() {
     println!("{injected} HIP faults injected into pipelined calls");
 }
 
+/// A plain fp32 NCHW forward pass runs as one gated engine call, its two samples two
+/// pieces: a fault at any HIP call fails it with a status, never leaves a sample half
+/// written, and the log says which samples may have been written; the first sample's
+/// result is queued once its piece is done, so a fault after that leaves it written.
+#[test]
+fn a_fault_inside_a_gated_forward_pass_says_which_samples_were_written() {
+    let pieces = [("RDNA1SHIM_CHUNKS", "2")];
+    let run_plain = |fail: Option<&str>| {
+        let mut args = vec!["fault", "--op", "fwd", "--plain"];
+        if fail.is_none() {
+            args.push("--beta0");
+        }
+        let mut envs = vec![("RDNA1SHIM_LOG", "debug")];
+        if let Some(f) = fail {
+            envs.push(("FAKE_HIP_FAIL", f));
+        }
+        envs.extend_from_slice(&pieces);
+        run(DRIVER, &args, &envs, true)
+    };
+    let base = run_plain(None);
+    assert_harness_passed(&base);
+    assert_eq!(outcome(&base, "first"), (0, "complete".to_string()));
+    let logs = case_logs(&stderr(&base));
+    assert!(
+        log_of(&logs, "first")
+            .iter()
+            .any(|l| l.contains("chunks=2") && l.contains(" gated:")),
+        "the call is not gated in two pieces: {:#?}",
+        log_of(&logs, "first")
+    );
+    let b = stdout(&base);
+    let (mut injected, mut saw_prefix) = (0, false);
+    for func in HIP_CALLS {
+        let (from, to) = window(&b, func);
+        for n in from + 1..=to {
+            let f = format!("{func}:{n}");
+            let out = run_plain(Some(&f));
+            assert_harness_passed(&out);
+            let (status, _) = outcome(&out, "first");
+            let letters = samples(&out, "first");
+            let logs = case_logs(&stderr(&out));
+            let lines = log_of(&logs, "first");
+            let what = format!("{f}: samples {letters}, log {lines:#?}");
+            assert!(!letters.contains('P'), "{what}");
+            // Each piece's event is waited for once, whichever thread needs it first.
+            let hit = format!("injected failure of {func} (call #{n})");
+            assert!(lines.iter().any(|l| l.contains(&hit)), "{what}");
+            if func == "hipStreamSynchronize" {
+                // the final waits: every result was queued
+                assert!(["UU", "CC", "CU"].contains(&letters.as_str()), "{what}");
+            } else {
+                assert_eq!(status, INTERNAL_ERROR, "{what}");
+                let prefix = lines
+                    .iter()
+                    .any(|l| l.contains("samples 0..1 of 2 of the output may have been written"));
+                if prefix {
+                    assert!(["UU", "CU"].contains(&letters.as_str()), "{what}");
+                    saw_prefix = true;
+                } else {
+                    assert_eq!(letters, "UU", "{what}");
+                }
+            }
+            assert_eq!(
+                outcome(&out, "recovery"),
+                (0, "complete".to_string()),
+                "{what}"
+            );
+            injected += 1;
+        }
+    }
+    assert!(injected >= 6, "only {injected} faults");
+    assert!(saw_prefix, "no fault hit after the first piece's upload");
+    println!("{injected} HIP faults injected into gated calls");
+}
+
 /// Host memory stays flat over many calls: staging, events and work buffers are
 /// reused, not accumulated. Every op and problem in turn, pipelined in chunks and not.
 #[test]

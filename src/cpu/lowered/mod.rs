@@ -141,19 +141,66 @@ pub(crate) fn forward(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tu
     by_isa!(s, t, forward(s, x, w, y, t))
 }
 
+/// Whether the implicit GEMM has a plan for `s` on `threads` at the tuning's
+/// instruction set (with the rule of two tasks per thread where `task_rule`).
+fn implicit_plans(s: &ConvShape, t: &Tuning, threads: usize, task_rule: bool) -> bool {
+    match t.isa.supported() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => {
+            implicit::plan_with::<super::simd::Avx512>(s, t, threads, task_rule).is_some()
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => implicit::plan_with::<super::simd::Avx2>(s, t, threads, task_rule).is_some(),
+        _ => false,
+    }
+}
+
+/// `y = conv(x, w)` by the implicit GEMM on the current pool, channels-last
+/// where `nhwc`, through `gate` where given; false (nothing read or written)
+/// where it has no plan for `s` (with the rule of two tasks per thread where
+/// `task_rule`).
+#[allow(clippy::too_many_arguments)]
+fn implicit_run(
+    s: &ConvShape,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    t: &Tuning,
+    (nhwc, task_rule): (bool, bool),
+    gate: Option<&dyn Gate>,
+) -> bool {
+    /// The implicit GEMM at instruction set `S`, if it can run.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    fn at<S: super::packed_gemm::Packed>(
+        s: &ConvShape,
+        x: &[f32],
+        w: &[f32],
+        y: &mut [f32],
+        t: &Tuning,
+        (nhwc, task_rule): (bool, bool),
+        gate: Option<&dyn Gate>,
+    ) -> bool {
+        implicit::plan_with::<S>(s, t, rayon::current_num_threads(), task_rule)
+            .map(|p| implicit::forward::<S>(s, x, w, y, t, p, nhwc, gate))
+            .is_some()
+    }
+    match t.isa.supported() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => at::<super::simd::Avx512>(s, x, w, y, t, (nhwc, task_rule), gate),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => at::<super::simd::Avx2>(s, x, w, y, t, (nhwc, task_rule), gate),
+        _ => false,
+    }
+}
+
 /// Whether the implicit GEMM computes `s` channels-last
 /// ([`forward_channels_last`]) at the tuning's instruction set: a property
 /// of the shape, whatever the batch a call is cut into and the pool's size
 /// (a task of one output row still has to fit the pool's share of scratch
 /// when it runs).
 pub(crate) fn channels_last_forward_applies(s: &ConvShape, t: &Tuning) -> bool {
-    match t.isa.supported() {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => implicit::plan_with::<super::simd::Avx512>(s, t, 1, false).is_some(),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => implicit::plan_with::<super::simd::Avx2>(s, t, 1, false).is_some(),
-        _ => false,
-    }
+    implicit_plans(s, t, 1, false)
 }
 
 /// `y = conv(x, w)` with `x` and `y` channels-last, by the implicit GEMM,
@@ -166,44 +213,19 @@ pub(crate) fn forward_channels_last(
     y: &mut [f32],
     t: &Tuning,
 ) -> bool {
-    /// The implicit GEMM at instruction set `S`, if it can run.
-    #[cfg(target_arch = "x86_64")]
-    fn at<S: super::packed_gemm::Packed>(
-        s: &ConvShape,
-        x: &[f32],
-        w: &[f32],
-        y: &mut [f32],
-        t: &Tuning,
-    ) -> bool {
-        let threads = rayon::current_num_threads();
-        implicit::plan_with::<S>(s, t, threads, false)
-            .map(|p| implicit::forward::<S>(s, x, w, y, t, p, true, None))
-            .is_some()
-    }
-    match t.isa.supported() {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => at::<super::simd::Avx512>(s, x, w, y, t),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => at::<super::simd::Avx2>(s, x, w, y, t),
-        _ => false,
-    }
+    implicit_run(s, x, w, y, t, (true, false), None)
 }
 
 /// Whether the forward pass of `s` (NCHW) on a pool of `threads` is the
 /// implicit GEMM ([`packed::forward`]'s first choice).
 pub(crate) fn implicit_forward_chosen(s: &ConvShape, t: &Tuning, threads: usize) -> bool {
-    match t.isa.supported() {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => implicit::plan::<super::simd::Avx512>(s, t, threads).is_some(),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => implicit::plan::<super::simd::Avx2>(s, t, threads).is_some(),
-        _ => false,
-    }
+    implicit_plans(s, t, threads, true)
 }
 
 /// `y = conv(x, w)` (NCHW) by the implicit GEMM with a [`Gate`] between it
 /// and the copies of `x`'s and `y`'s images; false (nothing read or written)
-/// where the implicit GEMM cannot run `s` on the current pool.
+/// where the implicit GEMM is not the engine's choice for `s` on the
+/// current pool.
 pub(crate) fn forward_gated(
     s: &ConvShape,
     x: &[f32],
@@ -212,27 +234,7 @@ pub(crate) fn forward_gated(
     t: &Tuning,
     gate: &dyn Gate,
 ) -> bool {
-    /// The implicit GEMM at instruction set `S`, if it can run.
-    #[cfg(target_arch = "x86_64")]
-    fn at<S: super::packed_gemm::Packed>(
-        s: &ConvShape,
-        x: &[f32],
-        w: &[f32],
-        y: &mut [f32],
-        t: &Tuning,
-        gate: &dyn Gate,
-    ) -> bool {
-        implicit::plan::<S>(s, t, rayon::current_num_threads())
-            .map(|p| implicit::forward::<S>(s, x, w, y, t, p, false, Some(gate)))
-            .is_some()
-    }
-    match t.isa.supported() {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => at::<super::simd::Avx512>(s, x, w, y, t, gate),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => at::<super::simd::Avx2>(s, x, w, y, t, gate),
-        _ => false,
-    }
+    implicit_run(s, x, w, y, t, (false, true), Some(gate))
 }
 
 /// Whether [`backward_data_channels_last`] computes `s`: its input gradient
