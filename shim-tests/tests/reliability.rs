@@ -329,6 +329,34 @@ fn pitched_copy_faults_surface_as_status_and_the_next_call_works() {
     assert!(injected >= 4, "only {injected} faults");
 }
 
+/// The log lines of the first call of a run without faults, which succeeded whole.
+fn first_call_lines(base: &Output) -> Vec<String> {
+    assert_harness_passed(base);
+    assert_eq!(outcome(base, "first"), (0, "complete".to_string()));
+    log_of(&case_logs(&stderr(base)), "first").to_vec()
+}
+
+/// The call after a failed one succeeds and writes its whole output.
+fn assert_recovered(out: &Output, what: &str) {
+    assert_eq!(
+        outcome(out, "recovery"),
+        (0, "complete".to_string()),
+        "{what}"
+    );
+}
+
+/// Where the log says that the first of two samples may have been written (`prefix`),
+/// that sample is written or not and the second untouched; else both are untouched.
+/// Returns `prefix`.
+fn check_written_prefix(prefix: bool, letters: &str, what: &str) -> bool {
+    if prefix {
+        assert!(["UU", "CU"].contains(&letters), "{what}");
+    } else {
+        assert_eq!(letters, "UU", "{what}");
+    }
+    prefix
+}
+
 /// The letters `samples=` of a case (one a sample: U untouched, C complete, P partial).
 fn samples(out: &Output, label: &str) -> String {
     field(&stdout(out), label, "samples").unwrap_or_default()
@@ -342,15 +370,10 @@ fn a_fault_inside_a_pipelined_call_says_which_samples_were_written() {
     let mut injected = 0;
     for (op, beta0) in [("fwd", false), ("bwd_data", true), ("bwd_weights", false)] {
         let base = fault_run_with(op, beta0, None, &chunked);
-        assert_harness_passed(&base);
-        assert_eq!(outcome(&base, "first"), (0, "complete".to_string()));
-        let logs = case_logs(&stderr(&base));
+        let lines = first_call_lines(&base);
         assert!(
-            log_of(&logs, "first")
-                .iter()
-                .any(|l| l.contains("chunks=2")),
-            "{op}: the call is not cut in two: {:#?}",
-            log_of(&logs, "first")
+            lines.iter().any(|l| l.contains("chunks=2")),
+            "{op}: the call is not cut in two: {lines:#?}"
         );
         let b = stdout(&base);
         let mut saw_prefix = false;
@@ -380,19 +403,11 @@ fn a_fault_inside_a_pipelined_call_says_which_samples_were_written() {
                         // one sum over both chunks, copied back at the end
                         assert!(all('U'), "{what}");
                         assert!(!prefix, "{what}");
-                    } else if prefix {
-                        // the first sample was queued: written or not, never the second
-                        assert!(["UU", "CU"].contains(&letters.as_str()), "{what}");
-                        saw_prefix = true;
                     } else {
-                        assert_eq!(letters, "UU", "{what}");
+                        saw_prefix |= check_written_prefix(prefix, &letters, &what);
                     }
                 }
-                assert_eq!(
-                    outcome(&out, "recovery"),
-                    (0, "complete".to_string()),
-                    "{what}"
-                );
+                assert_recovered(&out, &what);
                 injected += 1;
             }
         }
@@ -424,15 +439,12 @@ fn a_fault_inside_a_gated_forward_pass_says_which_samples_were_written() {
         run(DRIVER, &args, &envs, true)
     };
     let base = run_plain(None);
-    assert_harness_passed(&base);
-    assert_eq!(outcome(&base, "first"), (0, "complete".to_string()));
-    let logs = case_logs(&stderr(&base));
+    let lines = first_call_lines(&base);
     assert!(
-        log_of(&logs, "first")
+        lines
             .iter()
             .any(|l| l.contains("chunks=2") && l.contains(" gated:")),
-        "the call is not gated in two pieces: {:#?}",
-        log_of(&logs, "first")
+        "the call is not gated in two pieces: {lines:#?}"
     );
     let b = stdout(&base);
     let (mut injected, mut saw_prefix) = (0, false);
@@ -459,18 +471,9 @@ fn a_fault_inside_a_gated_forward_pass_says_which_samples_were_written() {
                 let prefix = lines
                     .iter()
                     .any(|l| l.contains("samples 0..1 of 2 of the output may have been written"));
-                if prefix {
-                    assert!(["UU", "CU"].contains(&letters.as_str()), "{what}");
-                    saw_prefix = true;
-                } else {
-                    assert_eq!(letters, "UU", "{what}");
-                }
+                saw_prefix |= check_written_prefix(prefix, &letters, &what);
             }
-            assert_eq!(
-                outcome(&out, "recovery"),
-                (0, "complete".to_string()),
-                "{what}"
-            );
+            assert_recovered(&out, &what);
             injected += 1;
         }
     }
