@@ -648,7 +648,7 @@ pub fn run_conv_fused(
     let read_out = beta != 0.0 || !out.layout.is_dense();
     let fused_bias = fused.and_then(|f| f.bias.as_ref());
     let bias_bytes = fused_bias.map_or(0, |b| bytes_of(&b.layout, dt));
-    // A forward pass the engine can run gated is one call over the whole batch.
+    // A pass the engine can run gated is one call over the whole batch.
     let gated = crate::overlap::gated_pieces(
         p,
         [&a, &b, &out],
@@ -679,7 +679,7 @@ pub fn run_conv_fused(
     let result = (|| -> ShimResult<(Phases, Duration)> {
         if let Some(pieces) = &gated {
             let w_buf = tr.download(b.ptr, bytes_of(&b.layout, dt))?;
-            return crate::overlap::forward_gated(
+            return crate::overlap::compute_gated(
                 &mut tr,
                 &pool,
                 p,

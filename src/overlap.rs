@@ -5,6 +5,11 @@
 //! and waking for the next), and the calling thread queues the copies — a finished
 //! chunk's upload, then the downloads into the slot it freed. A weight gradient's
 //! chunks each compute a part of their own, summed in chunk order at the end.
+//!
+//! A plain fp32 forward pass or input gradient that the engine computes as its
+//! implicit GEMM is instead one gated engine call over the whole batch
+//! ([`compute_gated`]): its tasks wait for the pieces of the input they read, and
+//! each piece of the output leaves as soon as it is done.
 
 use std::ffi::c_void;
 use std::ops::Range;
@@ -306,7 +311,7 @@ fn busy_phases(runs: &[ChunkRun], start: Instant) -> (Phases, Duration) {
     (ph.scaled(busy, sum), idle)
 }
 
-/// Pieces of the batch whose input copies a gated forward pass waits for one by one,
+/// Pieces of the batch whose input copies a gated pass waits for one by one,
 /// and whose results leave as they are done (the first half as large, so the
 /// engine starts early).
 const GATE_PIECES: usize = 8;
@@ -320,11 +325,13 @@ const GATE_PIECES: usize = 8;
 /// while the 3×3 layers over 28×28 to 7×7 (0.1–0.2) took 10–20 % less gated.
 const GATE_MAX_COPY_SHARE: f64 = 0.5;
 
-/// The pieces a forward pass is cut into when it runs as one gated engine call over
-/// the whole batch ([`forward_gated`]): NCHW fp32 in and out (the engine reads and
-/// writes the staging itself), a plain result (alpha 1, beta 0, nothing fused), all
-/// of the batch's staging within the memory cap, a shape the gated engine takes, and
-/// copies modelled well under the engine's time ([`GATE_MAX_COPY_SHARE`]).
+/// The pieces a forward pass or input gradient is cut into when it runs as one gated
+/// engine call over the whole batch ([`compute_gated`]): NCHW fp32 in and out (the
+/// engine reads and writes the staging itself), a plain result (alpha 1, beta 0,
+/// nothing fused), all of the batch's staging within the memory cap, a shape whose
+/// pass the engine computes as the implicit GEMM (an input gradient: at stride 1,
+/// over the flipped kernel), and copies modelled well under the engine's time
+/// ([`GATE_MAX_COPY_SHARE`]).
 /// `RDNA1SHIM_CHUNKS=N` gates every such call, in N pieces; one chunk, or a limit on
 /// those in flight, keeps the chunked path.
 pub(crate) fn gated_pieces(
@@ -351,7 +358,12 @@ pub(crate) fn gated_pieces(
         } if chunks > 1 => chunks,
         Chunks::Fixed { .. } => return None,
     };
-    let applies = p.pass == Pass::Forward
+    let takes = match p.pass {
+        Pass::Forward => conv::forward_gated_applies(&p.shape, threads),
+        Pass::BackwardData => conv::backward_data_gated_applies(&p.shape, threads),
+        Pass::BackwardWeights => false,
+    };
+    let applies = takes
         && dt == DType::F32
         && alpha == 1.0
         && beta == 0.0
@@ -362,8 +374,7 @@ pub(crate) fn gated_pieces(
         && y.rows.is_none()
         && x.layout.is_packed_canonical()
         && y.layout.is_packed_canonical()
-        && bytes <= crate::config::call_memory_bytes()
-        && conv::forward_gated_applies(&p.shape, threads);
+        && bytes <= crate::config::call_memory_bytes();
     applies.then(|| chunking::ranges(n, n.div_ceil(pieces.clamp(1, n)), true))
 }
 
@@ -379,7 +390,7 @@ struct Uploads<'t> {
     failure: Option<ShimError>,
 }
 
-/// The gate of a forward pass over staging that copies fill: an image's input is
+/// The gate of a pass over staging that copies fill: an image's input is
 /// ready once its piece's download event is; once all images of a piece are done,
 /// the thread that finished the last queues the uploads of the pieces done in order.
 struct CopyGate<'e, 't> {
@@ -462,15 +473,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A forward pass as one engine call over the whole batch while its copies run
-/// (see [`gated_pieces`]): the input is queued for the host piece by piece, one
+/// A forward pass or input gradient as one engine call over the whole batch while its
+/// copies run (see [`gated_pieces`]; `x` is the pass's input, `y` its output): the
+/// input is queued for the host piece by piece, one
 /// event each, into one staging buffer; the engine's tasks, taken in order of their
 /// images, each wait for the pieces they read; each piece of the output is queued
 /// for the device, by the thread that finished it, once all of it and the pieces
 /// before it are done. `w_buf` holds the weights, queued before. Returns the phases
 /// and the time the first piece kept the engine waiting (later waits are inside the
 /// engine's time).
-pub(crate) fn forward_gated(
+pub(crate) fn compute_gated(
     tr: &mut Transfers,
     pool: &rayon::ThreadPool,
     p: &ConvProblem,
@@ -527,10 +539,17 @@ pub(crate) fn forward_gated(
         let xs = convert::f32_view(xs, dt, &lx).expect("packed fp32 staging");
         let ws = convert::f32_view(ws, dt, &lw).expect("packed fp32 staging");
         let ys = convert::f32_view_mut(ys, dt, &ly).expect("packed fp32 staging");
-        if !conv::forward_gated(&p.shape, xs, ws, ys, &gate) {
+        let took = match p.pass {
+            Pass::BackwardData => conv::backward_data_gated(&p.shape, xs, ws, ys, &gate),
+            _ => conv::forward_gated(&p.shape, xs, ws, ys, &gate),
+        };
+        if !took {
             // The pool cannot run it gated (its scratch share): all at once.
             if gate.input_ready(n - 1) {
-                conv::forward(&p.shape, xs, ws, ys);
+                match p.pass {
+                    Pass::BackwardData => conv::backward_data(&p.shape, xs, ws, ys),
+                    _ => conv::forward(&p.shape, xs, ws, ys),
+                }
             }
             (0..n).for_each(|i| gate.output_done(i));
         }
@@ -538,7 +557,7 @@ pub(crate) fn forward_gated(
     };
     let res = pool
         .install(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)))
-        .map_err(|_| ShimError::internal("the gated forward pass panicked"));
+        .map_err(|_| ShimError::internal("the gated pass panicked"));
     let first = *lock(&gate.first_wait);
     let waited = lock(&gate.failure).take();
     let up = gate.uploads.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -549,7 +568,7 @@ pub(crate) fn forward_gated(
     }
     if up.next < pieces.len() {
         return Err(ShimError::internal(format!(
-            "the gated forward pass finished with {} of {} pieces of its output not done",
+            "the gated pass finished with {} of {} pieces of its output not done",
             pieces.len() - up.next,
             pieces.len()
         )));

@@ -56,7 +56,7 @@ pub struct CallRecord {
     /// One input row in this many crossed the link (`skipped_rows`); 0 or 1: all.
     pub row_step: u32,
     /// One engine call over the whole batch, gated by the chunks' copies
-    /// (`overlap::forward_gated`).
+    /// (`overlap::compute_gated`).
     pub gated: bool,
 }
 

@@ -129,6 +129,10 @@ static const case_t g_cases[] = {
      .in = {9, 8}, .ker = {3, 3}, .pad = {1, 1}, .str = {2, 2}},
     {.name = "2d_k1_p0_f32", .kind = K_CONV, .dtype = F32, .sd = 2, .n = 2, .c = 8, .k = 4,
      .in = {5, 5}, .ker = {1, 1}},
+    /* 64 input channels over 48x48: the input gradient is computed as a forward pass
+     * over the flipped kernel (and, pipelined, gated like one) */
+    {.name = "2d_wide_3x3_p1_f32", .kind = K_CONV, .dtype = F32, .sd = 2, .n = 2, .c = 64, .k = 4,
+     .in = {48, 48}, .ker = {3, 3}, .pad = {1, 1}},
     /* kernels one row tall with a vertical stride: only the rows read cross the link */
     {.name = "2d_k1_s2_f32", .kind = K_CONV, .dtype = F32, .sd = 2, .n = 3, .c = 4, .k = 5,
      .in = {8, 6}, .ker = {1, 1}, .str = {2, 2}},

@@ -83,6 +83,49 @@ pub fn forward_gated_applies(s: &ConvShape, threads: usize) -> bool {
     !use_direct(s, &t) && lowered::implicit_forward_chosen(s, &t, threads)
 }
 
+/// `dx = convᵀ(dy, w)` over a batch whose images arrive and leave while it
+/// runs, as [`forward_gated`]: where the engine's choice for `s` is the
+/// implicit GEMM over the flipped kernel (a stride-1 input gradient, see
+/// [`backward_data_gated_applies`]); false, with nothing read or written,
+/// where it is not.
+///
+/// # Panics
+/// As [`backward_data`].
+pub fn backward_data_gated(
+    s: &ConvShape,
+    dy: &[f32],
+    w: &[f32],
+    dx: &mut [f32],
+    gate: &dyn super::gate::Gate,
+) -> bool {
+    backward_data_gated_with(s, dy, w, dx, gate, &Tuning::default())
+}
+
+pub(crate) fn backward_data_gated_with(
+    s: &ConvShape,
+    dy: &[f32],
+    w: &[f32],
+    dx: &mut [f32],
+    gate: &dyn super::gate::Gate,
+    t: &Tuning,
+) -> bool {
+    s.check_buffers(
+        "backward_data",
+        [
+            ("dy", dy.len(), s.output_len()),
+            ("w", w.len(), s.weight_len()),
+            ("dx", dx.len(), s.input_len()),
+        ],
+    );
+    !use_direct(s, t) && lowered::backward_data_gated(s, dy, w, dx, t, gate)
+}
+
+/// Whether [`backward_data_gated`] takes `s` on a pool of `threads`.
+pub fn backward_data_gated_applies(s: &ConvShape, threads: usize) -> bool {
+    let t = Tuning::default();
+    !use_direct(s, &t) && lowered::implicit_backward_data_chosen(s, &t, threads)
+}
+
 /// Frees the scratch buffers the engine keeps between calls, on every thread
 /// of the current rayon pool and on the calling thread. Later calls simply
 /// allocate again.

@@ -237,6 +237,53 @@ pub(crate) fn forward_gated(
     implicit_run(s, x, w, y, t, (false, true), Some(gate))
 }
 
+/// The tuning left to [`data_as_forward`]'s forward pass beside the flipped
+/// kernel it holds.
+fn beside_flipped(s: &ConvShape, t: &Tuning) -> Tuning {
+    Tuning {
+        scratch_bytes: t.scratch_bytes - 4 * s.weight_len(),
+        ..*t
+    }
+}
+
+/// Whether the input gradient of `s` (NCHW) on a pool of `threads` is the
+/// implicit GEMM over the flipped kernel ([`backward_data`]'s choice).
+pub(crate) fn implicit_backward_data_chosen(s: &ConvShape, t: &Tuning, threads: usize) -> bool {
+    data_as_forward(s, t).is_some_and(|f| implicit_plans(&f, &beside_flipped(s, t), threads, true))
+}
+
+/// `dx = convᵀ(dy, w)` (NCHW) as the implicit GEMM over the flipped kernel
+/// with a [`Gate`] between it and the copies of `dy`'s and `dx`'s images
+/// (the kernel is flipped once the gate has the first image: the weights
+/// come before it); false (nothing read or written) where that is not the
+/// engine's choice for `s` on the current pool.
+pub(crate) fn backward_data_gated(
+    s: &ConvShape,
+    dy: &[f32],
+    w: &[f32],
+    dx: &mut [f32],
+    t: &Tuning,
+    gate: &dyn Gate,
+) -> bool {
+    let Some(f) = data_as_forward(s, t) else {
+        return false;
+    };
+    if !implicit_plans(
+        &f,
+        &beside_flipped(s, t),
+        rayon::current_num_threads(),
+        true,
+    ) {
+        return false;
+    }
+    if !gate.input_ready(0) {
+        return true;
+    }
+    with_flipped_kernel(s, w, t, |wf, rest| {
+        implicit_run(&f, dy, wf, dx, rest, (false, true), Some(gate))
+    })
+}
+
 /// Whether [`backward_data_channels_last`] computes `s`: its input gradient
 /// is a forward convolution ([`flipped_forward`], whose flipped kernel fits
 /// an eighth of the scratch cap) that the implicit GEMM takes.
@@ -273,10 +320,7 @@ fn with_flipped_kernel<R>(
     f: impl FnOnce(&[f32], &Tuning) -> R,
 ) -> R {
     let wlen = s.weight_len();
-    let rest = Tuning {
-        scratch_bytes: t.scratch_bytes - 4 * wlen,
-        ..*t
-    };
+    let rest = beside_flipped(s, t);
     t.scratch(super::scratch::Slot::Partials, wlen, |wf| {
         flip_transpose(s, w, wf);
         f(wf, &rest)
