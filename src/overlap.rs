@@ -619,6 +619,125 @@ mod tests {
         );
     }
 
+    /// An NCHW fp32 problem of `pass` over `n × c → k` channels at `hw`² with a
+    /// `kernel`² kernel at `stride` (padding keeping the size at stride 1), and its
+    /// operands in the pass's roles.
+    fn problem(
+        pass: Pass,
+        [n, c, k, hw, kernel, stride]: [usize; 6],
+    ) -> (ConvProblem, [Operand; 3]) {
+        let pad = kernel / 2;
+        let out = (hw + 2 * pad - kernel) / stride + 1;
+        let shape = crate::cpu::ConvShape {
+            n,
+            c_in: c,
+            c_out: k,
+            groups: 1,
+            input: [1, hw, hw],
+            kernel: [1, kernel, kernel],
+            output: [1, out, out],
+            pad: [0, pad, pad],
+            stride: [1, stride, stride],
+            dilation: [1, 1, 1],
+        };
+        let packed = |d: [usize; 5]| crate::layout::Layout5 {
+            dims: d,
+            strides: [
+                d[1] * d[2] * d[3] * d[4],
+                d[2] * d[3] * d[4],
+                d[3] * d[4],
+                d[4],
+                1,
+            ],
+        };
+        let (x, w, y) = (
+            packed([n, c, 1, hw, hw]),
+            packed([k, c, 1, kernel, kernel]),
+            packed([n, k, 1, out, out]),
+        );
+        let p = ConvProblem {
+            direction: crate::describe::Direction::Forward,
+            transposed: false,
+            pass,
+            dtype: DType::F32,
+            shape,
+            x,
+            w,
+            y,
+            spatial_dims: 2,
+        };
+        let op = |layout, batched| Operand {
+            ptr: std::ptr::null_mut(),
+            layout,
+            batched,
+            rows: None,
+        };
+        let ops = match pass {
+            Pass::Forward => [op(x, true), op(w, false), op(y, true)],
+            Pass::BackwardData => [op(y, true), op(w, false), op(x, true)],
+            Pass::BackwardWeights => [op(x, true), op(y, true), op(w, false)],
+        };
+        (p, ops)
+    }
+
+    fn pieces(
+        pass: Pass,
+        dims: [usize; 6],
+        blend: (f32, f32, bool),
+        chunks: Chunks,
+    ) -> Option<Vec<Range<usize>>> {
+        let (p, [a, b, o]) = problem(pass, dims);
+        gated_pieces(&p, [&a, &b, &o], blend, (chunks, 16), true)
+    }
+
+    /// Which calls run gated at 16 threads: compute-bound plain fp32 forward passes and
+    /// input gradients of the implicit GEMM, in pieces whose first is half as large;
+    /// not the copy-bound stem (unless the pieces are set), not a blended result, a
+    /// weight gradient, an input gradient the flipped kernel does not take, nor a limit
+    /// on the chunks in flight.
+    #[test]
+    fn compute_bound_plain_passes_of_the_implicit_gemm_are_gated() {
+        if !matches!(
+            crate::cpu::isa(),
+            crate::cpu::Isa::Avx512 | crate::cpu::Isa::Avx2
+        ) {
+            return; // no implicit GEMM: nothing is gated (checked by the harness)
+        }
+        let plain = (1.0, 0.0, false);
+        let layer128 = [32, 128, 128, 28, 3, 1];
+        let layer64 = [32, 64, 64, 56, 3, 1];
+        let stem = [32, 3, 64, 224, 7, 2];
+        let got = pieces(Pass::Forward, layer128, plain, Chunks::Auto).expect("gated");
+        assert_eq!(got.len(), 9, "{got:?}");
+        assert_eq!((got[0].clone(), got[1].clone()), (0..2, 2..6));
+        assert_eq!(got.iter().map(|r| r.len()).sum::<usize>(), 32);
+        assert!(got.windows(2).all(|w| w[0].end == w[1].start));
+        assert!(pieces(Pass::BackwardData, layer64, plain, Chunks::Auto).is_some());
+        assert!(
+            pieces(Pass::Forward, stem, plain, Chunks::Auto).is_none(),
+            "copy-bound"
+        );
+        let four = Chunks::Fixed {
+            chunks: 4,
+            in_flight: None,
+        };
+        assert_eq!(
+            pieces(Pass::Forward, stem, plain, four).map(|p| p.len()),
+            Some(5)
+        );
+        let limited = Chunks::Fixed {
+            chunks: 4,
+            in_flight: Some(2),
+        };
+        assert!(pieces(Pass::Forward, layer128, plain, limited).is_none());
+        assert!(pieces(Pass::Forward, layer128, (1.0, 0.5, false), Chunks::Auto).is_none());
+        assert!(pieces(Pass::Forward, layer128, (2.0, 0.0, false), Chunks::Auto).is_none());
+        assert!(pieces(Pass::Forward, layer128, (1.0, 0.0, true), Chunks::Auto).is_none());
+        assert!(pieces(Pass::BackwardWeights, layer128, plain, Chunks::Auto).is_none());
+        // 784 positions: this input gradient is not computed over the flipped kernel.
+        assert!(pieces(Pass::BackwardData, layer128, plain, Chunks::Auto).is_none());
+    }
+
     /// The parts are added to the sum in chunk order, float for float as the chunks
     /// one after another add them (bitwise the same sum).
     #[test]
