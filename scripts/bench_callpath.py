@@ -159,6 +159,19 @@ def pass_bytes(s, p, dtype):
     return DSIZE[dtype] * {"forward": x + w + y, "backward_data": y + w + x, "backward_weights": x + y + w}[p]
 
 
+def torch_pass_timer(torch, s, p, layout, dtype, min_ms):
+    """A function giving PyTorch's best ms on pass p of s over min_ms; None without PyTorch."""
+    if torch is None:
+        return None
+    fn = torch_runner(torch, s, p, layout, dtype)
+
+    def once():
+        with torch.no_grad():
+            return time_best(fn, min_ms)
+
+    return once
+
+
 def torch_runner(torch, s, p, layout, dtype):
     import torch.nn.functional as F
     sd = spatial_dims(s)
@@ -250,13 +263,8 @@ def run_step_by_pass(a, ours, torch, peer_dtype):
         name, s = shapes[key]
         if key not in ids:
             ids[key] = ours.layer(s, spatial_dims(s), a.layout, a.dtype)
-        fn = torch_runner(torch, s, p, a.layout, peer_dtype) if torch is not None else None
-
-        def torch_once():
-            with torch.no_grad():
-                return time_best(fn, a.min_ms)
-
-        mine, theirs = alternate(a.rounds, lambda: ours.time(ids[key], p, a.min_ms), torch_once if fn else None)
+        torch_once = torch_pass_timer(torch, s, p, a.layout, peer_dtype, a.min_ms)
+        mine, theirs = alternate(a.rounds, lambda: ours.time(ids[key], p, a.min_ms), torch_once)
         pr = mine.get("profile", {})
         model = pass_bytes(s, p, a.dtype) / (a.gbps * 1e9) * 1e3 if a.gbps else 0.0
         tot["ours"] += m * mine["best_ms"]
@@ -421,13 +429,8 @@ def run_layers(a, ours, torch, peer, layout, dtype, peer_dtype):
         if geo["layer"] not in layer_ids:
             layer_ids[geo["layer"]] = ours.layer(s, spatial_dims(s), layout, dtype)
         lid = layer_ids[geo["layer"]]
-        fn = torch_runner(torch, s, p, layout, peer_dtype) if torch is not None else None
-
-        def torch_once():
-            with torch.no_grad():
-                return time_best(fn, a.min_ms)
-
-        mine, theirs = alternate(a.rounds, lambda: ours.time(lid, p, a.min_ms), torch_once if fn else None)
+        torch_once = torch_pass_timer(torch, s, p, layout, peer_dtype, a.min_ms)
+        mine, theirs = alternate(a.rounds, lambda: ours.time(lid, p, a.min_ms), torch_once)
         ms = mine["best_ms"]
         pr = mine.get("profile", {})
         model = pass_bytes(s, p, dtype) / (a.gbps * 1e9) * 1e3 if a.gbps else 0.0

@@ -1,10 +1,11 @@
 //! Running one decoded call on the CPU. A convolution is cut into chunks of the batch
 //! (`chunking`) whose copies to the host, computation and copies back overlap, ordered
-//! on the handle's stream, the chunks computed as tasks of the pool (`overlap`); packed fp32 is computed straight from and into the staging
-//! buffers, other dtypes and layouts are converted in parallel (`convert`) into reused
-//! work buffers (`host_mem`). Input rows a strided kernel one row tall never reads stay
-//! on the device (`skipped_rows`). Bias and batch-norm calls are copied in whole,
-//! computed, and copied back.
+//! on the handle's stream, the chunks computed as tasks of the pool (`overlap`); packed
+//! fp32 is computed straight from and into the staging buffers, other dtypes and
+//! layouts are converted in parallel (`convert`) into reused work buffers (`host_mem`).
+//! Input rows a strided kernel one row tall never reads stay on the device
+//! (`skipped_rows`). Bias and batch-norm calls are copied in whole, computed, and
+//! copied back.
 
 use std::ffi::c_void;
 use std::ops::Range;
@@ -607,9 +608,9 @@ fn call_plan(
 /// copying to the host up front, as far as the staging in flight allows; each chunk is
 /// a task of the pool that starts as soon as its copies are done, the next one's work
 /// taken up as the current one's runs out (see [`crate::overlap`]), and its result is
-/// queued for copying back while the next ones compute. Downloads are ordered on the handle's stream, one event
-/// per chunk; uploads go on a stream of the shim's own where the runtime allows (so
-/// both directions of the link are busy at once), and a staging slot is reused only
+/// queued for copying back while the next ones compute. Downloads are ordered on the
+/// handle's stream, one event per chunk; uploads go on a stream of the shim's own where
+/// the runtime allows (so both directions of the link are busy at once), and a staging slot is reused only
 /// after its upload has left. A weight gradient sums the chunks' parts (each chunk its
 /// own where the memory cap allows, else one after another) and is copied back at the
 /// end. When a failure stops the call after some chunks' results were queued,
@@ -827,7 +828,7 @@ pub fn run_conv_fused(
                 pool.install(|| host.compute_store(&r, &ab[..a_len], &bb[..b_len], ob, &mut ph))?;
             } else {
                 if acc.is_none() {
-                    acc = Some(WorkBuf::new(out.layout.numel(), "the weight gradient")?);
+                    acc = Some(WorkBuf::new(wlen, "the weight gradient")?);
                 }
                 let sum = acc.as_mut().expect("allocated above");
                 let ([ab, bb], []) = tr.views([sa[s], sb[s]], []);

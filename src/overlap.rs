@@ -24,6 +24,7 @@ use crate::config::Chunks;
 use crate::convert;
 use crate::cpu::conv;
 use crate::cpu::gate::Gate;
+use crate::cpu::ConvShape;
 use crate::describe::{ConvProblem, Pass};
 use crate::error::{ShimError, ShimResult};
 use crate::execute::{bytes_of, chunk_span, HostConv, Operand, Phases};
@@ -527,6 +528,12 @@ pub(crate) fn compute_gated(
         }),
     };
     let (lx, lw, ly) = (x.layout, w.layout, y.layout);
+    type Gated = fn(&ConvShape, &[f32], &[f32], &mut [f32], &dyn Gate) -> bool;
+    type Whole = fn(&ConvShape, &[f32], &[f32], &mut [f32]);
+    let (gated, whole): (Gated, Whole) = match p.pass {
+        Pass::BackwardData => (conv::backward_data_gated, conv::backward_data),
+        _ => (conv::forward_gated, conv::forward),
+    };
     let run = || {
         let t = Instant::now();
         // SAFETY: the staging outlives the call; the engine reads an image of `x`
@@ -539,17 +546,10 @@ pub(crate) fn compute_gated(
         let xs = convert::f32_view(xs, dt, &lx).expect("packed fp32 staging");
         let ws = convert::f32_view(ws, dt, &lw).expect("packed fp32 staging");
         let ys = convert::f32_view_mut(ys, dt, &ly).expect("packed fp32 staging");
-        let took = match p.pass {
-            Pass::BackwardData => conv::backward_data_gated(&p.shape, xs, ws, ys, &gate),
-            _ => conv::forward_gated(&p.shape, xs, ws, ys, &gate),
-        };
-        if !took {
+        if !gated(&p.shape, xs, ws, ys, &gate) {
             // The pool cannot run it gated (its scratch share): all at once.
             if gate.input_ready(n - 1) {
-                match p.pass {
-                    Pass::BackwardData => conv::backward_data(&p.shape, xs, ws, ys),
-                    _ => conv::forward(&p.shape, xs, ws, ys),
-                }
+                whole(&p.shape, xs, ws, ys);
             }
             (0..n).for_each(|i| gate.output_done(i));
         }

@@ -623,14 +623,13 @@ impl Transfers {
 
     /// Blocks until everything queued before `ev` was recorded is done.
     pub fn wait(&mut self, ev: Event) -> ShimResult<()> {
-        let Some(sync) = self.hip.hipEventSynchronize.filter(|_| !ev.0.is_null()) else {
+        if ev.0.is_null() || self.hip.hipEventSynchronize.is_none() {
             return self.sync();
-        };
+        }
         let t = Instant::now();
-        // SAFETY: an event recorded by these transfers.
-        let e = unsafe { sync(ev.0) };
+        let r = self.waiter().wait(ev);
         self.wait_time += t.elapsed();
-        self.hip_call("hipEventSynchronize", e)
+        r.map(drop)
     }
 
     /// Waits until everything queued on the handle's stream (and the uploads' stream),

@@ -64,14 +64,7 @@ pub(crate) fn forward_gated_with(
     gate: &dyn super::gate::Gate,
     t: &Tuning,
 ) -> bool {
-    s.check_buffers(
-        "forward",
-        [
-            ("x", x.len(), s.input_len()),
-            ("w", w.len(), s.weight_len()),
-            ("y", y.len(), s.output_len()),
-        ],
-    );
+    check_forward(s, x, w, y);
     !use_direct(s, t) && lowered::forward_gated(s, x, w, y, t, gate)
 }
 
@@ -109,14 +102,7 @@ pub(crate) fn backward_data_gated_with(
     gate: &dyn super::gate::Gate,
     t: &Tuning,
 ) -> bool {
-    s.check_buffers(
-        "backward_data",
-        [
-            ("dy", dy.len(), s.output_len()),
-            ("w", w.len(), s.weight_len()),
-            ("dx", dx.len(), s.input_len()),
-        ],
-    );
+    check_backward_data(s, dy, w, dx);
     !use_direct(s, t) && lowered::backward_data_gated(s, dy, w, dx, t, gate)
 }
 
@@ -134,11 +120,8 @@ pub fn release_scratch() {
     scratch::release_thread();
 }
 
-fn use_direct(s: &ConvShape, t: &Tuning) -> bool {
-    t.direct_depthwise && s.is_depthwise()
-}
-
-pub(crate) fn forward_with(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tuning) {
+/// Panics unless `x`, `w` and `y` are the sizes of `s`'s forward pass.
+fn check_forward(s: &ConvShape, x: &[f32], w: &[f32], y: &[f32]) {
     s.check_buffers(
         "forward",
         [
@@ -147,14 +130,10 @@ pub(crate) fn forward_with(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t
             ("y", y.len(), s.output_len()),
         ],
     );
-    if use_direct(s, t) {
-        depthwise::forward(s, x, w, y, t);
-    } else {
-        lowered::forward(s, x, w, y, t);
-    }
 }
 
-pub(crate) fn backward_data_with(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32], t: &Tuning) {
+/// Panics unless `dy`, `w` and `dx` are the sizes of `s`'s input gradient.
+fn check_backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &[f32]) {
     s.check_buffers(
         "backward_data",
         [
@@ -163,6 +142,23 @@ pub(crate) fn backward_data_with(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut 
             ("dx", dx.len(), s.input_len()),
         ],
     );
+}
+
+fn use_direct(s: &ConvShape, t: &Tuning) -> bool {
+    t.direct_depthwise && s.is_depthwise()
+}
+
+pub(crate) fn forward_with(s: &ConvShape, x: &[f32], w: &[f32], y: &mut [f32], t: &Tuning) {
+    check_forward(s, x, w, y);
+    if use_direct(s, t) {
+        depthwise::forward(s, x, w, y, t);
+    } else {
+        lowered::forward(s, x, w, y, t);
+    }
+}
+
+pub(crate) fn backward_data_with(s: &ConvShape, dy: &[f32], w: &[f32], dx: &mut [f32], t: &Tuning) {
+    check_backward_data(s, dy, w, dx);
     if use_direct(s, t) {
         depthwise::backward_data(s, dy, w, dx, t);
     } else {

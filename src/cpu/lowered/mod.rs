@@ -246,10 +246,17 @@ fn beside_flipped(s: &ConvShape, t: &Tuning) -> Tuning {
     }
 }
 
+/// The forward convolution ([`data_as_forward`]) that computes the input
+/// gradient of `s` (NCHW) on a pool of `threads`, where that is the implicit
+/// GEMM over the flipped kernel ([`backward_data`]'s choice).
+fn implicit_flipped(s: &ConvShape, t: &Tuning, threads: usize) -> Option<ConvShape> {
+    data_as_forward(s, t).filter(|f| implicit_plans(f, &beside_flipped(s, t), threads, true))
+}
+
 /// Whether the input gradient of `s` (NCHW) on a pool of `threads` is the
 /// implicit GEMM over the flipped kernel ([`backward_data`]'s choice).
 pub(crate) fn implicit_backward_data_chosen(s: &ConvShape, t: &Tuning, threads: usize) -> bool {
-    data_as_forward(s, t).is_some_and(|f| implicit_plans(&f, &beside_flipped(s, t), threads, true))
+    implicit_flipped(s, t, threads).is_some()
 }
 
 /// `dx = convᵀ(dy, w)` (NCHW) as the implicit GEMM over the flipped kernel
@@ -265,17 +272,9 @@ pub(crate) fn backward_data_gated(
     t: &Tuning,
     gate: &dyn Gate,
 ) -> bool {
-    let Some(f) = data_as_forward(s, t) else {
+    let Some(f) = implicit_flipped(s, t, rayon::current_num_threads()) else {
         return false;
     };
-    if !implicit_plans(
-        &f,
-        &beside_flipped(s, t),
-        rayon::current_num_threads(),
-        true,
-    ) {
-        return false;
-    }
     if !gate.input_ready(0) {
         return true;
     }
