@@ -637,8 +637,19 @@ unsafe fn gemm_in<S: Packed>(
 /// Packs rows `i0..i0 + mc` and columns `k0..k0 + kc` of `a` into
 /// `ceil(mc / MR)` panels of `kc × MR` floats (`dst[p·MR + i]` =
 /// `A[i0 + i][k0 + p]`), zero past row `mc` in the last panel.
+///
+/// # Safety
+/// `a` must address valid memory for those rows and columns; only inside
+/// code compiled for `S`.
 #[inline(always)]
-unsafe fn pack_a<S: Packed>(a: Mat, i0: usize, mc: usize, k0: usize, kc: usize, dst: &mut [f32]) {
+pub(crate) unsafe fn pack_a<S: Packed>(
+    a: Mat,
+    i0: usize,
+    mc: usize,
+    k0: usize,
+    kc: usize,
+    dst: &mut [f32],
+) {
     let mr = S::MR;
     let mpan = mc.div_ceil(mr);
     assert!(dst.len() >= mpan * kc * mr);
@@ -736,6 +747,43 @@ pub(crate) unsafe fn tile_a_rows<S: Packed>(
     // A row-major tile "shifted" takes its rows from the list (its own
     // code: the strided one keeps the compiler's addressing of its rows).
     S::tile(&t, cols.div_ceil(S::N), true, !at.is_null());
+}
+
+/// One micro-tile of a product whose `A` is a panel packed by [`pack_a`]
+/// (`MR` apart) and whose `B` is read in place, row `p` at `b + offs[p]`
+/// (`cols` floats of it, up to `NR`): `C (+)= A · B` over depth `kc`,
+/// storing `rows × cols` of it (`C[i][j]` at `c + i·ldc + j`).
+///
+/// # Safety
+/// The panel, every row of `B` (`NR` floats from each `b + offs[p]`) and
+/// `C` must hold the sizes given; only inside code compiled for `S`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn tile_shifted_b<S: Packed>(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    offs: *const usize,
+    c: *mut f32,
+    ldc: usize,
+    load: bool,
+    rows: usize,
+    cols: usize,
+) {
+    let t = Tile {
+        kc,
+        a,
+        lda: S::MR,
+        b,
+        offs,
+        a_rows: std::ptr::null(),
+        c,
+        ldc,
+        load,
+        rows,
+        cols,
+    };
+    S::tile(&t, cols.div_ceil(S::N), false, true);
 }
 
 /// One `MR × N·NV` micro-tile: `C (+)= A-panel · B-panel` over depth `kc`

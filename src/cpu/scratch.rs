@@ -46,6 +46,10 @@ pub(crate) struct Tuning {
     /// of 2-D layers over a channels-last copy of the input
     /// (`lowered::implicit_weights`).
     pub implicit_weights: bool,
+    /// Compute the stride-1 weight gradients small enough for per-worker
+    /// partials of 2-D layers over wide rows with the lowered input read in
+    /// place from channel-blocked planes (`lowered::blocked_weights`).
+    pub blocked_weights: bool,
     /// Compute the input gradient of a strided layer by phase, one product
     /// per kernel tap over gathered columns (`lowered::subpixel`).
     pub subpixel_data: bool,
@@ -79,6 +83,7 @@ impl Default for Tuning {
             implicit_forward: true,
             partial_weights_floats: 1 << 16,
             implicit_weights: true,
+            blocked_weights: true,
             subpixel_data: true,
             subpixel_min_channels: 256,
             subpixel_max_isa: super::simd::Isa::Avx2,

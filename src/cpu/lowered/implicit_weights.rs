@@ -38,7 +38,7 @@ const MAX_PARTS: usize = 64;
 /// 64-channel layer at 56 columns −5 % this way, its 7×7/2 stem at 112
 /// −14 %); at 24 and 12 columns (MNIST conv2 and conv3) this path gains
 /// 6 % and 22 % at AVX2.
-const MAX_ROW: usize = 32;
+pub(super) const MAX_ROW: usize = 32;
 /// Fewest input channels: the length of each copied run of `B`.
 const MIN_CHANNELS: usize = 8;
 
@@ -143,8 +143,12 @@ pub(super) fn backward_weights<S: Packed>(
             }
         });
     });
-    // [co][(kh, kw, ci)] to [co][ci][kh][kw].
-    let (c, taps) = (g.c, g.kh * g.kw);
+    from_tap_major(t, dw, g.c, g.kh * g.kw);
+}
+
+/// Permutes `dw` from `[co][(tap, ci)]` (`c` channels, `taps` taps) into
+/// `[co][ci][tap]`.
+pub(super) fn from_tap_major(t: &Tuning, dw: &mut [f32], c: usize, taps: usize) {
     t.scratch(Slot::Weights, dw.len(), |tmp| {
         tmp.copy_from_slice(dw);
         dw.par_chunks_mut(c * taps)

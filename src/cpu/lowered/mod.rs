@@ -14,7 +14,9 @@
 //! directly ([`forward_channels_last`]). The input gradient of a strided
 //! layer of many channels goes by phase at AVX2, one product per kernel
 //! tap (`subpixel`); small weight gradients over short rows run over the
-//! implicit forward's channels-last planes (`implicit_weights`).
+//! implicit forward's channels-last planes (`implicit_weights`), over wide
+//! rows with a stride-1 kernel over channel-blocked planes read in place
+//! (`blocked_weights`).
 //!
 //! Chunks cut the positions of the batch into independent tasks; chunks of
 //! small images span several whole images so the products stay large.
@@ -26,6 +28,8 @@
 //! for AVX-512 and for AVX2) and [`portable`] (explicit im2col chunks and
 //! the `gemm` crate).
 
+#[cfg(target_arch = "x86_64")]
+mod blocked_weights;
 #[cfg(target_arch = "x86_64")]
 mod implicit;
 #[cfg(target_arch = "x86_64")]

@@ -684,6 +684,10 @@ pub(super) fn backward_weights<S: Packed>(
     if let Some(plan) = super::implicit_weights::plan::<S>(s, t, threads) {
         return super::implicit_weights::backward_weights::<S>(s, x, dy, dw, t, plan);
     }
+    let short_rows = super::implicit_weights::MAX_ROW;
+    if let Some(plan) = super::blocked_weights::plan::<S>(s, t, threads, short_rows) {
+        return super::blocked_weights::backward_weights::<S>(s, x, dy, dw, t, plan);
+    }
     let budget = t.floats_per_worker(threads);
     let bblock = b_block::<S>(budget);
     if let Some(ranges) = column_ranges(s, &d, t, threads) {

@@ -288,6 +288,7 @@ impl Variant {
             partial_weights_floats: 0,
             subpixel_data: false,
             implicit_weights: false,
+            blocked_weights: false,
             ..Tuning::default()
         };
         Variant {
