@@ -18,12 +18,16 @@
 //! the input, 9× for a 3×3 kernel, a tenth of its time on ResNet's
 //! 64-channel layer at AVX2 — where this path transposes the input once.
 //!
-//! Workers sum into private partials (`super::sum_over_workers`), permuted
-//! into `[co][ci][kh][kw]` at the end, so the path takes the gradients
-//! small enough for partials; short rows (a few dozen columns) go to
-//! `super::implicit_weights`, which is ahead there. The micro-tile is `B`
-//! columns wide: the whole AVX2 tile, two of the three vectors of
-//! AVX-512's.
+//! Gradients small enough for per-worker partials: workers sum into them
+//! (`super::sum_over_workers`) over bands of wide rows; short rows (a few
+//! dozen columns) go to `super::implicit_weights`, which is ahead there.
+//! Larger gradients ([`backward_weights_by_columns`]): the planes of every
+//! image and `dy` are built and packed once for the batch, and each task
+//! owns a range of the panels `(tap, block)` over all positions, in depth
+//! blocks that run across images (49 positions at 7×7 would make shallow
+//! products). Either way the result, `[co][(tap, ci)]`, is permuted into
+//! `[co][ci][kh][kw]` at the end. The micro-tile is `B` columns wide: the
+//! whole AVX2 tile, two of the three vectors of AVX-512's.
 
 use std::ops::Range;
 
@@ -39,6 +43,9 @@ use crate::cpu::ConvShape;
 pub(super) fn block<S: Packed>() -> usize {
     2 * S::N
 }
+/// Bytes of the block of `dW` a column task computes over all positions
+/// before its next: within a 512 KiB L2 beside the packed `dy`.
+const C_BYTES: usize = 256 << 10;
 /// Preferred output positions of one task (the depth of its product).
 const TASK_POSITIONS: usize = 1024;
 
@@ -105,10 +112,21 @@ pub(super) struct Plan {
     workers: usize,
 }
 
-/// The plan for `s` on `threads` workers, if the path applies: a 2-D
-/// convolution of one group, stride 1, more than one tap, input channels a
-/// multiple of the planes' [`block`], output
-/// rows wider than `min_row`, a gradient within
+/// Whether the path takes `s` at all (under `t`): a 2-D convolution of one
+/// group, stride 1, more than one tap, input channels a multiple of the
+/// planes' [`block`].
+fn takes<S: Packed>(s: &ConvShape, t: &Tuning) -> bool {
+    t.blocked_weights
+        && s.groups == 1
+        && s.input[0] == 1
+        && s.kernel[0] == 1
+        && s.kernel_spatial() > 1
+        && s.stride[1..] == [1, 1]
+        && s.c_in.is_multiple_of(block::<S>())
+}
+
+/// The plan for `s` on `threads` workers, if the path applies: a shape it
+/// [`takes`], output rows wider than `min_row`, a gradient within
 /// [`Tuning::partial_weights_floats`] with a partial for every thread, and
 /// a task's planes within a worker's share of the budget.
 pub(super) fn plan<S: Packed>(
@@ -117,16 +135,7 @@ pub(super) fn plan<S: Packed>(
     threads: usize,
     min_row: usize,
 ) -> Option<Plan> {
-    if !t.blocked_weights
-        || s.groups != 1
-        || s.input[0] != 1
-        || s.kernel[0] != 1
-        || s.kernel_spatial() == 1
-        || s.stride[1..] != [1, 1]
-        || s.c_in % block::<S>() != 0
-        || s.output[2] <= min_row
-        || s.weight_len() > t.partial_weights_floats
-    {
+    if !takes::<S>(s, t) || s.output[2] <= min_row || s.weight_len() > t.partial_weights_floats {
         return None;
     }
     let g = Geo::of::<S>(s);
@@ -194,6 +203,294 @@ pub(super) fn backward_weights<S: Packed>(
         });
     });
     super::implicit_weights::from_tap_major(t, dw, g.c, g.kh * g.kw);
+}
+
+/// How a gradient too large for per-worker partials is cut: ranges of the
+/// planes' panels `(tap, block)`, one task each, every task sweeping all
+/// positions of the batch.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Columns {
+    ranges: usize,
+}
+
+/// The column split for `s` on `threads` workers, if the path applies: a
+/// shape it [`takes`] (any row width) with a gradient beyond
+/// [`Tuning::partial_weights_floats`] or without a partial for every
+/// thread, and the planes and packed `dy` of the whole batch within a
+/// quarter of the budget.
+pub(super) fn plan_columns<S: Packed>(
+    s: &ConvShape,
+    t: &Tuning,
+    threads: usize,
+) -> Option<Columns> {
+    if !takes::<S>(s, t) {
+        return None;
+    }
+    let small = s.weight_len() <= t.partial_weights_floats
+        && partial_workers(t, s.weight_len(), threads) >= threads;
+    let g = Geo::of::<S>(s);
+    let total = t.scratch_bytes / 4;
+    if small && threads > 1
+        || s.n * g.planes_len(g.oh) + DepthBlocks::of::<S>(&g, s.n).packed_len() > total / 4
+    {
+        return None;
+    }
+    let panels = s.kernel_spatial() * s.c_in / g.block;
+    Some(Columns {
+        ranges: (2 * threads).min(panels),
+    })
+}
+
+/// `dw` of `s` split by [`Columns`] (made for the current pool): the planes
+/// of every image and `dy` packed whole first (each once, where every task
+/// packing its own `dy` would pack it once a task), then each task's panels
+/// over every position.
+pub(super) fn backward_weights_by_columns<S: Packed>(
+    s: &ConvShape,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    t: &Tuning,
+    plan: Columns,
+) {
+    use rayon::prelude::*;
+
+    let g = Geo::of::<S>(s);
+    let rows_in = g.rows_in(g.oh);
+    let image_planes = g.planes_len(g.oh);
+    let image = g.c * g.h * g.w;
+    let d = DepthBlocks::of::<S>(&g, s.n);
+    // Plane offset of every output position of the batch (images one
+    // planes-length apart).
+    let offs: Vec<usize> = (0..d.all)
+        .map(|q| {
+            let p = q % d.per_image;
+            q / d.per_image * image_planes + (p / g.ow * g.pitch + p % g.ow) * g.block
+        })
+        .collect();
+    let planes_len = s.n * image_planes;
+    t.scratch(Slot::Partials, planes_len + d.packed_len(), |buf| {
+        let (planes, packed) = buf.split_at_mut(planes_len);
+        planes
+            .par_chunks_mut(image_planes)
+            .zip(x.par_chunks(image))
+            // SAFETY: the instruction set is available (checked by the
+            // caller).
+            .for_each(|(p, x)| unsafe {
+                S::enter(Fill {
+                    g: &g,
+                    x,
+                    rows_in,
+                    planes: p,
+                })
+            });
+        pack_dy::<S>(&g, &d, dy, packed);
+        t.scratch(Slot::Weights, dw.len(), |wt| {
+            let wtp = crate::cpu::par::SendPtr(wt.as_mut_ptr());
+            let panels = g.kh * g.kw * g.c / g.block;
+            let (planes, packed) = (&*planes, &*packed);
+            (0..plan.ranges).into_par_iter().for_each(|r| {
+                let task = ColumnTask {
+                    g: &g,
+                    d: &d,
+                    planes,
+                    rows_in,
+                    packed,
+                    offs: &offs,
+                    // SAFETY: each task writes only its own panels'
+                    // columns of `wt`.
+                    wt: &wtp,
+                    panels: split_range(panels, plan.ranges, r),
+                };
+                // SAFETY: the instruction set is available.
+                unsafe { S::enter(task) }
+            });
+            super::implicit_weights::permute_tap_major(wt, dw, g.c, g.kh * g.kw);
+        });
+    });
+}
+
+/// The depth blocks of a column split: the positions of the whole batch,
+/// so that small images (49 positions at 7×7) still make deep products,
+/// cut evenly into blocks of at most `KC_L1`.
+struct DepthBlocks {
+    per_image: usize,
+    all: usize,
+    blocks: usize,
+    /// Rows of the packed `dy`: `co` up to a whole tile.
+    rows: usize,
+    mr: usize,
+}
+
+impl DepthBlocks {
+    fn of<S: Packed>(g: &Geo, n: usize) -> DepthBlocks {
+        let all = n * g.oh * g.ow;
+        DepthBlocks {
+            per_image: g.oh * g.ow,
+            all,
+            blocks: all.div_ceil(S::KC_L1),
+            rows: g.co.div_ceil(S::MR) * S::MR,
+            mr: S::MR,
+        }
+    }
+
+    /// Positions of block `b`.
+    fn block(&self, b: usize) -> Range<usize> {
+        self.all * b / self.blocks..self.all * (b + 1) / self.blocks
+    }
+
+    /// Floats of the packed `dy`.
+    fn packed_len(&self) -> usize {
+        self.rows * self.all
+    }
+
+    /// Offset of panel `ip` of block `b` in the packed `dy` (`pack_a`'s
+    /// layout within a block: `kc · MR` floats a panel).
+    fn panel(&self, b: usize, ip: usize) -> usize {
+        let r = self.block(b);
+        r.start * self.rows + ip * r.len() * self.mr
+    }
+}
+
+/// Packs `dy` (every image) into `packed` as [`DepthBlocks`] lays it out,
+/// split over the pool by block and group of panels.
+fn pack_dy<S: Packed>(g: &Geo, d: &DepthBlocks, dy: &[f32], packed: &mut [f32]) {
+    use crate::cpu::par::SendPtr;
+    use rayon::prelude::*;
+    /// Panels per task.
+    const PANELS: usize = 16;
+    let groups = (d.rows / d.mr).div_ceil(PANELS);
+    let out = SendPtr(packed.as_mut_ptr());
+    (0..d.blocks * groups).into_par_iter().for_each(|task| {
+        let (b, grp) = (task / groups, task % groups);
+        let panels = grp * PANELS..((grp + 1) * PANELS).min(d.rows / d.mr);
+        // SAFETY: each task writes its own panels of its own block; the
+        // instruction set is available.
+        unsafe {
+            S::enter(PackDy {
+                g,
+                d,
+                dy,
+                out: &out,
+                b,
+                panels,
+            })
+        }
+    });
+}
+
+/// One task of [`pack_dy`].
+struct PackDy<'a> {
+    g: &'a Geo,
+    d: &'a DepthBlocks,
+    dy: &'a [f32],
+    out: &'a crate::cpu::par::SendPtr,
+    b: usize,
+    panels: Range<usize>,
+}
+
+impl WithPacked for PackDy<'_> {
+    type Output = ();
+    #[inline(always)]
+    unsafe fn run<S: Packed>(self) {
+        let (g, d, mr) = (self.g, self.d, S::MR);
+        let k = d.block(self.b);
+        let out_image = g.co * d.per_image;
+        for ip in self.panels {
+            let row = ip * mr;
+            let panel = self.out.slice(d.panel(self.b, ip), k.len() * mr);
+            // Each image's run of the block into its place in the panel.
+            for (n, run) in crate::cpu::par::per_item(k.clone(), d.per_image) {
+                let a = Mat {
+                    ptr: self.dy[n * out_image..].as_ptr(),
+                    rs: d.per_image,
+                    cs: 1,
+                };
+                let at = (n * d.per_image + run.start - k.start) * mr;
+                let rows = mr.min(g.co - row);
+                pack_a::<S>(a, row, rows, run.start, run.len(), &mut panel[at..]);
+            }
+        }
+    }
+}
+
+/// The planes of one whole image ([`fill_planes`] from row 0).
+struct Fill<'a> {
+    g: &'a Geo,
+    x: &'a [f32],
+    rows_in: usize,
+    planes: &'a mut [f32],
+}
+
+impl WithPacked for Fill<'_> {
+    type Output = ();
+    #[inline(always)]
+    unsafe fn run<S: Packed>(self) {
+        fill_planes::<S>(self.g, self.x, 0, self.rows_in, self.planes)
+    }
+}
+
+/// One task of [`backward_weights_by_columns`]: `dW'[co][(tap, ci)]` of
+/// its panels over every position (written by the first depth block,
+/// added by the others), a run of panels at a time so that their block of
+/// `C` stays in L2 across the depth blocks.
+struct ColumnTask<'a> {
+    g: &'a Geo,
+    d: &'a DepthBlocks,
+    planes: &'a [f32],
+    rows_in: usize,
+    packed: &'a [f32],
+    offs: &'a [usize],
+    wt: &'a crate::cpu::par::SendPtr,
+    panels: Range<usize>,
+}
+
+impl WithPacked for ColumnTask<'_> {
+    type Output = ();
+    #[inline(always)]
+    unsafe fn run<S: Packed>(self) {
+        let (g, d) = (self.g, self.d);
+        let (mr, k, bw) = (S::MR, g.kh * g.kw * g.c, g.block);
+        let (cbs, plane) = (g.c / bw, self.rows_in * g.pitch * bw);
+        let base = self.planes.as_ptr();
+        let run = (C_BYTES / (4 * g.co * bw)).max(1);
+        let tiles = d.rows / mr;
+        let tiles_mc = S::MC / mr;
+        let mut first = self.panels.start;
+        while first < self.panels.end {
+            let panels = first..(first + run).min(self.panels.end);
+            first = panels.end;
+            for b in 0..d.blocks {
+                let kr = d.block(b);
+                let offs = self.offs[kr.start..].as_ptr();
+                // Tiles of `dy` in blocks of `MC` rows: each block stays in
+                // L2 while the panels' runs of the planes pass over it.
+                for t0 in (0..tiles).step_by(tiles_mc) {
+                    for j in panels.clone() {
+                        let (tap, cb) = (j / cbs, j % cbs);
+                        let shift =
+                            ((tap / g.kw) * g.dil[0] * g.pitch + (tap % g.kw) * g.dil[1]) * bw;
+                        let b_at = base.add(cb * plane + shift);
+                        let col = tap * g.c + cb * bw;
+                        for ip in t0..tiles.min(t0 + tiles_mc) {
+                            let row = ip * mr;
+                            tile_shifted_b::<S>(
+                                kr.len(),
+                                self.packed.as_ptr().add(d.panel(b, ip)),
+                                b_at,
+                                offs,
+                                self.wt.at(row * k + col),
+                                k,
+                                b > 0,
+                                mr.min(g.co - row),
+                                bw,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// One task: an image's band of output rows, summed into `acc`
@@ -351,6 +648,45 @@ mod tests {
         let tall = shapes()[3];
         let band = plan::<Avx2>(&tall, &t, 3, 32).unwrap().band;
         assert!(band < tall.output[1], "{band}");
+    }
+
+    /// Gradients too large for partials, split by columns: small images
+    /// (7×7, one depth block each) with more output channels than an AVX2
+    /// block of `dy` (`MC`); rows of several depth blocks, dilated and
+    /// uneven padding; 48 channels (AVX2 only).
+    #[test]
+    fn column_split_matches_reference() {
+        let shapes = [
+            shape2d(3, 32, 260, 1, [7, 7], [3, 3], [1, 1], [1, 1], [1, 1]),
+            shape2d(2, 32, 9, 1, [21, 23], [2, 3], [1, 0], [1, 1], [2, 1]),
+            shape2d(2, 48, 5, 1, [9, 10], [3, 3], [1, 1], [1, 1], [1, 1]),
+        ];
+        for s in shapes {
+            for isa in [Isa::Avx2, Isa::Avx512] {
+                for threads in [1, 3] {
+                    let tuning = Tuning {
+                        isa,
+                        partial_weights_floats: 0,
+                        ..Tuning::default()
+                    };
+                    let took = match isa {
+                        Isa::Avx2 => plan_columns::<Avx2>(&s, &tuning, threads).is_some(),
+                        _ => plan_columns::<Avx512>(&s, &tuning, threads).is_some(),
+                    };
+                    assert_eq!(took, isa == Isa::Avx2 || s.c_in % 32 == 0, "{s:?}");
+                    let v = Variant {
+                        name: "weight gradients split by columns",
+                        tuning,
+                        threads,
+                    };
+                    check_against_reference(&s, &v, 43).unwrap();
+                }
+            }
+        }
+        // Small gradients with a partial for every thread keep the partials.
+        let small = shapes[1];
+        assert!(plan_columns::<Avx2>(&small, &Tuning::default(), 3).is_none());
+        assert!(plan_columns::<Avx2>(&small, &Tuning::default(), 1).is_some());
     }
 
     #[test]

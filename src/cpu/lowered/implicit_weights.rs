@@ -151,16 +151,25 @@ pub(super) fn backward_weights<S: Packed>(
 pub(super) fn from_tap_major(t: &Tuning, dw: &mut [f32], c: usize, taps: usize) {
     t.scratch(Slot::Weights, dw.len(), |tmp| {
         tmp.copy_from_slice(dw);
-        dw.par_chunks_mut(c * taps)
-            .zip(tmp.par_chunks(c * taps))
-            .for_each(|(out, src)| {
-                for tap in 0..taps {
-                    for ci in 0..c {
-                        out[ci * taps + tap] = src[tap * c + ci];
-                    }
-                }
-            });
+        permute_tap_major(tmp, dw, c, taps);
     });
+}
+
+/// `dw[co][ci][tap]` = `src[co][(tap, ci)]` (`c` channels, `taps` taps),
+/// a row of `co` a task.
+pub(super) fn permute_tap_major(src: &[f32], dw: &mut [f32], c: usize, taps: usize) {
+    dw.par_chunks_mut(c * taps)
+        .zip(src.par_chunks(c * taps))
+        .for_each(|(out, src)| {
+            // Each tap's run of `src` is read along the channels, one
+            // element a channel's run of `out`.
+            let runs: Vec<&[f32]> = src.chunks_exact(c).collect();
+            for (ci, o) in out.chunks_exact_mut(taps).enumerate() {
+                for (v, run) in o.iter_mut().zip(&runs) {
+                    *v = run[ci];
+                }
+            }
+        });
 }
 
 /// One task: an image's band of output rows, summed into `acc`.
