@@ -690,10 +690,10 @@ pub(super) fn backward_weights<S: Packed>(
     }
     let budget = t.floats_per_worker(threads);
     let bblock = b_block::<S>(budget);
+    if let Some(plan) = super::blocked_weights::plan_columns::<S>(s, t, threads) {
+        return super::blocked_weights::backward_weights_by_columns::<S>(s, x, dy, dw, t, plan);
+    }
     if let Some(ranges) = column_ranges(s, &d, t, threads) {
-        if let Some(plan) = super::blocked_weights::plan_columns::<S>(s, t, threads) {
-            return super::blocked_weights::backward_weights_by_columns::<S>(s, x, dy, dw, t, plan);
-        }
         let cols = image_cols(WEIGHTS_COLS, d.p, d.m, budget - bblock);
         let chunks = Chunk::cover(0..s.n, d.p, cols, 1);
         let dwp = SendPtr(dw.as_mut_ptr());
