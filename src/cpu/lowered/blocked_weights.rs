@@ -170,10 +170,7 @@ pub(super) fn backward_weights<S: Packed>(
 ) {
     let g = Geo::of::<S>(s);
     let Plan { band, workers } = plan;
-    let bands = g.oh.div_ceil(band);
-    let tasks: Vec<(usize, Range<usize>)> = (0..s.n)
-        .flat_map(|n| (0..bands).map(move |b| (n, b * band..((b + 1) * band).min(g.oh))))
-        .collect();
+    let tasks = super::image_bands(s.n, g.oh, band);
     // Plane offset of each output position of a band (the same for every
     // band: its planes start at its first row).
     let offs: Vec<usize> = (0..band * g.ow)

@@ -117,10 +117,7 @@ pub(super) fn backward_weights<S: Packed>(
         budget,
     } = plan;
     let bblock = b_block::<S>(budget);
-    let bands = g.oh.div_ceil(band);
-    let tasks: Vec<(usize, Range<usize>)> = (0..s.n)
-        .flat_map(|n| (0..bands).map(move |b| (n, b * band..((b + 1) * band).min(g.oh))))
-        .collect();
+    let tasks = super::image_bands(s.n, g.oh, band);
     let len = g.input_len::<S>(band);
     sum_over_workers(t, dw, workers, |wi, acc| {
         let mine = crate::cpu::par::split_range(tasks.len(), workers, wi);

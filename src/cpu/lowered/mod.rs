@@ -457,6 +457,19 @@ pub(super) fn partial_workers(t: &Tuning, wlen: usize, threads: usize) -> usize 
     }
 }
 
+/// The tasks `(image, output rows)` of `n` images of `rows` rows in bands
+/// of `band` rows (the last of an image shorter), image after image.
+pub(super) fn image_bands(
+    n: usize,
+    rows: usize,
+    band: usize,
+) -> Vec<(usize, std::ops::Range<usize>)> {
+    let bands = rows.div_ceil(band);
+    (0..n)
+        .flat_map(|i| (0..bands).map(move |b| (i, b * band..((b + 1) * band).min(rows))))
+        .collect()
+}
+
 /// Runs `work(worker, acc)` for `workers` workers, each summing into its own
 /// zeroed copy of the weight gradient (worker 0 into `dw` itself), then adds
 /// the copies into `dw`.
