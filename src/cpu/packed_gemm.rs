@@ -475,20 +475,17 @@ impl WithPacked for GemmShifted<'_> {
                         let cols = nr.min(n - col);
                         for ip in 0..mpan {
                             let row = i0 + ip * mr;
-                            let t = Tile {
+                            tile_shifted_b::<S>(
                                 kc,
-                                a: abuf.as_ptr().add(ip * kc * mr),
-                                lda: mr,
-                                b: b.base.add(col),
-                                offs: b.offs.as_ptr().add(k0),
-                                a_rows: std::ptr::null(),
-                                c: c.ptr.add(row * c.rs + col),
-                                ldc: c.rs,
-                                load: k0 > 0,
-                                rows: mr.min(m - row),
+                                abuf.as_ptr().add(ip * kc * mr),
+                                b.base.add(col),
+                                b.offs.as_ptr().add(k0),
+                                c.ptr.add(row * c.rs + col),
+                                c.rs,
+                                k0 > 0,
+                                mr.min(m - row),
                                 cols,
-                            };
-                            S::tile(&t, cols.div_ceil(S::N), false, true);
+                            );
                         }
                     }
                     i0 += mc;
@@ -897,25 +894,25 @@ impl Tile {
 macro_rules! tiles {
     ($s:ty, $mr:literal, $t:expr, $nv:expr, $rm:expr, $sh:expr) => {
         if $t.rows <= EDGE_MR {
-            tiles!(@rows $s, 4, $t, $nv, $rm, $sh)
+            tiles!(@rows $s, EDGE_MR, $t, $nv, $rm, $sh)
         } else {
             tiles!(@rows $s, $mr, $t, $nv, $rm, $sh)
         }
     };
-    (@rows $s:ty, $mr:literal, $t:expr, $nv:expr, $rm:expr, $sh:expr) => {
+    (@rows $s:ty, $mr:expr, $t:expr, $nv:expr, $rm:expr, $sh:expr) => {
         match ($nv, $rm, $sh) {
-            (3, true, false) => $t.run::<$s, $mr, 3, true, false>(),
-            (2, true, false) => $t.run::<$s, $mr, 2, true, false>(),
-            (_, true, false) => $t.run::<$s, $mr, 1, true, false>(),
-            (3, true, true) => $t.run::<$s, $mr, 3, true, true>(),
-            (2, true, true) => $t.run::<$s, $mr, 2, true, true>(),
-            (_, true, true) => $t.run::<$s, $mr, 1, true, true>(),
-            (3, false, false) => $t.run::<$s, $mr, 3, false, false>(),
-            (2, false, false) => $t.run::<$s, $mr, 2, false, false>(),
-            (_, false, false) => $t.run::<$s, $mr, 1, false, false>(),
-            (3, false, true) => $t.run::<$s, $mr, 3, false, true>(),
-            (2, false, true) => $t.run::<$s, $mr, 2, false, true>(),
-            (_, false, true) => $t.run::<$s, $mr, 1, false, true>(),
+            (3, true, false) => $t.run::<$s, { $mr }, 3, true, false>(),
+            (2, true, false) => $t.run::<$s, { $mr }, 2, true, false>(),
+            (_, true, false) => $t.run::<$s, { $mr }, 1, true, false>(),
+            (3, true, true) => $t.run::<$s, { $mr }, 3, true, true>(),
+            (2, true, true) => $t.run::<$s, { $mr }, 2, true, true>(),
+            (_, true, true) => $t.run::<$s, { $mr }, 1, true, true>(),
+            (3, false, false) => $t.run::<$s, { $mr }, 3, false, false>(),
+            (2, false, false) => $t.run::<$s, { $mr }, 2, false, false>(),
+            (_, false, false) => $t.run::<$s, { $mr }, 1, false, false>(),
+            (3, false, true) => $t.run::<$s, { $mr }, 3, false, true>(),
+            (2, false, true) => $t.run::<$s, { $mr }, 2, false, true>(),
+            (_, false, true) => $t.run::<$s, { $mr }, 1, false, true>(),
         }
     };
 }

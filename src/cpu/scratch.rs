@@ -46,9 +46,10 @@ pub(crate) struct Tuning {
     /// of 2-D layers over a channels-last copy of the input
     /// (`lowered::implicit_weights`).
     pub implicit_weights: bool,
-    /// Compute the stride-1 weight gradients small enough for per-worker
-    /// partials of 2-D layers over wide rows with the lowered input read in
-    /// place from channel-blocked planes (`lowered::blocked_weights`).
+    /// Compute stride-1 weight gradients of 2-D layers with the lowered
+    /// input read in place from channel-blocked planes
+    /// (`lowered::blocked_weights`): by per-worker partials over wide rows,
+    /// or split by columns where the gradient is too large for partials.
     pub blocked_weights: bool,
     /// Compute the input gradient of a strided layer by phase, one product
     /// per kernel tap over gathered columns (`lowered::subpixel`).

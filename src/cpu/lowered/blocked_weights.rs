@@ -46,8 +46,6 @@ pub(super) fn block<S: Packed>() -> usize {
 /// Bytes of the block of `dW` a column task computes over all positions
 /// before its next: within a 512 KiB L2 beside the packed `dy`.
 const C_BYTES: usize = 256 << 10;
-/// Preferred output positions of one task (the depth of its product).
-const TASK_POSITIONS: usize = 1024;
 
 /// The geometry of one call.
 #[derive(Clone, Copy, Debug)]
@@ -106,11 +104,7 @@ impl Geo {
 
 /// How one call is cut: output rows per task and the workers summing into
 /// partials.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Plan {
-    pub band: usize,
-    workers: usize,
-}
+pub(super) type Plan = super::PartialBands;
 
 /// Whether the path takes `s` at all (under `t`): a 2-D convolution of one
 /// group, stride 1, more than one tap, input channels a multiple of the
@@ -139,24 +133,7 @@ pub(super) fn plan<S: Packed>(
         return None;
     }
     let g = Geo::of::<S>(s);
-    let workers = partial_workers(t, s.weight_len(), threads);
-    if workers < threads {
-        return None;
-    }
-    let total = t.scratch_bytes / 4;
-    let budget = total.checked_sub((workers - 1) * s.weight_len())? / workers;
-    let want = if workers > 1 { 4 * workers } else { 1 };
-    let per_image = want.div_ceil(s.n).min(g.oh);
-    let mut band = (TASK_POSITIONS / g.ow)
-        .clamp(1, g.oh)
-        .min(g.oh.div_ceil(per_image));
-    while g.planes_len(band) + g.a_len::<S>() > budget {
-        if band == 1 {
-            return None;
-        }
-        band = band.div_ceil(2);
-    }
-    Some(Plan { band, workers })
+    super::partial_bands(s, t, threads, |band, _| g.planes_len(band) + g.a_len::<S>())
 }
 
 /// `dw` of `s` by `plan` (made for the current pool).
@@ -169,7 +146,7 @@ pub(super) fn backward_weights<S: Packed>(
     plan: Plan,
 ) {
     let g = Geo::of::<S>(s);
-    let Plan { band, workers } = plan;
+    let Plan { band, workers, .. } = plan;
     let tasks = super::image_bands(s.n, g.oh, band);
     // Plane offset of each output position of a band (the same for every
     // band: its planes start at its first row).

@@ -22,15 +22,13 @@ use rayon::prelude::*;
 
 use super::implicit::{fill_planes, Geo};
 use super::packed::b_block;
-use super::{partial_workers, sum_over_workers};
+use super::sum_over_workers;
 use crate::cpu::matmul::{Mat, MatMut};
 use crate::cpu::pack::PlanesTB;
 use crate::cpu::packed_gemm::{gemm, ASource, Packed, WithPacked};
 use crate::cpu::scratch::{Slot, Tuning};
 use crate::cpu::ConvShape;
 
-/// Preferred output positions of one task (the depth of its product).
-const TASK_POSITIONS: usize = 1024;
 /// Most contiguous runs of columns (kernel rows, or taps when dilated).
 const MAX_PARTS: usize = 64;
 /// Widest output rows: longer rows leave the NCHW lowering long runs to
@@ -44,12 +42,7 @@ const MIN_CHANNELS: usize = 8;
 
 /// How one call is cut: output rows per task, the workers summing into
 /// partials and each one's scratch floats.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Plan {
-    pub band: usize,
-    workers: usize,
-    budget: usize,
-}
+pub(super) type Plan = super::PartialBands;
 
 /// The plan for `s` on `threads` workers, if the path applies: a 2-D convolution of
 /// one group with more than one tap, at least [`MIN_CHANNELS`] input
@@ -76,28 +69,8 @@ pub(super) fn plan<S: Packed>(s: &ConvShape, t: &Tuning, threads: usize) -> Opti
         return None;
     }
     let g = Geo::of::<S>(s);
-    let workers = partial_workers(t, s.weight_len(), threads);
-    if workers < threads {
-        return None;
-    }
-    let total = t.scratch_bytes / 4;
-    let budget = total.checked_sub((workers - 1) * s.weight_len())? / workers;
-    let bblock = b_block::<S>(budget);
-    let want = if workers > 1 { 4 * workers } else { 1 };
-    let per_image = want.div_ceil(s.n).min(g.oh);
-    let mut band = (TASK_POSITIONS / g.ow)
-        .clamp(1, g.oh)
-        .min(g.oh.div_ceil(per_image));
-    while g.input_len::<S>(band) + bblock > budget {
-        if band == 1 {
-            return None;
-        }
-        band = band.div_ceil(2);
-    }
-    Some(Plan {
-        band,
-        workers,
-        budget,
+    super::partial_bands(s, t, threads, |band, budget| {
+        g.input_len::<S>(band) + b_block::<S>(budget)
     })
 }
 

@@ -457,8 +457,61 @@ pub(super) fn partial_workers(t: &Tuning, wlen: usize, threads: usize) -> usize 
     }
 }
 
+/// How a weight gradient summed into per-worker partials over bands of
+/// output rows (`implicit_weights`, `blocked_weights`) is cut: rows per
+/// task, the workers and each one's share of the scratch floats.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug)]
+pub(super) struct PartialBands {
+    pub band: usize,
+    pub workers: usize,
+    pub budget: usize,
+}
+
+/// Preferred output positions of one task of [`partial_bands`] (the depth
+/// of its product).
+#[cfg(target_arch = "x86_64")]
+const BAND_POSITIONS: usize = 1024;
+
+/// [`PartialBands`] for `s` on `threads` workers: a partial for every
+/// thread (else `None`), bands of about [`BAND_POSITIONS`] positions and at
+/// least four tasks a worker, halved until a task's `task_floats(band,
+/// budget)` fits the worker's share (`None` where one row does not).
+#[cfg(target_arch = "x86_64")]
+pub(super) fn partial_bands(
+    s: &ConvShape,
+    t: &Tuning,
+    threads: usize,
+    task_floats: impl Fn(usize, usize) -> usize,
+) -> Option<PartialBands> {
+    let (oh, ow) = (s.output[1], s.output[2]);
+    let workers = partial_workers(t, s.weight_len(), threads);
+    if workers < threads {
+        return None;
+    }
+    let total = t.scratch_bytes / 4;
+    let budget = total.checked_sub((workers - 1) * s.weight_len())? / workers;
+    let want = if workers > 1 { 4 * workers } else { 1 };
+    let per_image = want.div_ceil(s.n).min(oh);
+    let mut band = (BAND_POSITIONS / ow)
+        .clamp(1, oh)
+        .min(oh.div_ceil(per_image));
+    while task_floats(band, budget) > budget {
+        if band == 1 {
+            return None;
+        }
+        band = band.div_ceil(2);
+    }
+    Some(PartialBands {
+        band,
+        workers,
+        budget,
+    })
+}
+
 /// The tasks `(image, output rows)` of `n` images of `rows` rows in bands
 /// of `band` rows (the last of an image shorter), image after image.
+#[cfg(target_arch = "x86_64")]
 pub(super) fn image_bands(
     n: usize,
     rows: usize,
