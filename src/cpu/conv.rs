@@ -112,6 +112,45 @@ pub fn backward_data_gated_applies(s: &ConvShape, threads: usize) -> bool {
     !use_direct(s, &t) && lowered::implicit_backward_data_chosen(s, &t, threads)
 }
 
+/// `dw` of `s` over a batch whose images of `x` and `dy` arrive while it
+/// runs (see [`super::gate`]): each task asks the gate for the images it
+/// reads as it reaches them, image after image; the gate hears of no output
+/// image (`dw` is whole when it returns). Where the engine's choice for `s`
+/// reads the images in order ([`backward_weights_gated_applies`]); false,
+/// with nothing read or written, where it does not.
+///
+/// # Panics
+/// As [`backward_weights`].
+pub fn backward_weights_gated(
+    s: &ConvShape,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    gate: &dyn super::gate::Gate,
+) -> bool {
+    backward_weights_gated_with(s, x, dy, dw, gate, &Tuning::default())
+}
+
+pub(crate) fn backward_weights_gated_with(
+    s: &ConvShape,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    gate: &dyn super::gate::Gate,
+    t: &Tuning,
+) -> bool {
+    check_backward_weights(s, x, dy, dw);
+    !use_direct(s, t) && lowered::backward_weights_gated(s, x, dy, dw, t, gate)
+}
+
+/// Whether [`backward_weights_gated`] takes `s` on a pool of `threads`: the
+/// partial sums over bands of images of wide and short rows, and the
+/// column ranges of the NCHW lowering, at the process's instruction set.
+pub fn backward_weights_gated_applies(s: &ConvShape, threads: usize) -> bool {
+    let t = Tuning::default();
+    !use_direct(s, &t) && lowered::backward_weights_gated_chosen(s, &t, threads)
+}
+
 /// Frees the scratch buffers the engine keeps between calls, on every thread
 /// of the current rayon pool and on the calling thread. Later calls simply
 /// allocate again.
@@ -140,6 +179,18 @@ fn check_backward_data(s: &ConvShape, dy: &[f32], w: &[f32], dx: &[f32]) {
             ("dy", dy.len(), s.output_len()),
             ("w", w.len(), s.weight_len()),
             ("dx", dx.len(), s.input_len()),
+        ],
+    );
+}
+
+/// Panics unless `x`, `dy` and `dw` are the sizes of `s`'s weight gradient.
+fn check_backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &[f32]) {
+    s.check_buffers(
+        "backward_weights",
+        [
+            ("x", x.len(), s.input_len()),
+            ("dy", dy.len(), s.output_len()),
+            ("dw", dw.len(), s.weight_len()),
         ],
     );
 }
@@ -173,14 +224,7 @@ pub(crate) fn backward_weights_with(
     dw: &mut [f32],
     t: &Tuning,
 ) {
-    s.check_buffers(
-        "backward_weights",
-        [
-            ("x", x.len(), s.input_len()),
-            ("dy", dy.len(), s.output_len()),
-            ("dw", dw.len(), s.weight_len()),
-        ],
-    );
+    check_backward_weights(s, x, dy, dw);
     if use_direct(s, t) {
         depthwise::backward_weights(s, x, dy, dw, t);
     } else {

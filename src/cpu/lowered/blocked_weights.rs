@@ -32,6 +32,7 @@
 use std::ops::Range;
 
 use super::{partial_workers, sum_over_workers};
+use crate::cpu::gate::Gate;
 use crate::cpu::matmul::Mat;
 use crate::cpu::packed_gemm::{pack_a, tile_shifted_b, Packed, WithPacked};
 use crate::cpu::par::split_range;
@@ -144,6 +145,7 @@ pub(super) fn backward_weights<S: Packed>(
     dw: &mut [f32],
     t: &Tuning,
     plan: Plan,
+    gate: Option<&dyn Gate>,
 ) {
     let g = Geo::of::<S>(s);
     let Plan { band, workers, .. } = plan;
@@ -156,10 +158,9 @@ pub(super) fn backward_weights<S: Packed>(
     let (planes_len, a_len) = (g.planes_len(band), g.a_len::<S>());
     let (image, out_image) = (g.c * g.h * g.w, g.co * g.oh * g.ow);
     sum_over_workers(t, dw, workers, |wi, acc| {
-        let mine = split_range(tasks.len(), workers, wi);
         t.scratch(Slot::Task, planes_len + a_len, |buf| {
             let (planes, abuf) = buf.split_at_mut(planes_len);
-            for (n, rows) in tasks[mine].iter().cloned() {
+            for (n, rows) in super::worker_bands(&tasks, workers, wi, gate) {
                 let task = Task {
                     g: &g,
                     x: &x[n * image..][..image],

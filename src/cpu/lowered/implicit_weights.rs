@@ -23,6 +23,7 @@ use rayon::prelude::*;
 use super::implicit::{fill_planes, Geo};
 use super::packed::b_block;
 use super::sum_over_workers;
+use crate::cpu::gate::Gate;
 use crate::cpu::matmul::{Mat, MatMut};
 use crate::cpu::pack::PlanesTB;
 use crate::cpu::packed_gemm::{gemm, ASource, Packed, WithPacked};
@@ -82,6 +83,7 @@ pub(super) fn backward_weights<S: Packed>(
     dw: &mut [f32],
     t: &Tuning,
     plan: Plan,
+    gate: Option<&dyn Gate>,
 ) {
     let g = Geo::of::<S>(s);
     let Plan {
@@ -93,10 +95,9 @@ pub(super) fn backward_weights<S: Packed>(
     let tasks = super::image_bands(s.n, g.oh, band);
     let len = g.input_len::<S>(band);
     sum_over_workers(t, dw, workers, |wi, acc| {
-        let mine = crate::cpu::par::split_range(tasks.len(), workers, wi);
         t.scratch(Slot::Task, len + bblock, |buf| {
             let (input, bbuf) = buf.split_at_mut(len);
-            for (n, rows) in tasks[mine].iter().cloned() {
+            for (n, rows) in super::worker_bands(&tasks, workers, wi, gate) {
                 let task = Task {
                     s,
                     g: &g,

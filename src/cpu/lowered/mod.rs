@@ -342,6 +342,46 @@ pub(crate) fn backward_weights(s: &ConvShape, x: &[f32], dy: &[f32], dw: &mut [f
     by_isa!(s, t, backward_weights(s, x, dy, dw, t))
 }
 
+/// Whether the weight gradient of `s` (NCHW) on a pool of `threads` can run
+/// gated ([`backward_weights_gated`]): where the packed back end's choice
+/// sweeps the images in order (`packed::weights_gated_applies`).
+pub(crate) fn backward_weights_gated_chosen(s: &ConvShape, t: &Tuning, threads: usize) -> bool {
+    match back_end(s, t) {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => packed::weights_gated_applies::<super::simd::Avx512>(s, t, threads),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => packed::weights_gated_applies::<super::simd::Avx2>(s, t, threads),
+        _ => false,
+    }
+}
+
+/// `dw` of `s` (NCHW) with a [`Gate`] between the engine and the copies of
+/// `x`'s and `dy`'s images: each task asks for the images it reads as it
+/// reaches them, the images in order; false (nothing read or written) where
+/// the engine's choice for `s` on the current pool cannot run so
+/// ([`backward_weights_gated_chosen`]). The gate hears of no output image:
+/// `dw` is whole when the call returns.
+pub(crate) fn backward_weights_gated(
+    s: &ConvShape,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    t: &Tuning,
+    gate: &dyn Gate,
+) -> bool {
+    match back_end(s, t) {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => {
+            packed::backward_weights_gated::<super::simd::Avx512>(s, x, dy, dw, t, Some(gate))
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            packed::backward_weights_gated::<super::simd::Avx2>(s, x, dy, dw, t, Some(gate))
+        }
+        _ => false,
+    }
+}
+
 /// Fewest input channels per group for [`data_as_forward`]: they are the
 /// rows of its product, over which each packed column is reused.
 const DATA_AS_FORWARD_MIN_CHANNELS: usize = 64;
@@ -521,6 +561,26 @@ pub(super) fn image_bands(
     (0..n)
         .flat_map(|i| (0..bands).map(move |b| (i, b * band..((b + 1) * band).min(rows))))
         .collect()
+}
+
+/// The tasks of worker `wi` of `workers` over `tasks` (of [`image_bands`],
+/// image after image): every `workers`-th from the `wi`-th, so that the
+/// workers go through the images together, as a gated pass's images arrive.
+/// With a `gate`, each task's image is asked for first; after a refusal (a
+/// failed copy) the worker's other tasks are skipped.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn worker_bands<'a>(
+    tasks: &'a [(usize, std::ops::Range<usize>)],
+    workers: usize,
+    wi: usize,
+    gate: Option<&'a dyn Gate>,
+) -> impl Iterator<Item = (usize, std::ops::Range<usize>)> + 'a {
+    tasks
+        .iter()
+        .skip(wi)
+        .step_by(workers.max(1))
+        .cloned()
+        .take_while(move |(n, _)| gate.is_none_or(|g| g.input_ready(*n)))
 }
 
 /// Runs `work(worker, acc)` for `workers` workers, each summing into its own

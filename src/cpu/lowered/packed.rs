@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 use super::slabs::Slabs;
 use super::{balanced_cols, dy_rows, even_ranges, partial_workers, sum_over_workers, Dims};
+use crate::cpu::gate::Gate;
 use crate::cpu::im2col::{col2im, scatter_rows, Chunk};
 use crate::cpu::matmul::{Mat, MatMut};
 use crate::cpu::pack::{
@@ -679,19 +680,53 @@ pub(super) fn backward_weights<S: Packed>(
     dw: &mut [f32],
     t: &Tuning,
 ) {
+    backward_weights_gated::<S>(s, x, dy, dw, t, None);
+}
+
+/// Whether [`backward_weights_gated`] runs `s` on `threads` with a gate: where
+/// its choice sweeps the images in order — the two partial-sum paths over
+/// bands of images (`implicit_weights`, `blocked_weights`) and the column
+/// ranges over the NCHW lowering. The column split over blocked planes
+/// builds the planes of the whole batch first, and the NCHW lowering's
+/// partial sums give each worker a run of the positions, the last worker
+/// the last images.
+pub(super) fn weights_gated_applies<S: Packed>(s: &ConvShape, t: &Tuning, threads: usize) -> bool {
+    let short_rows = super::implicit_weights::MAX_ROW;
+    super::implicit_weights::plan::<S>(s, t, threads).is_some()
+        || super::blocked_weights::plan::<S>(s, t, threads, short_rows).is_some()
+        || super::blocked_weights::plan_columns::<S>(s, t, threads).is_none()
+            && column_ranges(s, &Dims::of(s), t, threads).is_some()
+}
+
+/// `dw` of `s`; with a `gate`, whose images arrive while it runs, where
+/// [`weights_gated_applies`] (else false, with nothing read or written).
+pub(super) fn backward_weights_gated<S: Packed>(
+    s: &ConvShape,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    t: &Tuning,
+    gate: Option<&dyn Gate>,
+) -> bool {
     let d = Dims::of(s);
     let threads = rayon::current_num_threads();
     if let Some(plan) = super::implicit_weights::plan::<S>(s, t, threads) {
-        return super::implicit_weights::backward_weights::<S>(s, x, dy, dw, t, plan);
+        super::implicit_weights::backward_weights::<S>(s, x, dy, dw, t, plan, gate);
+        return true;
     }
     let short_rows = super::implicit_weights::MAX_ROW;
     if let Some(plan) = super::blocked_weights::plan::<S>(s, t, threads, short_rows) {
-        return super::blocked_weights::backward_weights::<S>(s, x, dy, dw, t, plan);
+        super::blocked_weights::backward_weights::<S>(s, x, dy, dw, t, plan, gate);
+        return true;
     }
     let budget = t.floats_per_worker(threads);
     let bblock = b_block::<S>(budget);
     if let Some(plan) = super::blocked_weights::plan_columns::<S>(s, t, threads) {
-        return super::blocked_weights::backward_weights_by_columns::<S>(s, x, dy, dw, t, plan);
+        if gate.is_some() {
+            return false;
+        }
+        super::blocked_weights::backward_weights_by_columns::<S>(s, x, dy, dw, t, plan);
+        return true;
     }
     if let Some(ranges) = column_ranges(s, &d, t, threads) {
         let cols = image_cols(WEIGHTS_COLS, d.p, d.m, budget - bblock);
@@ -700,8 +735,13 @@ pub(super) fn backward_weights<S: Packed>(
         let tasks: Vec<(usize, Range<usize>)> = (0..s.groups)
             .flat_map(|g| (0..ranges).map(move |r| (g, split_range(d.k, ranges, r))))
             .collect();
+        // Every task sweeps the chunks image after image: with a gate, each
+        // waits for the images of a chunk as it reaches them.
         tasks.into_par_iter().for_each(|(g, cols_range)| {
             for (i, ch) in chunks.iter().enumerate() {
+                if gate.is_some_and(|gate| !gate.input_ready(ch.n0 + ch.nimg - 1)) {
+                    return;
+                }
                 let at = g * d.m * d.k + cols_range.start;
                 let c = MatMut {
                     ptr: unsafe { dwp.at(at) },
@@ -724,7 +764,10 @@ pub(super) fn backward_weights<S: Packed>(
                 );
             }
         });
-        return;
+        return true;
+    }
+    if gate.is_some() {
+        return false;
     }
     // Few columns (a small kernel over few channels): split positions over
     // workers that sum into private partials.
@@ -753,6 +796,7 @@ pub(super) fn backward_weights<S: Packed>(
             weights_chunk::<S>(s, t, &d, x, dy, c, g, ch, 0..d.k, true, bblock, budget);
         }
     });
+    true
 }
 
 /// The chunks of worker `wi` of `workers` over `n` images of `p` positions,
