@@ -679,13 +679,11 @@ pub fn run_conv_fused(
     let mut written = 0usize;
     let result = (|| -> ShimResult<(Phases, Duration)> {
         if let Some(pieces) = &gated {
-            let w_buf = tr.download(b.ptr, bytes_of(&b.layout, dt))?;
             return crate::overlap::compute_gated(
                 &mut tr,
                 &pool,
                 p,
                 [&a, &b, &out],
-                w_buf,
                 pieces,
                 &mut written,
             );

@@ -7,9 +7,10 @@
 //! chunks each compute a part of their own, summed in chunk order at the end.
 //!
 //! A plain fp32 forward pass or input gradient that the engine computes as its
-//! implicit GEMM is instead one gated engine call over the whole batch
-//! ([`compute_gated`]): its tasks wait for the pieces of the input they read, and
-//! each piece of the output leaves as soon as it is done.
+//! implicit GEMM, or a weight gradient whose tasks sweep the images in order, is
+//! instead one gated engine call over the whole batch ([`compute_gated`]): its tasks
+//! wait for the pieces of the inputs they read, and each piece of a batched output
+//! leaves as soon as it is done (a weight gradient's whole, at the end).
 
 use std::ffi::c_void;
 use std::ops::Range;
@@ -326,13 +327,17 @@ const GATE_PIECES: usize = 8;
 /// while the 3×3 layers over 28×28 to 7×7 (0.1–0.2) took 10–20 % less gated.
 const GATE_MAX_COPY_SHARE: f64 = 0.5;
 
-/// The pieces a forward pass or input gradient is cut into when it runs as one gated
-/// engine call over the whole batch ([`compute_gated`]): NCHW fp32 in and out (the
-/// engine reads and writes the staging itself), a plain result (alpha 1, beta 0,
-/// nothing fused), all of the batch's staging within the memory cap, a shape whose
-/// pass the engine computes as the implicit GEMM (an input gradient: at stride 1,
-/// over the flipped kernel), and copies modelled well under the engine's time
-/// ([`GATE_MAX_COPY_SHARE`]).
+/// The pieces a pass is cut into when it runs as one gated engine call over the
+/// whole batch ([`compute_gated`]): NCHW fp32 in and out (the engine reads and
+/// writes the staging itself), a plain result (alpha 1, beta 0, nothing fused), all
+/// of the batch's staging within the memory cap, and a shape whose pass the engine
+/// computes in order of the images: a forward pass or input gradient as the
+/// implicit GEMM (an input gradient: at stride 1, over the flipped kernel), with
+/// copies modelled well under the engine's time ([`GATE_MAX_COPY_SHARE`]); a
+/// weight gradient by partial sums over bands of images or by column ranges
+/// sweeping them (`conv::backward_weights_gated_applies`), whatever its copies:
+/// its output, a tenth of its inputs' bytes or less on the layers that take that
+/// path, leaves at the end either way.
 /// `RDNA1SHIM_CHUNKS=N` gates every such call, in N pieces; one chunk, or a limit on
 /// those in flight, keeps the chunked path.
 pub(crate) fn gated_pieces(
@@ -348,7 +353,7 @@ pub(crate) fn gated_pieces(
     let pieces = match chunks {
         Chunks::Auto => {
             let (copy, engine) = chunking::model_seconds(bytes, p.shape.flops(), threads);
-            if copy > GATE_MAX_COPY_SHARE * engine {
+            if p.pass != Pass::BackwardWeights && copy > GATE_MAX_COPY_SHARE * engine {
                 return None;
             }
             GATE_PIECES
@@ -362,7 +367,7 @@ pub(crate) fn gated_pieces(
     let takes = match p.pass {
         Pass::Forward => conv::forward_gated_applies(&p.shape, threads),
         Pass::BackwardData => conv::backward_data_gated_applies(&p.shape, threads),
-        Pass::BackwardWeights => false,
+        Pass::BackwardWeights => conv::backward_weights_gated_applies(&p.shape, threads),
     };
     let applies = takes
         && dt == DType::F32
@@ -371,10 +376,9 @@ pub(crate) fn gated_pieces(
         && !fused
         && can_pipeline
         && n > 1
-        && x.rows.is_none()
-        && y.rows.is_none()
-        && x.layout.is_packed_canonical()
-        && y.layout.is_packed_canonical()
+        && [x, w, y]
+            .iter()
+            .all(|o| o.rows.is_none() && o.layout.is_packed_canonical())
         && bytes <= crate::config::call_memory_bytes();
     applies.then(|| chunking::ranges(n, n.div_ceil(pieces.clamp(1, n)), true))
 }
@@ -407,8 +411,9 @@ struct CopyGate<'e, 't> {
     /// that waits for the next event.
     first_wait: Mutex<Duration>,
     failure: Mutex<Option<ShimError>>,
-    /// The output (its device tensor and staging buffer) and the copies.
-    y: (Operand, usize, DType),
+    /// The output (its device tensor and staging buffer) where it leaves piece by
+    /// piece (not a weight gradient's), and the copies.
+    y: Option<(Operand, usize, DType)>,
     uploads: Mutex<Uploads<'t>>,
 }
 
@@ -446,6 +451,9 @@ impl Gate for CopyGate<'_, '_> {
     }
 
     fn output_done(&self, image: usize) {
+        let Some((y, yb, dt)) = &self.y else {
+            return;
+        };
         let q = self.piece_of[image];
         if self.left[q].fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
@@ -455,7 +463,6 @@ impl Gate for CopyGate<'_, '_> {
             // this piece may be part-computed, and no later piece is queued either.
             return;
         }
-        let (y, yb, dt) = &self.y;
         let mut up = lock(&self.uploads);
         up.done[q] = true;
         while up.next < self.pieces.len() && up.done[up.next] && up.failure.is_none() {
@@ -474,40 +481,58 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A forward pass or input gradient as one engine call over the whole batch while its
-/// copies run (see [`gated_pieces`]; `x` is the pass's input, `y` its output): the
-/// input is queued for the host piece by piece, one
-/// event each, into one staging buffer; the engine's tasks, taken in order of their
-/// images, each wait for the pieces they read; each piece of the output is queued
-/// for the device, by the thread that finished it, once all of it and the pieces
-/// before it are done. `w_buf` holds the weights, queued before. Returns the phases
-/// and the time the first piece kept the engine waiting (later waits are inside the
-/// engine's time).
+/// A pass as one engine call over the whole batch while its copies run (see
+/// [`gated_pieces`]; `x` is the pass's input, `w` its weights — for a weight
+/// gradient, `dy` — and `y` its output): the weights are queued first, then the
+/// batched inputs piece by piece, one event each, into one staging buffer each; the
+/// engine's tasks, taken in order of their images, each wait for the pieces they
+/// read; each piece of a batched output is queued for the device, by the thread that
+/// finished it, once all of it and the pieces before it are done (a weight
+/// gradient's, whole, at the end). Returns the phases and the time the first piece
+/// kept the engine waiting (later waits are inside the engine's time).
 pub(crate) fn compute_gated(
     tr: &mut Transfers,
     pool: &rayon::ThreadPool,
     p: &ConvProblem,
     [x, w, y]: [&Operand; 3],
-    w_buf: usize,
     pieces: &[Range<usize>],
     written: &mut usize,
 ) -> ShimResult<(Phases, Duration)> {
     let dt = p.dtype;
     let n = p.shape.n;
     let lens = [&x.layout, &w.layout, &y.layout].map(|l| bytes_of(l, dt));
-    let (xb, yb) = (tr.buffer(lens[0])?, tr.buffer(lens[2])?);
+    let weights = p.pass == Pass::BackwardWeights;
+    let (xb, wb, yb) = if weights {
+        (
+            tr.buffer(lens[0])?,
+            tr.buffer(lens[1])?,
+            tr.buffer(lens[2])?,
+        )
+    } else {
+        let wb = tr.download(w.ptr, lens[1])?;
+        (tr.buffer(lens[0])?, wb, tr.buffer(lens[2])?)
+    };
+    let batched: &[(&Operand, usize)] = if weights {
+        &[(x, xb), (w, wb)]
+    } else {
+        &[(x, xb)]
+    };
     let mut events = Vec::with_capacity(pieces.len());
     for r in pieces {
-        let (off, len) = chunk_span(&x.layout, r, dt);
-        tr.download_at(xb, off, x.device_at(r.start, off), len)?;
+        for &(o, buf) in batched {
+            let (off, len) = chunk_span(&o.layout, r, dt);
+            tr.download_at(buf, off, o.device_at(r.start, off), len)?;
+        }
         events.push(tr.record()?);
     }
-    tr.with_side();
+    if !weights {
+        tr.with_side();
+    }
     let mut piece_of = vec![0; n];
     for (q, r) in pieces.iter().enumerate() {
         piece_of[r.clone()].fill(q);
     }
-    let (rx_, rw, ry) = (tr.raw(xb), tr.raw(w_buf), tr.raw(yb));
+    let (rx_, rw, ry) = (tr.raw(xb), tr.raw(wb), tr.raw(yb));
     let waiter = tr.waiter();
     let gate = CopyGate {
         waiter,
@@ -518,7 +543,7 @@ pub(crate) fn compute_gated(
         ready: AtomicUsize::new(0),
         first_wait: Mutex::new(Duration::ZERO),
         failure: Mutex::new(None),
-        y: (*y, yb, dt),
+        y: (!weights).then_some((*y, yb, dt)),
         uploads: Mutex::new(Uploads {
             tr,
             done: vec![false; pieces.len()],
@@ -532,15 +557,18 @@ pub(crate) fn compute_gated(
     type Whole = fn(&ConvShape, &[f32], &[f32], &mut [f32]);
     let (gated, whole): (Gated, Whole) = match p.pass {
         Pass::BackwardData => (conv::backward_data_gated, conv::backward_data),
-        _ => (conv::forward_gated, conv::forward),
+        Pass::BackwardWeights => (conv::backward_weights_gated, conv::backward_weights),
+        Pass::Forward => (conv::forward_gated, conv::forward),
     };
     let run = || {
         let t = Instant::now();
-        // SAFETY: the staging outlives the call; the engine reads an image of `x`
-        // only once its piece's download is done (the gate) and the weights were
-        // queued before the first piece; no copy reads a piece of `y` before the gate
-        // has heard of all of its images, which no task writes again. The views are
-        // of whole tensors the copies touch in parts nothing reads or writes meanwhile.
+        // SAFETY: the staging outlives the call; the engine reads an image of a
+        // batched input only once its piece's download is done (the gate), and
+        // the weights were queued before the first piece; no copy reads a piece of
+        // `y` before the gate has heard of all of its images, which no task writes
+        // again (a weight gradient's `y` is read after the engine returns). The
+        // views are of whole tensors the copies touch in parts nothing reads or
+        // writes meanwhile.
         let (xs, ws, ys) =
             unsafe { (rx_.slice(lens[0]), rw.slice(lens[1]), ry.slice_mut(lens[2])) };
         let xs = convert::f32_view(xs, dt, &lx).expect("packed fp32 staging");
@@ -566,7 +594,9 @@ pub(crate) fn compute_gated(
     if let Some(e) = waited.or(up.failure) {
         return Err(e);
     }
-    if up.next < pieces.len() {
+    if weights {
+        up.tr.upload(y.ptr, yb)?;
+    } else if up.next < pieces.len() {
         return Err(ShimError::internal(format!(
             "the gated pass finished with {} of {} pieces of its output not done",
             pieces.len() - up.next,

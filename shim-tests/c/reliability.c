@@ -204,6 +204,9 @@ typedef struct {
 
 static const spec_t SPEC_F32 = {"2d_f32", F32, 0, 2, 2, 3, 4, 1,
                                 {8, 8}, {3, 3}, {1, 1}, {1, 1}, {1, 1}};
+/* eight input channels: a weight gradient the shim's gated paths take */
+static const spec_t SPEC_F32_C8 = {"2d_f32_c8", F32, 0, 2, 2, 8, 4, 1,
+                                   {8, 8}, {3, 3}, {1, 1}, {1, 1}, {1, 1}};
 static const spec_t SPEC_F16_NHWC = {"2d_f16_nhwc_g2_s2", F16, 1, 2, 2, 4, 4, 2,
                                      {7, 6}, {3, 3}, {1, 1}, {2, 2}, {1, 1}};
 /* a 1x1/2 kernel over an even height: only every other input row crosses the link */
@@ -975,8 +978,10 @@ static int mode_fault(int op, int beta0, int rows, int plain)
     prob_t p;
     /* fp16 channels-last: every staging path (conversion, gaps) is used; with --rows,
      * pitched copies of the rows read; with --plain, fp32 NCHW, alpha 1 and beta 0 (a
-     * forward pass the shim may run as one gated engine call) */
-    prob_make(&p, plain ? &SPEC_F32 : rows ? &SPEC_F16_NHWC_ROWS : &SPEC_F16_NHWC, s, 11);
+     * forward pass or weight gradient the shim may run as one gated engine call; the
+     * weight gradient over eight input channels) */
+    const spec_t* plain_spec = op == OP_BWD_WEIGHTS ? &SPEC_F32_C8 : &SPEC_F32;
+    prob_make(&p, plain ? plain_spec : rows ? &SPEC_F16_NHWC_ROWS : &SPEC_F16_NHWC, s, 11);
     float alpha = plain ? 1.0f : 1.5f, beta = beta0 || plain ? 0.0f : 0.5f;
     print_counts("before");
     run_and_classify(&p, op, alpha, beta, "first");

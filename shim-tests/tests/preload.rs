@@ -141,7 +141,8 @@ fn shim_passes_every_mode_with_every_call_cut_into_chunks() {
             cut >= 50,
             "{program}: only {cut} calls were cut into chunks"
         );
-        // Plain fp32 NCHW forward passes run as one gated engine call over the
+        // Plain fp32 NCHW forward passes (and input and weight gradients the engine
+        // computes in order of the images) run as one gated engine call over the
         // batch, unless a limit on the chunks in flight asks for the chunked path.
         let gated = |l: &&str| l.contains("miopenConvolution") && l.contains(" gated:");
         let fp32_nchw_gated = err

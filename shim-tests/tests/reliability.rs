@@ -423,63 +423,80 @@ fn a_fault_inside_a_pipelined_call_says_which_samples_were_written() {
 /// pieces: a fault at any HIP call fails it with a status, never leaves a sample half
 /// written, and the log says which samples may have been written; the first sample's
 /// result is queued once its piece is done, so a fault after that leaves it written.
+/// A plain weight gradient runs gated too: its pieces are both inputs' samples, and
+/// its output, copied back whole at the end, is untouched by any failed call.
 #[test]
-fn a_fault_inside_a_gated_forward_pass_says_which_samples_were_written() {
+fn a_fault_inside_a_gated_pass_says_which_samples_were_written() {
     let pieces = [("RDNA1SHIM_CHUNKS", "2")];
-    let run_plain = |fail: Option<&str>| {
-        let mut args = vec!["fault", "--op", "fwd", "--plain"];
-        if fail.is_none() {
-            args.push("--beta0");
-        }
-        let mut envs = vec![("RDNA1SHIM_LOG", "debug")];
-        if let Some(f) = fail {
-            envs.push(("FAKE_HIP_FAIL", f));
-        }
-        envs.extend_from_slice(&pieces);
-        run(DRIVER, &args, &envs, true)
-    };
-    let base = run_plain(None);
-    let lines = first_call_lines(&base);
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("chunks=2") && l.contains(" gated:")),
-        "the call is not gated in two pieces: {lines:#?}"
-    );
-    let b = stdout(&base);
-    let (mut injected, mut saw_prefix) = (0, false);
-    for func in HIP_CALLS {
-        let (from, to) = window(&b, func);
-        for n in from + 1..=to {
-            let f = format!("{func}:{n}");
-            let out = run_plain(Some(&f));
-            assert_harness_passed(&out);
-            let (status, _) = outcome(&out, "first");
-            let letters = samples(&out, "first");
-            let logs = case_logs(&stderr(&out));
-            let lines = log_of(&logs, "first");
-            let what = format!("{f}: samples {letters}, log {lines:#?}");
-            assert!(!letters.contains('P'), "{what}");
-            // Each piece's event is waited for once, whichever thread needs it first.
-            let hit = format!("injected failure of {func} (call #{n})");
-            assert!(lines.iter().any(|l| l.contains(&hit)), "{what}");
-            if func == "hipStreamSynchronize" {
-                // the final waits: every result was queued
-                assert!(["UU", "CC", "CU"].contains(&letters.as_str()), "{what}");
-            } else {
-                assert_eq!(status, INTERNAL_ERROR, "{what}");
+    for op in ["fwd", "bwd_weights"] {
+        let run_plain = |fail: Option<&str>| {
+            let mut args = vec!["fault", "--op", op, "--plain"];
+            if fail.is_none() {
+                args.push("--beta0");
+            }
+            let mut envs = vec![("RDNA1SHIM_LOG", "debug")];
+            if let Some(f) = fail {
+                envs.push(("FAKE_HIP_FAIL", f));
+            }
+            envs.extend_from_slice(&pieces);
+            run(DRIVER, &args, &envs, true)
+        };
+        let base = run_plain(None);
+        let lines = first_call_lines(&base);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("chunks=2") && l.contains(" gated:")),
+            "{op}: the call is not gated in two pieces: {lines:#?}"
+        );
+        let b = stdout(&base);
+        let (mut injected, mut saw_prefix) = (0, false);
+        for func in HIP_CALLS {
+            let (from, to) = window(&b, func);
+            for n in from + 1..=to {
+                let f = format!("{func}:{n}");
+                let out = run_plain(Some(&f));
+                assert_harness_passed(&out);
+                let (status, _) = outcome(&out, "first");
+                let letters = samples(&out, "first");
+                let logs = case_logs(&stderr(&out));
+                let lines = log_of(&logs, "first");
+                let what = format!("{op} {f}: samples {letters}, log {lines:#?}");
+                assert!(!letters.contains('P'), "{what}");
+                // Each piece's event is waited for once, whichever thread needs it first.
+                let hit = format!("injected failure of {func} (call #{n})");
+                assert!(lines.iter().any(|l| l.contains(&hit)), "{what}");
                 let prefix = lines
                     .iter()
                     .any(|l| l.contains("samples 0..1 of 2 of the output may have been written"));
-                saw_prefix |= check_written_prefix(prefix, &letters, &what);
+                let all = |c: char| !letters.is_empty() && letters.chars().all(|l| l == c);
+                if func == "hipStreamSynchronize" {
+                    // the final waits: every result was queued
+                    let whole = op == "bwd_weights" && (all('U') || all('C'));
+                    assert!(
+                        whole || ["UU", "CC", "CU"].contains(&letters.as_str()),
+                        "{what}"
+                    );
+                } else if op == "bwd_weights" {
+                    // one sum over both pieces, copied back at the end
+                    assert_eq!(status, INTERNAL_ERROR, "{what}");
+                    assert!(all('U'), "{what}");
+                    assert!(!prefix, "{what}");
+                } else {
+                    assert_eq!(status, INTERNAL_ERROR, "{what}");
+                    saw_prefix |= check_written_prefix(prefix, &letters, &what);
+                }
+                assert_recovered(&out, &what);
+                injected += 1;
             }
-            assert_recovered(&out, &what);
-            injected += 1;
         }
+        assert!(injected >= 6, "{op}: only {injected} faults");
+        assert!(
+            op == "bwd_weights" || saw_prefix,
+            "no fault hit after the first piece's upload"
+        );
+        println!("{op}: {injected} HIP faults injected into gated calls");
     }
-    assert!(injected >= 6, "only {injected} faults");
-    assert!(saw_prefix, "no fault hit after the first piece's upload");
-    println!("{injected} HIP faults injected into gated calls");
 }
 
 /// Host memory stays flat over many calls: staging, events and work buffers are

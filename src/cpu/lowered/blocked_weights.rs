@@ -31,7 +31,7 @@
 
 use std::ops::Range;
 
-use super::{partial_workers, sum_over_workers};
+use super::partial_workers;
 use crate::cpu::gate::Gate;
 use crate::cpu::matmul::Mat;
 use crate::cpu::packed_gemm::{pack_a, tile_shifted_b, Packed, WithPacked};
@@ -148,8 +148,9 @@ pub(super) fn backward_weights<S: Packed>(
     gate: Option<&dyn Gate>,
 ) {
     let g = Geo::of::<S>(s);
-    let Plan { band, workers, .. } = plan;
+    let Plan { band, units, .. } = plan;
     let tasks = super::image_bands(s.n, g.oh, band);
+    let units = super::unit_runs(&tasks, units);
     // Plane offset of each output position of a band (the same for every
     // band: its planes start at its first row).
     let offs: Vec<usize> = (0..band * g.ow)
@@ -157,10 +158,10 @@ pub(super) fn backward_weights<S: Packed>(
         .collect();
     let (planes_len, a_len) = (g.planes_len(band), g.a_len::<S>());
     let (image, out_image) = (g.c * g.h * g.w, g.co * g.oh * g.ow);
-    sum_over_workers(t, dw, workers, |wi, acc| {
+    super::sum_over_units(t, dw, (&tasks, &units), gate, |acc, run| {
         t.scratch(Slot::Task, planes_len + a_len, |buf| {
             let (planes, abuf) = buf.split_at_mut(planes_len);
-            for (n, rows) in super::worker_bands(&tasks, workers, wi, gate) {
+            for (n, rows) in run {
                 let task = Task {
                     g: &g,
                     x: &x[n * image..][..image],

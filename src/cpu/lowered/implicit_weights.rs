@@ -22,7 +22,6 @@ use rayon::prelude::*;
 
 use super::implicit::{fill_planes, Geo};
 use super::packed::b_block;
-use super::sum_over_workers;
 use crate::cpu::gate::Gate;
 use crate::cpu::matmul::{Mat, MatMut};
 use crate::cpu::pack::PlanesTB;
@@ -88,16 +87,18 @@ pub(super) fn backward_weights<S: Packed>(
     let g = Geo::of::<S>(s);
     let Plan {
         band,
-        workers,
         budget,
+        units,
+        ..
     } = plan;
     let bblock = b_block::<S>(budget);
     let tasks = super::image_bands(s.n, g.oh, band);
+    let units = super::unit_runs(&tasks, units);
     let len = g.input_len::<S>(band);
-    sum_over_workers(t, dw, workers, |wi, acc| {
+    super::sum_over_units(t, dw, (&tasks, &units), gate, |acc, run| {
         t.scratch(Slot::Task, len + bblock, |buf| {
             let (input, bbuf) = buf.split_at_mut(len);
-            for (n, rows) in super::worker_bands(&tasks, workers, wi, gate) {
+            for (n, rows) in run {
                 let task = Task {
                     s,
                     g: &g,

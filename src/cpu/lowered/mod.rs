@@ -497,16 +497,24 @@ pub(super) fn partial_workers(t: &Tuning, wlen: usize, threads: usize) -> usize 
     }
 }
 
-/// How a weight gradient summed into per-worker partials over bands of
-/// output rows (`implicit_weights`, `blocked_weights`) is cut: rows per
-/// task, the workers and each one's share of the scratch floats.
+/// How a weight gradient summed into partials over bands of output rows
+/// (`implicit_weights`, `blocked_weights`) is cut: rows per task, each
+/// worker's share of the scratch floats, and the most partial sums
+/// ([`sum_over_units`]).
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy, Debug)]
 pub(super) struct PartialBands {
     pub band: usize,
-    pub workers: usize,
     pub budget: usize,
+    pub units: usize,
 }
+
+/// Units of [`sum_over_units`] a worker, where their partials fit: the
+/// threads take the units in order as they come free, so a thread slowed
+/// down (by the copies sharing its core) holds up a quarter of its share at
+/// the end rather than all of it.
+#[cfg(target_arch = "x86_64")]
+const UNITS_PER_WORKER: usize = 4;
 
 /// Preferred output positions of one task of [`partial_bands`] (the depth
 /// of its product).
@@ -530,7 +538,10 @@ pub(super) fn partial_bands(
         return None;
     }
     let total = t.scratch_bytes / 4;
-    let budget = total.checked_sub((workers - 1) * s.weight_len())? / workers;
+    // Partials within half the budget (at least one a worker: `partial_workers`).
+    let affordable = 1 + (total / 2) / s.weight_len().max(1);
+    let units = (UNITS_PER_WORKER * workers).min(affordable).max(workers);
+    let budget = total.checked_sub((units - 1) * s.weight_len())? / workers;
     let want = if workers > 1 { 4 * workers } else { 1 };
     let per_image = want.div_ceil(s.n).min(oh);
     let mut band = (BAND_POSITIONS / ow)
@@ -544,8 +555,8 @@ pub(super) fn partial_bands(
     }
     Some(PartialBands {
         band,
-        workers,
         budget,
+        units,
     })
 }
 
@@ -563,24 +574,91 @@ pub(super) fn image_bands(
         .collect()
 }
 
-/// The tasks of worker `wi` of `workers` over `tasks` (of [`image_bands`],
-/// image after image): every `workers`-th from the `wi`-th, so that the
-/// workers go through the images together, as a gated pass's images arrive.
-/// With a `gate`, each task's image is asked for first; after a refusal (a
-/// failed copy) the worker's other tasks are skipped.
+/// At most `units` runs of `tasks` (of [`image_bands`], image after image),
+/// as ranges of their indices: contiguous, in order, of nearly equal rows.
 #[cfg(target_arch = "x86_64")]
-pub(super) fn worker_bands<'a>(
-    tasks: &'a [(usize, std::ops::Range<usize>)],
-    workers: usize,
-    wi: usize,
-    gate: Option<&'a dyn Gate>,
-) -> impl Iterator<Item = (usize, std::ops::Range<usize>)> + 'a {
-    tasks
-        .iter()
-        .skip(wi)
-        .step_by(workers.max(1))
-        .cloned()
-        .take_while(move |(n, _)| gate.is_none_or(|g| g.input_ready(*n)))
+pub(super) fn unit_runs(
+    tasks: &[(usize, std::ops::Range<usize>)],
+    units: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let total: usize = tasks.iter().map(|(_, r)| r.len()).sum();
+    let units = units.clamp(1, tasks.len().max(1));
+    let mut runs: Vec<std::ops::Range<usize>> = Vec::with_capacity(units);
+    let mut before = 0;
+    for (i, (_, r)) in tasks.iter().enumerate() {
+        // The unit of a task: where the middle of its rows falls.
+        let u = ((2 * before + r.len()) * units / (2 * total.max(1))).min(units - 1);
+        before += r.len();
+        if runs.len() > u {
+            if let Some(last) = runs.last_mut() {
+                last.end = i + 1;
+            }
+        } else {
+            runs.push(i..i + 1);
+        }
+    }
+    runs
+}
+
+/// `dw` as the sum of one partial a unit of `tasks` ([`unit_runs`]), unit 0's
+/// in `dw` itself: the pool's threads take the units in order as they come
+/// free, each running `work(acc, its tasks)` into its unit's zeroed partial,
+/// and the partials are added up in unit order, so the result does not depend
+/// on which thread ran which unit. With a `gate`, each task's image is asked
+/// for first; after a refusal (a failed copy) every task not yet begun is
+/// skipped.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn sum_over_units(
+    t: &Tuning,
+    dw: &mut [f32],
+    (tasks, units): (
+        &[(usize, std::ops::Range<usize>)],
+        &[std::ops::Range<usize>],
+    ),
+    gate: Option<&dyn Gate>,
+    work: impl Fn(&mut [f32], &mut dyn Iterator<Item = (usize, std::ops::Range<usize>)>) + Sync,
+) {
+    use super::par::SendPtr;
+    use super::scratch::Slot;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let wlen = dw.len();
+    let count = units.len().max(1);
+    let threads = rayon::current_num_threads().min(count);
+    t.scratch(Slot::Partials, (count - 1) * wlen, |parts| {
+        let dwp = SendPtr(dw.as_mut_ptr());
+        let pp = SendPtr(parts.as_mut_ptr());
+        let (next, failed) = (AtomicUsize::new(0), AtomicBool::new(false));
+        (0..threads)
+            .into_par_iter()
+            .with_max_len(1)
+            .for_each(|_| loop {
+                let u = next.fetch_add(1, Ordering::Relaxed);
+                if u >= count {
+                    break;
+                }
+                // SAFETY: unit `u` alone uses partial `u` (dW itself for 0).
+                let acc = unsafe {
+                    if u == 0 {
+                        dwp.slice(0, wlen)
+                    } else {
+                        pp.slice((u - 1) * wlen, wlen)
+                    }
+                };
+                acc.fill(0.0);
+                let mine = units.get(u).cloned().unwrap_or(0..0);
+                let mut run = tasks[mine].iter().cloned().take_while(|(n, _)| {
+                    let ok =
+                        !failed.load(Ordering::Relaxed) && gate.is_none_or(|g| g.input_ready(*n));
+                    if !ok {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    ok
+                });
+                work(acc, &mut run);
+            });
+        add_partials(dw, parts, count);
+    });
 }
 
 /// Runs `work(worker, acc)` for `workers` workers, each summing into its own
@@ -612,17 +690,23 @@ pub(super) fn sum_over_workers(
             acc.fill(0.0);
             work(wi, acc);
         });
-        let parts = &*parts;
-        let block = reduce_block(wlen, rayon::current_num_threads());
-        dw.par_chunks_mut(block).enumerate().for_each(|(bi, out)| {
-            let len = out.len();
-            for wi in 1..workers {
-                let at = (wi - 1) * wlen + bi * block;
-                for (o, v) in out.iter_mut().zip(&parts[at..at + len]) {
-                    *o += *v;
-                }
+        add_partials(dw, parts, workers);
+    });
+}
+
+/// `dw += Σ parts[i]` for the `count - 1` partials of `dw`'s length in
+/// `parts`, each float summed over them in order, split over the pool.
+fn add_partials(dw: &mut [f32], parts: &[f32], count: usize) {
+    let wlen = dw.len();
+    let block = reduce_block(wlen, rayon::current_num_threads());
+    dw.par_chunks_mut(block).enumerate().for_each(|(bi, out)| {
+        let len = out.len();
+        for wi in 1..count {
+            let at = (wi - 1) * wlen + bi * block;
+            for (o, v) in out.iter_mut().zip(&parts[at..at + len]) {
+                *o += *v;
             }
-        });
+        }
     });
 }
 
@@ -642,6 +726,38 @@ fn reduce_block(wlen: usize, threads: usize) -> usize {
 mod tests {
     use super::*;
     use crate::cpu::tests::{check_against_reference, shape, Variant};
+
+    /// Units are contiguous runs of the tasks in order, covering each once, with
+    /// nearly equal rows; never more units than tasks.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn units_are_runs_of_the_tasks_with_nearly_equal_rows() {
+        for (n, rows, band, units) in [
+            (8, 56, 18, 8),
+            (32, 56, 18, 64),
+            (3, 7, 7, 12),
+            (5, 30, 4, 7),
+        ] {
+            let tasks = image_bands(n, rows, band);
+            let runs = unit_runs(&tasks, units);
+            assert!(runs.len() <= units.min(tasks.len()), "{runs:?}");
+            assert_eq!(runs[0].start, 0);
+            assert_eq!(runs.last().unwrap().end, tasks.len());
+            assert!(runs
+                .windows(2)
+                .all(|w| w[0].end == w[1].start && !w[1].is_empty()));
+            let sizes: Vec<usize> = runs
+                .iter()
+                .map(|r| tasks[r.clone()].iter().map(|(_, b)| b.len()).sum())
+                .collect();
+            let (lo, hi) = (*sizes.iter().min().unwrap(), *sizes.iter().max().unwrap());
+            // within one band (the largest task) of each other
+            assert!(hi - lo <= band, "{n} {rows} {band} {units}: {sizes:?}");
+        }
+        // ResNet's 64-channel layer at 16 threads: 128 tasks, 64 units of two.
+        let tasks = image_bands(32, 56, 18);
+        assert_eq!(unit_runs(&tasks, 64).len(), 64);
+    }
 
     #[test]
     fn weight_gradient_sums_are_shared_by_the_threads() {
