@@ -30,8 +30,9 @@
  * `width` bytes, each side's rows `pitch` bytes apart; each side's extent is validated
  * as one range, and the link model counts width x height bytes.
  *
- * Copies of 8 MiB and more (pitched ones by whole rows) are split over four threads (a DMA engine outruns one
- * core's memcpy), so that the fake keeps up with the link it models.
+ * Copies of 8 MiB and more (FAKE_HIP_COPY_SPLIT_KIB; pitched ones by whole rows) are split
+ * over four threads (a DMA engine outruns one core's memcpy), so that the fake keeps up with
+ * the link it models.
  *
  * PCIe model: with FAKE_HIP_GBPS set, every host<->device copy also takes
  * bytes / bandwidth of wall time on the executing worker (or caller, for the
@@ -56,6 +57,10 @@
  *   FAKE_HIP_DELAY_US  per-operation latency of stream operations (default 2000).
  *   FAKE_HIP_GBPS      bandwidth of the modelled PCIe link in GB/s (10^9 bytes/s)
  *                      per direction; unset or 0: copies are plain memcpy.
+ *   FAKE_HIP_COPY_SPLIT_KIB  size in KiB from which a copy is split over four threads
+ *                      (default 8192): a benchmark whose copies come in pieces of a few
+ *                      MiB, on cores the engine keeps busy, can lower it so that one
+ *                      core's memcpy does not fall behind the modelled link.
  *   FAKE_HIP_COPY_CPUS CPUs the stream workers run on, e.g. "2-15" or "4,5": a real
  *                      GPU's copy engines take no CPU time, so a benchmark can keep
  *                      the fake's memcpy off the cores it measures.
@@ -124,6 +129,7 @@ static int g_nfaults;
 static long g_delay_us = 2000;
 static double g_gbps; /* 0: copies are not rate limited */
 static cpu_set_t g_copy_cpus; /* where stream workers run; empty: anywhere */
+static size_t g_copy_split_min = 8u << 20; /* FAKE_HIP_COPY_SPLIT_KIB */
 static size_t g_bytes_copied[5];
 
 static __thread hipError_t t_last_error = hipSuccess;
@@ -187,6 +193,16 @@ static void init_once(void)
             fprintf(stderr, "fake HIP: FAKE_HIP_GBPS '%s' is not a bandwidth in GB/s\n", g);
             abort();
         }
+    }
+    const char* split = getenv("FAKE_HIP_COPY_SPLIT_KIB");
+    if (split && *split) {
+        char* end = NULL;
+        long kib = strtol(split, &end, 10);
+        if (!end || *end || kib < 1) {
+            fprintf(stderr, "fake HIP: FAKE_HIP_COPY_SPLIT_KIB '%s' is not a size in KiB\n", split);
+            abort();
+        }
+        g_copy_split_min = (size_t)kib << 10;
     }
     CPU_ZERO(&g_copy_cpus);
     const char* cpus = getenv("FAKE_HIP_COPY_CPUS");
@@ -455,7 +471,6 @@ static struct timespec link_reserve(int kind, size_t n)
 
 /* A DMA engine outruns one core's memcpy: large copies are split over helper threads
  * (on FAKE_HIP_COPY_CPUS when set), so the fake can keep up with the modelled link. */
-#define COPY_SPLIT_MIN (8u << 20)
 #define COPY_PARTS 4
 
 /* `rows` rows of `n` bytes, `dpitch` / `spitch` apart (one row: a plain copy). */
@@ -484,7 +499,7 @@ static void copy_rows(char* d, const char* s, size_t n, size_t rows, size_t dpit
     size_t total = rows ? n * rows : n;
     size_t dext = rows ? (rows - 1) * dpitch + n : n, sext = rows ? (rows - 1) * spitch + n : n;
     /* overlapping ranges (device-to-device within one allocation) stay one pass */
-    if (total < COPY_SPLIT_MIN || (s < d + dext && d < s + sext) || (rows && rows < COPY_PARTS)) {
+    if (total < g_copy_split_min || (s < d + dext && d < s + sext) || (rows && rows < COPY_PARTS)) {
         if (rows <= 1)
             memmove(d, s, n);
         else

@@ -458,3 +458,37 @@ fn quiet_main_exits_cleanly() {
     assert!(out.status.success(), "{}", describe(&out));
     assert!(out.stdout.is_empty() && out.stderr.is_empty());
 }
+
+/// `FAKE_HIP_COPY_SPLIT_KIB` sets the size from which a copy is split over four
+/// threads: at 4 KiB nearly every copy of the shim's run is split, and every
+/// convolution still matches the naive oracle; a value that is not a size aborts
+/// with a message naming the variable.
+#[test]
+fn copies_split_over_threads_from_a_configurable_size() {
+    let out = run(
+        "harness_direct",
+        &["--mode", "default"],
+        &[("FAKE_HIP_COPY_SPLIT_KIB", "4"), ("FAKE_HIP_DELAY_US", "0")],
+        true,
+    );
+    assert!(assert_harness_passed(&out) > 0, "{}", describe(&out));
+    for bad in ["0", "8k", "-1"] {
+        let out = run(
+            "doubles_probe",
+            &["events"],
+            &[("FAKE_HIP_COPY_SPLIT_KIB", bad)],
+            false,
+        );
+        assert_eq!(
+            signal_of(&out.status),
+            Some(SIGABRT),
+            "{bad}: {}",
+            describe(&out)
+        );
+        assert!(
+            stderr(&out).contains("FAKE_HIP_COPY_SPLIT_KIB"),
+            "{bad}: {}",
+            describe(&out)
+        );
+    }
+}
