@@ -148,9 +148,9 @@ pub(super) fn backward_weights<S: Packed>(
     gate: Option<&dyn Gate>,
 ) {
     let g = Geo::of::<S>(s);
-    let Plan { band, units, .. } = plan;
+    let band = plan.band;
     let tasks = super::image_bands(s.n, g.oh, band);
-    let units = super::unit_runs(&tasks, units);
+    let units = super::unit_runs(&tasks, plan.units(gate.is_some()));
     // Plane offset of each output position of a band (the same for every
     // band: its planes start at its first row).
     let offs: Vec<usize> = (0..band * g.ow)

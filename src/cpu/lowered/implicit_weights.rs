@@ -85,15 +85,10 @@ pub(super) fn backward_weights<S: Packed>(
     gate: Option<&dyn Gate>,
 ) {
     let g = Geo::of::<S>(s);
-    let Plan {
-        band,
-        budget,
-        units,
-        ..
-    } = plan;
+    let Plan { band, budget, .. } = plan;
     let bblock = b_block::<S>(budget);
     let tasks = super::image_bands(s.n, g.oh, band);
-    let units = super::unit_runs(&tasks, units);
+    let units = super::unit_runs(&tasks, plan.units(gate.is_some()));
     let len = g.input_len::<S>(band);
     super::sum_over_units(t, dw, (&tasks, &units), gate, |acc, run| {
         t.scratch(Slot::Task, len + bblock, |buf| {
