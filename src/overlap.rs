@@ -327,6 +327,15 @@ const GATE_PIECES: usize = 8;
 /// while the 3×3 layers over 28×28 to 7×7 (0.1–0.2) took 10–20 % less gated.
 const GATE_MAX_COPY_SHARE: f64 = 0.5;
 
+/// Whether a weight gradient the engine can run gated is, without
+/// `RDNA1SHIM_CHUNKS`. Not yet: on the 16-core Xeon at 16 threads (12 GB/s,
+/// batch 32) ResNet's 64-channel weight gradient took 7.2–7.4 ms gated against
+/// 8.3 chunked when timed alone, but 18.6–21.6 against 8.0–8.9 in the training
+/// step's sequence of passes (four runs over two builds), its engine waiting on
+/// copies that fell behind; at two threads on Zen 3, within ±3 % of the chunked
+/// calls (the 128-channel layer's column ranges 3 % slower over the whole batch).
+const GATE_WEIGHTS_BY_DEFAULT: bool = false;
+
 /// The pieces a pass is cut into when it runs as one gated engine call over the
 /// whole batch ([`compute_gated`]): NCHW fp32 in and out (the engine reads and
 /// writes the staging itself), a plain result (alpha 1, beta 0, nothing fused), all
@@ -335,9 +344,8 @@ const GATE_MAX_COPY_SHARE: f64 = 0.5;
 /// implicit GEMM (an input gradient: at stride 1, over the flipped kernel), with
 /// copies modelled well under the engine's time ([`GATE_MAX_COPY_SHARE`]); a
 /// weight gradient by partial sums over bands of images or by column ranges
-/// sweeping them (`conv::backward_weights_gated_applies`), whatever its copies:
-/// its output, a tenth of its inputs' bytes or less on the layers that take that
-/// path, leaves at the end either way.
+/// sweeping them (`conv::backward_weights_gated_applies`), only where
+/// `RDNA1SHIM_CHUNKS=N` asks for pieces ([`GATE_WEIGHTS_BY_DEFAULT`]).
 /// `RDNA1SHIM_CHUNKS=N` gates every such call, in N pieces; one chunk, or a limit on
 /// those in flight, keeps the chunked path.
 pub(crate) fn gated_pieces(
@@ -353,7 +361,11 @@ pub(crate) fn gated_pieces(
     let pieces = match chunks {
         Chunks::Auto => {
             let (copy, engine) = chunking::model_seconds(bytes, p.shape.flops(), threads);
-            if p.pass != Pass::BackwardWeights && copy > GATE_MAX_COPY_SHARE * engine {
+            if p.pass == Pass::BackwardWeights {
+                if !GATE_WEIGHTS_BY_DEFAULT {
+                    return None;
+                }
+            } else if copy > GATE_MAX_COPY_SHARE * engine {
                 return None;
             }
             GATE_PIECES
@@ -723,8 +735,8 @@ mod tests {
     /// Which calls run gated at 16 threads: compute-bound plain fp32 forward passes and
     /// input gradients of the implicit GEMM, in pieces whose first is half as large;
     /// not the copy-bound stem (unless the pieces are set), not a blended result, a
-    /// weight gradient, an input gradient the flipped kernel does not take, nor a limit
-    /// on the chunks in flight.
+    /// weight gradient (unless the pieces are set), an input gradient the flipped
+    /// kernel does not take, nor a limit on the chunks in flight.
     #[test]
     fn compute_bound_plain_passes_of_the_implicit_gemm_are_gated() {
         if !matches!(
@@ -764,6 +776,14 @@ mod tests {
         assert!(pieces(Pass::Forward, layer128, (2.0, 0.0, false), Chunks::Auto).is_none());
         assert!(pieces(Pass::Forward, layer128, (1.0, 0.0, true), Chunks::Auto).is_none());
         assert!(pieces(Pass::BackwardWeights, layer128, plain, Chunks::Auto).is_none());
+        // The 64-channel weight gradient (partial sums over bands of images) is gated
+        // only in the pieces asked for.
+        assert!(pieces(Pass::BackwardWeights, layer64, plain, Chunks::Auto).is_none());
+        assert_eq!(
+            pieces(Pass::BackwardWeights, layer64, plain, four).map(|p| p.len()),
+            Some(5)
+        );
+        assert!(pieces(Pass::BackwardWeights, layer64, (1.0, 1.0, false), four).is_none());
         // 784 positions: this input gradient is not computed over the flipped kernel.
         assert!(pieces(Pass::BackwardData, layer128, plain, Chunks::Auto).is_none());
     }

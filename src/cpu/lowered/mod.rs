@@ -576,14 +576,14 @@ pub(super) fn partial_bands(
     })
 }
 
+/// A task of the partial sums over bands: an image and a band of its output rows.
+#[cfg(target_arch = "x86_64")]
+pub(super) type Band = (usize, std::ops::Range<usize>);
+
 /// The tasks `(image, output rows)` of `n` images of `rows` rows in bands
 /// of `band` rows (the last of an image shorter), image after image.
 #[cfg(target_arch = "x86_64")]
-pub(super) fn image_bands(
-    n: usize,
-    rows: usize,
-    band: usize,
-) -> Vec<(usize, std::ops::Range<usize>)> {
+pub(super) fn image_bands(n: usize, rows: usize, band: usize) -> Vec<Band> {
     let bands = rows.div_ceil(band);
     (0..n)
         .flat_map(|i| (0..bands).map(move |b| (i, b * band..((b + 1) * band).min(rows))))
@@ -593,10 +593,7 @@ pub(super) fn image_bands(
 /// At most `units` runs of `tasks` (of [`image_bands`], image after image),
 /// as ranges of their indices: contiguous, in order, of nearly equal rows.
 #[cfg(target_arch = "x86_64")]
-pub(super) fn unit_runs(
-    tasks: &[(usize, std::ops::Range<usize>)],
-    units: usize,
-) -> Vec<std::ops::Range<usize>> {
+pub(super) fn unit_runs(tasks: &[Band], units: usize) -> Vec<std::ops::Range<usize>> {
     let total: usize = tasks.iter().map(|(_, r)| r.len()).sum();
     let units = units.clamp(1, tasks.len().max(1));
     let mut runs: Vec<std::ops::Range<usize>> = Vec::with_capacity(units);
@@ -627,12 +624,9 @@ pub(super) fn unit_runs(
 pub(super) fn sum_over_units(
     t: &Tuning,
     dw: &mut [f32],
-    (tasks, units): (
-        &[(usize, std::ops::Range<usize>)],
-        &[std::ops::Range<usize>],
-    ),
+    (tasks, units): (&[Band], &[std::ops::Range<usize>]),
     gate: Option<&dyn Gate>,
-    work: impl Fn(&mut [f32], &mut dyn Iterator<Item = (usize, std::ops::Range<usize>)>) + Sync,
+    work: impl Fn(&mut [f32], &mut dyn Iterator<Item = Band>) + Sync,
 ) {
     use super::par::SendPtr;
     use super::scratch::Slot;
