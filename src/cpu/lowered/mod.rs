@@ -647,15 +647,8 @@ pub(super) fn sum_over_units(
                 if u >= count {
                     break;
                 }
-                // SAFETY: unit `u` alone uses partial `u` (dW itself for 0).
-                let acc = unsafe {
-                    if u == 0 {
-                        dwp.slice(0, wlen)
-                    } else {
-                        pp.slice((u - 1) * wlen, wlen)
-                    }
-                };
-                acc.fill(0.0);
+                // SAFETY: unit `u` alone uses partial `u`.
+                let acc = unsafe { partial(&dwp, &pp, u, wlen) };
                 let mine = units.get(u).cloned().unwrap_or(0..0);
                 let mut run = tasks[mine].iter().cloned().take_while(|(n, _)| {
                     let ok =
@@ -689,19 +682,34 @@ pub(super) fn sum_over_workers(
         let dwp = SendPtr(dw.as_mut_ptr());
         let pp = SendPtr(parts.as_mut_ptr());
         (0..workers).into_par_iter().for_each(|wi| {
-            // SAFETY: worker `wi` alone uses partial `wi` (dW itself for 0).
-            let acc = unsafe {
-                if wi == 0 {
-                    dwp.slice(0, wlen)
-                } else {
-                    pp.slice((wi - 1) * wlen, wlen)
-                }
-            };
-            acc.fill(0.0);
+            // SAFETY: worker `wi` alone uses partial `wi`.
+            let acc = unsafe { partial(&dwp, &pp, wi, wlen) };
             work(wi, acc);
         });
         add_partials(dw, parts, workers);
     });
+}
+
+/// Partial `i` of `wlen` floats of a sum over partials, zeroed: `dw` itself
+/// for 0, else the `i`-th of the others in `parts`.
+///
+/// # Safety
+/// Both point at buffers that hold the partials, and no other task uses
+/// partial `i` meanwhile.
+unsafe fn partial<'a>(
+    dw: &super::par::SendPtr,
+    parts: &super::par::SendPtr,
+    i: usize,
+    wlen: usize,
+) -> &'a mut [f32] {
+    let acc = if i == 0 {
+        dw.slice(0, wlen)
+    } else {
+        parts.slice((i - 1) * wlen, wlen)
+    };
+    acc.fill(0.0);
+    // SAFETY: the caller's; the lifetime is the buffers'.
+    &mut *(acc as *mut [f32])
 }
 
 /// `dw += Σ parts[i]` for the `count - 1` partials of `dw`'s length in
