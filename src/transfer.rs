@@ -29,6 +29,8 @@ struct Pinned {
 // SAFETY: pinned host memory is plain memory owned by whoever holds the struct.
 unsafe impl Send for Pinned {}
 
+/// Pinned buffers kept for later calls, least recently used first, within
+/// `RDNA1SHIM_HOST_MEMORY_MIB` in all.
 static PINNED_CACHE: Mutex<Vec<Pinned>> = Mutex::new(Vec::new());
 
 /// Pageable host memory of `len` bytes, 64-byte aligned, zeroed by the allocator (fresh
@@ -79,7 +81,7 @@ impl HostBuffer {
                 .min_by_key(|(_, p)| p.cap)
                 .map(|(i, _)| i);
             if let Some(i) = best {
-                let p = cache.swap_remove(i);
+                let p = cache.remove(i);
                 return Ok(HostBuffer {
                     inner: Inner::Pinned(p, hip),
                     len,
@@ -141,16 +143,29 @@ impl HostBuffer {
 impl Drop for HostBuffer {
     fn drop(&mut self) {
         if let Inner::Pinned(p, hip) = std::mem::replace(&mut self.inner, Inner::Empty) {
-            if let Ok(mut cache) = PINNED_CACHE.lock() {
-                let cached: usize = cache.iter().map(|c| c.cap).sum();
-                if cached + p.cap <= crate::config::call_memory_bytes() {
-                    cache.push(p);
-                    return;
+            let free = |p: Pinned| {
+                if let Some(free) = hip.hipHostFree {
+                    // SAFETY: ptr came from hipHostMalloc and is no longer used.
+                    unsafe { free(p.ptr as *mut c_void) };
                 }
-            }
-            if let Some(free) = hip.hipHostFree {
-                // SAFETY: ptr came from hipHostMalloc and is no longer used.
-                unsafe { free(p.ptr as *mut c_void) };
+            };
+            let limit = crate::config::call_memory_bytes();
+            match PINNED_CACHE.lock() {
+                // The buffer just used is kept, the least recently used ones freed to
+                // make room: refusing it when the cache was full left a cache of other
+                // sizes (a chunked call's slots) that turned every larger buffer away,
+                // so each call of a larger tensor allocated, and faulted in, new
+                // pinned memory.
+                Ok(mut cache) if p.cap <= limit => {
+                    let mut cached: usize = cache.iter().map(|c| c.cap).sum();
+                    while cached + p.cap > limit && !cache.is_empty() {
+                        let old = cache.remove(0);
+                        cached -= old.cap;
+                        free(old);
+                    }
+                    cache.push(p);
+                }
+                _ => free(p),
             }
         }
     }
