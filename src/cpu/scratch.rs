@@ -171,16 +171,21 @@ fn give_back(slot: &'static Mutex<Vec<Vec<f32>>>, buf: Vec<f32>) {
     }
 }
 
+/// The process-wide cache of a per-call slot; `None` for the per-thread one.
+fn shared(slot: Slot) -> Option<&'static Mutex<Vec<Vec<f32>>>> {
+    match slot {
+        Slot::Task => None,
+        Slot::Partials => Some(&PARTIALS),
+        Slot::Weights => Some(&WEIGHTS),
+    }
+}
+
 /// Runs `f` on a cached buffer of `len` floats with unspecified contents
 /// (callers write before they read). The buffer is kept for the next call; a
 /// nested borrow of a task buffer, or more concurrent borrows of a per-call
 /// one than are cached, get a fresh buffer instead of aliasing.
 fn with_scratch<R>(slot: Slot, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    let shared = match slot {
-        Slot::Task => None,
-        Slot::Partials => Some(&PARTIALS),
-        Slot::Weights => Some(&WEIGHTS),
-    };
+    let shared = shared(slot);
     let mut buf = match shared {
         None => TASK.with(Cell::take),
         Some(m) => take_cached(m, len),
@@ -208,45 +213,56 @@ mod tests {
     use super::*;
 
     /// The per-call buffer one thread returns is the one the next call gets,
-    /// whichever thread makes it (so a pool caches one, not one per thread).
-    /// Other tests borrow the same buffer concurrently, so a handover is
-    /// tried several times; with per-thread buffers it would never happen.
+    /// whichever thread makes it (so a pool caches one, not one per thread):
+    /// the per-call slots are process-wide caches, and a buffer given back on
+    /// one thread is taken on another. (On the slots' own caches other tests
+    /// take and return buffers of other sizes meanwhile, so the handover is
+    /// checked on a cache of the test's own.)
     #[test]
     fn per_call_buffer_is_shared_by_successive_calls_on_other_threads() {
+        assert!(std::ptr::eq(shared(Slot::Partials).unwrap(), &PARTIALS));
+        assert!(std::ptr::eq(shared(Slot::Weights).unwrap(), &WEIGHTS));
+        assert!(shared(Slot::Task).is_none());
+        static MINE: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
         const LEN: usize = 1 << 16;
         const MARK: f32 = 7.25;
-        let handed_over = (0..50).any(|_| {
-            std::thread::spawn(|| with_scratch(Slot::Partials, LEN, |b| b.fill(MARK)))
-                .join()
-                .unwrap();
-            // A fresh buffer would be zero-filled.
-            std::thread::spawn(|| with_scratch(Slot::Partials, LEN, |b| b[LEN - 1] == MARK))
-                .join()
-                .unwrap()
-        });
-        assert!(handed_over, "each thread kept its own per-call buffer");
+        std::thread::spawn(|| {
+            let mut b = take_cached(&MINE, LEN);
+            b.resize(LEN, 0.0);
+            b.fill(MARK);
+            give_back(&MINE, b);
+        })
+        .join()
+        .unwrap();
+        let got = std::thread::spawn(|| {
+            let b = take_cached(&MINE, LEN);
+            b.len() >= LEN && b[LEN - 1] == MARK
+        })
+        .join()
+        .unwrap();
+        assert!(
+            got,
+            "the buffer given back on one thread was not taken on the next"
+        );
     }
 
     /// Two calls computed at once (two chunks of a pipelined call) each get a
-    /// cached per-call buffer, not a fresh one for the second. Other tests
-    /// borrow the same buffers concurrently, so it is tried several times.
+    /// cached per-call buffer, not a fresh one for the second: the cache keeps
+    /// [`CACHED_PER_CALL`] of them, the largest.
     #[test]
     fn two_concurrent_per_call_buffers_are_both_kept() {
+        static MINE: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
         const LEN: usize = 1 << 15;
-        let kept = (0..50).any(|_| {
-            with_scratch(Slot::Weights, LEN, |a| {
-                a.fill(1.0);
-                with_scratch(Slot::Weights, LEN, |b| b.fill(2.0));
-            });
-            // Fresh buffers would be zero-filled.
-            with_scratch(Slot::Weights, LEN, |a| {
-                with_scratch(Slot::Weights, LEN, |b| {
-                    let mut got = [a[LEN - 1], b[LEN - 1]];
-                    got.sort_by(f32::total_cmp);
-                    got == [1.0, 2.0]
-                })
-            })
-        });
-        assert!(kept, "only one per-call buffer was kept");
+        let (mut a, mut b) = (take_cached(&MINE, LEN), take_cached(&MINE, LEN));
+        a.resize(LEN, 1.0);
+        b.resize(LEN, 2.0);
+        give_back(&MINE, a);
+        give_back(&MINE, b);
+        // A smaller one given back is the one dropped.
+        give_back(&MINE, vec![3.0; 8]);
+        let (a, b) = (take_cached(&MINE, LEN), take_cached(&MINE, LEN));
+        let mut got = [a[LEN - 1], b[LEN - 1]];
+        got.sort_by(f32::total_cmp);
+        assert_eq!(got, [1.0, 2.0], "only one per-call buffer was kept");
     }
 }
