@@ -518,16 +518,13 @@ pub(crate) fn compute_gated(
     let n = p.shape.n;
     let lens = [&x.layout, &w.layout, &y.layout].map(|l| bytes_of(l, dt));
     let weights = p.pass == Pass::BackwardWeights;
-    let (xb, wb, yb) = if weights {
-        (
-            tr.buffer(lens[0])?,
-            tr.buffer(lens[1])?,
-            tr.buffer(lens[2])?,
-        )
+    // The weights (not a weight gradient's `dy`) are queued whole, before the pieces.
+    let wb = if weights {
+        tr.buffer(lens[1])?
     } else {
-        let wb = tr.download(w.ptr, lens[1])?;
-        (tr.buffer(lens[0])?, wb, tr.buffer(lens[2])?)
+        tr.download(w.ptr, lens[1])?
     };
+    let (xb, yb) = (tr.buffer(lens[0])?, tr.buffer(lens[2])?);
     let batched: &[(&Operand, usize)] = if weights {
         &[(x, xb), (w, wb)]
     } else {

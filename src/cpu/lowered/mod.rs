@@ -702,14 +702,14 @@ unsafe fn partial<'a>(
     i: usize,
     wlen: usize,
 ) -> &'a mut [f32] {
-    let acc = if i == 0 {
-        dw.slice(0, wlen)
+    let at = if i == 0 {
+        dw.0
     } else {
-        parts.slice((i - 1) * wlen, wlen)
+        parts.0.add((i - 1) * wlen)
     };
+    let acc = std::slice::from_raw_parts_mut(at, wlen);
     acc.fill(0.0);
-    // SAFETY: the caller's; the lifetime is the buffers'.
-    &mut *(acc as *mut [f32])
+    acc
 }
 
 /// `dw += Σ parts[i]` for the `count - 1` partials of `dw`'s length in

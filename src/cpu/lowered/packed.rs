@@ -683,19 +683,49 @@ pub(super) fn backward_weights<S: Packed>(
     backward_weights_gated::<S>(s, x, dy, dw, t, None);
 }
 
+/// The weight gradient's path for `s` on `threads`, in order of preference.
+enum WeightsPath {
+    /// Partial sums over bands of short rows (`implicit_weights`).
+    Implicit(super::implicit_weights::Plan),
+    /// Partial sums over bands of wide rows on blocked planes (`blocked_weights`).
+    Blocked(super::blocked_weights::Plan),
+    /// Panels of the blocked planes of the whole batch (`blocked_weights`).
+    Columns(super::blocked_weights::Columns),
+    /// Column ranges of the NCHW lowering, each task sweeping the images.
+    Ranges(usize),
+    /// Partial sums of the NCHW lowering by runs of positions.
+    Positions,
+}
+
+fn weights_path<S: Packed>(s: &ConvShape, t: &Tuning, threads: usize) -> WeightsPath {
+    if let Some(plan) = super::implicit_weights::plan::<S>(s, t, threads) {
+        return WeightsPath::Implicit(plan);
+    }
+    let short_rows = super::implicit_weights::MAX_ROW;
+    if let Some(plan) = super::blocked_weights::plan::<S>(s, t, threads, short_rows) {
+        return WeightsPath::Blocked(plan);
+    }
+    if let Some(plan) = super::blocked_weights::plan_columns::<S>(s, t, threads) {
+        return WeightsPath::Columns(plan);
+    }
+    match column_ranges(s, &Dims::of(s), t, threads) {
+        Some(ranges) => WeightsPath::Ranges(ranges),
+        None => WeightsPath::Positions,
+    }
+}
+
 /// Whether [`backward_weights_gated`] runs `s` on `threads` with a gate: where
-/// its choice sweeps the images in order — the two partial-sum paths over
+/// its path sweeps the images in order — the two partial-sum paths over
 /// bands of images (`implicit_weights`, `blocked_weights`) and the column
 /// ranges over the NCHW lowering. The column split over blocked planes
 /// builds the planes of the whole batch first, and the NCHW lowering's
 /// partial sums give each worker a run of the positions, the last worker
 /// the last images.
 pub(super) fn weights_gated_applies<S: Packed>(s: &ConvShape, t: &Tuning, threads: usize) -> bool {
-    let short_rows = super::implicit_weights::MAX_ROW;
-    super::implicit_weights::plan::<S>(s, t, threads).is_some()
-        || super::blocked_weights::plan::<S>(s, t, threads, short_rows).is_some()
-        || super::blocked_weights::plan_columns::<S>(s, t, threads).is_none()
-            && column_ranges(s, &Dims::of(s), t, threads).is_some()
+    matches!(
+        weights_path::<S>(s, t, threads),
+        WeightsPath::Implicit(_) | WeightsPath::Blocked(_) | WeightsPath::Ranges(_)
+    )
 }
 
 /// `dw` of `s`; with a `gate`, whose images arrive while it runs, where
@@ -708,69 +738,81 @@ pub(super) fn backward_weights_gated<S: Packed>(
     t: &Tuning,
     gate: Option<&dyn Gate>,
 ) -> bool {
+    match weights_path::<S>(s, t, rayon::current_num_threads()) {
+        WeightsPath::Implicit(plan) => {
+            super::implicit_weights::backward_weights::<S>(s, x, dy, dw, t, plan, gate)
+        }
+        WeightsPath::Blocked(plan) => {
+            super::blocked_weights::backward_weights::<S>(s, x, dy, dw, t, plan, gate)
+        }
+        WeightsPath::Columns(_) | WeightsPath::Positions if gate.is_some() => return false,
+        WeightsPath::Columns(plan) => {
+            super::blocked_weights::backward_weights_by_columns::<S>(s, x, dy, dw, t, plan)
+        }
+        WeightsPath::Ranges(ranges) => weights_by_ranges::<S>(s, (x, dy, dw), t, ranges, gate),
+        WeightsPath::Positions => weights_by_positions::<S>(s, (x, dy, dw), t),
+    }
+    true
+}
+
+/// `dw` of `s` by `ranges` column ranges of the NCHW lowering a group
+/// (`column_ranges`), each task sweeping every position.
+fn weights_by_ranges<S: Packed>(
+    s: &ConvShape,
+    (x, dy, dw): (&[f32], &[f32], &mut [f32]),
+    t: &Tuning,
+    ranges: usize,
+    gate: Option<&dyn Gate>,
+) {
+    let d = Dims::of(s);
+    let budget = t.floats_per_worker(rayon::current_num_threads());
+    let bblock = b_block::<S>(budget);
+    let cols = image_cols(WEIGHTS_COLS, d.p, d.m, budget - bblock);
+    let chunks = Chunk::cover(0..s.n, d.p, cols, 1);
+    let dwp = SendPtr(dw.as_mut_ptr());
+    let tasks: Vec<(usize, Range<usize>)> = (0..s.groups)
+        .flat_map(|g| (0..ranges).map(move |r| (g, split_range(d.k, ranges, r))))
+        .collect();
+    // Every task sweeps the chunks image after image: with a gate, each
+    // waits for the images of a chunk as it reaches them.
+    tasks.into_par_iter().for_each(|(g, cols_range)| {
+        for (i, ch) in chunks.iter().enumerate() {
+            if gate.is_some_and(|gate| !gate.input_ready(ch.n0 + ch.nimg - 1)) {
+                return;
+            }
+            let at = g * d.m * d.k + cols_range.start;
+            let c = MatMut {
+                ptr: unsafe { dwp.at(at) },
+                rs: d.k,
+                cs: 1,
+            };
+            weights_chunk::<S>(
+                s,
+                t,
+                &d,
+                x,
+                dy,
+                c,
+                g,
+                *ch,
+                cols_range.clone(),
+                i > 0,
+                bblock,
+                budget,
+            );
+        }
+    });
+}
+
+/// `dw` of `s` split by positions over workers that sum into private
+/// partials (few columns: a small kernel over few channels).
+fn weights_by_positions<S: Packed>(
+    s: &ConvShape,
+    (x, dy, dw): (&[f32], &[f32], &mut [f32]),
+    t: &Tuning,
+) {
     let d = Dims::of(s);
     let threads = rayon::current_num_threads();
-    if let Some(plan) = super::implicit_weights::plan::<S>(s, t, threads) {
-        super::implicit_weights::backward_weights::<S>(s, x, dy, dw, t, plan, gate);
-        return true;
-    }
-    let short_rows = super::implicit_weights::MAX_ROW;
-    if let Some(plan) = super::blocked_weights::plan::<S>(s, t, threads, short_rows) {
-        super::blocked_weights::backward_weights::<S>(s, x, dy, dw, t, plan, gate);
-        return true;
-    }
-    let budget = t.floats_per_worker(threads);
-    let bblock = b_block::<S>(budget);
-    if let Some(plan) = super::blocked_weights::plan_columns::<S>(s, t, threads) {
-        if gate.is_some() {
-            return false;
-        }
-        super::blocked_weights::backward_weights_by_columns::<S>(s, x, dy, dw, t, plan);
-        return true;
-    }
-    if let Some(ranges) = column_ranges(s, &d, t, threads) {
-        let cols = image_cols(WEIGHTS_COLS, d.p, d.m, budget - bblock);
-        let chunks = Chunk::cover(0..s.n, d.p, cols, 1);
-        let dwp = SendPtr(dw.as_mut_ptr());
-        let tasks: Vec<(usize, Range<usize>)> = (0..s.groups)
-            .flat_map(|g| (0..ranges).map(move |r| (g, split_range(d.k, ranges, r))))
-            .collect();
-        // Every task sweeps the chunks image after image: with a gate, each
-        // waits for the images of a chunk as it reaches them.
-        tasks.into_par_iter().for_each(|(g, cols_range)| {
-            for (i, ch) in chunks.iter().enumerate() {
-                if gate.is_some_and(|gate| !gate.input_ready(ch.n0 + ch.nimg - 1)) {
-                    return;
-                }
-                let at = g * d.m * d.k + cols_range.start;
-                let c = MatMut {
-                    ptr: unsafe { dwp.at(at) },
-                    rs: d.k,
-                    cs: 1,
-                };
-                weights_chunk::<S>(
-                    s,
-                    t,
-                    &d,
-                    x,
-                    dy,
-                    c,
-                    g,
-                    *ch,
-                    cols_range.clone(),
-                    i > 0,
-                    bblock,
-                    budget,
-                );
-            }
-        });
-        return true;
-    }
-    if gate.is_some() {
-        return false;
-    }
-    // Few columns (a small kernel over few channels): split positions over
-    // workers that sum into private partials.
     let workers = partial_workers(t, dw.len(), threads);
     let total = t.scratch_bytes / 4;
     let budget = (total - (workers - 1) * dw.len()) / workers;
@@ -796,7 +838,6 @@ pub(super) fn backward_weights_gated<S: Packed>(
             weights_chunk::<S>(s, t, &d, x, dy, c, g, ch, 0..d.k, true, bblock, budget);
         }
     });
-    true
 }
 
 /// The chunks of worker `wi` of `workers` over `n` images of `p` positions,
