@@ -30,9 +30,10 @@
  * `width` bytes, each side's rows `pitch` bytes apart; each side's extent is validated
  * as one range, and the link model counts width x height bytes.
  *
- * Copies of 8 MiB and more (FAKE_HIP_COPY_SPLIT_KIB; pitched ones by whole rows) are split
+ * Copies of 1 MiB and more (FAKE_HIP_COPY_SPLIT_KIB; pitched ones by whole rows) are split
  * over four threads (a DMA engine outruns one core's memcpy), so that the fake keeps up with
- * the link it models.
+ * the link it models: on a 16-core machine whose cores the engine keeps busy, one core's
+ * memcpy of a 6.4 MB piece ran at about 6.5 GB/s, half of a 12 GB/s link.
  *
  * PCIe model: with FAKE_HIP_GBPS set, every host<->device copy also takes
  * bytes / bandwidth of wall time on the executing worker (or caller, for the
@@ -58,9 +59,8 @@
  *   FAKE_HIP_GBPS      bandwidth of the modelled PCIe link in GB/s (10^9 bytes/s)
  *                      per direction; unset or 0: copies are plain memcpy.
  *   FAKE_HIP_COPY_SPLIT_KIB  size in KiB from which a copy is split over four threads
- *                      (default 8192): a benchmark whose copies come in pieces of a few
- *                      MiB, on cores the engine keeps busy, can lower it so that one
- *                      core's memcpy does not fall behind the modelled link.
+ *                      (default 1024; below it one core's memcpy, which falls behind a
+ *                      12 GB/s link on cores the engine keeps busy, copies the whole of it).
  *   FAKE_HIP_COPY_CPUS CPUs the stream workers run on, e.g. "2-15" or "4,5": a real
  *                      GPU's copy engines take no CPU time, so a benchmark can keep
  *                      the fake's memcpy off the cores it measures.
@@ -129,7 +129,7 @@ static int g_nfaults;
 static long g_delay_us = 2000;
 static double g_gbps; /* 0: copies are not rate limited */
 static cpu_set_t g_copy_cpus; /* where stream workers run; empty: anywhere */
-static size_t g_copy_split_min = 8u << 20; /* FAKE_HIP_COPY_SPLIT_KIB */
+static size_t g_copy_split_min = 1u << 20; /* FAKE_HIP_COPY_SPLIT_KIB */
 static size_t g_bytes_copied[5];
 
 static __thread hipError_t t_last_error = hipSuccess;
@@ -491,7 +491,7 @@ static void* copy_part_run(void* arg)
     return NULL;
 }
 
-/* Copies `rows` rows of `n` bytes (rows == 0: one plain run), from 8 MiB in total over
+/* Copies `rows` rows of `n` bytes (rows == 0: one plain run), from 1 MiB in total over
  * COPY_PARTS threads: whole runs of bytes, or whole rows. */
 static void copy_rows(char* d, const char* s, size_t n, size_t rows, size_t dpitch,
                       size_t spitch)

@@ -303,7 +303,7 @@ static void pitched_copies(void)
     (void)hipGetLastError();
     HIP_OK(hipFree(d));
 
-    /* A pitched copy of more than 8 MiB (the fake splits those over threads by rows). */
+    /* A pitched copy of more than 8 MiB (the fake splits those from 1 MiB over threads by rows). */
     enum { BW = 4000, BP = 4096, BR = 3000 };
     unsigned char* big = malloc((size_t)BP * BR);
     unsigned char* got = malloc((size_t)BP * BR);
