@@ -46,6 +46,12 @@ pub(crate) trait Packed: Simd {
     /// Preferred depth of one packed block: a `KC_L1 × NR` panel of `B`
     /// stays in a 32–48 KiB L1 data cache next to the streamed `A` panel.
     const KC_L1: usize;
+    /// Most depth of one step of the implicit forward's tiles
+    /// (`lowered::implicit`): a step's slice of a weights panel (`depth ×
+    /// NR`) is read by every tile of the task's positions, each loading and
+    /// storing its `C` once a step. At AVX2 the slice may outgrow L1 (see
+    /// the AVX2 value); at AVX-512 it stays there (`KC_L1`).
+    const IMPLICIT_STEP: usize = Self::KC_L1;
     /// Columns of one packed `B` block (a multiple of `NR`, at most 512).
     const NC: usize;
     /// Rows of one packed `A` block (a multiple of `MR`).
@@ -972,6 +978,17 @@ mod x86 {
         const MR: usize = 6;
         const NV: usize = 2;
         const KC_L1: usize = 256;
+        /// 288 KiB of a 16-column panel, the whole product of ResNet's 3×3
+        /// layers up to 512 channels: the L1-sized steps reloaded each tile's
+        /// `C` nine times a panel on the 256-channel layer (a 2304-deep
+        /// product). On Zen 3 at two threads (`conv_bench`, alternated, two
+        /// runs) the forward passes of ResNet's 128-, 256- and 512-channel
+        /// layers took 4–5, 5–6 and 1–3.5 % less time, DeepLab's dilated
+        /// layer 2–5.5 %, DCGAN's transposed layer 5–6 % and the 1-D layer
+        /// 5 % (its input gradient 6 %), the others within 2 %. At AVX-512 (an 8 × 48 tile, three vectors of `B` a
+        /// depth) steps of 1536 were even at 16 threads on the Xeon and up
+        /// to 30 % slower at two, so it keeps `KC_L1` there.
+        const IMPLICIT_STEP: usize = 4608;
         const NC: usize = 480;
         const MC: usize = 252;
 

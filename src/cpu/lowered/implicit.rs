@@ -608,9 +608,9 @@ impl WithPacked for Task<'_> {
             let cols = nr.min(g.co - jp * nr);
             let panel = self.wb.as_ptr().add(jp * k * nr);
             written.fill(false);
-            // Each group's slice of the panel stays in L1 while every tile
-            // of positions passes over it, the tile's `C` staying in L1
-            // across the group's steps.
+            // Each group's slice of the panel stays in cache (L1 at
+            // AVX-512, L2 at AVX2) while every tile of positions passes
+            // over it, the tile's `C` loaded and stored once a group.
             for group in &groups {
                 let group = &steps[group.clone()];
                 let reach = group.iter().fold(0u64, |m, s| m | 1 << s.3);
@@ -667,14 +667,13 @@ impl WithPacked for Task<'_> {
 }
 
 /// The products of `parts` (input offset, depth offset, depth, kernel row) cut into
-/// steps of at most [`Packed::KC_L1`] depth, evenly: a step's slice of a
-/// weights panel (`depth × NR`) fits in L1 next to the streamed rows of `A`.
+/// steps of at most [`Packed::IMPLICIT_STEP`] depth, evenly.
 fn depth_steps<S: Packed>(
     parts: &[(usize, usize, usize, usize)],
 ) -> Vec<(usize, usize, usize, usize)> {
     let mut steps = Vec::with_capacity(parts.len() * 2);
     for &(off, k0, kc, kh) in parts {
-        let n = kc.div_ceil(S::KC_L1);
+        let n = kc.div_ceil(S::IMPLICIT_STEP);
         let mut at = 0;
         for i in 0..n {
             let len = (kc * (i + 1)) / n - at;
@@ -686,14 +685,14 @@ fn depth_steps<S: Packed>(
 }
 
 /// Consecutive runs of `steps` whose depths add up to at most
-/// [`Packed::KC_L1`] (a step alone where it is that deep): the shallow
+/// [`Packed::IMPLICIT_STEP`] (a step alone where it is that deep): the shallow
 /// kernel rows of a layer with few channels (the stem's 21) go over each
 /// tile together.
 fn step_groups<S: Packed>(steps: &[(usize, usize, usize, usize)]) -> Vec<Range<usize>> {
     let mut groups = Vec::new();
     let (mut start, mut depth) = (0, 0);
     for (i, step) in steps.iter().enumerate() {
-        if i > start && depth + step.2 > S::KC_L1 {
+        if i > start && depth + step.2 > S::IMPLICIT_STEP {
             groups.push(start..i);
             (start, depth) = (i, 0);
         }
@@ -944,6 +943,9 @@ mod tests {
             // round of three threads one third full: 9 runs of 2 rows
             // across the images instead, one of them crossing.
             shape2d(2, 5, 7, 1, [9, 13], [3, 3], [1, 1], [1, 1], [1, 1]),
+            // A kernel row deeper than one step at either instruction set
+            // (3 columns of 1600 channels: 4800 floats, cut in two at AVX2).
+            shape2d(2, 1600, 5, 1, [6, 4], [1, 3], [0, 1], [1, 1], [1, 1]),
         ]
     }
 
@@ -959,6 +961,10 @@ mod tests {
                 check_against_reference(&s, &v, 23).unwrap();
             }
         }
+        // The deep kernel row is computed in several steps.
+        let deep = Geo::of::<Avx2>(&shapes()[11]).depth();
+        assert!(deep > Avx2::IMPLICIT_STEP && deep > Avx512::IMPLICIT_STEP);
+        assert_eq!(depth_steps::<Avx2>(&[(0, 0, deep, 0)]).len(), 2);
         // Runs across the images where bands would leave a round part-filled.
         let across = shapes()[10];
         let p = plan::<Avx2>(&across, &t, 3).unwrap();
