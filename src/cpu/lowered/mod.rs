@@ -386,10 +386,27 @@ pub(crate) fn backward_weights_gated(
 /// rows of its product, over which each packed column is reused.
 const DATA_AS_FORWARD_MIN_CHANNELS: usize = 64;
 
-/// Fewest input positions per image for [`data_as_forward`]: the forward
-/// pass spreads large images over many threads better than the lowered
-/// input gradient does, which is ahead on small images.
-const DATA_AS_FORWARD_MIN_POSITIONS: usize = 2048;
+/// Fewest input positions per image for [`data_as_forward`] at instruction
+/// set `isa`: the forward pass spreads large images over many threads better
+/// than the lowered input gradient does, which was ahead on small images.
+/// At AVX2, since the implicit forward's deeper steps
+/// ([`super::packed_gemm::Packed::IMPLICIT_STEP`]), the forward pass is
+/// ahead from ResNet's 256-channel layer at 14×14 on: on Zen 3 at two
+/// threads (`conv_bench`, alternated, every run of it faster than every run
+/// of the lowered gradient) ResNet's 128-channel input gradient at 28×28
+/// took 10–11 % less time at batch 8 and 32, the 256-channel one at 14×14
+/// 7–9 %. At AVX-512, 784 (ResNet's 128 at 28×28, DeepLab's 33×33): on the
+/// 16-core Xeon at 16 threads those went from 907–1002 to 1184–1215 and from
+/// 963–1060 to 1101–1210 GFLOP/s at batch 8 and 4; at batch 32 ResNet's was
+/// even and DeepLab's 1386–1624 against 1557–1647, at 8 threads both even;
+/// smaller images were not measured there. The portable back end keeps 2048.
+fn data_as_forward_min_positions(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx2 => 196,
+        Isa::Avx512 => 784,
+        Isa::Portable => 2048,
+    }
+}
 
 /// Rows `g·m .. g·m + m` of `dy` over the positions of `ch`, as an `m × cols`
 /// matrix: read in place when the chunk lies in one image, else gathered into
@@ -422,7 +439,7 @@ pub(super) fn dy_rows(
 /// The forward convolution whose output is the input gradient of `s`, where
 /// the tuning allows it: stride 1, at least
 /// [`DATA_AS_FORWARD_MIN_CHANNELS`] input channels per group and
-/// [`DATA_AS_FORWARD_MIN_POSITIONS`] input positions, padding within the
+/// [`data_as_forward_min_positions`] input positions, padding within the
 /// kernel's reach, and
 /// the gradient exactly the size that forward produces. Its input is `dy`,
 /// its weights the flipped, transposed kernel ([`flip_transpose`]), held in
@@ -430,7 +447,7 @@ pub(super) fn dy_rows(
 pub(super) fn data_as_forward(s: &ConvShape, t: &Tuning) -> Option<ConvShape> {
     if !t.data_as_forward
         || s.c_in_per_group() < DATA_AS_FORWARD_MIN_CHANNELS
-        || s.input_spatial() < DATA_AS_FORWARD_MIN_POSITIONS
+        || s.input_spatial() < data_as_forward_min_positions(t.isa.supported())
         || 32 * s.weight_len() > t.scratch_bytes
     {
         return None;
@@ -910,8 +927,8 @@ mod tests {
             ..s
         };
         let small_image = ConvShape {
-            input: [1, 40, 40],
-            output: [1, 40, 40],
+            input: [1, 12, 12],
+            output: [1, 12, 12],
             ..s
         };
         for (what, shape) in [
@@ -928,5 +945,21 @@ mod tests {
             ..t
         };
         assert!(data_as_forward(&s, &off).is_none());
+        // ResNet's 28×28 images: as a forward pass at AVX2 and AVX-512, not
+        // on the portable back end.
+        let resnet = ConvShape {
+            input: [1, 28, 28],
+            output: [1, 28, 28],
+            ..s
+        };
+        if t.isa.supported() >= Isa::Avx2 {
+            assert!(data_as_forward(&resnet, &t).is_some());
+        }
+        let portable = Tuning {
+            isa: Isa::Portable,
+            ..t
+        };
+        assert!(data_as_forward(&resnet, &portable).is_none());
+        assert!(data_as_forward(&s, &portable).is_some());
     }
 }
