@@ -985,9 +985,10 @@ mod x86 {
         /// runs) the forward passes of ResNet's 128-, 256- and 512-channel
         /// layers took 4–5, 5–6 and 1–3.5 % less time, DeepLab's dilated
         /// layer 2–5.5 %, DCGAN's transposed layer 5–6 % and the 1-D layer
-        /// 5 % (its input gradient 6 %), the others within 2 %. At AVX-512 (an 8 × 48 tile, three vectors of `B` a
-        /// depth) steps of 1536 were even at 16 threads on the Xeon and up
-        /// to 30 % slower at two, so it keeps `KC_L1` there.
+        /// 5 % (its input gradient 6 %), the others within 2 %. At AVX-512
+        /// (an 8 × 48 tile, three vectors of `B` a depth) steps of 1536 were
+        /// even at 16 threads on the Xeon and 13–45 % slower at two, so it
+        /// keeps `KC_L1` there.
         const IMPLICIT_STEP: usize = 4608;
         const NC: usize = 480;
         const MC: usize = 252;

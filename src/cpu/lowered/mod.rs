@@ -382,38 +382,32 @@ pub(crate) fn backward_weights_gated(
     }
 }
 
-/// Fewest input channels per group for [`data_as_forward`] at instruction
-/// set `isa`: they are the output channels of its forward pass, whose
-/// panels are `NR` wide (16 at AVX2, 48 at AVX-512). At AVX2, 32: MNIST's
-/// 32 → 64 input gradient at 26×26, batch 64, took 9.1–9.3 → 8.6 ms on Zen 3
-/// at two threads (`conv_bench`, three alternations). Elsewhere 64, as
-/// before (at AVX-512 32 channels would fill two thirds of a panel).
-fn data_as_forward_min_channels(isa: Isa) -> usize {
-    match isa {
-        Isa::Avx2 => 32,
-        _ => 64,
-    }
-}
-
-/// Fewest input positions per image for [`data_as_forward`] at instruction
-/// set `isa`: the forward pass spreads large images over many threads better
+/// Fewest input channels per group and input positions per image for
+/// [`data_as_forward`] at `t`'s instruction set: the channels are the output
+/// channels of its forward pass, whose panels are `NR` wide (16 at AVX2, 48 at
+/// AVX-512); the forward pass spreads large images over many threads better
 /// than the lowered input gradient does, which was ahead on small images.
+///
 /// At AVX2, since the implicit forward's deeper steps
-/// ([`super::packed_gemm::Packed::IMPLICIT_STEP`]), the forward pass is
-/// ahead from ResNet's 256-channel layer at 14×14 on: on Zen 3 at two
-/// threads (`conv_bench`, alternated, every run of it faster than every run
-/// of the lowered gradient) ResNet's 128-channel input gradient at 28×28
-/// took 10–11 % less time at batch 8 and 32, the 256-channel one at 14×14
-/// 7–9 %. At AVX-512, 784 (ResNet's 128 at 28×28, DeepLab's 33×33): on the
-/// 16-core Xeon at 16 threads those went from 907–1002 to 1184–1215 and from
-/// 963–1060 to 1101–1210 GFLOP/s at batch 8 and 4; at batch 32 ResNet's was
-/// even and DeepLab's 1386–1624 against 1557–1647, at 8 threads both even;
-/// smaller images were not measured there. The portable back end keeps 2048.
-fn data_as_forward_min_positions(isa: Isa) -> usize {
-    match isa {
-        Isa::Avx2 => 196,
-        Isa::Avx512 => 784,
-        Isa::Portable => 2048,
+/// ([`super::packed_gemm::Packed::IMPLICIT_STEP`]), 32 channels and 196
+/// positions (ResNet's 256-channel layer at 14×14): on Zen 3 at two threads
+/// (`conv_bench`, alternated, every run of it faster than every run of the
+/// lowered gradient) ResNet's 128-channel input gradient at 28×28 took
+/// 10–11 % less time at batch 8 and 32, the 256-channel one at 14×14 7–9 %,
+/// MNIST's 32 → 64 one at 26×26 (batch 64) 9.1–9.3 → 8.6 ms. At AVX-512, 64
+/// channels (32 would fill two thirds of a panel) and 784 positions (ResNet's
+/// 128 at 28×28, DeepLab's 33×33): on the 16-core Xeon at 16 threads those
+/// went from 907–1002 to 1184–1215 and from 963–1060 to 1101–1210 GFLOP/s at
+/// batch 8 and 4; at batch 32 ResNet's was even and DeepLab's 1386–1624
+/// against 1557–1647, at 8 threads both even; smaller images were not measured
+/// there. Kernels of one tap, whose forward pass is not the implicit GEMM
+/// these figures are of, and the portable back end keep 64 and 2048.
+fn data_as_forward_min(s: &ConvShape, t: &Tuning) -> (usize, usize) {
+    match t.isa.supported() {
+        _ if s.kernel_spatial() == 1 => (64, 2048),
+        Isa::Avx2 => (32, 196),
+        Isa::Avx512 => (64, 784),
+        Isa::Portable => (64, 2048),
     }
 }
 
@@ -447,16 +441,17 @@ pub(super) fn dy_rows(
 
 /// The forward convolution whose output is the input gradient of `s`, where
 /// the tuning allows it: stride 1, at least
-/// [`data_as_forward_min_channels`] input channels per group and
-/// [`data_as_forward_min_positions`] input positions, padding within the
+/// [`data_as_forward_min`] input channels per group and input positions,
+/// padding within the
 /// kernel's reach, and
 /// the gradient exactly the size that forward produces. Its input is `dy`,
 /// its weights the flipped, transposed kernel ([`flip_transpose`]), held in
 /// at most an eighth of the scratch budget.
 pub(super) fn data_as_forward(s: &ConvShape, t: &Tuning) -> Option<ConvShape> {
+    let (channels, positions) = data_as_forward_min(s, t);
     if !t.data_as_forward
-        || s.c_in_per_group() < data_as_forward_min_channels(t.isa.supported())
-        || s.input_spatial() < data_as_forward_min_positions(t.isa.supported())
+        || s.c_in_per_group() < channels
+        || s.input_spatial() < positions
         || 32 * s.weight_len() > t.scratch_bytes
     {
         return None;
@@ -980,5 +975,13 @@ mod tests {
             assert!(data_as_forward(&c32, &avx2).is_some());
         }
         assert!(data_as_forward(&c32, &portable).is_none());
+        // A 1×1 kernel over 28×28 images keeps the lowered input gradient.
+        let pointwise = ConvShape {
+            kernel: [1, 1, 1],
+            pad: [0; 3],
+            ..resnet
+        };
+        pointwise.validate().unwrap();
+        assert!(data_as_forward(&pointwise, &t).is_none());
     }
 }
