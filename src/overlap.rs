@@ -786,12 +786,20 @@ mod tests {
         );
         assert!(pieces(Pass::BackwardWeights, layer64, (1.0, 1.0, false), four).is_none());
         // 784 positions: this input gradient is computed over the flipped kernel
-        // at AVX2 and AVX-512, and gated; the 512-channel one at 7×7 is lowered.
+        // at AVX2 and AVX-512, and gated; the 512-channel one at 7×7 at AVX2 only;
+        // a strided one is lowered.
         if crate::cpu::isa() >= crate::cpu::Isa::Avx2 {
             assert!(pieces(Pass::BackwardData, layer128, plain, Chunks::Auto).is_some());
         }
         let layer512 = [32, 512, 512, 7, 3, 1];
-        assert!(pieces(Pass::BackwardData, layer512, plain, Chunks::Auto).is_none());
+        let gated512 = pieces(Pass::BackwardData, layer512, plain, Chunks::Auto);
+        assert_eq!(
+            gated512.is_some(),
+            crate::cpu::isa() == crate::cpu::Isa::Avx2,
+            "{gated512:?}"
+        );
+        let down = [32, 64, 128, 56, 3, 2];
+        assert!(pieces(Pass::BackwardData, down, plain, Chunks::Auto).is_none());
     }
 
     /// The parts are added to the sum in chunk order, float for float as the chunks

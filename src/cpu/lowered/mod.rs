@@ -289,9 +289,9 @@ pub(crate) fn backward_data_gated(
 
 /// Whether [`backward_data_channels_last`] computes `s`: its input gradient
 /// is a forward convolution ([`flipped_forward`], whose flipped kernel fits
-/// an eighth of the scratch cap) that the implicit GEMM takes.
+/// as [`as_forward`] says) that the implicit GEMM takes.
 pub(crate) fn channels_last_backward_data_applies(s: &ConvShape, t: &Tuning) -> bool {
-    32 * s.weight_len() <= t.scratch_bytes
+    s.weight_len() <= as_forward(s, t).kernel_floats
         && flipped_forward(s).is_some_and(|f| channels_last_forward_applies(&f, t))
 }
 
@@ -382,32 +382,61 @@ pub(crate) fn backward_weights_gated(
     }
 }
 
-/// Fewest input channels per group and input positions per image for
-/// [`data_as_forward`] at `t`'s instruction set: the channels are the output
-/// channels of its forward pass, whose panels are `NR` wide (16 at AVX2, 48 at
-/// AVX-512); the forward pass spreads large images over many threads better
-/// than the lowered input gradient does, which was ahead on small images.
+/// Where [`data_as_forward`] applies at an instruction set: the fewest input
+/// channels per group and input positions per image, and the largest kernel
+/// (floats) whose flipped copy it holds beside the forward pass's scratch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct AsForward {
+    channels: usize,
+    positions: usize,
+    kernel_floats: usize,
+}
+
+/// [`AsForward`] for `s` at `t`'s instruction set. The channels are the
+/// output channels of the forward pass, whose panels are `NR` wide (16 at
+/// AVX2, 48 at AVX-512); the forward pass spreads large images over many
+/// threads better than the lowered input gradient does, which was ahead on
+/// small images before the implicit forward's deeper steps.
 ///
-/// At AVX2, since the implicit forward's deeper steps
-/// ([`super::packed_gemm::Packed::IMPLICIT_STEP`]), 32 channels and 196
-/// positions (ResNet's 256-channel layer at 14×14): on Zen 3 at two threads
-/// (`conv_bench`, alternated, every run of it faster than every run of the
-/// lowered gradient) ResNet's 128-channel input gradient at 28×28 took
-/// 10–11 % less time at batch 8 and 32, the 256-channel one at 14×14 7–9 %,
-/// MNIST's 32 → 64 one at 26×26 (batch 64) 9.1–9.3 → 8.6 ms. At AVX-512, 64
-/// channels (32 would fill two thirds of a panel) and 784 positions (ResNet's
-/// 128 at 28×28, DeepLab's 33×33): on the 16-core Xeon at 16 threads those
-/// went from 907–1002 to 1184–1215 and from 963–1060 to 1101–1210 GFLOP/s at
-/// batch 8 and 4; at batch 32 ResNet's was even and DeepLab's 1386–1624
-/// against 1557–1647, at 8 threads both even; smaller images were not measured
+/// At AVX2, since those steps ([`super::packed_gemm::Packed::IMPLICIT_STEP`]),
+/// 32 channels, images of any size, and kernels up to a quarter of the
+/// scratch cap (ResNet's 512-channel 3×3, 9 MiB). On Zen 3 at two threads
+/// (`conv_bench`, alternated, best of three or four): ResNet's 128-channel
+/// input gradient at 28×28 took 10–11 % less time at batch 8 and 32, the
+/// 256-channel one at 14×14 7–9 %, MNIST's 32 → 64 one at 26×26 (batch 64)
+/// 9.1–9.3 → 8.6 ms; the 512-channel one at 7×7 44.2 → 40.0 ms at batch 32
+/// and even at batch 8 (11.9 against 11.8); 3×3 kernels over 7×7 images of
+/// 64, 128 and 256 channels at batch 32 41, 30 and 14 % less, over 5×5,
+/// 4×4 and 3×3 images 28–47 % less, at batch 4 12–31 % less but for 256
+/// channels at 4×4 (+4 %).
+///
+/// At AVX-512, 64 channels (32 would fill two thirds of a panel), 784
+/// positions (ResNet's 128 at 28×28, DeepLab's 33×33) and kernels up to an
+/// eighth of the cap: on the 16-core Xeon at 16 threads those went from
+/// 907–1002 to 1184–1215 and from 963–1060 to 1101–1210 GFLOP/s at batch 8
+/// and 4; at batch 32 ResNet's was even and DeepLab's 1386–1624 against
+/// 1557–1647, at 8 threads both even; smaller images were not measured
 /// there. Kernels of one tap, whose forward pass is not the implicit GEMM
-/// these figures are of, and the portable back end keep 64 and 2048.
-fn data_as_forward_min(s: &ConvShape, t: &Tuning) -> (usize, usize) {
+/// these figures are of, and the portable back end keep 64 channels, 2048
+/// positions and an eighth.
+fn as_forward(s: &ConvShape, t: &Tuning) -> AsForward {
+    let share = |part: usize| AsForward {
+        channels: 64,
+        positions: 2048,
+        kernel_floats: t.scratch_bytes / 4 / part,
+    };
     match t.isa.supported() {
-        _ if s.kernel_spatial() == 1 => (64, 2048),
-        Isa::Avx2 => (32, 196),
-        Isa::Avx512 => (64, 784),
-        Isa::Portable => (64, 2048),
+        _ if s.kernel_spatial() == 1 => share(8),
+        Isa::Avx2 => AsForward {
+            channels: 32,
+            positions: 1,
+            ..share(4)
+        },
+        Isa::Avx512 => AsForward {
+            positions: 784,
+            ..share(8)
+        },
+        Isa::Portable => share(8),
     }
 }
 
@@ -440,19 +469,17 @@ pub(super) fn dy_rows(
 }
 
 /// The forward convolution whose output is the input gradient of `s`, where
-/// the tuning allows it: stride 1, at least
-/// [`data_as_forward_min`] input channels per group and input positions,
-/// padding within the
-/// kernel's reach, and
-/// the gradient exactly the size that forward produces. Its input is `dy`,
-/// its weights the flipped, transposed kernel ([`flip_transpose`]), held in
-/// at most an eighth of the scratch budget.
+/// the tuning allows it ([`as_forward`]: enough input channels per group and
+/// input positions, a kernel whose flipped copy fits): stride 1, padding
+/// within the kernel's reach, and the gradient exactly the size that forward
+/// produces. Its input is `dy`, its weights the flipped, transposed kernel
+/// ([`flip_transpose`]).
 pub(super) fn data_as_forward(s: &ConvShape, t: &Tuning) -> Option<ConvShape> {
-    let (channels, positions) = data_as_forward_min(s, t);
+    let at = as_forward(s, t);
     if !t.data_as_forward
-        || s.c_in_per_group() < channels
-        || s.input_spatial() < positions
-        || 32 * s.weight_len() > t.scratch_bytes
+        || s.c_in_per_group() < at.channels
+        || s.input_spatial() < at.positions
+        || s.weight_len() > at.kernel_floats
     {
         return None;
     }
@@ -939,11 +966,11 @@ mod tests {
             ("stride 2", stride2),
             ("padding", wide_pad),
             ("channels", few_channels),
-            ("positions", small_image),
         ] {
             shape.validate().unwrap();
             assert!(data_as_forward(&shape, &t).is_none(), "{what}");
         }
+        small_image.validate().unwrap();
         let off = Tuning {
             data_as_forward: false,
             ..t
@@ -964,6 +991,7 @@ mod tests {
             ..t
         };
         assert!(data_as_forward(&resnet, &portable).is_none());
+        assert!(data_as_forward(&small_image, &portable).is_none());
         assert!(data_as_forward(&s, &portable).is_some());
         // 32 input channels: as a forward pass at AVX2 only.
         let c32 = ConvShape { c_in: 32, ..s };
@@ -974,6 +1002,41 @@ mod tests {
         if Isa::Avx2.supported() == Isa::Avx2 {
             assert!(data_as_forward(&c32, &avx2).is_some());
         }
+        // Images of any size at AVX2, with kernels up to a quarter of the
+        // scratch cap (ResNet's 512 channels at 7×7), not beyond; on the
+        // portable back end an eighth.
+        let deep = ConvShape {
+            c_in: 512,
+            c_out: 512,
+            input: [1, 7, 7],
+            output: [1, 7, 7],
+            ..s
+        };
+        let deeper = ConvShape {
+            c_in: 1024,
+            c_out: 1024,
+            ..deep
+        };
+        deep.validate().unwrap();
+        if Isa::Avx2.supported() == Isa::Avx2 {
+            assert!(data_as_forward(&small_image, &avx2).is_some());
+            assert!(data_as_forward(&deep, &avx2).is_some());
+            assert!(data_as_forward(&deeper, &avx2).is_none());
+        }
+        let big_images = ConvShape {
+            input: [1, 48, 48],
+            output: [1, 48, 48],
+            ..deep
+        };
+        assert!(data_as_forward(&big_images, &portable).is_none());
+        assert!(data_as_forward(
+            &ConvShape {
+                c_in: 256,
+                ..big_images
+            },
+            &portable
+        )
+        .is_some());
         assert!(data_as_forward(&c32, &portable).is_none());
         // A 1×1 kernel over 28×28 images keeps the lowered input gradient.
         let pointwise = ConvShape {
