@@ -399,8 +399,8 @@ struct AsForward {
 /// small images before the implicit forward's deeper steps.
 ///
 /// At AVX2, since those steps ([`super::packed_gemm::Packed::IMPLICIT_STEP`]),
-/// 32 channels, images of any size, and kernels up to a quarter of the
-/// scratch cap (ResNet's 512-channel 3×3, 9 MiB). On Zen 3 at two threads
+/// 16 channels (one panel), images of any size, and kernels up to a quarter
+/// of the scratch cap (ResNet's 512-channel 3×3, 9 MiB). On Zen 3 at two threads
 /// (`conv_bench`, alternated, best of three or four): ResNet's 128-channel
 /// input gradient at 28×28 took 10–11 % less time at batch 8 and 32, the
 /// 256-channel one at 14×14 7–9 %, MNIST's 32 → 64 one at 26×26 (batch 64)
@@ -408,7 +408,10 @@ struct AsForward {
 /// and even at batch 8 (11.9 against 11.8); 3×3 kernels over 7×7 images of
 /// 64, 128 and 256 channels at batch 32 41, 30 and 14 % less, over 5×5,
 /// 4×4 and 3×3 images 28–47 % less, at batch 4 12–31 % less but for 256
-/// channels at 4×4 (+4 %).
+/// channels at 4×4 (+4 %); 16 input channels (CIFAR's ResNets: 16 at 32×32,
+/// batch 128) 30 % less, 24 at 28×28 27 %, 16 → 64 at 32×32 11 %. Below 16
+/// channels it was mixed: 12 → 48 at 28×28 +14 %, 8 → 32 at 64×64 +9 %,
+/// 8 → 8 at 32×32 −16 %, 4 → 32 more than twice as slow.
 ///
 /// At AVX-512, 64 channels (32 would fill two thirds of a panel), 784
 /// positions (ResNet's 128 at 28×28, DeepLab's 33×33) and kernels up to an
@@ -428,7 +431,7 @@ fn as_forward(s: &ConvShape, t: &Tuning) -> AsForward {
     match t.isa.supported() {
         _ if s.kernel_spatial() == 1 => share(8),
         Isa::Avx2 => AsForward {
-            channels: 32,
+            channels: 16,
             positions: 1,
             ..share(4)
         },
@@ -993,14 +996,14 @@ mod tests {
         assert!(data_as_forward(&resnet, &portable).is_none());
         assert!(data_as_forward(&small_image, &portable).is_none());
         assert!(data_as_forward(&s, &portable).is_some());
-        // 32 input channels: as a forward pass at AVX2 only.
-        let c32 = ConvShape { c_in: 32, ..s };
+        // 16 input channels (one panel at AVX2): as a forward pass at AVX2 only.
+        let c16 = ConvShape { c_in: 16, ..s };
         let avx2 = Tuning {
             isa: Isa::Avx2,
             ..t
         };
         if Isa::Avx2.supported() == Isa::Avx2 {
-            assert!(data_as_forward(&c32, &avx2).is_some());
+            assert!(data_as_forward(&c16, &avx2).is_some());
         }
         // Images of any size at AVX2, with kernels up to a quarter of the
         // scratch cap (ResNet's 512 channels at 7×7), not beyond; on the
@@ -1037,7 +1040,7 @@ mod tests {
             &portable
         )
         .is_some());
-        assert!(data_as_forward(&c32, &portable).is_none());
+        assert!(data_as_forward(&c16, &portable).is_none());
         // A 1×1 kernel over 28×28 images keeps the lowered input gradient.
         let pointwise = ConvShape {
             kernel: [1, 1, 1],
