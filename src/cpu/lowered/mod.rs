@@ -411,7 +411,11 @@ struct AsForward {
 /// channels at 4×4 (+4 %); 16 input channels (CIFAR's ResNets: 16 at 32×32,
 /// batch 128) 30 % less, 24 at 28×28 27 %, 16 → 64 at 32×32 11 %. Below 16
 /// channels it was mixed: 12 → 48 at 28×28 +14 %, 8 → 32 at 64×64 +9 %,
-/// 8 → 8 at 32×32 −16 %, 4 → 32 more than twice as slow.
+/// 8 → 8 at 32×32 −16 %, 4 → 32 more than twice as slow. On the 16-core
+/// Xeon capped at AVX2, at 16 threads (best of three alternations, the
+/// machine's noise ±15 %): 7×7 images of 64, 128 and 256 channels 42, 32 and
+/// 22 % less, 96 channels at 10×10 34 %, 3×3 images 41 %, CIFAR's 16
+/// channels 21 %; 256 channels at 4×4 +4 %, ResNet's 512 at 7×7 +3.5 %.
 ///
 /// At AVX-512, 64 channels (32 would fill two thirds of a panel), 784
 /// positions (ResNet's 128 at 28×28, DeepLab's 33×33) and kernels up to an
@@ -419,7 +423,12 @@ struct AsForward {
 /// 907–1002 to 1184–1215 and from 963–1060 to 1101–1210 GFLOP/s at batch 8
 /// and 4; at batch 32 ResNet's was even and DeepLab's 1386–1624 against
 /// 1557–1647, at 8 threads both even; smaller images were not measured
-/// there. Kernels of one tap, whose forward pass is not the implicit GEMM
+/// there then. The AVX2 rule, tried at AVX-512 on the Xeon (two runs, medians
+/// of three alternations, noisy), was ahead at two threads on most small
+/// shapes (0.49–0.86 of the time) but behind on 256 channels at 7×7 and 4×4
+/// (1.12–1.38), and at 16 threads behind on 256 channels at 4×4 (1.39–1.52)
+/// and CIFAR's 16 channels (1.09–1.16), ResNet's 512 at 7×7 between 0.89 and
+/// 1.22: not adopted. Kernels of one tap, whose forward pass is not the implicit GEMM
 /// these figures are of, and the portable back end keep 64 channels, 2048
 /// positions and an eighth.
 fn as_forward(s: &ConvShape, t: &Tuning) -> AsForward {
