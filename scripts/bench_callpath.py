@@ -38,8 +38,8 @@ the AVX2 desktops most users have can be measured on an AVX-512 machine.
 
 --modes runs several layout-dtype modes one after the other and ends with a table of
 their geomeans. --step runs instead every convolution of one training step (forward, backward-data
-except for the first layer, backward-weights) of ResNet-18 (224x224) and the MNIST CNN of
-PyTorch's examples, at --batch (32), and prints the totals. Before timing, it runs the
+except for the first layer, backward-weights) of ResNet-18 (224x224), the CIFAR-10 ResNet-20
+(32x32) and the MNIST CNN of PyTorch's examples, at --batch (32), and prints the totals. Before timing, it runs the
 step at least --warmup-steps times (10), as the first steps of a training run would: the shim
 tries a few chunk counts on the first nine calls of each configuration
 (`src/plan_tuner.rs`) and keeps the fastest, and a layer that occurs once a step is
@@ -238,6 +238,20 @@ def resnet18_step(n):
     return convs
 
 
+def cifar_resnet20_step(n):
+    """(name, shape, passes) of every convolution of a CIFAR-10 ResNet-20 training step
+    (32x32 images; three stages of three basic blocks at 16, 32 and 64 channels, the
+    identity shortcuts padded with zero channels, as in the ResNet paper's CIFAR models)."""
+    convs = [("conv1 3->16 3x3", shape2d(n, 3, 16, 32, 3, 1, 1), ("forward", "backward_weights"))]
+    for i in range(6):
+        convs.append((f"16.{i} 3x3", shape2d(n, 16, 16, 32, 3, 1, 1), PASSES))
+    for c, hw in ((32, 32), (64, 16)):
+        convs.append((f"{c}.down 3x3/2", shape2d(n, c // 2, c, hw, 3, 2, 1), PASSES))
+        for i in range(5):
+            convs.append((f"{c}.{i} 3x3", shape2d(n, c, c, hw // 2, 3, 1, 1), PASSES))
+    return convs
+
+
 def mnist_step(n):
     return [("conv1 1->32 3x3", shape2d(n, 1, 32, 28, 3), ("forward", "backward_weights")),
             ("conv2 32->64 3x3", shape2d(n, 32, 64, 26, 3), PASSES)]
@@ -295,7 +309,8 @@ def run_step(a, ours, torch, peer_dtype):
         print("| network | convolution calls | ours ms | PyTorch ms | ratio | engine ms | convert+store ms "
               "| waiting for copies ms | model ms |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, convs in (("ResNet-18", resnet18_step(a.batch)), ("MNIST CNN", mnist_step(a.batch))):
+    for name, convs in (("ResNet-18", resnet18_step(a.batch)), ("ResNet-20", cifar_resnet20_step(a.batch)),
+                        ("MNIST CNN", mnist_step(a.batch))):
         items, fns, model = [], [], 0.0
         ids = []
         for _, s, passes in convs:
@@ -342,7 +357,7 @@ def main():
                     help="PyTorch's dtype: the same as ours, or fp32")
     ap.add_argument("--gbps", type=float, default=0.0, help="FAKE_HIP_GBPS: modelled PCIe bandwidth (0: none)")
     ap.add_argument("--layer", default="")
-    ap.add_argument("--step", action="store_true", help="training-step mode (ResNet-18 and MNIST CNN)")
+    ap.add_argument("--step", action="store_true", help="training-step mode (ResNet-18, CIFAR ResNet-20 and MNIST CNN)")
     ap.add_argument("--by-pass", action="store_true",
                     help="with --step: each distinct ResNet-18 convolution-pass timed alone, weighted")
     ap.add_argument("--batch", type=int, default=32, help="batch of the training-step mode")
