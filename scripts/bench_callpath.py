@@ -426,6 +426,19 @@ def main():
                   f"{geomean(vs_max):.2f} (worst {max(vs_max):.2f}) |" if vs_max else "")
 
 
+def print_bounds(bounds):
+    """What the ratio could be if every call took only max(its engine, the link model):
+    copies perfectly overlapped with the same engine; and if it took only the link model:
+    an engine of no time at all. Both from the run's own measurements."""
+    overlap = geomean([t / max(e, m) for t, e, m in bounds])
+    link = [t / m for t, _, m in bounds if m > 0]
+    slower = sum(1 for t, _, m in bounds if m > t)
+    print(f"bound with perfect overlap (each call = max(its engine, model)): geomean {overlap:.2f}x")
+    if link:
+        print(f"bound of the link alone (each call = model): geomean {geomean(link):.2f}x; "
+              f"{slower} of {len(bounds)} layer-passes need longer on the link than PyTorch's whole pass")
+
+
 def run_layers(a, ours, torch, peer, layout, dtype, peer_dtype):
     """One table of every layer-pass in one layout and dtype; returns (ratios, call/max)."""
     print(f"# call path: {layout} {dtype}, {a.threads} threads, FAKE_HIP_GBPS={a.gbps or 'unlimited'}; "
@@ -437,6 +450,7 @@ def run_layers(a, ours, torch, peer, layout, dtype, peer_dtype):
         print("| " + " | ".join(cols) + " |")
         print("|---|---|" + "---:|" * (len(cols) - 2))
     ratios, vs_max = {}, []
+    bounds = []  # (PyTorch ms, our engine ms, model ms) per layer-pass, for the bounds below
     geos = list_layers(a.bench, a.layer)
     layer_ids = {}
     for geo in geos:
@@ -455,6 +469,7 @@ def run_layers(a, ours, torch, peer, layout, dtype, peer_dtype):
         ratio = theirs / ms if theirs else None
         if ratio:
             ratios.setdefault(p, []).append(ratio)
+            bounds.append((theirs, pr.get("engine_ms", 0), model))
         cells = [geo["layer"], p, f"{ms:.3f}", f"{theirs:.3f}" if theirs else "-", f"{ratio:.2f}x" if ratio else "-",
                  f"{flops(s) / ms * 1e-6:.1f}"] + \
             [f"{pr.get(k, 0):.3f}" for k in ("wait_in_ms", "convert_ms", "engine_ms", "store_ms", "wait_out_ms")] + \
@@ -473,6 +488,8 @@ def run_layers(a, ours, torch, peer, layout, dtype, peer_dtype):
         print(f"geomean ratio all passes: {geomean(allr):.2f}x over {len(allr)} layer-passes")
     if vs_max:
         print(f"call / max(engine, model): geomean {geomean(vs_max):.2f}, worst {max(vs_max):.2f}")
+    if a.gbps and bounds and all(e > 0 for _, e, _ in bounds):
+        print_bounds(bounds)
     print()
     return ratios, vs_max
 

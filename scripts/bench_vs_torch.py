@@ -4,7 +4,7 @@
 
     python3 scripts/bench_vs_torch.py [--threads N] [--layer SUBSTRING] [--bench PATH]
                                       [--isa avx512|avx2|portable] [--rounds R] [--min-ms MS]
-                                      [--wait-idle S] [--batch N] [--markdown]
+                                      [--wait-idle S] [--batch N] [--set cifar] [--markdown]
 
 The layer list comes from the engine's own benchmark (`conv_bench --list`, built with
 `cargo build --release --bin conv_bench`), which prints each layer's geometry. For each
@@ -26,6 +26,8 @@ RDNA1SHIM_MAX_ISA when that is set, else both sides use the best the CPU has. Th
 is measured at the engine's instruction set.
 
 --batch N runs every layer at batch N instead of its own (e.g. 32, a training step's).
+--set cifar measures the six distinct convolutions of CIFAR-10's ResNet-20 (batch 32)
+instead of the yardstick.
 
 --wait-idle S makes every measurement wait (up to S seconds) until the machine has been
 idle for half a second, for machines shared with other work (Linux only).
@@ -47,8 +49,10 @@ PEER_ISA = {"avx512": ("AVX512_CORE", "avx512"), "avx2": ("AVX2", "avx2"), "port
 class Ours:
     """The engine's benchmark in `--serve` mode: one timed layer-pass per request."""
 
-    def __init__(self, bench, threads, min_ms, isa, batch=None):
+    def __init__(self, bench, threads, min_ms, isa, batch=None, layer_set=None):
         cmd = [bench, "--serve", "--threads", str(threads), "--min-ms", str(min_ms)]
+        if layer_set:
+            cmd += ["--set", layer_set]
         if isa:
             cmd += ["--isa", isa]
         if batch:
@@ -75,8 +79,9 @@ class Ours:
         self.proc.wait()
 
 
-def list_layers(bench, layer, batch=None):
+def list_layers(bench, layer, batch=None, layer_set=None):
     cmd = [bench, "--list"] + (["--layer", layer] if layer else []) + (["--batch", str(batch)] if batch else [])
+    cmd += ["--set", layer_set] if layer_set else []
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return [json.loads(l) for l in out.splitlines() if l.startswith("{")]
 
@@ -148,6 +153,8 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--layer", default="")
     ap.add_argument("--batch", type=int, default=None, help="every layer at this batch instead of its own")
+    ap.add_argument("--set", dest="layer_set", choices=("yardstick", "cifar"), default=None,
+                    help="the layers: the yardstick (default) or CIFAR-10's ResNet-20")
     ap.add_argument("--bench", default=os.path.join(ROOT, "target", "release", "conv_bench"))
     ap.add_argument("--rounds", type=int, default=3,
                     help="alternating measurements of each side per layer-pass (best kept)")
@@ -174,11 +181,11 @@ def main():
         peer += f", ATen {torch.backends.cpu.get_cpu_capability()})"
     except ImportError:
         torch, peer = None, None
-    ours = Ours(a.bench, a.threads, a.min_ms, a.isa, a.batch)
+    ours = Ours(a.bench, a.threads, a.min_ms, a.isa, a.batch, a.layer_set)
     wait_idle(a.wait_idle)
     peak, isa = ours.peak()
     ratios, rows = {}, []
-    for geo in list_layers(a.bench, a.layer, a.batch):
+    for geo in list_layers(a.bench, a.layer, a.batch, a.layer_set):
         flops = geo["flops"]
         fn = None
         if torch is not None:

@@ -3,10 +3,14 @@
 //! ```text
 //! cargo run --release --bin conv_bench -- [--threads N] [--layer SUBSTRING]
 //!     [--pass forward|backward_data|backward_weights] [--isa avx512|avx2|portable]
-//!     [--json] [--min-ms MS] [--retries N] [--batch N] [--list] [--serve]
+//!     [--json] [--min-ms MS] [--retries N] [--batch N] [--set yardstick|cifar]
+//!     [--list] [--serve]
 //! ```
 //! `--batch N` runs every selected layer at batch N instead of its own (the
 //! name's `bNN` says which): a training step's batch rather than the yardstick's.
+//! `--set cifar` replaces the yardstick by the six distinct convolutions of
+//! CIFAR-10's ResNet-20 (32×32 images, 16 to 64 channels, batch 32): the
+//! small layers of the networks most people train first.
 //! `--isa` caps the engine's instruction set like the shim's `RDNA1SHIM_MAX_ISA`
 //! (which it reads when the flag is absent); the FMA peak is then measured at
 //! that instruction set, so an AVX2-capped run on an AVX-512 CPU reports its
@@ -197,6 +201,42 @@ fn yardstick() -> Vec<Layer> {
     ]
 }
 
+/// The distinct convolutions of CIFAR-10's ResNet-20 (He et al. 2016, §4.2)
+/// at batch 32: the 3 → 16 stem, the 3×3 layers of its three stages and the
+/// strided first layers of the second and third.
+fn cifar() -> Vec<Layer> {
+    let l = |name: &str, shape| Layer {
+        name: name.to_string(),
+        shape,
+    };
+    vec![
+        l(
+            "cifar.stem 3->16 3x3 32 b32",
+            conv2d(32, 3, 16, 1, 32, 3, 1, 1, 1),
+        ),
+        l(
+            "cifar.conv 16 3x3 32 b32",
+            conv2d(32, 16, 16, 1, 32, 3, 1, 1, 1),
+        ),
+        l(
+            "cifar.down 16->32 3x3/2 32 b32",
+            conv2d(32, 16, 32, 1, 32, 3, 2, 1, 1),
+        ),
+        l(
+            "cifar.conv 32 3x3 16 b32",
+            conv2d(32, 32, 32, 1, 16, 3, 1, 1, 1),
+        ),
+        l(
+            "cifar.down 32->64 3x3/2 16 b32",
+            conv2d(32, 32, 64, 1, 16, 3, 2, 1, 1),
+        ),
+        l(
+            "cifar.conv 64 3x3 8 b32",
+            conv2d(32, 64, 64, 1, 8, 3, 1, 1, 1),
+        ),
+    ]
+}
+
 const PASSES: [&str; 3] = ["forward", "backward_data", "backward_weights"];
 
 struct Args {
@@ -210,6 +250,8 @@ struct Args {
     retries: usize,
     isa: Option<Isa>,
     batch: Option<usize>,
+    /// The CIFAR-10 ResNet-20 layers instead of the yardstick.
+    cifar: bool,
 }
 
 fn parse_args() -> Args {
@@ -224,6 +266,7 @@ fn parse_args() -> Args {
         retries: 4,
         isa: None,
         batch: None,
+        cifar: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -266,12 +309,17 @@ fn parse_args() -> Args {
                     die(&format!("bad --isa {v:?} (use avx512, avx2 or portable)"))
                 }))
             }
+            "--set" => match value("--set").as_str() {
+                "yardstick" => a.cifar = false,
+                "cifar" => a.cifar = true,
+                v => die(&format!("bad --set {v:?} (use yardstick or cifar)")),
+            },
             "--json" => a.json = true,
             "--list" => a.list = true,
             "--serve" => a.serve = true,
             "-h" | "--help" => {
                 println!(
-                    "usage: conv_bench [--threads N] [--layer SUBSTRING] [--pass NAME] [--isa avx512|avx2|portable] [--json] [--list] [--serve] [--min-ms MS] [--retries N]"
+                    "usage: conv_bench [--threads N] [--layer SUBSTRING] [--pass NAME] [--isa avx512|avx2|portable] [--json] [--list] [--serve] [--min-ms MS] [--retries N] [--batch N] [--set yardstick|cifar]"
                 );
                 std::process::exit(0);
             }
@@ -532,7 +580,7 @@ fn main() {
             die(&format!("unknown pass {p}"));
         }
     }
-    let layers: Vec<Layer> = yardstick()
+    let layers: Vec<Layer> = if args.cifar { cifar() } else { yardstick() }
         .into_iter()
         .map(|l| match args.batch {
             Some(n) => with_batch(l, n),
@@ -631,12 +679,32 @@ mod tests {
 
     #[test]
     fn batch_override_renames_and_resizes_every_layer() {
-        for l in yardstick() {
+        for l in yardstick().into_iter().chain(cifar()) {
             let (name, shape) = (l.name.clone(), l.shape);
             let b = with_batch(l, 32);
             assert_eq!(b.shape, ConvShape { n: 32, ..shape }, "{name}");
             let base = name.rsplit_once(" b").expect("a batch suffix").0;
             assert_eq!(b.name, format!("{base} b32"));
+        }
+    }
+
+    #[test]
+    fn cifar_layers_are_resnet20s_convolutions() {
+        let layers = cifar();
+        assert_eq!(layers.len(), 6);
+        for l in &layers {
+            let s = &l.shape;
+            assert_eq!(s.n, 32, "{}", l.name);
+            assert_eq!(s.input[1..], [s.input[2]; 2], "{}", l.name);
+            assert!([32, 16, 8].contains(&s.input[2]), "{}", l.name);
+            assert_eq!(s.kernel, [1, 3, 3], "{}", l.name);
+            // Same-size 3×3 layers keep their channels; strided ones double them.
+            if s.stride[1] == 2 {
+                assert_eq!((s.c_out, s.output[2]), (2 * s.c_in, s.input[2] / 2), "{}", l.name);
+            } else if s.c_in != 3 {
+                assert_eq!((s.c_out, s.output[2]), (s.c_in, s.input[2]), "{}", l.name);
+            }
+            assert!(l.name.contains(&format!(" {} ", s.input[2])), "{}", l.name);
         }
     }
 }
