@@ -700,7 +700,12 @@ mod tests {
             assert_eq!(s.kernel, [1, 3, 3], "{}", l.name);
             // Same-size 3×3 layers keep their channels; strided ones double them.
             if s.stride[1] == 2 {
-                assert_eq!((s.c_out, s.output[2]), (2 * s.c_in, s.input[2] / 2), "{}", l.name);
+                assert_eq!(
+                    (s.c_out, s.output[2]),
+                    (2 * s.c_in, s.input[2] / 2),
+                    "{}",
+                    l.name
+                );
             } else if s.c_in != 3 {
                 assert_eq!((s.c_out, s.output[2]), (s.c_in, s.input[2]), "{}", l.name);
             }

@@ -1118,14 +1118,32 @@ impl PackB for PlanesTB<'_> {
             }
             let out = dst.as_mut_ptr().add(jp * kc * nr);
             let live = c1 - c0;
-            for (r, k) in (k0..k0 + kc).enumerate() {
-                let pv = (k / self.ow) * self.owv + k % self.ow;
+            // Virtual position `row_start + ow_at` of real position `k`,
+            // stepped along without a division per row.
+            let (mut row_start, mut ow_at) = ((k0 / self.ow) * self.owv, k0 % self.ow);
+            let whole = count == 1 && live == nr && nr % S::N == 0;
+            for r in 0..kc {
                 let row = out.add(r * nr);
-                let at = pv * self.lda;
-                for &(c, off, len) in &segs[..count] {
-                    copy_run::<S>(row.add(c), inp.add(off + at), len, 1);
+                let at = (row_start + ow_at) * self.lda;
+                if whole {
+                    // One run fills the panel: `nr / N` whole vectors.
+                    let src = inp.add(segs[0].1 + at);
+                    let mut i = 0;
+                    while i < nr {
+                        S::load(src.add(i)).store(row.add(i));
+                        i += S::N;
+                    }
+                } else {
+                    for &(c, off, len) in &segs[..count] {
+                        copy_run::<S>(row.add(c), inp.add(off + at), len, 1);
+                    }
+                    store_zeros::<S>(row.add(live), nr - live);
                 }
-                store_zeros::<S>(row.add(live), nr - live);
+                ow_at += 1;
+                if ow_at == self.ow {
+                    ow_at = 0;
+                    row_start += self.owv;
+                }
             }
         }
     }

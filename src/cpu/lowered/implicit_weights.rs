@@ -230,6 +230,10 @@ mod tests {
             shape2d(2, 9, 5, 1, [11, 14], [3, 2], [2, 1], [1, 2], [2, 2]),
             shape2d(2, 8, 8, 1, [10, 10], [5, 5], [2, 2], [1, 1], [1, 1]),
             shape2d(1, 17, 9, 1, [70, 31], [2, 4], [0, 1], [3, 1], [1, 1]),
+            // 16 channels: every panel one run (`kw·C` = 48), the packing's
+            // whole-vector copies at both widths; blocks of positions that
+            // begin within an output row.
+            shape2d(2, 16, 6, 1, [40, 30], [3, 3], [1, 1], [1, 1], [1, 1]),
         ]
     }
 
