@@ -286,12 +286,14 @@ mod x86 {
         unsafe fn store_interleaved(a: Self, b: Self, p: *mut f32, n: usize) {
             let lo = _mm256_unpacklo_ps(a.0, b.0); // a0 b0 a1 b1 | a4 b4 a5 b5
             let hi = _mm256_unpackhi_ps(a.0, b.0); // a2 b2 a3 b3 | a6 b6 a7 b7
+                                                   // Stored through `store_part` (plain stores): `vmaskmovps`'s
+                                                   // store form is microcoded and slow on AMD CPUs.
             let n = n.min(16);
             let first = _mm256_permute2f128_ps::<0x20>(lo, hi);
-            _mm256_maskstore_ps(p, mask8(n), first);
+            Avx2(first).store_part(p, n.min(8));
             if n > 8 {
                 let second = _mm256_permute2f128_ps::<0x31>(lo, hi);
-                _mm256_maskstore_ps(p.add(8), mask8(n - 8), second);
+                Avx2(second).store_part(p.add(8), n - 8);
             }
         }
     }
@@ -439,3 +441,64 @@ macro_rules! dispatch_simd {
     };
 }
 pub(crate) use dispatch_simd;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `store_interleaved` and `store_part` of `S` write exactly their first
+    /// `n` values and nothing past them, for every `n`.
+    fn partial_stores_write_exactly_n<S: Simd>() {
+        let a: Vec<f32> = (0..S::N).map(|i| i as f32).collect();
+        let b: Vec<f32> = (0..S::N).map(|i| 100.0 + i as f32).collect();
+        // SAFETY: every pointer covers the lanes it is used for.
+        let (va, vb) = unsafe { (S::load(a.as_ptr()), S::load(b.as_ptr())) };
+        for n in 0..=2 * S::N {
+            let mut out = vec![-1.0f32; 2 * S::N + 4];
+            unsafe { S::store_interleaved(va, vb, out.as_mut_ptr(), n) };
+            for (i, &v) in out.iter().enumerate() {
+                let want = match i {
+                    i if i < n && i % 2 == 0 => a[i / 2],
+                    i if i < n => b[i / 2],
+                    _ => -1.0,
+                };
+                assert_eq!(v, want, "store_interleaved n={n} lane {i}");
+            }
+            if n <= S::N {
+                let mut out = vec![-1.0f32; S::N + 4];
+                unsafe { va.store_part(out.as_mut_ptr(), n) };
+                for (i, &v) in out.iter().enumerate() {
+                    assert_eq!(
+                        v,
+                        if i < n { a[i] } else { -1.0 },
+                        "store_part n={n} lane {i}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn partial_stores_write_exactly_their_lanes() {
+        partial_stores_write_exactly_n::<Lanes8>();
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn narrow() {
+                partial_stores_write_exactly_n::<Avx2>();
+            }
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn wide() {
+                partial_stores_write_exactly_n::<Avx512>();
+            }
+            if has_avx2_fma() {
+                // SAFETY: the CPU has the features.
+                unsafe { narrow() };
+            }
+            if has_avx512() {
+                // SAFETY: the CPU has the features.
+                unsafe { wide() };
+            }
+        }
+    }
+}
