@@ -270,11 +270,20 @@ fn unpad_plane_impl<S: Simd>(dst: &mut [f32], src: &[f32], dims: [usize; 3], g: 
                 let mut i = 0;
                 while 2 * i < w_n {
                     let take = |count: usize| count.saturating_sub(i).min(S::N);
+                    // Whole vectors where the phase row has them (a masked
+                    // load costs more, on AMD CPUs especially).
+                    let load = |p: *const f32, n: usize| unsafe {
+                        if n == S::N {
+                            S::load(p)
+                        } else {
+                            S::load_part(p, n)
+                        }
+                    };
                     // SAFETY: lanes read lie in the phase rows (`na`, `nb`
                     // bound them); `out[2i..]` holds the lanes written.
                     unsafe {
-                        let va = S::load_part(ra.add(ja + i), take(na));
-                        let vb = S::load_part(rb.add(jb + i), take(nb));
+                        let va = load(ra.add(ja + i), take(na));
+                        let vb = load(rb.add(jb + i), take(nb));
                         S::store_interleaved(va, vb, out.as_mut_ptr().add(2 * i), w_n - 2 * i);
                     }
                     i += S::N;
