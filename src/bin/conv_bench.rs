@@ -108,11 +108,16 @@ fn with_batch(l: Layer, n: usize) -> Layer {
     }
 }
 
-fn yardstick() -> Vec<Layer> {
-    let l = |name: &str, shape| Layer {
+/// A named layer.
+fn layer(name: &str, shape: ConvShape) -> Layer {
+    Layer {
         name: name.to_string(),
         shape,
-    };
+    }
+}
+
+fn yardstick() -> Vec<Layer> {
+    let l = layer;
     vec![
         l(
             "mnist.conv1 1->32 3x3 28x28 b64",
@@ -205,36 +210,21 @@ fn yardstick() -> Vec<Layer> {
 /// at batch 32: the 3 → 16 stem, the 3×3 layers of its three stages and the
 /// strided first layers of the second and third.
 fn cifar() -> Vec<Layer> {
-    let l = |name: &str, shape| Layer {
-        name: name.to_string(),
-        shape,
-    };
-    vec![
-        l(
-            "cifar.stem 3->16 3x3 32 b32",
-            conv2d(32, 3, 16, 1, 32, 3, 1, 1, 1),
-        ),
-        l(
-            "cifar.conv 16 3x3 32 b32",
-            conv2d(32, 16, 16, 1, 32, 3, 1, 1, 1),
-        ),
-        l(
-            "cifar.down 16->32 3x3/2 32 b32",
-            conv2d(32, 16, 32, 1, 32, 3, 2, 1, 1),
-        ),
-        l(
-            "cifar.conv 32 3x3 16 b32",
-            conv2d(32, 32, 32, 1, 16, 3, 1, 1, 1),
-        ),
-        l(
-            "cifar.down 32->64 3x3/2 16 b32",
-            conv2d(32, 32, 64, 1, 16, 3, 2, 1, 1),
-        ),
-        l(
-            "cifar.conv 64 3x3 8 b32",
-            conv2d(32, 64, 64, 1, 8, 3, 1, 1, 1),
-        ),
+    // (name, input channels, output channels, image side, stride): 3×3
+    // kernels, padding 1, batch 32.
+    [
+        ("cifar.stem 3->16 3x3 32 b32", 3, 16, 32, 1),
+        ("cifar.conv 16 3x3 32 b32", 16, 16, 32, 1),
+        ("cifar.down 16->32 3x3/2 32 b32", 16, 32, 32, 2),
+        ("cifar.conv 32 3x3 16 b32", 32, 32, 16, 1),
+        ("cifar.down 32->64 3x3/2 16 b32", 32, 64, 16, 2),
+        ("cifar.conv 64 3x3 8 b32", 64, 64, 8, 1),
     ]
+    .into_iter()
+    .map(|(name, c_in, c_out, hw, stride)| {
+        layer(name, conv2d(32, c_in, c_out, 1, hw, 3, stride, 1, 1))
+    })
+    .collect()
 }
 
 const PASSES: [&str; 3] = ["forward", "backward_data", "backward_weights"];
