@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use super::geometry::valid_range;
 use super::padded::{pad_plane, Geom, MAX_ROWS};
 use super::scratch::{Slot, Tuning};
-use super::simd::{dispatch_simd, Simd};
+use super::simd::{dispatch_simd, load_upto, store_upto, Simd};
 use super::ConvShape;
 
 /// Rough number of output elements one rayon task should cover at least.
@@ -207,33 +207,6 @@ fn for_each_run(g: &Geom, max: usize, mut f: impl FnMut(&[usize], usize, usize, 
                 ow0 += n;
             }
         }
-    }
-}
-
-/// Loads the first `n` lanes at `p` (all of them when `n >= N`), zero in
-/// the others.
-///
-/// # Safety
-/// `p..p + min(n, N)` must be readable.
-#[inline(always)]
-unsafe fn load_upto<S: Simd>(p: *const f32, n: usize) -> S {
-    if n >= S::N {
-        S::load(p)
-    } else {
-        S::load_part(p, n)
-    }
-}
-
-/// Stores the first `n` lanes of `v` at `p` (all of them when `n >= N`).
-///
-/// # Safety
-/// `p..p + min(n, N)` must be writable.
-#[inline(always)]
-unsafe fn store_upto<S: Simd>(v: S, p: *mut f32, n: usize) {
-    if n >= S::N {
-        v.store(p)
-    } else {
-        v.store_part(p, n)
     }
 }
 

@@ -6,7 +6,7 @@
 use std::ops::Range;
 
 use super::geometry::valid_range;
-use super::simd::{dispatch_simd, Isa, Simd};
+use super::simd::{dispatch_simd, load_upto, Isa, Simd};
 use super::ConvShape;
 
 /// Widest vector of any [`Simd`] implementation: padded rows leave room for
@@ -270,20 +270,13 @@ fn unpad_plane_impl<S: Simd>(dst: &mut [f32], src: &[f32], dims: [usize; 3], g: 
                 let mut i = 0;
                 while 2 * i < w_n {
                     let take = |count: usize| count.saturating_sub(i).min(S::N);
-                    // Whole vectors where the phase row has them (a masked
-                    // load costs more, on AMD CPUs especially).
-                    let load = |p: *const f32, n: usize| unsafe {
-                        if n == S::N {
-                            S::load(p)
-                        } else {
-                            S::load_part(p, n)
-                        }
-                    };
                     // SAFETY: lanes read lie in the phase rows (`na`, `nb`
                     // bound them); `out[2i..]` holds the lanes written.
+                    // Whole vectors where the phase row has them: a masked
+                    // load costs more, on AMD CPUs especially.
                     unsafe {
-                        let va = load(ra.add(ja + i), take(na));
-                        let vb = load(rb.add(jb + i), take(nb));
+                        let va = load_upto::<S>(ra.add(ja + i), take(na));
+                        let vb = load_upto::<S>(rb.add(jb + i), take(nb));
                         S::store_interleaved(va, vb, out.as_mut_ptr().add(2 * i), w_n - 2 * i);
                     }
                     i += S::N;

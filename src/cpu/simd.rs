@@ -67,6 +67,33 @@ pub(crate) trait Simd: Copy {
     }
 }
 
+/// Loads the first `n` lanes at `p` (all of them when `n >= N`), zero in
+/// the others.
+///
+/// # Safety
+/// `p..p + min(n, N)` must be readable.
+#[inline(always)]
+pub(crate) unsafe fn load_upto<S: Simd>(p: *const f32, n: usize) -> S {
+    if n >= S::N {
+        S::load(p)
+    } else {
+        S::load_part(p, n)
+    }
+}
+
+/// Stores the first `n` lanes of `v` at `p` (all of them when `n >= N`).
+///
+/// # Safety
+/// `p..p + min(n, N)` must be writable.
+#[inline(always)]
+pub(crate) unsafe fn store_upto<S: Simd>(v: S, p: *mut f32, n: usize) {
+    if n >= S::N {
+        v.store(p)
+    } else {
+        v.store_part(p, n)
+    }
+}
+
 /// Portable fallback: eight lanes in an array, multiply then add.
 #[derive(Clone, Copy)]
 pub(crate) struct Lanes8([f32; 8]);

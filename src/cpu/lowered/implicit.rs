@@ -39,6 +39,7 @@ use crate::cpu::gate::{Gate, Pending};
 use crate::cpu::packed_gemm::{tile_a_rows, ARows, Packed, WithPacked, MAX_MR};
 use crate::cpu::par::{per_item, split_range, SendPtr};
 use crate::cpu::scratch::{Slot, Tuning};
+use crate::cpu::simd::load_upto;
 use crate::cpu::ConvShape;
 
 /// Preferred output positions of one task.
@@ -475,10 +476,8 @@ impl WithPacked for PackPanel<'_> {
                         let src = self.w.as_ptr().add((co0 + l) * k + k0);
                         if l >= live {
                             S::zero()
-                        } else if n == l_n {
-                            S::load(src)
                         } else {
-                            S::load_part(src, n)
+                            load_upto(src, n)
                         }
                     },
                     |j, v| {
@@ -539,16 +538,15 @@ impl WithPacked for Task<'_> {
         // positions (image, row, column) without a division per position:
         // a task of few channels (a 3-channel stem) spent a sixth of its
         // time dividing here.
-        let mut at = Vec::with_capacity(positions);
+        let mut pos_at = Vec::with_capacity(positions);
         let mut band_row = Vec::with_capacity(positions);
         for i in 0..self.images.len() {
             for r in 0..rows {
                 let start = i * img_planes + r * g.owv * lda;
-                at.extend((0..g.ow).map(|ow| start + ow * lda));
+                pos_at.extend((0..g.ow).map(|ow| start + ow * lda));
                 band_row.extend(std::iter::repeat_n(r, g.ow));
             }
         }
-        let row_at = |q: usize| at[q];
         let inp = self.input.as_ptr();
         // Under test, a `C` left over from an earlier task of the thread
         // is poisoned, so that storing a part this task did not compute
@@ -576,7 +574,7 @@ impl WithPacked for Task<'_> {
         }
         // The furthest read of any tile (a partial last tile repeats its
         // last row) stays inside the task's input.
-        let last = row_at(positions - 1);
+        let last = pos_at[positions - 1];
         assert!(parts[..count]
             .iter()
             .all(|&(off, _, kc, _)| off + last + kc <= self.input.len()));
@@ -607,7 +605,7 @@ impl WithPacked for Task<'_> {
         let tile_rows: Vec<([usize; MAX_MR], bool)> = (0..tiles)
             .map(|t| {
                 let at: [usize; MAX_MR] =
-                    std::array::from_fn(|i| row_at((t * mr + i).min(positions - 1)));
+                    std::array::from_fn(|i| pos_at[(t * mr + i).min(positions - 1)]);
                 let even = (1..mr).all(|i| at[i] == at[0] + i * lda);
                 (at, even)
             })
@@ -897,10 +895,8 @@ unsafe fn transpose_block<S: Packed>(
         |l| {
             if l >= rows {
                 S::zero()
-            } else if cols == n {
-                S::load(src.add(l * src_stride))
             } else {
-                S::load_part(src.add(l * src_stride), cols)
+                load_upto(src.add(l * src_stride), cols)
             }
         },
         |j, v| {
